@@ -1,0 +1,72 @@
+"""taquba: a durable, single-process task queue whose database is a bucket."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0.dev0"
+
+from .config import (
+    MAX_KV_VALUE_SIZE,
+    PRIORITY_HIGH,
+    PRIORITY_LOW,
+    PRIORITY_NORMAL,
+    EnqueueOptions,
+    OpenOptions,
+    QueueConfig,
+)
+from .errors import (
+    ClaimLost,
+    ConfigError,
+    CorruptionError,
+    FencedError,
+    InvalidArgument,
+    JobNotFound,
+    KvValueTooLarge,
+    PermanentStorageError,
+    QueueBroken,
+    QueueClosed,
+    StorageError,
+    TaqubaError,
+    TransientStorageError,
+)
+from .records import (
+    CancelOutcome,
+    Claim,
+    EnqueueResult,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WaitOutcome,
+    WaitStatus,
+)
+
+__all__ = [
+    "MAX_KV_VALUE_SIZE",
+    "PRIORITY_HIGH",
+    "PRIORITY_LOW",
+    "PRIORITY_NORMAL",
+    "CancelOutcome",
+    "Claim",
+    "ClaimLost",
+    "ConfigError",
+    "CorruptionError",
+    "EnqueueOptions",
+    "EnqueueResult",
+    "FencedError",
+    "InvalidArgument",
+    "JobNotFound",
+    "JobRecord",
+    "JobStatus",
+    "KvValueTooLarge",
+    "OpenOptions",
+    "PermanentStorageError",
+    "QueueBroken",
+    "QueueClosed",
+    "QueueConfig",
+    "QueueStats",
+    "StorageError",
+    "TaqubaError",
+    "TransientStorageError",
+    "WaitOutcome",
+    "WaitStatus",
+    "__version__",
+]

@@ -1,0 +1,280 @@
+"""Options and constants of the public API, validated at construction.
+
+Every option class is a frozen, slotted, keyword-only dataclass. A bad value raises
+:class:`~taquba.errors.ConfigError` (for options) or :class:`~taquba.errors.InvalidArgument`
+(for per-call arguments) with a message naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Union
+
+from .errors import ConfigError, InvalidArgument
+
+PRIORITY_HIGH = 100
+PRIORITY_NORMAL = 1000
+PRIORITY_LOW = 10000
+MAX_PRIORITY = 2**32 - 1
+MAX_KV_VALUE_SIZE = 262144
+MAX_KV_KEY_SIZE = 1024
+MAX_QUEUE_NAME_BYTES = 255
+MAX_JOB_ID_CHARS = 128
+MAX_HEADER_BYTES = 65536
+MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
+
+Duration = Union[float, int, timedelta]
+PointInTime = Union[float, int, datetime]
+
+_JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def to_seconds(value: object, name: str, *, allow_zero: bool = True,
+               error: type[Exception] = InvalidArgument) -> float:
+    """Convert a duration (seconds or ``timedelta``) to finite, non-negative float seconds."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise error(f"{name} must be seconds (int/float) or a timedelta, got {value!r}")
+    if math.isnan(seconds) or math.isinf(seconds):
+        raise error(f"{name} must be a finite duration, got {value!r}")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise error(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return seconds
+
+
+def to_epoch(value: object, name: str) -> float:
+    """Convert a point in time (epoch seconds or an aware ``datetime``) to epoch seconds."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidArgument(f"{name} must be an aware datetime (with tzinfo), got {value!r}")
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+        if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
+            raise InvalidArgument(f"{name} must be finite epoch seconds >= 0, got {value!r}")
+        return seconds
+    raise InvalidArgument(f"{name} must be epoch seconds or an aware datetime, got {value!r}")
+
+
+def check_priority(value: object, name: str = "priority",
+                   error: type[Exception] = InvalidArgument) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise error(f"{name} must be an int in 0..{MAX_PRIORITY}, got {value!r}")
+    if not 0 <= value <= MAX_PRIORITY:
+        raise error(f"{name} must be in 0..{MAX_PRIORITY}, got {value!r}")
+    return value
+
+
+def check_max_attempts(value: object, name: str = "max_attempts",
+                       error: type[Exception] = InvalidArgument) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > 2**31:
+        raise error(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+def check_queue_name(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidArgument(f"queue name must be a str, got {type(name).__name__}: {name!r}")
+    if not name:
+        raise InvalidArgument("queue name must not be empty")
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidArgument(f"queue name is not valid UTF-8: {name!r}") from exc
+    if size > MAX_QUEUE_NAME_BYTES:
+        raise InvalidArgument(
+            f"queue name is {size} UTF-8 bytes, the limit is {MAX_QUEUE_NAME_BYTES}: {name[:40]!r}..."
+        )
+    return name
+
+
+def check_job_id(job_id: object, name: str = "job_id") -> str:
+    if not isinstance(job_id, str):
+        raise InvalidArgument(f"{name} must be a str, got {type(job_id).__name__}: {job_id!r}")
+    if not _JOB_ID_RE.fullmatch(job_id):
+        raise InvalidArgument(
+            f"{name} must be 1-{MAX_JOB_ID_CHARS} characters of [A-Za-z0-9_-], got {job_id[:140]!r}"
+        )
+    return job_id
+
+
+def to_bytes(value: object, name: str) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    raise InvalidArgument(
+        f"{name} must be bytes, bytearray or memoryview, got {type(value).__name__}"
+    )
+
+
+def check_headers(headers: object) -> dict[str, str]:
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidArgument(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+    out: dict[str, str] = {}
+    size = 0
+    for k, v in headers.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise InvalidArgument(f"headers must map str to str, got {k!r}: {v!r}")
+        size += len(k.encode()) + len(v.encode())
+        out[k] = v
+    if size > MAX_HEADER_BYTES:
+        raise InvalidArgument(f"headers are {size} bytes, the limit is {MAX_HEADER_BYTES}")
+    return out
+
+
+_DEFAULT_DEAD_RETENTION = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueueConfig:
+    """Per-queue behaviour. Durations are seconds (or ``timedelta``)."""
+
+    max_attempts: int = 3
+    lease: Duration = 30.0
+    default_priority: int = PRIORITY_NORMAL
+    retry_backoff_base: Duration = 1.0
+    retry_backoff_max: Duration = 300.0
+    keep_done: Duration | None = None
+    dead_retention: Duration | None = _DEFAULT_DEAD_RETENTION
+
+    def __post_init__(self) -> None:
+        check_max_attempts(self.max_attempts, "QueueConfig.max_attempts", ConfigError)
+        set_ = object.__setattr__
+        set_(self, "lease", to_seconds(self.lease, "QueueConfig.lease", allow_zero=False,
+                                      error=ConfigError))
+        check_priority(self.default_priority, "QueueConfig.default_priority", ConfigError)
+        set_(self, "retry_backoff_base",
+             to_seconds(self.retry_backoff_base, "QueueConfig.retry_backoff_base", error=ConfigError))
+        set_(self, "retry_backoff_max",
+             to_seconds(self.retry_backoff_max, "QueueConfig.retry_backoff_max", error=ConfigError))
+        if self.keep_done is not None:
+            set_(self, "keep_done", to_seconds(self.keep_done, "QueueConfig.keep_done",
+                                              error=ConfigError))
+        if self.dead_retention is not None:
+            set_(self, "dead_retention", to_seconds(self.dead_retention,
+                                                   "QueueConfig.dead_retention", error=ConfigError))
+
+    def backoff(self, failed_attempts: int) -> float:
+        """Delay before the retry that follows the ``failed_attempts``-th failure."""
+        base = float(self.retry_backoff_base)
+        if base == 0 or failed_attempts < 1:
+            return 0.0
+        exponent = min(failed_attempts - 1, 1023)
+        return float(min(base * 2.0**exponent, float(self.retry_backoff_max)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOptions:
+    """Options for :meth:`taquba.Queue.open`.
+
+    Tuning knobs beyond the API contract:
+
+    - ``max_batch_bytes``: the largest segment the committer writes in one PUT.
+    - ``checkpoint_min_bytes``: no checkpoint is written before the log since the last one
+      holds this many bytes; above it, a checkpoint is written once the log outgrows the live
+      state's size times ``checkpoint_ratio``.
+    - ``storage_retries`` / ``storage_retry_delay``: bounded retries of transient storage errors.
+    """
+
+    reaper_interval: Duration = 5.0
+    scheduler_interval: Duration = 1.0
+    default_queue_config: QueueConfig = field(default_factory=QueueConfig)
+    queue_configs: Mapping[str, QueueConfig] = field(default_factory=dict)
+    clock: Callable[[], float] | None = None
+    max_batch_bytes: int = 8 * 1024 * 1024
+    checkpoint_min_bytes: int = 1024 * 1024
+    checkpoint_ratio: float = 1.0
+    storage_retries: int = 6
+    storage_retry_delay: Duration = 0.05
+    background_threads: bool = True
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "reaper_interval", to_seconds(self.reaper_interval, "OpenOptions.reaper_interval",
+                                                 allow_zero=False, error=ConfigError))
+        set_(self, "scheduler_interval", to_seconds(self.scheduler_interval,
+                                                    "OpenOptions.scheduler_interval",
+                                                    allow_zero=False, error=ConfigError))
+        if not isinstance(self.default_queue_config, QueueConfig):
+            raise ConfigError(
+                f"OpenOptions.default_queue_config must be a QueueConfig, got {self.default_queue_config!r}"
+            )
+        if not isinstance(self.queue_configs, Mapping):
+            raise ConfigError(f"OpenOptions.queue_configs must be a mapping, got {self.queue_configs!r}")
+        for name, cfg in self.queue_configs.items():
+            try:
+                check_queue_name(name)
+            except InvalidArgument as exc:
+                raise ConfigError(f"OpenOptions.queue_configs: {exc}") from None
+            if not isinstance(cfg, QueueConfig):
+                raise ConfigError(f"OpenOptions.queue_configs[{name!r}] must be a QueueConfig, got {cfg!r}")
+        set_(self, "queue_configs", dict(self.queue_configs))
+        if self.clock is not None and not callable(self.clock):
+            raise ConfigError(f"OpenOptions.clock must be a zero-argument callable, got {self.clock!r}")
+        for name in ("max_batch_bytes", "checkpoint_min_bytes"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"OpenOptions.{name} must be a positive int, got {v!r}")
+        r = self.checkpoint_ratio
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
+            raise ConfigError(f"OpenOptions.checkpoint_ratio must be a positive number, got {r!r}")
+        v = self.storage_retries
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"OpenOptions.storage_retries must be an int >= 0, got {v!r}")
+        set_(self, "storage_retry_delay", to_seconds(self.storage_retry_delay,
+                                                     "OpenOptions.storage_retry_delay",
+                                                     error=ConfigError))
+        if not isinstance(self.background_threads, bool):
+            raise ConfigError(
+                f"OpenOptions.background_threads must be a bool, got {self.background_threads!r}"
+            )
+
+    def config_for(self, queue: str) -> QueueConfig:
+        return self.queue_configs.get(queue, self.default_queue_config)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnqueueOptions:
+    """Per-call overrides for :meth:`taquba.Queue.enqueue_with`. ``None`` inherits."""
+
+    priority: int | None = None
+    run_at: PointInTime | None = None
+    delay: Duration | None = None
+    dedup_key: str | None = None
+    max_attempts: int | None = None
+    headers: Mapping[str, str] | None = None
+    job_id: str | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.priority is not None:
+            check_priority(self.priority, "EnqueueOptions.priority")
+        if self.run_at is not None and self.delay is not None:
+            raise InvalidArgument("EnqueueOptions: run_at and delay are mutually exclusive")
+        if self.run_at is not None:
+            set_(self, "run_at", to_epoch(self.run_at, "EnqueueOptions.run_at"))
+        if self.delay is not None:
+            set_(self, "delay", to_seconds(self.delay, "EnqueueOptions.delay"))
+        if self.dedup_key is not None:
+            if not isinstance(self.dedup_key, str) or not self.dedup_key:
+                raise InvalidArgument(
+                    f"EnqueueOptions.dedup_key must be a non-empty str, got {self.dedup_key!r}"
+                )
+            if len(self.dedup_key.encode("utf-8", "surrogatepass")) > 1024:
+                raise InvalidArgument("EnqueueOptions.dedup_key is longer than 1024 bytes")
+        if self.max_attempts is not None:
+            check_max_attempts(self.max_attempts, "EnqueueOptions.max_attempts")
+        if self.headers is not None:
+            set_(self, "headers", check_headers(self.headers))
+        if self.job_id is not None:
+            check_job_id(self.job_id, "EnqueueOptions.job_id")

@@ -1,0 +1,154 @@
+"""The storage contract the log is written against: a flat namespace of immutable objects.
+
+Rules every implementation keeps:
+
+- ``put_if_absent`` is atomic: of any number of concurrent writers of one key, exactly one
+  succeeds and the others see :class:`ObjectExists`. When the key already holds exactly the
+  bytes being written, the put counts as a success: a conditional PUT retried after a lost
+  response reports "exists" although it was ours, so callers put a unique writer nonce in
+  every object and the store reads back before declaring a loss.
+- An object is whole or absent: readers never see a partial object.
+- ``list_dir`` returns the names directly under a directory, sorted bytewise, with no
+  temporary files.
+- Transient backend errors are retried with bounded exponential backoff; what is left is
+  raised as a :class:`~taquba.errors.StorageError` subclass with the cause kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from typing import TypeVar
+
+from ..errors import StorageError, TransientStorageError
+from .errors import ObjectExists, ObjectNotFound, translate
+
+T = TypeVar("T")
+
+
+@dataclass
+class RequestCounts:
+    """Requests a store has made to its backend (including retries)."""
+
+    puts: int = 0
+    gets: int = 0
+    lists: int = 0
+    deletes: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+
+    def total(self) -> int:
+        return self.puts + self.gets + self.lists + self.deletes
+
+    def copy(self) -> RequestCounts:
+        return RequestCounts(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def __sub__(self, other: RequestCounts) -> RequestCounts:
+        return RequestCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name)
+                                for f in fields(self)})
+
+
+class Store(ABC):
+    """A root on some filesystem holding immutable objects addressed by ``dir/name`` keys."""
+
+    def __init__(self, description: str, *, retries: int = 6, retry_delay: float = 0.05) -> None:
+        self.description = description
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.counts = RequestCounts()
+        self._counts_lock = threading.Lock()
+        self.sleep: Callable[[float], None] = time.sleep
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.description!r})"
+
+    # -- public operations ---------------------------------------------------------------
+
+    def put_if_absent(self, key: str, data: bytes) -> None:
+        """Create ``key`` holding ``data``; raise :class:`ObjectExists` if someone else has it."""
+        try:
+            self._retry("put", key, lambda: self._count_put(key, data))
+        except ObjectExists:
+            try:
+                existing = self.get(key)
+            except ObjectNotFound:
+                raise ObjectExists(f"put {key}: already exists (then vanished)") from None
+            if existing != data:
+                raise
+            # Our own earlier attempt landed; its response was lost.
+
+    def get(self, key: str) -> bytes:
+        data = self._retry("get", key, lambda: self._raw_get(key))
+        self._count(gets=1, bytes_read=len(data))
+        return data
+
+    def get_range(self, key: str, start: int, end: int) -> bytes:
+        """Bytes ``[start, end)`` of ``key``."""
+        data = self._retry("get", key, lambda: self._raw_get_range(key, start, end))
+        self._count(gets=1, bytes_read=len(data))
+        return data
+
+    def list_dir(self, directory: str) -> list[str]:
+        """Sorted names of the objects directly under ``directory`` (no trailing slash)."""
+        names = self._retry("list", directory + "/", lambda: self._raw_list(directory))
+        self._count(lists=1)
+        return sorted(names)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        """Delete ``keys``; missing keys are fine."""
+        keys = list(keys)
+        if not keys:
+            return
+        self._retry("delete", keys[0] if len(keys) == 1 else f"{len(keys)} objects",
+                    lambda: self._raw_delete(keys))
+        self._count(deletes=1)
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources held by the store."""
+
+    # -- backend hooks -------------------------------------------------------------------
+
+    @abstractmethod
+    def _raw_put_if_absent(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _raw_get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def _raw_get_range(self, key: str, start: int, end: int) -> bytes: ...
+
+    @abstractmethod
+    def _raw_list(self, directory: str) -> list[str]: ...
+
+    @abstractmethod
+    def _raw_delete(self, keys: list[str]) -> None: ...
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _count_put(self, key: str, data: bytes) -> None:
+        self._count(puts=1, bytes_written=len(data))
+        self._raw_put_if_absent(key, data)
+
+    def _count(self, **deltas: int) -> None:
+        with self._counts_lock:
+            for name, delta in deltas.items():
+                setattr(self.counts, name, getattr(self.counts, name) + delta)
+
+    def _retry(self, op: str, what: str, fn: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except Exception as exc:  # noqa: BLE001 - translated below
+                err = translate(exc, op, f"{self.description}/{what}")
+            if not isinstance(err, TransientStorageError) or attempt >= self.retries:
+                raise err
+            delay = min(self.retry_delay * (2**attempt), 2.0)
+            attempt += 1
+            self.sleep(delay)
+
+
+__all__ = ["ObjectExists", "ObjectNotFound", "RequestCounts", "StorageError", "Store"]

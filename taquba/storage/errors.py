@@ -1,0 +1,118 @@
+"""The one place where backend exceptions become taquba storage errors.
+
+Mapping is most-specific-first: "already exists" and "not found" are answers, not failures;
+then known transient shapes (connection resets, timeouts, throttling, 5xx); everything else
+is permanent. The original exception is always kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ..errors import PermanentStorageError, StorageError, TransientStorageError
+
+
+class ObjectExists(StorageError):
+    """put-if-absent found the key already taken (by someone else)."""
+
+
+class ObjectNotFound(StorageError):
+    """The object does not exist."""
+
+
+_TRANSIENT_ERRNOS = {
+    errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
+    errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH,
+}
+_TRANSIENT_NAMES = {
+    # botocore / aiobotocore
+    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+    "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
+    # aiohttp
+    "ClientConnectionError", "ClientOSError", "ServerDisconnectedError", "ClientPayloadError",
+    "ServerTimeoutError", "ClientConnectorError",
+    # azure-core
+    "ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
+    "ServiceResponseTimeoutError",
+    # google / gcsfs
+    "RetryError", "TransportError",
+}
+_TRANSIENT_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
+    "ServerBusy", "OperationTimedOut",
+}
+_EXISTS_CODES = {"PreconditionFailed", "ConditionNotMet", "BlobAlreadyExists", "412"}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen and len(seen) < 8:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+def _code(exc: BaseException) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        err = response.get("Error") or {}
+        code = err.get("Code")
+        if code:
+            return str(code)
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        if status:
+            return str(status)
+    for attr in ("error_code", "code", "status_code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def is_exists(exc: BaseException) -> bool:
+    for e in _chain(exc):
+        if isinstance(e, FileExistsError):
+            return True
+        code = _code(e)
+        if code is not None and (code in _EXISTS_CODES or code.endswith("AlreadyExists")):
+            return True
+    return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    for e in _chain(exc):
+        if isinstance(e, TransientStorageError):
+            return True
+        if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError)):
+            return False
+        if isinstance(e, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
+            return True
+        if type(e).__name__ in _TRANSIENT_NAMES:
+            return True
+        code = _code(e)
+        if code is not None:
+            if code in _TRANSIENT_CODES:
+                return True
+            if code.isdigit() and (int(code) >= 500 or int(code) in (408, 429)):
+                return True
+    return False
+
+
+def translate(exc: BaseException, op: str, what: str) -> StorageError:
+    """Map a backend exception raised by ``op`` on ``what`` to a ``StorageError``."""
+    if isinstance(exc, StorageError):
+        return exc
+    if is_exists(exc):
+        err: StorageError = ObjectExists(f"{op} {what}: already exists")
+    elif any(isinstance(e, FileNotFoundError) for e in _chain(exc)[:1]):
+        err = ObjectNotFound(f"{op} {what}: not found")
+    elif is_transient(exc):
+        err = TransientStorageError(f"{op} {what} failed (transient): {exc!r}")
+    else:
+        err = PermanentStorageError(f"{op} {what} failed: {exc!r}")
+    err.__cause__ = exc
+    return err
