@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Union
+from typing import cast
 
 from .errors import ConfigError, InvalidArgument
 
@@ -27,8 +27,8 @@ MAX_JOB_ID_CHARS = 128
 MAX_HEADER_BYTES = 65536
 MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 
-Duration = Union[float, int, timedelta]
-PointInTime = Union[float, int, datetime]
+Duration = float | int | timedelta
+PointInTime = float | int | datetime
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -166,11 +166,11 @@ class QueueConfig:
 
     def backoff(self, failed_attempts: int) -> float:
         """Delay before the retry that follows the ``failed_attempts``-th failure."""
-        base = float(self.retry_backoff_base)
+        base = cast(float, self.retry_backoff_base)
         if base == 0 or failed_attempts < 1:
             return 0.0
         exponent = min(failed_attempts - 1, 1023)
-        return float(min(base * 2.0**exponent, float(self.retry_backoff_max)))
+        return float(min(base * 2.0**exponent, cast(float, self.retry_backoff_max)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -142,7 +142,7 @@ class Store(ABC):
         while True:
             try:
                 return fn()
-            except Exception as exc:  # noqa: BLE001 - translated below
+            except Exception as exc:
                 err = translate(exc, op, f"{self.description}/{what}")
             if not isinstance(err, TransientStorageError) or attempt >= self.retries:
                 raise err

@@ -1,0 +1,296 @@
+"""The fenced, append-only log: a manifest chain, contiguous segments and checkpoints.
+
+Layout under the store's root::
+
+    manifest/<n:020d>               immutable, put-if-absent; the highest n is current
+    segments/<seq:020d>             immutable, put-if-absent; contiguous; one per commit
+    checkpoints/<seq:020d>-<epoch:010d>  snapshot of the state after segment <seq>
+
+Invariants:
+
+- **Single writer.** Opening claims an epoch by creating manifest ``n+1`` with
+  put-if-absent, then fences the segment space by creating the next segment (empty) with
+  put-if-absent, replaying any segment that beat it. Every later object this writer creates
+  is also put-if-absent, so once another process has opened the root, this writer's next
+  write loses and raises :class:`FencedError`; nothing it acknowledged is lost because the
+  newer writer replays every segment that exists.
+- **Durable order.** A checkpoint object is written first, the manifest that points at it
+  second, and only after that manifest is durable are the segments and checkpoint it covers
+  deleted.
+- **Bounded replay.** A checkpoint is due once the segment bytes written since the last one
+  exceed ``max(min_bytes, ratio * size of the last snapshot)``: reopening reads O(live
+  state) bytes, and checkpoints never cost more than a constant factor of the log itself.
+- The log speaks opaque bytes: records in, records out, snapshots in, snapshots out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ..errors import CorruptionError, FencedError, QueueBroken, StorageError
+from ..storage import LocalStore, ObjectExists, ObjectNotFound, Store
+from .format import MAGIC_CHECKPOINT, MAGIC_MANIFEST, MAGIC_SEGMENT, decode, encode
+
+MANIFEST_DIR = "manifest"
+SEGMENT_DIR = "segments"
+CHECKPOINT_DIR = "checkpoints"
+_OPEN_ATTEMPTS = 20
+_FENCE_ATTEMPTS = 10_000
+_KEEP_MANIFESTS = 2
+
+
+def _seq_name(seq: int) -> str:
+    return f"{seq:020d}"
+
+
+def _parse_seq(name: str) -> int | None:
+    return int(name) if len(name) == 20 and name.isdigit() else None
+
+
+class Log:
+    """A single-writer log on a :class:`Store`. Not thread-safe: one committer drives it."""
+
+    def __init__(self, store: Store, *, checkpoint_min_bytes: int = 1024 * 1024,
+                 checkpoint_ratio: float = 1.0) -> None:
+        self.store = store
+        self.checkpoint_min_bytes = checkpoint_min_bytes
+        self.checkpoint_ratio = checkpoint_ratio
+        self.nonce = os.urandom(12).hex()
+        self.epoch = 0
+        self.manifest_n = 0
+        self.checkpoint_name: str | None = None
+        self.replay_from = 1
+        self.next_seq = 1
+        self.bytes_since_checkpoint = 0
+        self.last_snapshot_size = 0
+        self.segments_written = 0
+        self.checkpoints_written = 0
+        self._broken: BaseException | None = None
+        self._closed = False
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, store: Store, *, on_snapshot: Callable[[bytes], None],
+             on_record: Callable[[bytes], None], **kwargs: Any) -> Log:
+        """Claim the writer epoch, replay checkpoint and segments, fence the segment space."""
+        log = cls(store, **kwargs)
+        log._claim_epoch()
+        if log.checkpoint_name is not None:
+            snapshot = log._read_checkpoint(log.checkpoint_name)
+            log.last_snapshot_size = len(snapshot)
+            on_snapshot(snapshot)
+        log._replay_segments(on_record)
+        log._fence(on_record)
+        if isinstance(store, LocalStore):
+            for d in (SEGMENT_DIR, CHECKPOINT_DIR, MANIFEST_DIR):
+                store.remove_temp_files(d)
+        return log
+
+    def _manifest_fields(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "nonce": self.nonce, "checkpoint": self.checkpoint_name,
+                "replay_from": self.replay_from, "created_at": time.time()}
+
+    def _claim_epoch(self) -> None:
+        for _ in range(_OPEN_ATTEMPTS):
+            names = [n for n in self.store.list_dir(MANIFEST_DIR) if _parse_seq(n) is not None]
+            current = 0
+            if names:
+                current = int(names[-1])
+                try:
+                    fields = self._read_manifest(current)
+                except ObjectNotFound:
+                    continue  # a writer removed it after creating a newer one: look again
+                self.checkpoint_name = fields.get("checkpoint")
+                self.replay_from = int(fields["replay_from"])
+            n = current + 1
+            data = encode(MAGIC_MANIFEST, self._manifest_fields(n))
+            try:
+                self.store.put_if_absent(f"{MANIFEST_DIR}/{_seq_name(n)}", data)
+            except ObjectExists:
+                continue  # another opener won this number: re-read and try the next
+            self.epoch = self.manifest_n = n
+            self._prune_manifests(names)
+            return
+        raise FencedError(f"{self.store.description}: could not claim the writer epoch after "
+                          f"{_OPEN_ATTEMPTS} attempts; other processes keep opening this root")
+
+    def _read_manifest(self, n: int) -> dict[str, Any]:
+        key = f"{MANIFEST_DIR}/{_seq_name(n)}"
+        fields, _ = decode(f"{self.store.description}/{key}", MAGIC_MANIFEST, self.store.get(key))
+        if not isinstance(fields.get("replay_from"), int):
+            raise CorruptionError(f"{self.store.description}/{key}: manifest lacks replay_from")
+        return fields
+
+    def _read_checkpoint(self, name: str) -> bytes:
+        key = f"{CHECKPOINT_DIR}/{name}"
+        try:
+            data = self.store.get(key)
+        except ObjectNotFound:
+            raise CorruptionError(f"{self.store.description}/{key}: checkpoint named by the "
+                                  "manifest is missing") from None
+        _, frames = decode(f"{self.store.description}/{key}", MAGIC_CHECKPOINT, data)
+        if len(frames) != 1:
+            raise CorruptionError(f"{self.store.description}/{key}: expected one snapshot frame")
+        return frames[0]
+
+    def _read_segment(self, seq: int) -> list[bytes]:
+        key = f"{SEGMENT_DIR}/{_seq_name(seq)}"
+        data = self.store.get(key)
+        _, records = decode(f"{self.store.description}/{key}", MAGIC_SEGMENT, data)
+        self.bytes_since_checkpoint += len(data)
+        return records
+
+    def _replay_segments(self, on_record: Callable[[bytes], None]) -> None:
+        seqs = sorted(s for s in (_parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR))
+                      if s is not None and s >= self.replay_from)
+        expected = self.replay_from
+        for s in seqs:
+            if s != expected:
+                raise CorruptionError(f"{self.store.description}/{SEGMENT_DIR}: segment "
+                                      f"{_seq_name(expected)} is missing but {_seq_name(s)} exists")
+            expected += 1
+        if len(seqs) > 1 and not isinstance(self.store, LocalStore):
+            # Object stores: fetch ahead in parallel, apply strictly in order.
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay") as pool:
+                for records in pool.map(self._read_segment, seqs):
+                    for r in records:
+                        on_record(r)
+        else:
+            for s in seqs:
+                for r in self._read_segment(s):
+                    on_record(r)
+        self.next_seq = expected
+
+    def _fence(self, on_record: Callable[[bytes], None]) -> None:
+        for _ in range(_FENCE_ATTEMPTS):
+            data = self._segment_bytes(self.next_seq, ())
+            try:
+                self.store.put_if_absent(f"{SEGMENT_DIR}/{_seq_name(self.next_seq)}", data)
+            except ObjectExists:
+                # The previous writer committed this one before noticing us: replay it.
+                for r in self._read_segment(self.next_seq):
+                    on_record(r)
+                self.next_seq += 1
+                continue
+            self.bytes_since_checkpoint += len(data)
+            self.next_seq += 1
+            return
+        raise FencedError(f"{self.store.description}: could not fence the segment space")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def _segment_bytes(self, seq: int, records: Sequence[bytes]) -> bytes:
+        return encode(MAGIC_SEGMENT, {"epoch": self.epoch, "nonce": self.nonce, "seq": seq,
+                                      "count": len(records)}, records)
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise QueueBroken(f"{self.store.description}: log is closed")
+        if self._broken is not None:
+            if isinstance(self._broken, QueueBroken):
+                raise self._broken
+            raise QueueBroken(f"{self.store.description}: log is broken: {self._broken}") \
+                from self._broken
+
+    def _fail(self, exc: BaseException) -> BaseException:
+        self._broken = exc
+        return exc
+
+    def append(self, records: Sequence[bytes]) -> int:
+        """Write ``records`` as the next segment and return its sequence number.
+
+        Returns only once the segment is durable. Raises :class:`FencedError` if another
+        writer has taken over, :class:`StorageError` if the write failed after retries; in
+        both cases the log is broken and writes nothing more.
+        """
+        self._check_writable()
+        seq = self.next_seq
+        data = self._segment_bytes(seq, records)
+        try:
+            self.store.put_if_absent(f"{SEGMENT_DIR}/{_seq_name(seq)}", data)
+        except ObjectExists as exc:
+            raise self._fail(FencedError(
+                f"{self.store.description}: segment {_seq_name(seq)} was written by another "
+                "process; this handle has been fenced off (another Queue.open took over)")) from exc
+        except StorageError as exc:
+            raise self._fail(exc) from None
+        self.next_seq = seq + 1
+        self.bytes_since_checkpoint += len(data)
+        self.segments_written += 1
+        return seq
+
+    def checkpoint_due(self) -> bool:
+        threshold = max(self.checkpoint_min_bytes,
+                        int(self.checkpoint_ratio * self.last_snapshot_size))
+        return self.bytes_since_checkpoint > threshold
+
+    def checkpoint(self, snapshot: bytes, seq: int) -> None:
+        """Record ``snapshot`` as the state after segment ``seq`` and drop what it covers.
+
+        ``seq`` must be the last segment appended (the caller takes the snapshot in step
+        with its records).
+        """
+        self._check_writable()
+        if seq != self.next_seq - 1:
+            raise ValueError(f"checkpoint for segment {seq}, but the last segment is "
+                             f"{self.next_seq - 1}")
+        name = f"{_seq_name(seq)}-{self.epoch:010d}"
+        data = encode(MAGIC_CHECKPOINT, {"epoch": self.epoch, "nonce": self.nonce, "seq": seq,
+                                         "count": 1}, [snapshot])
+        old_checkpoint, old_from = self.checkpoint_name, self.replay_from
+        try:
+            self.store.put_if_absent(f"{CHECKPOINT_DIR}/{name}", data)
+            self.checkpoint_name, self.replay_from = name, seq + 1
+            n = self.manifest_n + 1
+            manifest = encode(MAGIC_MANIFEST, self._manifest_fields(self.epoch))
+            try:
+                self.store.put_if_absent(f"{MANIFEST_DIR}/{_seq_name(n)}", manifest)
+            except ObjectExists as exc:
+                self.checkpoint_name, self.replay_from = old_checkpoint, old_from
+                raise self._fail(FencedError(
+                    f"{self.store.description}: manifest {_seq_name(n)} was written by another "
+                    "process; this handle has been fenced off")) from exc
+        except StorageError as exc:
+            self.checkpoint_name, self.replay_from = old_checkpoint, old_from
+            if isinstance(exc, ObjectExists):
+                raise self._fail(FencedError(
+                    f"{self.store.description}: checkpoint {name} already exists; this handle "
+                    "has been fenced off")) from exc
+            raise self._fail(exc) from None
+        self.manifest_n = n
+        self.bytes_since_checkpoint = 0
+        self.last_snapshot_size = len(snapshot)
+        self.checkpoints_written += 1
+        # The manifest that drops them is durable: now the covered objects may go.
+        garbage = [f"{SEGMENT_DIR}/{_seq_name(s)}" for s in range(old_from, seq + 1)]
+        if old_checkpoint is not None:
+            garbage.append(f"{CHECKPOINT_DIR}/{old_checkpoint}")
+        garbage += [f"{MANIFEST_DIR}/{_seq_name(m)}" for m in
+                    range(max(1, n - _KEEP_MANIFESTS - 1), n - _KEEP_MANIFESTS + 1)]
+        try:
+            self.store.delete(garbage)
+        except StorageError:
+            pass  # Unreferenced leftovers are harmless; a later checkpoint retries nothing.
+
+    def _prune_manifests(self, names: list[str]) -> None:
+        old = [f"{MANIFEST_DIR}/{n}" for n in names[:-_KEEP_MANIFESTS]] if len(names) > \
+            _KEEP_MANIFESTS else []
+        if old:
+            try:
+                self.store.delete(old)
+            except StorageError:
+                pass
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    def close(self) -> None:
+        self._closed = True
+
+
