@@ -28,6 +28,7 @@ from .errors import (
     TaqubaError,
     TransientStorageError,
 )
+from .queue import Queue
 from .records import (
     CancelOutcome,
     Claim,
@@ -59,6 +60,7 @@ __all__ = [
     "KvValueTooLarge",
     "OpenOptions",
     "PermanentStorageError",
+    "Queue",
     "QueueBroken",
     "QueueClosed",
     "QueueConfig",

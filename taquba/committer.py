@@ -112,6 +112,11 @@ class Committer:
             self.wait_locked(ticket)
 
     @property
+    def submitted(self) -> int:
+        """The ticket of the last record submitted (wait on it to flush everything)."""
+        return self._submitted
+
+    @property
     def durable_upto(self) -> int:
         return self._durable_upto
 

@@ -1,0 +1,672 @@
+"""The public ``Queue``: validation, the lock, and waiting for durability.
+
+Rules this module keeps:
+
+- One ``threading.Lock`` guards the state; Conditions on it wake claimers (one per named
+  queue), completion waiters and durability waiters (in the committer). No user code and no
+  storage I/O run under the lock.
+- Every argument is validated before anything changes: a bad call raises an
+  ``InvalidArgument`` (or ``ClaimLost`` / ``JobNotFound``) and leaves the state untouched.
+- A state change is made by one event: it is applied to the in-memory state and handed to
+  the committer in the same lock hold, so the log order is the apply order and replay
+  rebuilds the same state.
+- ``enqueue*``, ``ack``, ``nack``, ``dead_letter``, ``cancel``, ``requeue_dead_job`` and
+  ``kv_delete`` return only once their event is durable. ``claim``, ``renew_lease`` and the
+  background ticks do not wait: losing one only causes a redelivery or a repeated tick.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from . import events as ev
+from .background import Background
+from .committer import Committer
+from .config import (
+    MAX_KV_KEY_SIZE,
+    MAX_KV_VALUE_SIZE,
+    MAX_PAYLOAD_SIZE,
+    EnqueueOptions,
+    OpenOptions,
+    QueueConfig,
+    check_job_id,
+    check_queue_name,
+    to_bytes,
+    to_seconds,
+)
+from .errors import (
+    ClaimLost,
+    ConfigError,
+    InvalidArgument,
+    JobNotFound,
+    KvValueTooLarge,
+    QueueClosed,
+)
+from .ids import IdGenerator
+from .log import Log
+from .records import (
+    CancelOutcome,
+    Claim,
+    EnqueueResult,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WaitOutcome,
+    WaitStatus,
+)
+from .state import Job, State
+from .storage import Store, open_store
+
+logger = logging.getLogger("taquba.queue")
+
+MAX_BATCH_JOBS = 100_000
+MAX_ERROR_CHARS = 16 * 1024
+MAX_CLAIM_BATCH = 10_000
+_TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
+
+
+def _error_text(error: object) -> str:
+    if isinstance(error, BaseException):
+        text = str(error)
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    elif isinstance(error, str):
+        text = error
+    else:
+        raise InvalidArgument(f"error must be a str or an exception, got {type(error).__name__}")
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + "... [truncated]"
+    return text
+
+
+def _wait_seconds(value: object, name: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value) \
+            and value > 0:
+        return math.inf
+    return to_seconds(value, name)
+
+
+class Queue:
+    """A durable task queue on one fsspec root. Open it with :meth:`Queue.open`."""
+
+    def __init__(self, store: Store, options: OpenOptions, *, _log: Log, _state: State) -> None:
+        self.store = store
+        self.options = options
+        self._clock: Callable[[], float] = options.clock or time.time
+        self._lock = threading.Lock()
+        self._state = _state
+        self._ids = IdGenerator()
+        self._claim_conds: dict[str, threading.Condition] = {}
+        self._completion = threading.Condition(self._lock)
+        self._final: dict[str, tuple[int, WaitOutcome]] = {}
+        self._waiters: dict[str, int] = {}
+        self._claims: dict[str, Claim] = {}
+        self._closed = False
+        self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
+                                   max_batch_bytes=options.max_batch_bytes)
+        self._background = Background(
+            reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
+            promote=self.promote_scheduled_now,
+            scheduler_interval=float(options.scheduler_interval))  # type: ignore[arg-type]
+
+    # -- opening and closing -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, location: Any, path: str | None = None, options: OpenOptions | None = None,
+             *, storage_options: Mapping[str, Any] | None = None) -> Queue:
+        """Open (or create) the queue at ``location`` and take over as its single writer."""
+        if options is None:
+            options = OpenOptions()
+        elif not isinstance(options, OpenOptions):
+            raise ConfigError(f"options must be an OpenOptions, got {type(options).__name__}")
+        store = open_store(location, path, storage_options=storage_options,
+                           retries=options.storage_retries,
+                           retry_delay=float(options.storage_retry_delay))  # type: ignore[arg-type]
+        holder = [State()]
+
+        def on_snapshot(data: bytes) -> None:
+            holder[0] = State.restore(data)
+
+        def on_record(data: bytes) -> None:
+            holder[0].apply_bytes(data)
+
+        log = Log.open(store, on_snapshot=on_snapshot, on_record=on_record,
+                       checkpoint_min_bytes=options.checkpoint_min_bytes,
+                       checkpoint_ratio=options.checkpoint_ratio)
+        q = cls(store, options, _log=log, _state=holder[0])
+        q._release_previous_claims()
+        if options.background_threads:
+            q._background.start()
+        return q
+
+    def _release_previous_claims(self) -> None:
+        with self._lock:
+            ids = [j.id for j in self._state.claimed_jobs()]
+            if ids:
+                logger.info("requeueing %d job(s) claimed by a previous process", len(ids))
+                self._commit_locked(ev.RELEASE, {"ids": ids})
+                for job_id in ids:
+                    self._wake_claimers_locked(self._state.jobs[job_id].queue)
+
+    def __enter__(self) -> Queue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the background threads, write what is pending, close the log. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for cond in self._claim_conds.values():
+                cond.notify_all()
+            self._completion.notify_all()
+        self._background.stop(timeout)
+        if not self.committer.close(timeout):
+            logger.warning("taquba committer did not stop within %s s", timeout)
+        self.store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- helpers (lock held) ---------------------------------------------------------------
+
+    def _check_open_locked(self) -> None:
+        if self._closed:
+            raise QueueClosed("the queue is closed")
+        self.committer.check_writable_locked()
+
+    def _config(self, queue: str) -> QueueConfig:
+        return self.options.config_for(queue)
+
+    def _commit_locked(self, kind: int, meta: dict[str, Any], blobs: list[bytes] | None = None
+                       ) -> int:
+        """Apply one event and queue it for the log; return its durability ticket."""
+        self.committer.check_writable_locked()
+        blobs = blobs or []
+        data = ev.encode(kind, meta, blobs)
+        self._state.apply(kind, meta, blobs)
+        return self.committer.submit_locked(data)
+
+    def _wait_durable_locked(self, ticket: int) -> None:
+        self.committer.wait_locked(ticket)
+
+    def _claim_cond(self, queue: str) -> threading.Condition:
+        cond = self._claim_conds.get(queue)
+        if cond is None:
+            cond = self._claim_conds[queue] = threading.Condition(self._lock)
+        return cond
+
+    def _wake_claimers_locked(self, queue: str, n: int = 1) -> None:
+        cond = self._claim_conds.get(queue)
+        if cond is not None:
+            cond.notify(n)
+
+    def _finished_locked(self, job_id: str, ticket: int, outcome: WaitOutcome) -> None:
+        if job_id in self._waiters:
+            self._final[job_id] = (ticket, outcome)
+            self._completion.notify_all()
+
+    def _current_job_locked(self, claim: object, action: str) -> Job:
+        if not isinstance(claim, Claim):
+            raise InvalidArgument(f"{action} needs a Claim, got {type(claim).__name__}")
+        self._check_open_locked()
+        job = self._state.jobs.get(claim.id)
+        if self._claims.get(claim.id) is not claim or job is None \
+                or job.status is not JobStatus.CLAIMED or job.attempts != claim.attempts:
+            state = "gone" if job is None else job.status.value
+            raise ClaimLost(f"cannot {action} job {claim.id!r} (attempt {claim.attempts}): the "
+                            f"claim is no longer current (the job is {state})")
+        return job
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    # -- producing -------------------------------------------------------------------------
+
+    def enqueue(self, queue: str, payload: bytes, **options: Any) -> str:
+        """Enqueue one job; keyword options as in :class:`EnqueueOptions`. Returns its id."""
+        try:
+            opts = EnqueueOptions(**options)
+        except TypeError as exc:
+            raise InvalidArgument(f"unknown enqueue option: {exc}") from None
+        return self.enqueue_with(queue, payload, opts)
+
+    def enqueue_with(self, queue: str, payload: bytes, options: EnqueueOptions) -> str:
+        """Enqueue one job with explicit :class:`EnqueueOptions`. Returns its id."""
+        if not isinstance(options, EnqueueOptions):
+            raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
+        return self._enqueue(queue, [(payload, options)], None)[0].id
+
+    def enqueue_batch(self, queue: str, payloads: Iterable[bytes]) -> list[str]:
+        """Enqueue many jobs atomically (all or nothing); ids in input order."""
+        if isinstance(payloads, (bytes, bytearray, memoryview, str)):
+            raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
+                                  "payload")
+        try:
+            items = list(payloads)
+        except TypeError:
+            raise InvalidArgument(
+                f"payloads must be an iterable of bytes, got {type(payloads).__name__}") from None
+        if len(items) > MAX_BATCH_JOBS:
+            raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {len(items)}")
+        if not items:
+            check_queue_name(queue)
+            with self._lock:
+                self._check_open_locked()
+            return []
+        plain = EnqueueOptions()
+        return [r.id for r in self._enqueue(queue, [(p, plain) for p in items], None)]
+
+    def enqueue_with_kv(self, queue: str, payload: bytes, kv_writes: Mapping[bytes, bytes],
+                        options: EnqueueOptions | None = None) -> EnqueueResult:
+        """Enqueue one job and apply ``kv_writes`` in the same atomic record.
+
+        On a dedup hit nothing is written and ``is_new`` is False.
+        """
+        if options is None:
+            options = EnqueueOptions()
+        elif not isinstance(options, EnqueueOptions):
+            raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
+        if not isinstance(kv_writes, Mapping):
+            raise InvalidArgument(
+                f"kv_writes must be a mapping of bytes to bytes, got {type(kv_writes).__name__}")
+        kv: list[bytes] = []
+        for k, v in kv_writes.items():
+            key = self._kv_key(k)
+            value = to_bytes(v, "KV value")
+            if len(value) > MAX_KV_VALUE_SIZE:
+                raise KvValueTooLarge(f"KV value for key {key[:64]!r} is {len(value)} bytes; the "
+                                      f"limit is MAX_KV_VALUE_SIZE = {MAX_KV_VALUE_SIZE}")
+            kv += [key, value]
+        return self._enqueue(queue, [(payload, options)], kv)[0]
+
+    def _enqueue(self, queue: str, items: list[tuple[object, EnqueueOptions]],
+                 kv: list[bytes] | None) -> list[EnqueueResult]:
+        check_queue_name(queue)
+        payloads = []
+        for i, (payload, _) in enumerate(items):
+            data = to_bytes(payload, "payload" if len(items) == 1 else f"payloads[{i}]")
+            if len(data) > MAX_PAYLOAD_SIZE:
+                raise InvalidArgument(f"payload is {len(data)} bytes; the limit is "
+                                      f"{MAX_PAYLOAD_SIZE}")
+            payloads.append(data)
+        cfg = self._config(queue)
+        with self._lock:
+            self._check_open_locked()
+            state = self._state
+            now = self._now()
+            index = state.queues.get(queue)
+            results: list[EnqueueResult] = []
+            metas: list[dict[str, Any]] = []
+            blobs: list[bytes] = []
+            new_ids: set[str] = set()
+            for (_, opts), data in zip(items, payloads):
+                if opts.dedup_key is not None and index is not None:
+                    existing = index.dedup.get(opts.dedup_key)
+                    if existing is not None:
+                        results.append(EnqueueResult(existing, False))
+                        continue
+                job_id = opts.job_id
+                if job_id is not None:
+                    if job_id in state.jobs or job_id in new_ids:
+                        raise InvalidArgument(f"job_id {job_id!r} is already in use")
+                else:
+                    job_id = self._ids.new(now)
+                    while job_id in state.jobs:
+                        job_id = self._ids.new(now)
+                new_ids.add(job_id)
+                run_at: float | None = None
+                if opts.run_at is not None:
+                    run_at = float(opts.run_at)  # type: ignore[arg-type]
+                elif opts.delay:
+                    run_at = now + float(opts.delay)  # type: ignore[arg-type]
+                if run_at is not None and run_at <= now:
+                    run_at = None
+                meta: dict[str, Any] = {
+                    "id": job_id, "q": queue, "seq": state.next_seq + len(metas),
+                    "p": cfg.default_priority if opts.priority is None else opts.priority,
+                    "ma": cfg.max_attempts if opts.max_attempts is None else opts.max_attempts,
+                    "at": now,
+                }
+                if run_at is not None:
+                    meta["run"] = run_at
+                if opts.dedup_key is not None:
+                    meta["dk"] = opts.dedup_key
+                if opts.headers:
+                    meta["h"] = dict(opts.headers)
+                metas.append(meta)
+                blobs.append(data)
+                results.append(EnqueueResult(job_id, True))
+            if not metas:
+                # Every job was a dedup hit: make sure what we point at is durable.
+                self._wait_durable_locked(self.committer.submitted)
+                return results
+            if kv:
+                blobs += kv
+            ticket = self._commit_locked(ev.ENQUEUE, {"jobs": metas}, blobs)
+            ready = sum(1 for m in metas if "run" not in m)
+            if ready:
+                self._wake_claimers_locked(queue, ready)
+            self._wait_durable_locked(ticket)
+        return results
+
+    # -- KV --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _kv_key(key: object) -> bytes:
+        data = to_bytes(key, "KV key")
+        if not data:
+            raise InvalidArgument("KV key must not be empty")
+        if len(data) > MAX_KV_KEY_SIZE:
+            raise InvalidArgument(f"KV key is {len(data)} bytes; the limit is {MAX_KV_KEY_SIZE}")
+        return data
+
+    def kv_get(self, key: bytes) -> bytes | None:
+        """The value stored under ``key`` in the caller's KV namespace, or None."""
+        data = self._kv_key(key)
+        with self._lock:
+            if self._closed:
+                raise QueueClosed("the queue is closed")
+            return self._state.kv.get(data)
+
+    def kv_delete(self, key: bytes) -> None:
+        """Delete ``key`` from the caller's KV namespace (durably). Missing keys are fine."""
+        data = self._kv_key(key)
+        with self._lock:
+            self._check_open_locked()
+            if data not in self._state.kv:
+                self._wait_durable_locked(self.committer.submitted)
+                return
+            ticket = self._commit_locked(ev.KV_DELETE, {}, [data])
+            self._wait_durable_locked(ticket)
+
+    # -- consuming ---------------------------------------------------------------------------
+
+    def claim(self, queue: str, lease: Any = None, *, wait: Any = 0.0) -> Claim | None:
+        """Claim the first pending job of ``queue``; wait up to ``wait`` seconds for one."""
+        claims = self._claim(queue, 1, lease, wait)
+        return claims[0] if claims else None
+
+    def claim_batch(self, queue: str, max_jobs: int, lease: Any = None, *,
+                    wait: Any = 0.0) -> list[Claim]:
+        """Claim up to ``max_jobs`` pending jobs (waiting up to ``wait`` for the first)."""
+        if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) \
+                or not 1 <= max_jobs <= MAX_CLAIM_BATCH:
+            raise InvalidArgument(f"max_jobs must be an int in 1..{MAX_CLAIM_BATCH}, got "
+                                  f"{max_jobs!r}")
+        return self._claim(queue, max_jobs, lease, wait)
+
+    def _claim(self, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Claim]:
+        check_queue_name(queue)
+        lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
+        wait_s = _wait_seconds(wait, "wait")
+        if lease_s is None:
+            lease_s = float(self._config(queue).lease)  # type: ignore[arg-type]
+        deadline = time.monotonic() + wait_s
+        with self._lock:
+            state = self._state
+            while True:
+                self._check_open_locked()
+                now = self._now()
+                self._promote_locked(now)
+                job = state.peek_pending(queue)
+                if job is not None:
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                next_due = state.next_due()
+                if next_due is not None:
+                    left = min(left, max(0.001, next_due - now))
+                self._claim_cond(queue).wait(min(left, 3600.0))
+            claims: list[Claim] = []
+            while job is not None and len(claims) < max_jobs:
+                claims.append(self._claim_job_locked(job, now, lease_s))
+                job = state.peek_pending(queue)
+            if job is not None:
+                self._wake_claimers_locked(queue)  # more work for the next waiter
+        return claims
+
+    def _claim_job_locked(self, job: Job, now: float, lease: float) -> Claim:
+        attempts = job.attempts + 1
+        expires = now + lease
+        self._commit_locked(ev.CLAIM, {"id": job.id, "att": attempts, "at": now, "exp": expires})
+        claim = Claim(record=job.record(), lease_expires_at=expires, token=attempts)
+        self._claims[job.id] = claim
+        return claim
+
+    def ack(self, claim: Claim) -> None:
+        """Mark the claimed job done. Raises ``ClaimLost`` if the claim is not current."""
+        with self._lock:
+            job = self._current_job_locked(claim, "ack")
+            keep = self._config(job.queue).keep_done is not None
+            now = self._now()
+            final = replace(job.record(), status=JobStatus.DONE, completed_at=now,
+                            lease_expires_at=None)
+            ticket = self._commit_locked(ev.ACK, {"id": job.id, "att": job.attempts, "at": now,
+                                                  "keep": keep})
+            del self._claims[claim.id]
+            self._finished_locked(claim.id, ticket,
+                                  WaitOutcome(WaitStatus.COMPLETED, final if keep else None))
+            self._wait_durable_locked(ticket)
+
+    def nack(self, claim: Claim, error: object) -> None:
+        """Report a failed attempt: retry after backoff, or dead once attempts are spent."""
+        text = _error_text(error)
+        with self._lock:
+            job = self._current_job_locked(claim, "nack")
+            now = self._now()
+            if job.cancel_requested:
+                ticket = self._fail_locked(job, now, f"cancelled: {text}", dead=True)
+            elif job.attempts >= job.max_attempts:
+                ticket = self._fail_locked(job, now, text, dead=True)
+            else:
+                delay = self._config(job.queue).backoff(job.attempts)
+                ticket = self._fail_locked(job, now, text, dead=False,
+                                           run_at=now + delay if delay else None)
+            self._wait_durable_locked(ticket)
+
+    def dead_letter(self, claim: Claim, reason: str) -> None:
+        """Move the claimed job straight to the dead set with ``reason`` as its last error."""
+        if not isinstance(reason, str):
+            raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
+        text = _error_text(reason)
+        with self._lock:
+            job = self._current_job_locked(claim, "dead_letter")
+            ticket = self._fail_locked(job, self._now(), text, dead=True)
+            self._wait_durable_locked(ticket)
+
+    def _fail_locked(self, job: Job, now: float, error: str, *, dead: bool,
+                     run_at: float | None = None) -> int:
+        meta: dict[str, Any] = {"id": job.id, "at": now, "err": error}
+        if dead:
+            meta["to"] = "dead"
+        elif run_at is not None and run_at > now:
+            meta["to"], meta["run"] = "scheduled", run_at
+        else:
+            meta["to"] = "pending"
+        ticket = self._commit_locked(ev.FAIL, meta)
+        self._claims.pop(job.id, None)
+        if dead:
+            self._finished_locked(job.id, ticket, WaitOutcome(WaitStatus.COMPLETED, job.record()))
+        elif meta["to"] == "pending":
+            self._wake_claimers_locked(job.queue)
+        return ticket
+
+    def renew_lease(self, claim: Claim, extension: Any) -> None:
+        """Extend the claim's lease to now + ``extension``; updates ``claim.lease_expires_at``."""
+        seconds = to_seconds(extension, "extension", allow_zero=False)
+        with self._lock:
+            job = self._current_job_locked(claim, "renew the lease of")
+            expires = self._now() + seconds
+            self._commit_locked(ev.RENEW, {"id": job.id, "att": job.attempts, "exp": expires})
+            claim.lease_expires_at = expires
+
+    # -- inspecting and operating ----------------------------------------------------------
+
+    def _read_locked(self) -> None:
+        if self._closed:
+            raise QueueClosed("the queue is closed")
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        check_job_id(job_id)
+        with self._lock:
+            self._read_locked()
+            job = self._state.jobs.get(job_id)
+            return None if job is None else job.record()
+
+    def stats(self, queue: str) -> QueueStats:
+        check_queue_name(queue)
+        with self._lock:
+            self._read_locked()
+            index = self._state.queues.get(queue)
+            if index is None:
+                return QueueStats(queue=queue)
+            c = index.counts
+            return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
+                              scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
+                              done=index.done_total, dead=c[JobStatus.DEAD])
+
+    def list_queues(self) -> list[str]:
+        with self._lock:
+            self._read_locked()
+            return sorted(self._state.queues)
+
+    def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
+                  ) -> list[JobRecord]:
+        """A page of dead jobs in enqueue order; ``after`` is the last id of the previous page."""
+        check_queue_name(queue)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+            raise InvalidArgument(f"limit must be an int in 1..10000, got {limit!r}")
+        if after is not None:
+            check_job_id(after, "after")
+        with self._lock:
+            self._read_locked()
+            after_seq = None
+            if after is not None:
+                ref = self._state.jobs.get(after)
+                if ref is None:
+                    raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
+                after_seq = ref.seq
+            return [j.record() for j in self._state.dead_page(queue, after_seq, limit)]
+
+    def requeue_dead_job(self, job_id: str) -> None:
+        """Move a dead job back to pending with its attempts reset."""
+        check_job_id(job_id)
+        with self._lock:
+            self._check_open_locked()
+            job = self._state.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.DEAD:
+                state = "unknown" if job is None else job.status.value
+                raise JobNotFound(f"job {job_id!r} is not dead (it is {state})")
+            ticket = self._commit_locked(ev.REQUEUE_DEAD, {"id": job_id, "at": self._now()})
+            self._wake_claimers_locked(job.queue)
+            self._wait_durable_locked(ticket)
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Remove a pending/scheduled job, or ask a running one to stop."""
+        check_job_id(job_id)
+        with self._lock:
+            self._check_open_locked()
+            job = self._state.jobs.get(job_id)
+            if job is None or job.status in _TERMINAL:
+                return CancelOutcome.NOT_FOUND
+            if job.status is JobStatus.CLAIMED:
+                if not job.cancel_requested:
+                    ticket = self._commit_locked(ev.CANCEL, {"id": job_id})
+                    claim = self._claims.get(job_id)
+                    if claim is not None:
+                        claim.cancel_requested.set()
+                    self._wait_durable_locked(ticket)
+                return CancelOutcome.REQUESTED
+            ticket = self._commit_locked(ev.CANCEL, {"id": job_id})
+            self._finished_locked(job_id, ticket, WaitOutcome(WaitStatus.NOT_FOUND))
+            self._wait_durable_locked(ticket)
+            return CancelOutcome.REMOVED
+
+    def wait_for_completion(self, job_id: str, timeout: Any) -> WaitOutcome:
+        """Block until the job is done or dead, or ``timeout`` seconds pass."""
+        check_job_id(job_id)
+        seconds = _wait_seconds(timeout, "timeout")
+        deadline = time.monotonic() + seconds
+        with self._lock:
+            self._read_locked()
+            job = self._state.jobs.get(job_id)
+            if job is None:
+                return WaitOutcome(WaitStatus.NOT_FOUND)
+            if job.status in _TERMINAL:
+                return WaitOutcome(WaitStatus.COMPLETED, job.record())
+            self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
+            try:
+                while job_id not in self._final:
+                    self._read_locked()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return WaitOutcome(WaitStatus.TIMED_OUT)
+                    self._completion.wait(min(left, 3600.0))
+                ticket, outcome = self._final[job_id]
+                self._wait_durable_locked(ticket)
+                return outcome
+            finally:
+                self._waiters[job_id] -= 1
+                if not self._waiters[job_id]:
+                    del self._waiters[job_id]
+                    self._final.pop(job_id, None)
+
+    # -- background ticks --------------------------------------------------------------------
+
+    def reap_now(self) -> int:
+        """Requeue (or dead-letter) jobs whose lease expired and sweep retention.
+
+        Returns how many expired claims were moved.
+        """
+        with self._lock:
+            self._check_open_locked()
+            now = self._now()
+            expired = self._state.expired_leases(now)
+            for job in expired:
+                if job.cancel_requested:
+                    self._fail_locked(job, now, "cancelled: lease expired", dead=True)
+                else:
+                    self._fail_locked(job, now, "lease expired",
+                                      dead=job.attempts >= job.max_attempts)
+            purge: list[str] = []
+            for name in list(self._state.queues):
+                cfg = self._config(name)
+                done_before = math.inf if cfg.keep_done is None else now - float(cfg.keep_done)  # type: ignore[arg-type]
+                dead_before = None if cfg.dead_retention is None else \
+                    now - float(cfg.dead_retention)  # type: ignore[arg-type]
+                purge += self._state.sweepable(name, done_before, dead_before)
+            if purge:
+                self._commit_locked(ev.PURGE, {"ids": purge})
+            return len(expired)
+
+    def promote_scheduled_now(self) -> int:
+        """Move scheduled jobs whose time has come to pending; returns how many."""
+        with self._lock:
+            self._check_open_locked()
+            return self._promote_locked(self._now())
+
+    def _promote_locked(self, now: float) -> int:
+        due = self._state.due_scheduled(now)
+        if not due:
+            return 0
+        self._commit_locked(ev.PROMOTE, {"ids": [j.id for j in due]})
+        counts: dict[str, int] = {}
+        for job in due:
+            counts[job.queue] = counts.get(job.queue, 0) + 1
+        for name, n in counts.items():
+            self._wake_claimers_locked(name, n)
+        return len(due)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.store.description!r}{', closed' if self._closed else ''})"
