@@ -14,6 +14,12 @@ Invariants:
   is also put-if-absent, so once another process has opened the root, this writer's next
   write loses and raises :class:`FencedError`; nothing it acknowledged is lost because the
   newer writer replays every segment that exists.
+- **Fences outlive compaction.** The key a displaced writer would write next is always an
+  empty segment (the fence of a later opener), so empty segments are never deleted: a
+  checkpoint that dropped one would reopen the very key a stale writer is about to take.
+  They cost one small object per open. Likewise a checkpoint deletes nothing unless, after
+  its manifest is durable, re-listing the manifests shows that version is still the newest
+  (manifest numbers are pruned and so can be re-created by a stale writer).
 - **Durable order.** A checkpoint object is written first, the manifest that points at it
   second, and only after that manifest is durable are the segments and checkpoint it covers
   deleted.
@@ -69,6 +75,7 @@ class Log:
         self.last_snapshot_size = 0
         self.segments_written = 0
         self.checkpoints_written = 0
+        self._empty_segments: set[int] = set()  # fences at or after replay_from: never deleted
         self._broken: BaseException | None = None
         self._closed = False
 
@@ -157,12 +164,17 @@ class Log:
         if len(seqs) > 1 and not isinstance(self.store, LocalStore):
             # Object stores: fetch ahead in parallel, apply strictly in order.
             with ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay") as pool:
-                for records in pool.map(self._read_segment, seqs):
+                for s, records in zip(seqs, pool.map(self._read_segment, seqs)):
+                    if not records:
+                        self._empty_segments.add(s)
                     for r in records:
                         on_record(r)
         else:
             for s in seqs:
-                for r in self._read_segment(s):
+                records = self._read_segment(s)
+                if not records:
+                    self._empty_segments.add(s)
+                for r in records:
                     on_record(r)
         self.next_seq = expected
 
@@ -173,11 +185,15 @@ class Log:
                 self.store.put_if_absent(f"{SEGMENT_DIR}/{_seq_name(self.next_seq)}", data)
             except ObjectExists:
                 # The previous writer committed this one before noticing us: replay it.
-                for r in self._read_segment(self.next_seq):
+                records = self._read_segment(self.next_seq)
+                if not records:
+                    self._empty_segments.add(self.next_seq)
+                for r in records:
                     on_record(r)
                 self.next_seq += 1
                 continue
             self.bytes_since_checkpoint += len(data)
+            self._empty_segments.add(self.next_seq)
             self.next_seq += 1
             return
         raise FencedError(f"{self.store.description}: could not fence the segment space")
@@ -222,6 +238,8 @@ class Log:
         self.next_seq = seq + 1
         self.bytes_since_checkpoint += len(data)
         self.segments_written += 1
+        if not records:
+            self._empty_segments.add(seq)
         return seq
 
     def checkpoint_due(self) -> bool:
@@ -266,8 +284,22 @@ class Log:
         self.bytes_since_checkpoint = 0
         self.last_snapshot_size = len(snapshot)
         self.checkpoints_written += 1
-        # The manifest that drops them is durable: now the covered objects may go.
-        garbage = [f"{SEGMENT_DIR}/{_seq_name(s)}" for s in range(old_from, seq + 1)]
+        # Our manifest number may have existed before and been pruned: only if ours is still
+        # the newest version are we the writer, and only the writer may delete.
+        try:
+            newest = max((s for s in (_parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR))
+                          if s is not None), default=0)
+        except StorageError:
+            return  # Unsure whether we still own the root: delete nothing.
+        if newest != n:
+            raise self._fail(FencedError(
+                f"{self.store.description}: manifest {_seq_name(newest)} is newer than this "
+                f"handle's {_seq_name(n)}; this handle has been fenced off"))
+        # The manifest that drops them is durable: now the covered objects may go, except
+        # the fences (see the module docstring).
+        garbage = [f"{SEGMENT_DIR}/{_seq_name(s)}" for s in range(old_from, seq + 1)
+                   if s not in self._empty_segments]
+        self._empty_segments = {s for s in self._empty_segments if s > seq}
         if old_checkpoint is not None:
             garbage.append(f"{CHECKPOINT_DIR}/{old_checkpoint}")
         garbage += [f"{MANIFEST_DIR}/{_seq_name(m)}" for m in
