@@ -39,6 +39,7 @@ from .records import (
     WaitOutcome,
     WaitStatus,
 )
+from .worker import Job, JobView, PermanentFailure, Worker, run_worker, run_worker_concurrent
 
 __all__ = [
     "MAX_KV_VALUE_SIZE",
@@ -54,11 +55,14 @@ __all__ = [
     "EnqueueResult",
     "FencedError",
     "InvalidArgument",
+    "Job",
     "JobNotFound",
     "JobRecord",
     "JobStatus",
+    "JobView",
     "KvValueTooLarge",
     "OpenOptions",
+    "PermanentFailure",
     "PermanentStorageError",
     "Queue",
     "QueueBroken",
@@ -70,5 +74,8 @@ __all__ = [
     "TransientStorageError",
     "WaitOutcome",
     "WaitStatus",
+    "Worker",
     "__version__",
+    "run_worker",
+    "run_worker_concurrent",
 ]
