@@ -64,6 +64,12 @@ class CorruptionError(StorageError):
     """A stored object failed its checksum or could not be decoded."""
 
 
+def exception_text(exc: BaseException) -> str:
+    """How a failure is stored as ``last_error``: ``"Type: message"`` (or just ``"Type"``)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 __all__ = [
     "ClaimLost",
     "ConfigError",

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from .config import Duration, check_queue_name, to_seconds
-from .errors import ClaimLost, InvalidArgument, QueueBroken, QueueClosed
+from .errors import ClaimLost, InvalidArgument, QueueBroken, QueueClosed, exception_text
 from .records import Claim
 
 if TYPE_CHECKING:
@@ -131,12 +131,6 @@ class _Outcome:
 _ACK = _Outcome("ack")
 
 
-def _error_text(exc: BaseException) -> str:
-    """The text a nack stores for ``exc``, formatted as the queue formats exceptions."""
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def _resolve(handler: Handler) -> Callable[[Any], object]:
     process = getattr(handler, "process", None)
     if callable(process):
@@ -159,7 +153,7 @@ def _call(handler: Handler, job: Any) -> _Outcome:
     except PermanentFailure as exc:
         return _Outcome("dead", exc.reason)
     except Exception as exc:
-        return _Outcome("nack", _error_text(exc), exc, traceback.format_exc())
+        return _Outcome("nack", exception_text(exc), exc, traceback.format_exc())
     return _ACK
 
 
@@ -468,7 +462,7 @@ class _ConcurrentRunner:
         try:
             outcome = future.result()
         except BaseException as exc:  # the executor failed (worker died, unpicklable, ...)
-            outcome = _Outcome("nack", _error_text(exc), exc,
+            outcome = _Outcome("nack", exception_text(exc), exc,
                                "".join(traceback.format_exception(exc)))
         finally:
             self.renewer.remove(claim)
