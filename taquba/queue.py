@@ -47,6 +47,7 @@ from .errors import (
     JobNotFound,
     KvValueTooLarge,
     QueueClosed,
+    exception_text,
 )
 from .ids import IdGenerator
 from .log import Log
@@ -73,8 +74,7 @@ _TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
 
 def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
-        text = str(error)
-        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        text = exception_text(error)
     elif isinstance(error, str):
         text = error
     else:
@@ -441,6 +441,8 @@ class Queue:
         expires = now + lease
         self._commit_locked(ev.CLAIM, {"id": job.id, "att": attempts, "at": now, "exp": expires})
         claim = Claim(record=job.record(), lease_expires_at=expires, token=attempts)
+        if job.cancel_requested:  # requested while a previous process held the job
+            claim.cancel_requested.set()
         self._claims[job.id] = claim
         return claim
 

@@ -398,7 +398,10 @@ class State:
             blobs.append(key)
             blobs.append(value)
         meta = {"v": _SNAPSHOT_VERSION, "next_seq": self.next_seq, "jobs": rows,
-                "done": {name: q.done_total for name, q in self.queues.items()}}
+                "done": {name: q.done_total for name, q in self.queues.items()},
+                # The dedup index is stored as is: a key is released at a job's first claim,
+                # so it cannot be derived from the jobs (a retried job keeps its dedup_key).
+                "dedup": {name: q.dedup for name, q in self.queues.items() if q.dedup}}
         return ev.encode(ev.SNAPSHOT, meta, blobs)
 
     @classmethod
@@ -432,8 +435,11 @@ class State:
                 assert job.failed_at is not None
                 index.dead.append((job.seq, job.id))
                 index.dead_heap.append((job.failed_at, job.id))
-            if job.dedup_key is not None and job.status in (PENDING, SCHEDULED):
-                index.dedup[job.dedup_key] = job.id
+            if "dedup" not in meta and job.dedup_key is not None \
+                    and job.status in (PENDING, SCHEDULED):
+                index.dedup[job.dedup_key] = job.id  # snapshots written before "dedup" existed
+        for name, dedup in meta.get("dedup", {}).items():
+            state.queue(name).dedup.update(dedup)
         heapq.heapify(state.scheduled)
         heapq.heapify(state.leases)
         for index in state.queues.values():

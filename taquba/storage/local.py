@@ -77,6 +77,13 @@ class LocalStore(Store):
                 os.link(tmp, path)
             except FileExistsError:
                 raise ObjectExists(f"put {self.description}/{key}: already exists") from None
+            except FileNotFoundError:
+                if not os.path.isdir(directory):
+                    raise
+                # Our temporary file vanished: only a newer writer opening this root removes
+                # them (remove_temp_files), so this writer has been replaced — a lost put.
+                raise ObjectExists(f"put {self.description}/{key}: another writer opened the "
+                                   "root and removed this writer's temporary file") from None
         finally:
             try:
                 os.unlink(tmp)
