@@ -27,6 +27,7 @@ MAX_JOB_ID_CHARS = 128
 MAX_HEADER_BYTES = 65536
 MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 
+Buffer = bytes | bytearray | memoryview
 Duration = float | int | timedelta
 PointInTime = float | int | datetime
 

@@ -32,6 +32,7 @@ from .config import (
     MAX_KV_KEY_SIZE,
     MAX_KV_VALUE_SIZE,
     MAX_PAYLOAD_SIZE,
+    Buffer,
     EnqueueOptions,
     OpenOptions,
     QueueConfig,
@@ -173,6 +174,11 @@ class Queue:
             logger.warning("taquba committer did not stop within %s s", timeout)
         self.store.close()
 
+    def _ensure_open(self) -> None:
+        """Calls after ``close`` raise ``QueueClosed`` before looking at their arguments."""
+        if self._closed:
+            raise QueueClosed("the queue is closed")
+
     @property
     def closed(self) -> bool:
         return self._closed
@@ -232,22 +238,25 @@ class Queue:
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, queue: str, payload: bytes, **options: Any) -> str:
+    def enqueue(self, queue: str, payload: Buffer, **options: Any) -> str:
         """Enqueue one job; keyword options as in :class:`EnqueueOptions`. Returns its id."""
+        self._ensure_open()
         try:
             opts = EnqueueOptions(**options)
         except TypeError as exc:
             raise InvalidArgument(f"unknown enqueue option: {exc}") from None
         return self.enqueue_with(queue, payload, opts)
 
-    def enqueue_with(self, queue: str, payload: bytes, options: EnqueueOptions) -> str:
+    def enqueue_with(self, queue: str, payload: Buffer, options: EnqueueOptions) -> str:
         """Enqueue one job with explicit :class:`EnqueueOptions`. Returns its id."""
+        self._ensure_open()
         if not isinstance(options, EnqueueOptions):
             raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
         return self._enqueue(queue, [(payload, options)], None)[0].id
 
-    def enqueue_batch(self, queue: str, payloads: Iterable[bytes]) -> list[str]:
+    def enqueue_batch(self, queue: str, payloads: Iterable[Buffer]) -> list[str]:
         """Enqueue many jobs atomically (all or nothing); ids in input order."""
+        self._ensure_open()
         if isinstance(payloads, (bytes, bytearray, memoryview, str)):
             raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
                                   "payload")
@@ -266,12 +275,13 @@ class Queue:
         plain = EnqueueOptions()
         return [r.id for r in self._enqueue(queue, [(p, plain) for p in items], None)]
 
-    def enqueue_with_kv(self, queue: str, payload: bytes, kv_writes: Mapping[bytes, bytes],
+    def enqueue_with_kv(self, queue: str, payload: Buffer, kv_writes: Mapping[bytes, Buffer],
                         options: EnqueueOptions | None = None) -> EnqueueResult:
         """Enqueue one job and apply ``kv_writes`` in the same atomic record.
 
         On a dedup hit nothing is written and ``is_new`` is False.
         """
+        self._ensure_open()
         if options is None:
             options = EnqueueOptions()
         elif not isinstance(options, EnqueueOptions):
@@ -370,16 +380,18 @@ class Queue:
             raise InvalidArgument(f"KV key is {len(data)} bytes; the limit is {MAX_KV_KEY_SIZE}")
         return data
 
-    def kv_get(self, key: bytes) -> bytes | None:
+    def kv_get(self, key: Buffer) -> bytes | None:
         """The value stored under ``key`` in the caller's KV namespace, or None."""
+        self._ensure_open()
         data = self._kv_key(key)
         with self._lock:
             if self._closed:
                 raise QueueClosed("the queue is closed")
             return self._state.kv.get(data)
 
-    def kv_delete(self, key: bytes) -> None:
+    def kv_delete(self, key: Buffer) -> None:
         """Delete ``key`` from the caller's KV namespace (durably). Missing keys are fine."""
+        self._ensure_open()
         data = self._kv_key(key)
         with self._lock:
             self._check_open_locked()
@@ -393,12 +405,14 @@ class Queue:
 
     def claim(self, queue: str, lease: Any = None, *, wait: Any = 0.0) -> Claim | None:
         """Claim the first pending job of ``queue``; wait up to ``wait`` seconds for one."""
+        self._ensure_open()
         claims = self._claim(queue, 1, lease, wait)
         return claims[0] if claims else None
 
     def claim_batch(self, queue: str, max_jobs: int, lease: Any = None, *,
                     wait: Any = 0.0) -> list[Claim]:
         """Claim up to ``max_jobs`` pending jobs (waiting up to ``wait`` for the first)."""
+        self._ensure_open()
         if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) \
                 or not 1 <= max_jobs <= MAX_CLAIM_BATCH:
             raise InvalidArgument(f"max_jobs must be an int in 1..{MAX_CLAIM_BATCH}, got "
@@ -448,6 +462,7 @@ class Queue:
 
     def ack(self, claim: Claim) -> None:
         """Mark the claimed job done. Raises ``ClaimLost`` if the claim is not current."""
+        self._ensure_open()
         with self._lock:
             job = self._current_job_locked(claim, "ack")
             keep = self._config(job.queue).keep_done is not None
@@ -463,6 +478,7 @@ class Queue:
 
     def nack(self, claim: Claim, error: object) -> None:
         """Report a failed attempt: retry after backoff, or dead once attempts are spent."""
+        self._ensure_open()
         text = _error_text(error)
         with self._lock:
             job = self._current_job_locked(claim, "nack")
@@ -479,6 +495,7 @@ class Queue:
 
     def dead_letter(self, claim: Claim, reason: str) -> None:
         """Move the claimed job straight to the dead set with ``reason`` as its last error."""
+        self._ensure_open()
         if not isinstance(reason, str):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
         text = _error_text(reason)
@@ -506,6 +523,7 @@ class Queue:
 
     def renew_lease(self, claim: Claim, extension: Any) -> None:
         """Extend the claim's lease to now + ``extension``; updates ``claim.lease_expires_at``."""
+        self._ensure_open()
         seconds = to_seconds(extension, "extension", allow_zero=False)
         with self._lock:
             job = self._current_job_locked(claim, "renew the lease of")
@@ -520,6 +538,7 @@ class Queue:
             raise QueueClosed("the queue is closed")
 
     def get_job(self, job_id: str) -> JobRecord | None:
+        self._ensure_open()
         check_job_id(job_id)
         with self._lock:
             self._read_locked()
@@ -527,6 +546,7 @@ class Queue:
             return None if job is None else job.record()
 
     def stats(self, queue: str) -> QueueStats:
+        self._ensure_open()
         check_queue_name(queue)
         with self._lock:
             self._read_locked()
@@ -539,6 +559,7 @@ class Queue:
                               done=index.done_total, dead=c[JobStatus.DEAD])
 
     def list_queues(self) -> list[str]:
+        self._ensure_open()
         with self._lock:
             self._read_locked()
             return sorted(self._state.queues)
@@ -546,6 +567,7 @@ class Queue:
     def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
                   ) -> list[JobRecord]:
         """A page of dead jobs in enqueue order; ``after`` is the last id of the previous page."""
+        self._ensure_open()
         check_queue_name(queue)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
             raise InvalidArgument(f"limit must be an int in 1..10000, got {limit!r}")
@@ -563,6 +585,7 @@ class Queue:
 
     def requeue_dead_job(self, job_id: str) -> None:
         """Move a dead job back to pending with its attempts reset."""
+        self._ensure_open()
         check_job_id(job_id)
         with self._lock:
             self._check_open_locked()
@@ -576,6 +599,7 @@ class Queue:
 
     def cancel(self, job_id: str) -> CancelOutcome:
         """Remove a pending/scheduled job, or ask a running one to stop."""
+        self._ensure_open()
         check_job_id(job_id)
         with self._lock:
             self._check_open_locked()
@@ -597,6 +621,7 @@ class Queue:
 
     def wait_for_completion(self, job_id: str, timeout: Any) -> WaitOutcome:
         """Block until the job is done or dead, or ``timeout`` seconds pass."""
+        self._ensure_open()
         check_job_id(job_id)
         seconds = _wait_seconds(timeout, "timeout")
         deadline = time.monotonic() + seconds
