@@ -234,7 +234,8 @@ class Log:
                 f"{self.store.description}: segment {_seq_name(seq)} was written by another "
                 "process; this handle has been fenced off (another Queue.open took over)")) from exc
         except StorageError as exc:
-            raise self._fail(exc) from None
+            # re-raise the same object: ``from None`` would erase the backend cause it holds
+            raise self._fail(exc)  # noqa: B904
         self.next_seq = seq + 1
         self.bytes_since_checkpoint += len(data)
         self.segments_written += 1
@@ -279,7 +280,7 @@ class Log:
                 raise self._fail(FencedError(
                     f"{self.store.description}: checkpoint {name} already exists; this handle "
                     "has been fenced off")) from exc
-            raise self._fail(exc) from None
+            raise self._fail(exc)  # noqa: B904 - keeps the backend cause (see append)
         self.manifest_n = n
         self.bytes_since_checkpoint = 0
         self.last_snapshot_size = len(snapshot)

@@ -8,8 +8,10 @@ Rules every implementation keeps:
   response reports "exists" although it was ours, so callers put a unique writer nonce in
   every object and the store reads back before declaring a loss.
 - An object is whole or absent: readers never see a partial object.
-- ``list_dir`` returns the names directly under a directory, sorted bytewise, with no
-  temporary files.
+- ``list_dir`` returns the names of the objects directly under a directory (not
+  subdirectories), sorted bytewise, with no temporary files.
+- ``get_range(key, start, end)`` returns bytes ``[start, end)`` clipped to the object, like
+  a slice: an empty range, or one starting at or past the end, gives ``b""``.
 - Transient backend errors are retried with bounded exponential backoff; what is left is
   raised as a :class:`~taquba.errors.StorageError` subclass with the cause kept.
 """
@@ -86,7 +88,13 @@ class Store(ABC):
         return data
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
-        """Bytes ``[start, end)`` of ``key``."""
+        """Bytes ``[start, end)`` of ``key``, clipped to its length like a slice."""
+        if start < 0 or end < 0:
+            raise ValueError(f"get_range {key}: negative offsets are not supported "
+                             f"(start={start}, end={end})")
+        if end <= start:
+            # No request: backends disagree on empty ranges (S3 returns the whole object).
+            return b""
         data = self._retry("get", key, lambda: self._raw_get_range(key, start, end))
         self._count(gets=1, bytes_read=len(data))
         return data

@@ -7,6 +7,7 @@ is permanent. The original exception is always kept as ``__cause__``.
 
 from __future__ import annotations
 
+import enum
 import errno
 
 from ..errors import PermanentStorageError, StorageError, TransientStorageError
@@ -43,40 +44,61 @@ _TRANSIENT_CODES = {
     "ServerBusy", "OperationTimedOut",
 }
 _EXISTS_CODES = {"PreconditionFailed", "ConditionNotMet", "BlobAlreadyExists", "412"}
+_RANGE_CODES = {"InvalidRange", "RequestedRangeNotSatisfiable", "416"}
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and what caused it. An implicit context that is one of our own errors is not
+    followed: a "not found" raised while handling ObjectExists (the read-back after a lost
+    conditional PUT) must not inherit the "exists" meaning."""
     seen: list[BaseException] = []
     cur: BaseException | None = exc
     while cur is not None and cur not in seen and len(seen) < 8:
         seen.append(cur)
-        cur = cur.__cause__ or cur.__context__
+        if cur.__cause__ is not None:
+            cur = cur.__cause__
+        elif cur.__suppress_context__ or isinstance(cur.__context__, StorageError):
+            cur = None
+        else:
+            cur = cur.__context__
     return seen
 
 
-def _code(exc: BaseException) -> str | None:
+def _codes(exc: BaseException) -> list[str]:
+    """Every error code and HTTP status the exception carries (botocore, Azure, gcsfs)."""
+    codes: list[str] = []
     response = getattr(exc, "response", None)
     if isinstance(response, dict):
-        err = response.get("Error") or {}
-        code = err.get("Code")
+        code = (response.get("Error") or {}).get("Code")
         if code:
-            return str(code)
+            codes.append(str(code))
         status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         if status:
-            return str(status)
+            codes.append(str(status))
     for attr in ("error_code", "code", "status_code", "status"):
         value = getattr(exc, attr, None)
-        if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
-    return None
+        if isinstance(value, enum.Enum):  # azure-storage's StorageErrorCode is a str enum
+            value = value.value
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+            codes.append(str(value))
+    return codes
 
 
 def is_exists(exc: BaseException) -> bool:
     for e in _chain(exc):
         if isinstance(e, FileExistsError):
             return True
-        code = _code(e)
-        if code is not None and (code in _EXISTS_CODES or code.endswith("AlreadyExists")):
+        if any(c in _EXISTS_CODES or c.endswith("AlreadyExists") for c in _codes(e)):
+            return True
+    return False
+
+
+def is_range_not_satisfiable(exc: BaseException) -> bool:
+    """A ranged read starting at or past the end of the object (HTTP 416)."""
+    for e in _chain(exc):
+        if isinstance(e, (FileNotFoundError, FileExistsError, PermissionError)):
+            return False
+        if any(c in _RANGE_CODES for c in _codes(e)):
             return True
     return False
 
@@ -93,8 +115,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if type(e).__name__ in _TRANSIENT_NAMES:
             return True
-        code = _code(e)
-        if code is not None:
+        for code in _codes(e):
             if code in _TRANSIENT_CODES:
                 return True
             if code.isdigit() and (int(code) >= 500 or int(code) in (408, 429)):

@@ -103,10 +103,11 @@ class LocalStore(Store):
 
     def _raw_list(self, directory: str) -> list[str]:
         try:
-            names = os.listdir(self._path(directory))
-        except FileNotFoundError:
+            with os.scandir(self._path(directory)) as entries:
+                return [e.name for e in entries
+                        if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
             return []
-        return [n for n in names if not n.startswith(".")]
 
     def _raw_delete(self, keys: list[str]) -> None:
         for key in keys:
