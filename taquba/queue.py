@@ -146,10 +146,25 @@ class Queue:
         return q
 
     def _release_previous_claims(self) -> None:
+        """Jobs a previous process held go back to pending, or dead once attempts are spent.
+
+        This is what the reaper would do when their leases expire, done at once: the process
+        that held them is gone, so waiting out the lease would only delay the retry.
+        """
         with self._lock:
-            ids = [j.id for j in self._state.claimed_jobs()]
+            claimed = self._state.claimed_jobs()
+            if not claimed:
+                return
+            now = self._now()
+            spent = [j for j in claimed if j.attempts >= j.max_attempts or j.cancel_requested]
+            ids = [j.id for j in claimed if j not in spent]
+            logger.info("requeueing %d job(s) claimed by a previous process; %d dead-lettered "
+                        "with their attempts used up", len(ids), len(spent))
+            for job in spent:
+                reason = "cancelled: " if job.cancel_requested else ""
+                self._fail_locked(job, now, f"{reason}claim abandoned by a previous process",
+                                  dead=True)
             if ids:
-                logger.info("requeueing %d job(s) claimed by a previous process", len(ids))
                 self._commit_locked(ev.RELEASE, {"ids": ids})
                 for job_id in ids:
                     self._wake_claimers_locked(self._state.jobs[job_id].queue)

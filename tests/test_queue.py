@@ -545,17 +545,33 @@ def test_cancel_request_persists_across_reopen(open_queue: Opener) -> None:
     job_id = q.enqueue(Q, b"x", max_attempts=5)
     claim(q)
     assert q.cancel(job_id) is CancelOutcome.REQUESTED
+    assert record(q, job_id).cancel_requested
     q.close()
     q = open_queue()
     r = record(q, job_id)
-    # the claim belonged to the old process: the job is back to pending, flag kept
-    assert (r.status, r.attempts, r.cancel_requested) == (JobStatus.PENDING, 1, True)
-    c = claim(q)
-    assert c.record.cancel_requested
-    assert c.cancel_requested.is_set()
-    q.nack(c, "stopping")
-    assert record(q, job_id).last_error == "cancelled: stopping"
+    # the claim belonged to the old process and cancellation was asked for: it is not run
+    # again but dead-lettered, attempts and flag kept
+    assert (r.status, r.attempts, r.cancel_requested) == (JobStatus.DEAD, 1, True)
+    assert r.last_error == "cancelled: claim abandoned by a previous process"
+    assert q.claim(Q) is None
     assert q.stats(Q) == stats(q, dead=1)
+
+
+def test_spent_claim_is_dead_lettered_at_reopen(open_queue: Opener) -> None:
+    q = open_queue()
+    spent = q.enqueue(Q, b"spent", max_attempts=1)
+    retry = q.enqueue(Q, b"retry", max_attempts=2)
+    claim(q)
+    claim(q)
+    q.close()
+    q = open_queue()
+    # a job whose process died mid-attempt counts that attempt, like a reaped lease
+    assert (record(q, spent).status, record(q, spent).attempts) == (JobStatus.DEAD, 1)
+    assert record(q, spent).last_error == "claim abandoned by a previous process"
+    assert (record(q, retry).status, record(q, retry).attempts) == (JobStatus.PENDING, 1)
+    assert q.stats(Q) == stats(q, pending=1, dead=1)
+    c = claim(q)
+    assert (c.id, c.attempts) == (retry, 2)
 
 
 # --------------------------------------------------------------------------- wait_for_completion

@@ -139,12 +139,14 @@ def test_lifecycle_and_reopen(backend_root: Any) -> None:
     q = open_queue(backend_root, clock)
     try:
         assert {name: q.stats(name) for name in q.list_queues()} == {
-            **expected, Q: QueueStats(queue=Q, pending=2, done=2, dead=1)}
+            **expected, Q: QueueStats(queue=Q, pending=1, done=2, dead=2)}
         assert {i: q.get_job(i) for i in kept} == kept
         assert q.kv_get(b"k1") == b"v1" and q.kv_get(b"k2") is None
         back = q.get_job(held.id)
-        assert back is not None and (back.status, back.attempts) == (JobStatus.PENDING, 2)
-        assert [d.id for d in q.dead_jobs(Q)] == [normal]
+        # its second attempt died with the process: attempts are spent, so it is dead
+        assert back is not None and (back.status, back.attempts) == (JobStatus.DEAD, 2)
+        assert back.last_error == "claim abandoned by a previous process"
+        assert sorted(d.id for d in q.dead_jobs(Q)) == sorted([normal, held.id])
         assert q.enqueue("side", b"again", dedup_key="s") == "side-job"
     finally:
         q.close()
