@@ -15,6 +15,8 @@ Invariants:
   ``FencedError``), and every later call raises ``QueueBroken``. Nothing durable is lost.
 - A checkpoint snapshot is taken under the lock at the moment a batch is taken whole, so it
   describes exactly the state after that batch's segment.
+- Whatever goes wrong in the thread (even the snapshot callable raising) breaks the handle
+  and wakes every waiter: nobody waits forever on a thread that has died.
 """
 
 from __future__ import annotations
@@ -152,9 +154,18 @@ class Committer:
                     self._work.wait()
                 if not self._pending:
                     return
-                batch, snapshot = self._take_batch_locked()
-                end = self._taken + len(batch)
-                self._taken = end
+                try:
+                    batch, snapshot = self._take_batch_locked()
+                except BaseException as exc:
+                    self._break_locked(exc)
+                    failed: BaseException | None = exc
+                else:
+                    failed = None
+                    end = self._taken + len(batch)
+                    self._taken = end
+            if failed is not None:
+                logger.error("taquba snapshot failed; the handle is now broken: %s", failed)
+                return
             try:
                 seq = self.log.append(batch)
             except BaseException as exc:
@@ -173,7 +184,7 @@ class Committer:
                 except FencedError as exc:
                     self._break(exc)
                     return
-                except StorageError as exc:
+                except BaseException as exc:
                     # The segments are durable; only compaction failed. The log is broken
                     # (it writes nothing after a failed put), so stop accepting records.
                     self.stats.checkpoint_failures += 1
@@ -183,11 +194,14 @@ class Committer:
     def _break(self, exc: BaseException) -> None:
         logger.error("taquba log write failed; the handle is now broken: %s", exc)
         with self.lock:
-            self._failure = exc
-            self._pending = []
-            self._pending_bytes = 0
-            self._durable.notify_all()
-            self._work.notify_all()
+            self._break_locked(exc)
+
+    def _break_locked(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._pending = []
+        self._pending_bytes = 0
+        self._durable.notify_all()
+        self._work.notify_all()
 
     def _failure_error(self) -> BaseException:
         """The error for a caller whose record was lost in the failure."""

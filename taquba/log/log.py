@@ -14,6 +14,12 @@ Invariants:
   is also put-if-absent, so once another process has opened the root, this writer's next
   write loses and raises :class:`FencedError`; nothing it acknowledged is lost because the
   newer writer replays every segment that exists.
+- **A busy writer yields.** An opener fences by winning one segment number, but a writer
+  that commits back to back can win the race for every next number for as long as it stays
+  busy (each lost attempt costs the opener a PUT and two GETs, the writer one PUT). So the
+  writer re-lists the manifests before every ``EPOCH_CHECK_EVERY``-th segment and stops
+  (:class:`FencedError`) once a newer epoch exists: an opener chases at most that many
+  commits. This is liveness only; safety never depends on it.
 - **Fences outlive compaction.** The key a displaced writer would write next is always an
   empty segment (the fence of a later opener), so empty segments are never deleted: a
   checkpoint that dropped one would reopen the very key a stale writer is about to take.
@@ -46,6 +52,7 @@ SEGMENT_DIR = "segments"
 CHECKPOINT_DIR = "checkpoints"
 _OPEN_ATTEMPTS = 20
 _FENCE_ATTEMPTS = 10_000
+EPOCH_CHECK_EVERY = 64
 _KEEP_MANIFESTS = 2
 
 
@@ -225,6 +232,8 @@ class Log:
         both cases the log is broken and writes nothing more.
         """
         self._check_writable()
+        if self.segments_written and self.segments_written % EPOCH_CHECK_EVERY == 0:
+            self._yield_to_newer_epoch()
         seq = self.next_seq
         data = self._segment_bytes(seq, records)
         try:
@@ -242,6 +251,22 @@ class Log:
         if not records:
             self._empty_segments.add(seq)
         return seq
+
+    def _newest_manifest(self) -> int:
+        return max((s for s in (_parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR))
+                    if s is not None), default=0)
+
+    def _yield_to_newer_epoch(self) -> None:
+        """Stop if another process has claimed a newer epoch (see "A busy writer yields")."""
+        try:
+            newest = self._newest_manifest()
+        except StorageError:
+            return  # only a liveness aid: the segment fence still protects the data
+        if newest > self.manifest_n:
+            raise self._fail(FencedError(
+                f"{self.store.description}: manifest {_seq_name(newest)} is newer than this "
+                f"handle's {_seq_name(self.manifest_n)}; another process has opened this root "
+                "and this handle has been fenced off"))
 
     def checkpoint_due(self) -> bool:
         threshold = max(self.checkpoint_min_bytes,
@@ -288,8 +313,7 @@ class Log:
         # Our manifest number may have existed before and been pruned: only if ours is still
         # the newest version are we the writer, and only the writer may delete.
         try:
-            newest = max((s for s in (_parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR))
-                          if s is not None), default=0)
+            newest = self._newest_manifest()
         except StorageError:
             return  # Unsure whether we still own the root: delete nothing.
         if newest != n:
