@@ -432,3 +432,19 @@ def test_reopen_reads_bytes_proportional_to_live_state_not_history(fast_backend_
           f"{stats.segments_written} segments and {stats.checkpoints_written} checkpoints; "
           f"reopen read {read.bytes_read} bytes in {read.gets} gets")
 
+
+
+def test_open_removes_checkpoints_no_manifest_names(fast_backend_root):
+    store = fast_backend_root.store()
+    log, _ = open_log(store, checkpoint_min_bytes=1)
+    seq = log.append([b"a"])
+    log.checkpoint(b"live", seq)
+    live = store.list_dir(CHECKPOINT_DIR)
+    # What a crash between a checkpoint and its manifest leaves behind:
+    orphan = f"{CHECKPOINT_DIR}/{seq + 1:020d}-{log.epoch:010d}"
+    store.put_if_absent(orphan, b"written, never named by a manifest")
+    assert len(store.list_dir(CHECKPOINT_DIR)) == 2
+
+    _, seen = open_log(fast_backend_root.store())
+    assert seen.snapshots == [b"live"]
+    assert store.list_dir(CHECKPOINT_DIR) == live

@@ -103,7 +103,21 @@ class Log:
         if isinstance(store, LocalStore):
             for d in (SEGMENT_DIR, CHECKPOINT_DIR, MANIFEST_DIR):
                 store.remove_temp_files(d)
+        log._remove_orphan_checkpoints()
         return log
+
+    def _remove_orphan_checkpoints(self) -> None:
+        """Delete checkpoints the current manifest does not name.
+
+        They are left by a crash between a checkpoint and its manifest, or by a displaced
+        writer; now that this handle owns the epoch, no manifest can come to name them.
+        """
+        try:
+            names = self.store.list_dir(CHECKPOINT_DIR)
+            orphans = [f"{CHECKPOINT_DIR}/{n}" for n in names if n != self.checkpoint_name]
+            self.store.delete(orphans)
+        except StorageError:
+            pass  # garbage only: the next open tries again
 
     def _manifest_fields(self, epoch: int) -> dict[str, Any]:
         return {"epoch": epoch, "nonce": self.nonce, "checkpoint": self.checkpoint_name,
