@@ -167,12 +167,16 @@ class State:
 
     def expired_leases(self, now: float) -> list[Job]:
         out = []
+        taken: set[str] = set()
         heap = self.leases
         while heap and heap[0][0] <= now:
             expires, job_id, attempts = heapq.heappop(heap)
             job = self.jobs.get(job_id)
+            # Two entries can be identical (a renewal to the same expiry, or a claim after
+            # requeue_dead_job at the same clock reading): each job is taken once.
             if job is not None and job.status is CLAIMED and job.attempts == attempts \
-                    and job.lease_expires_at == expires:
+                    and job.lease_expires_at == expires and job_id not in taken:
+                taken.add(job_id)
                 out.append(job)
         return out
 
