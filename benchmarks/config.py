@@ -1,0 +1,65 @@
+"""Run sizes: the full run (the numbers in BENCHMARKS.md) and ``--quick`` (the smoke test)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .common import RESULTS_DIR
+
+SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle")
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool = False
+    workdir: str = os.path.join(RESULTS_DIR, "work")
+    # 1. local throughput
+    n: int = 20_000
+    reps: int = 3
+    payloads: tuple[int, ...] = (64, 1024)
+    threads: tuple[int, ...] = (1, 8)
+    fsync_samples: int = 500
+    batch_size: int = 1000
+    batches: int = 20
+    # 2. latency
+    latency_rate: float = 500.0
+    latency_duration: float = 10.0
+    latency_workers: int = 4
+    # 3 + 6. history
+    history_finished: int = 100_000
+    history_pending: int = 1_000
+    history_claims: int = 1_000
+    reopen_reps: int = 3
+    # 4. memory
+    rss_pending: int = 100_000
+    # 5. object storage
+    obj_latency: float = 0.020
+    obj_concurrency: tuple[int, ...] = (1, 10, 100)
+    obj_jobs: dict[int, int] = field(default_factory=lambda: {1: 200, 10: 1_000, 100: 10_000})
+    moto: bool = True
+    # 7. idle
+    idle_window: float = 20.0
+    idle_settle: float = 1.5
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["obj_jobs"] = {str(k): v for k, v in self.obj_jobs.items()}
+        return d
+
+
+QUICK = dict(
+    quick=True, n=300, reps=1, fsync_samples=50, batch_size=200, batches=3,
+    latency_duration=0.6, history_finished=1_500, history_pending=50, history_claims=50,
+    reopen_reps=1, rss_pending=1_000, obj_latency=0.002, obj_concurrency=(1, 10),
+    obj_jobs={1: 10, 10: 60, 100: 200}, idle_window=1.0, idle_settle=0.3,
+)
+
+
+def make_config(quick: bool, **overrides: Any) -> Config:
+    cfg = Config()
+    if quick:
+        cfg = replace(cfg, **QUICK)
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return replace(cfg, **clean)

@@ -1,0 +1,82 @@
+"""4. Peak RSS with many pending 64 B jobs.
+
+``rss`` (one child per system): import, open a fresh store, note the peak RSS so far (the
+baseline), enqueue ``n`` jobs of 64 B in batches of 1,000 (taquba ``enqueue_batch``; the
+peers in one transaction per batch), then report the peak RSS. ``rss_reopen`` (a fresh
+child): reopen that store and claim one job, and report the peak RSS — for taquba this is
+the cost of replaying ``n`` pending jobs into the in-memory index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import (
+    BenchError,
+    current_rss_bytes,
+    fresh_dir,
+    make_payload,
+    peak_rss_bytes,
+    remove_dir,
+    run_child,
+)
+from .systems import open_system
+
+
+def _import(system: str) -> None:
+    if system == "taquba":
+        import taquba  # noqa: F401
+    elif system == "huey":
+        import huey.storage  # noqa: F401
+    else:
+        import persistqueue  # noqa: F401
+
+
+def child_rss(args: dict[str, Any]) -> dict[str, Any]:
+    system, n = args["system"], args["n"]
+    payload = make_payload(64)
+    _import(system)
+    s = open_system(system, args["dir"], durable=(system == "taquba"))
+    try:
+        base = max(peak_rss_bytes(), current_rss_bytes())
+        left = n
+        while left > 0:
+            k = min(1000, left)
+            s.enqueue_many([payload] * k)
+            left -= k
+        peak = peak_rss_bytes()
+        now = current_rss_bytes()
+    finally:
+        s.close()
+    return {"system": system, "n": n, "base_rss": base, "peak_rss": peak, "rss_after": now,
+            "growth": peak - base, "bytes_per_job": (peak - base) / n}
+
+
+def child_rss_reopen(args: dict[str, Any]) -> dict[str, Any]:
+    system = args["system"]
+    _import(system)
+    base = max(peak_rss_bytes(), current_rss_bytes())
+    s = open_system(system, args["dir"], durable=True)
+    try:
+        if s.claim() is None:
+            raise BenchError(f"{system}: nothing to claim after reopen")
+        peak = peak_rss_bytes()
+    finally:
+        s.close()
+    return {"system": system, "base_rss": base, "peak_rss": peak, "growth": peak - base}
+
+
+def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    for system in systems:
+        d = fresh_dir(cfg.workdir, f"rss-{system}")
+        try:
+            r = run_child("rss", {"system": system, "n": cfg.rss_pending, "dir": d})
+            r2 = run_child("rss_reopen", {"system": system, "dir": d})
+        finally:
+            remove_dir(d)
+        res[system] = {**r, "reopen": r2}
+        log(f"  {system:13s} {cfg.rss_pending} pending: peak RSS {r['peak_rss'] / 2**20:.1f} MiB "
+            f"(+{r['growth'] / 2**20:.1f} MiB, {r['bytes_per_job']:.0f} B/job); reopen peak "
+            f"{r2['peak_rss'] / 2**20:.1f} MiB")
+    return res

@@ -1,0 +1,318 @@
+"""The machine description, the results table (Markdown), and the targets of the issue."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sqlite3
+import sys
+from typing import Any
+
+from .common import fs_type
+from .systems import ALL_SYSTEMS, version_of
+
+
+def machine(workdir: str) -> dict[str, Any]:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {name: version_of(name) for name in ALL_SYSTEMS}
+    for dist in ("fsspec", "s3fs", "moto", "orjson", "psutil"):
+        versions[dist] = version_of(dist)
+    versions["sqlite"] = sqlite3.sqlite_version
+    return {
+        "platform": platform.platform(), "python": sys.version.split()[0],
+        "cpu": cpu, "cores": os.cpu_count(), "memory_bytes": mem,
+        "workdir": workdir, "workdir_fs": fs_type(workdir), "versions": versions,
+        "loadavg_start": list(os.getloadavg()),
+        "git": _git_state(),
+    }
+
+
+def _git_state() -> dict[str, Any] | None:
+    """The commit measured, and whether taquba/ had uncommitted changes."""
+    import subprocess
+
+    from .common import REPO_DIR
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_DIR,
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "taquba"], cwd=REPO_DIR,
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head, "taquba_dirty": bool(dirty)}
+
+
+# -- formatting ------------------------------------------------------------------------------
+
+
+def _f(v: Any, digits: int = 0, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, (float, int)):
+        if digits == 0:
+            return f"{v:,.0f}{unit}"
+        return f"{v:,.{digits}f}{unit}"
+    return str(v)
+
+
+def _loads(v: Any) -> str:
+    return "/".join(f"{x:.2f}" for x in v) if v else "?"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |",
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |")
+    return out
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return float(a) / float(b)
+
+
+def render(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    m = results.get("machine", {})
+    cfg = results.get("config", {})
+    systems = [s for s in results.get("systems", []) if s in ALL_SYSTEMS]
+    lines.append(f"Machine: {m.get('cpu')} x{m.get('cores')} cores, "
+                 f"{(m.get('memory_bytes') or 0) / 2**30:.0f} GiB RAM, {m.get('platform')}, "
+                 f"Python {m.get('python')}, SQLite {m.get('versions', {}).get('sqlite')}; "
+                 f"work dir on {m.get('workdir_fs')}")
+    git = m.get("git") or {}
+    if git:
+        lines.append(f"taquba at commit {git.get('commit')}"
+                     + (" with uncommitted changes under taquba/" if git.get("taquba_dirty") else ""))
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items() if v))
+    if m.get("loadavg_start"):
+        lines.append(f"Load average (1/5/15 min) at start {_loads(m['loadavg_start'])}, at end "
+                     f"{_loads(results.get('loadavg_end'))}; run took "
+                     f"{results.get('duration_s', 0):.0f} s")
+    if results.get("skipped"):
+        lines.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
+    lines.append("")
+
+    local = results.get("local")
+    if local:
+        fs = local["fsync"]
+        lines.append(f"### 1. Local disk, durable (N={cfg.get('n')}, median of {cfg.get('reps')} "
+                     f"runs, each in its own process)")
+        lines.append("")
+        lines.append(f"Physical reference: 4 KiB append + fsync median "
+                     f"{_f(fs.get('write_fsync_4k_ms'), 3)} ms -> serial fsync limit "
+                     f"**{_f(fs.get('serial_fsync_limit_ops'))} ops/s**; publishing a 4 KiB "
+                     f"file whole (temp + fsync + link + dir fsync) "
+                     f"{_f(fs.get('publish_4k_ms'), 3)} ms.")
+        lines.append("")
+        header = ["operation (ops/s)", *systems]
+        if "taquba" in systems and "huey" in systems:
+            header.append("taquba / huey")
+        rows = []
+        tp = local["throughput"]
+        for op, label in (("enqueue", "enqueue"), ("drain", "claim+ack")):
+            for size in cfg.get("payloads", []):
+                for t in cfg.get("threads", []):
+                    row = [f"{label}, {t} thread{'s' if t > 1 else ''}, {size} B"]
+                    vals = {}
+                    for s in systems:
+                        r = tp.get(f"{s}/{size}/{t}")
+                        vals[s] = r[f"{op}_ops"] if r else None
+                        row.append(_f(vals[s]))
+                    if len(header) > len(systems) + 1:
+                        row.append(_f(_ratio(vals.get("taquba"), vals.get("huey")), 2, "x"))
+                    rows.append(row)
+        lines += _table(header, rows)
+        if local.get("batch"):
+            lines.append("")
+            for size, b in local["batch"].items():
+                lines.append(f"taquba `enqueue_batch` of {b['batch']} x {size} B: "
+                             f"**{b['jobs_per_s']:,.0f} jobs/s** (median batch "
+                             f"{b['median_batch_ms']:.2f} ms; 4 threads of batches "
+                             f"{b['threads4_jobs_per_s']:,.0f} jobs/s)")
+        lines.append("")
+
+    lat = results.get("latency")
+    if lat:
+        lines.append(f"### 2. End-to-end latency, open loop at {cfg.get('latency_rate'):.0f} jobs/s, "
+                     f"{cfg.get('latency_workers')} workers, 64 B, {cfg.get('latency_duration')} s")
+        lines.append("")
+        rows = []
+        for s in systems:
+            r = lat.get(s)
+            if r:
+                rows.append([s, _f(r["achieved_rate"]), _f(r["pickup_p50_ms"], 2),
+                             _f(r["pickup_p99_ms"], 2), _f(r["done_p50_ms"], 2),
+                             _f(r["done_p99_ms"], 2), _f(r["done_max_ms"], 1)])
+        lines += _table(["system", "sent/s", "pickup p50 ms", "pickup p99 ms", "done p50 ms",
+                         "done p99 ms", "done max ms"], rows)
+        lines.append("")
+
+    hist = results.get("history")
+    if hist:
+        lines.append(f"### 3 + 6. Reopen with {cfg.get('history_finished'):,} finished + "
+                     f"{cfg.get('history_pending'):,} pending; claim latency after history")
+        lines.append("")
+        rows = []
+        for s in systems:
+            r = hist.get(s)
+            if r:
+                b = r["build"]
+                req = r["reopens"][0].get("requests_at_open") if r["reopens"] else None
+                rows.append([s, _f(r["open_ms"], 1), _f(r["first_claim_ms"], 2),
+                             _f(sum(req[k] for k in ("puts", "gets", "lists", "deletes")))
+                             if req else "-",
+                             _f(b["store_bytes"] / 1e6, 1), _f(b["fresh_claim"]["p99_us"], 0),
+                             _f(b["history_claim"]["p99_us"], 0), _f(r["claim_p99_ratio"], 2, "x")])
+        lines += _table(["system", "reopen ms", "first claim ms", "requests at reopen",
+                         "store MB", "claim p99 fresh µs", "claim p99 after history µs",
+                         "ratio"], rows)
+        lines.append("")
+
+    mem = results.get("memory")
+    if mem:
+        lines.append(f"### 4. Peak RSS with {cfg.get('rss_pending'):,} pending 64 B jobs")
+        lines.append("")
+        rows = []
+        for s in systems:
+            r = mem.get(s)
+            if r:
+                rows.append([s, _f(r["base_rss"] / 2**20, 1), _f(r["peak_rss"] / 2**20, 1),
+                             _f(r["bytes_per_job"]), _f(r["reopen"]["peak_rss"] / 2**20, 1)])
+        lines += _table(["system", "baseline MiB", "peak MiB", "bytes/job", "reopen peak MiB"], rows)
+        lines.append("")
+
+    obj = results.get("objectstore")
+    if obj:
+        lines.append("### 5. Object storage (per completed job = enqueue + claim + ack, "
+                     "checkpoints included)")
+        lines.append("")
+        rows = []
+        for backend in ("latency", "moto"):
+            for r in obj.get(backend, []):
+                name = (f"{r['latency_ms']:.0f} ms/request" if backend == "latency" else "moto")
+                rows.append([name, _f(r["payload"]), _f(r["concurrency"]), _f(r["enqueue_ops"]),
+                             _f(r["drain_ops"]), _f(r.get("commits_per_put_enqueue"), 1),
+                             _f(r.get("commits_per_put"), 1), _f(r.get("puts_per_job"), 3),
+                             _f(r.get("requests_per_job"), 3), _f(r.get("bytes_per_job")),
+                             _f(r.get("bytes_ratio"), 2, "x"), _f(r.get("reopen_requests")),
+                             _f(r["reopen_ms"])])
+        lines += _table(["backend", "payload B", "C", "enqueue/s", "claim+ack/s",
+                         "commits/PUT (enqueue)", "commits/PUT (all)", "PUTs/job", "requests/job",
+                         "bytes/job", "x payload", "reopen requests", "reopen ms"], rows)
+        if obj.get("moto_skipped"):
+            lines.append(f"moto: skipped ({obj['moto_skipped']})")
+        lines.append("")
+
+    idle = results.get("idle")
+    if idle:
+        lines.append(f"### 7. Idle open queue ({idle['window_s']:.0f} s window)")
+        lines.append("")
+        lines.append(f"Storage requests per minute: local {idle['local_per_minute']:.1f}, "
+                     f"object-store-like fs {idle['memory_fs_per_minute']:.1f}")
+        lines.append("")
+
+    targets = results.get("targets")
+    if targets:
+        lines.append("### Targets")
+        lines.append("")
+        rows = [[t["name"], t["measured"], t["target"], "met" if t["met"] else
+                 ("MISSED" if t["met"] is False else "n/a")] for t in targets]
+        lines += _table(["target", "measured", "required", "result"], rows)
+        lines.append("")
+    return "\n".join(lines)
+
+
+# -- targets ---------------------------------------------------------------------------------
+
+
+def _t(name: str, value: float | None, op: str, bound: float, fmt: str, target: str) -> dict[str, Any]:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return {"name": name, "value": None, "measured": "not measured", "target": target,
+                "met": None}
+    met = value >= bound if op == ">=" else value <= bound if op == "<=" else value < bound
+    return {"name": name, "value": value, "measured": fmt.format(value), "target": target,
+            "met": bool(met)}
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    cfg = results.get("config", {})
+    local = results.get("local") or {}
+    tp = local.get("throughput", {})
+    limit = (local.get("fsync") or {}).get("serial_fsync_limit_ops")
+    t8, t1 = max(cfg.get("threads", [8])), min(cfg.get("threads", [1]))
+
+    def get(system: str, size: int, threads: int, op: str) -> float | None:
+        r = tp.get(f"{system}/{size}/{threads}")
+        return r[f"{op}_ops"] if r else None
+
+    for size in cfg.get("payloads", []):
+        out.append(_t(f"enqueue {t8} threads vs huey ({size} B)",
+                      _ratio(get("taquba", size, t8, "enqueue"), get("huey", size, t8, "enqueue")),
+                      ">=", 3.0, "{:.2f}x", ">= 3x"))
+        out.append(_t(f"enqueue {t8} threads vs serial fsync limit ({size} B)",
+                      _ratio(get("taquba", size, t8, "enqueue"), limit), ">=", 2.0, "{:.2f}x", ">= 2x"))
+        out.append(_t(f"enqueue {t1} thread vs serial fsync limit ({size} B)",
+                      _ratio(get("taquba", size, t1, "enqueue"), limit), ">=", 0.8, "{:.2f}x", ">= 0.8x"))
+        out.append(_t(f"claim+ack {t8} workers vs huey ({size} B)",
+                      _ratio(get("taquba", size, t8, "drain"), get("huey", size, t8, "drain")),
+                      ">=", 3.0, "{:.2f}x", ">= 3x"))
+    for size, b in (local.get("batch") or {}).items():
+        out.append(_t(f"enqueue_batch of {b['batch']} ({size} B)", b["jobs_per_s"], ">=", 100_000,
+                      "{:,.0f} jobs/s", ">= 100,000 jobs/s"))
+    lat = results.get("latency") or {}
+    if "taquba" in lat:
+        for kind in ("pickup", "done"):
+            a = lat["taquba"][f"{kind}_p99_ms"]
+            b = (lat.get("huey") or {}).get(f"{kind}_p99_ms")
+            t = _t(f"latency p99 ({kind}) at {cfg.get('latency_rate', 0):.0f}/s vs huey",
+                   _ratio(a, b), "<=", 1.0, "{:.2f}x", "<= 1x (no worse)")
+            if b is not None:
+                t["measured"] += f" ({a:.2f} vs {b:.2f} ms)"
+            out.append(t)
+    hist = (results.get("history") or {}).get("taquba")
+    if hist:
+        out.append(_t(f"reopen ({cfg.get('history_finished'):,} finished + "
+                      f"{cfg.get('history_pending'):,} pending)", hist["open_ms"], "<", 50.0,
+                      "{:.1f} ms", "< 50 ms"))
+        out.append(_t("claim p99 after history vs fresh", hist["claim_p99_ratio"], "<=", 1.5,
+                      "{:.2f}x", "<= 1.5x"))
+    obj = results.get("objectstore") or {}
+    cmax = max(cfg.get("obj_concurrency", [0]) or [0])
+    for r in obj.get("latency", []):
+        if r["concurrency"] != cmax:
+            continue
+        tag = f"{cmax} producers, {r['latency_ms']:.0f} ms/request, {r['payload']} B"
+        out.append(_t(f"commits per PUT ({tag})", r.get("commits_per_put_enqueue"), ">=", 50,
+                      "{:.1f}", ">= 50"))
+        out.append(_t(f"committed ops/s ({tag})", r.get("committed_ops_enqueue"), ">=", 3000,
+                      "{:,.0f}/s", ">= 3,000/s"))
+        bound = 1.5 if r["payload"] >= 1024 else 5.0 if r["payload"] <= 64 else None
+        if bound is not None:
+            out.append(_t(f"bytes written per job ({tag})", r.get("bytes_ratio"), "<=", bound,
+                          "{:.2f}x payload", f"<= {bound}x payload"))
+    idle = results.get("idle")
+    if idle:
+        out.append(_t("storage requests per minute, idle", idle["per_minute"], "<=", 0.0,
+                      "{:.1f}/min", "0"))
+    return out

@@ -1,0 +1,166 @@
+"""Smoke test of ``benchmarks/`` at tiny sizes, so the harness cannot rot.
+
+It runs ``python -m benchmarks run --quick`` for real (child processes, JSON output, the
+table) and checks that every taquba scenario produced sane numbers. No number is compared
+with a target here: the benchmarks are not timed tests. The peers (huey, persist-queue) are
+bench-only dependencies: their test is skipped when they are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from benchmarks import report  # noqa: E402
+from benchmarks.latencyfs import LatencyFileSystem  # noqa: E402
+
+
+def _run(tmp_path, *args: str, timeout: float = 240) -> tuple[dict, str]:
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "benchmarks", "run", "--quick",
+           "--workdir", str(tmp_path / "work"), "--json", str(out), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, f"benchmark run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_taquba_scenarios_quick(tmp_path):
+    res, table = _run(tmp_path, "--systems", "taquba")
+    assert res["systems"] == ["taquba"]
+    cfg = res["config"]
+
+    local = res["local"]
+    assert _positive(local["fsync"]["write_fsync_4k_ms"])
+    for size in cfg["payloads"]:
+        for threads in cfg["threads"]:
+            r = local["throughput"][f"taquba/{size}/{threads}"]
+            assert _positive(r["enqueue_ops"]) and _positive(r["drain_ops"])
+            assert all(run["n"] == cfg["n"] for run in r["runs"])
+    for b in local["batch"].values():
+        assert _positive(b["jobs_per_s"])
+
+    lat = res["latency"]["taquba"]
+    assert lat["jobs"] > 0 and lat["pickup_p50_ms"] <= lat["pickup_p99_ms"]
+    assert 0 <= lat["pickup_p99_ms"] <= lat["done_p99_ms"] + 1e-6
+
+    hist = res["history"]["taquba"]
+    assert _positive(hist["open_ms"]) and _positive(hist["first_claim_ms"])
+    assert all(r["pending_after_open"] == cfg["history_pending"] for r in hist["reopens"])
+    assert hist["reopens"][0]["requests_at_open"]["gets"] >= 1
+
+    mem = res["memory"]["taquba"]
+    assert mem["peak_rss"] >= mem["base_rss"] > 0
+
+    obj = res["objectstore"]
+    assert [r["concurrency"] for r in obj["latency"] if r["payload"] == cfg["payloads"][0]] \
+        == list(cfg["obj_concurrency"])
+    for r in obj["latency"] + obj["moto"]:
+        assert r["jobs"] > 0 and _positive(r["enqueue_ops"]) and _positive(r["drain_ops"])
+        assert _positive(r["commits_per_put_enqueue"]) and _positive(r["bytes_per_job"])
+        # every job costs at least its payload, and the counting wrapper saw every PUT
+        assert r["bytes_per_job"] >= r["payload"]
+        if "fs_requests_run" in r:
+            assert r["fs_requests_run"]["put"] == r["requests_run"]["puts"]
+
+    assert res["idle"]["window_s"] > 0 and res["idle"]["per_minute"] >= 0
+
+    names = [t["name"] for t in res["targets"]]
+    assert any("reopen" in n for n in names) and any("commits per PUT" in n for n in names)
+    assert "### Targets" in table and "taquba" in table
+
+
+def test_peers_quick(tmp_path):
+    pytest.importorskip("huey")
+    pytest.importorskip("persistqueue")
+    res, table = _run(tmp_path, "--systems", "taquba,huey,persist-queue", "--only", "local,latency",
+                      "--payloads", "64", "--threads", "1,2")
+    for system in ("huey", "persist-queue"):
+        for threads in (1, 2):
+            r = res["local"]["throughput"][f"{system}/64/{threads}"]
+            assert _positive(r["enqueue_ops"]) and _positive(r["drain_ops"])
+        assert res["latency"][system]["jobs"] > 0
+    assert "taquba / huey" in table
+    assert any(t["name"].startswith("enqueue 2 threads vs huey") and t["met"] is not None
+               for t in res["targets"])
+
+
+_HIDE_PEERS = """
+import sys
+class _HidePeers:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("huey", "persistqueue"):
+            raise ImportError(f"{name} hidden by the smoke test")
+        return None
+sys.meta_path.insert(0, _HidePeers())
+from benchmarks.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_missing_peers_are_skipped_not_fatal(tmp_path):
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _HIDE_PEERS, "run", "--quick", "--only", "local",
+         "--payloads", "64", "--threads", "1", "--workdir", str(tmp_path / "work"),
+         "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["systems"] == ["taquba"]
+    assert set(res["skipped"]) == {"huey", "persist-queue"}
+    assert _positive(res["local"]["throughput"]["taquba/64/1"]["enqueue_ops"])
+    vs_huey = [t for t in res["targets"] if "vs huey" in t["name"]]
+    assert vs_huey and all(t["met"] is None for t in vs_huey)
+
+
+def test_targets_flag_a_miss():
+    results = {
+        "config": {"payloads": [64], "threads": [1, 8], "obj_concurrency": [100],
+                   "history_finished": 100_000, "history_pending": 1000},
+        "local": {"fsync": {"serial_fsync_limit_ops": 5000.0},
+                  "throughput": {"taquba/64/8": {"enqueue_ops": 20000.0, "drain_ops": 9000.0},
+                                 "huey/64/8": {"enqueue_ops": 5000.0, "drain_ops": 5000.0},
+                                 "taquba/64/1": {"enqueue_ops": 3000.0, "drain_ops": 1.0}}},
+        "history": {"taquba": {"open_ms": 80.0, "claim_p99_ratio": 1.2}},
+        "idle": {"per_minute": 0.0},
+    }
+    by_name = {t["name"]: t for t in report.targets(results)}
+    assert by_name["enqueue 8 threads vs huey (64 B)"]["met"] is True
+    assert by_name["enqueue 8 threads vs serial fsync limit (64 B)"]["met"] is True
+    assert by_name["enqueue 1 thread vs serial fsync limit (64 B)"]["met"] is False
+    assert by_name["claim+ack 8 workers vs huey (64 B)"]["met"] is False
+    assert by_name["claim p99 after history vs fresh"]["met"] is True
+    assert by_name["storage requests per minute, idle"]["met"] is True
+    reopen = next(t for t in by_name if t.startswith("reopen"))
+    assert by_name[reopen]["met"] is False
+    assert "MISSED" in report.render({"config": results["config"], "targets": list(by_name.values())})
+
+
+def test_latency_filesystem_delays_and_counts():
+    fs = LatencyFileSystem(latency=0.01)
+    t0 = time.perf_counter()
+    fs.pipe_file("/a/x", b"abc", mode="create")
+    with pytest.raises(FileExistsError):
+        fs.pipe_file("/a/x", b"abc", mode="create")
+    assert fs.cat_file("/a/x") == b"abc"
+    assert [e["name"].rsplit("/", 1)[-1] for e in fs.ls("/a", detail=True)] == ["x"]
+    fs.rm(["/a/x"])
+    assert time.perf_counter() - t0 >= 0.05
+    snap = fs.snapshot()
+    assert snap["put"] == 2 and snap["get"] == 1 and snap["list"] == 1 and snap["delete"] == 1
+    assert snap["bytes_written"] == 6
