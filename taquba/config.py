@@ -183,7 +183,8 @@ class OpenOptions:
     - ``max_batch_bytes``: the largest segment the committer writes in one PUT.
     - ``checkpoint_min_bytes``: no checkpoint is written before the log since the last one
       holds this many bytes; above it, a checkpoint is written once the log outgrows the live
-      state's size times ``checkpoint_ratio``.
+      state's size times ``checkpoint_ratio``. Past ``checkpoint_max_segments`` segments the
+      byte floor no longer applies, which bounds the number of objects read at reopen.
     - ``storage_retries`` / ``storage_retry_delay``: bounded retries of transient storage errors.
     """
 
@@ -195,6 +196,7 @@ class OpenOptions:
     max_batch_bytes: int = 8 * 1024 * 1024
     checkpoint_min_bytes: int = 1024 * 1024
     checkpoint_ratio: float = 1.0
+    checkpoint_max_segments: int = 256
     storage_retries: int = 6
     storage_retry_delay: Duration = 0.05
     background_threads: bool = True
@@ -222,7 +224,7 @@ class OpenOptions:
         set_(self, "queue_configs", dict(self.queue_configs))
         if self.clock is not None and not callable(self.clock):
             raise ConfigError(f"OpenOptions.clock must be a zero-argument callable, got {self.clock!r}")
-        for name in ("max_batch_bytes", "checkpoint_min_bytes"):
+        for name in ("max_batch_bytes", "checkpoint_min_bytes", "checkpoint_max_segments"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"OpenOptions.{name} must be a positive int, got {v!r}")

@@ -138,7 +138,9 @@ class Queue:
 
         log = Log.open(store, on_snapshot=on_snapshot, on_record=on_record,
                        checkpoint_min_bytes=options.checkpoint_min_bytes,
-                       checkpoint_ratio=options.checkpoint_ratio)
+                       checkpoint_ratio=options.checkpoint_ratio,
+                       checkpoint_max_segments=options.checkpoint_max_segments,
+                       background_cleanup=True)
         q = cls(store, options, _log=log, _state=holder[0])
         q._release_previous_claims()
         if options.background_threads:

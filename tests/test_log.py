@@ -448,3 +448,30 @@ def test_open_removes_checkpoints_no_manifest_names(fast_backend_root):
     _, seen = open_log(fast_backend_root.store())
     assert seen.snapshots == [b"live"]
     assert store.list_dir(CHECKPOINT_DIR) == live
+
+
+def test_many_small_segments_trigger_a_checkpoint_below_the_byte_floor(fast_backend_root):
+    store = fast_backend_root.store()
+    log, _ = open_log(store, checkpoint_min_bytes=10**9, checkpoint_max_segments=50)
+    seq = log.append([b"x"])
+    log.checkpoint(b"tiny", seq)  # the live state is 4 bytes
+    for _ in range(48):
+        seq = log.append([b"y"])
+    assert not log.checkpoint_due()  # 48 segments, far below the byte floor
+    seq = log.append([b"z"])
+    seq = log.append([b"z"])
+    assert log.checkpoint_due()  # 50 segments: the floor no longer applies
+    log.checkpoint(b"tiny", seq)
+    _, seen = open_log(fast_backend_root.store())
+    assert seen.snapshots == [b"tiny"] and seen.records == []
+
+
+def test_background_cleanup_deletes_covered_segments_by_close(fast_backend_root):
+    store = fast_backend_root.store()
+    log, _ = open_log(store, checkpoint_min_bytes=1, background_cleanup=True)
+    for i in range(20):
+        seq = log.append([b"%d" % i])
+    log.checkpoint(b"state", seq)
+    log.close()
+    # only the fence of the open is left under segments/
+    assert seqs(store) == [1]

@@ -38,6 +38,8 @@ Invariants:
 from __future__ import annotations
 
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,10 +70,15 @@ class Log:
     """A single-writer log on a :class:`Store`. Not thread-safe: one committer drives it."""
 
     def __init__(self, store: Store, *, checkpoint_min_bytes: int = 1024 * 1024,
-                 checkpoint_ratio: float = 1.0) -> None:
+                 checkpoint_ratio: float = 1.0, checkpoint_max_segments: int = 256,
+                 background_cleanup: bool = False) -> None:
         self.store = store
         self.checkpoint_min_bytes = checkpoint_min_bytes
         self.checkpoint_ratio = checkpoint_ratio
+        self.checkpoint_max_segments = checkpoint_max_segments
+        self.segments_since_checkpoint = 0
+        self.background_cleanup = background_cleanup
+        self._cleaner: _Cleaner | None = None
         self.nonce = os.urandom(12).hex()
         self.epoch = 0
         self.manifest_n = 0
@@ -171,6 +178,7 @@ class Log:
         data = self.store.get(key)
         _, records = decode(f"{self.store.description}/{key}", MAGIC_SEGMENT, data)
         self.bytes_since_checkpoint += len(data)
+        self.segments_since_checkpoint += 1
         return records
 
     def _replay_segments(self, on_record: Callable[[bytes], None]) -> None:
@@ -262,6 +270,7 @@ class Log:
         self.next_seq = seq + 1
         self.bytes_since_checkpoint += len(data)
         self.segments_written += 1
+        self.segments_since_checkpoint += 1
         if not records:
             self._empty_segments.add(seq)
         return seq
@@ -283,9 +292,12 @@ class Log:
                 "and this handle has been fenced off"))
 
     def checkpoint_due(self) -> bool:
-        threshold = max(self.checkpoint_min_bytes,
-                        int(self.checkpoint_ratio * self.last_snapshot_size))
-        return self.bytes_since_checkpoint > threshold
+        proportional = int(self.checkpoint_ratio * self.last_snapshot_size)
+        if self.segments_since_checkpoint >= self.checkpoint_max_segments:
+            # Many small segments: reopening costs a request each, so compact as soon as
+            # the log outgrows the live state even below the byte floor.
+            return self.bytes_since_checkpoint > proportional
+        return self.bytes_since_checkpoint > max(self.checkpoint_min_bytes, proportional)
 
     def checkpoint(self, snapshot: bytes, seq: int) -> None:
         """Record ``snapshot`` as the state after segment ``seq`` and drop what it covers.
@@ -322,6 +334,7 @@ class Log:
             raise self._fail(exc)  # noqa: B904 - keeps the backend cause (see append)
         self.manifest_n = n
         self.bytes_since_checkpoint = 0
+        self.segments_since_checkpoint = 0
         self.last_snapshot_size = len(snapshot)
         self.checkpoints_written += 1
         # Our manifest number may have existed before and been pruned: only if ours is still
@@ -343,10 +356,17 @@ class Log:
             garbage.append(f"{CHECKPOINT_DIR}/{old_checkpoint}")
         garbage += [f"{MANIFEST_DIR}/{_seq_name(m)}" for m in
                     range(max(1, n - _KEEP_MANIFESTS - 1), n - _KEEP_MANIFESTS + 1)]
-        try:
-            self.store.delete(garbage)
-        except StorageError:
-            pass  # Unreferenced leftovers are harmless; a later checkpoint retries nothing.
+        # Deleting thousands of objects takes a while: a helper thread does it so the
+        # next commits are not held up behind it.
+        if not self.background_cleanup:
+            try:
+                self.store.delete(garbage)
+            except StorageError:
+                pass  # Unreferenced leftovers are harmless; open removes orphan checkpoints.
+            return
+        if self._cleaner is None:
+            self._cleaner = _Cleaner(self.store)
+        self._cleaner.submit(garbage)
 
     def _prune_manifests(self, names: list[str]) -> None:
         old = [f"{MANIFEST_DIR}/{n}" for n in names[:-_KEEP_MANIFESTS]] if len(names) > \
@@ -361,7 +381,42 @@ class Log:
     def broken(self) -> BaseException | None:
         return self._broken
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = 30.0) -> None:
+        """Stop writing; wait (up to ``timeout``) for pending deletions of covered objects."""
         self._closed = True
+        if self._cleaner is not None:
+            self._cleaner.close(timeout)
 
 
+
+
+class _Cleaner:
+    """Deletes covered objects on a daemon thread named ``taquba-cleaner``, in order.
+
+    Only garbage reaches it: objects that the durable manifest no longer names. A deletion
+    that fails leaves harmless leftovers (open removes orphan checkpoints).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._jobs: queue.SimpleQueue[list[str] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="taquba-cleaner", daemon=True)
+        self._thread.start()
+
+    def submit(self, keys: list[str]) -> None:
+        self._jobs.put(keys)
+
+    def _run(self) -> None:
+        while True:
+            keys = self._jobs.get()
+            if keys is None:
+                return
+            try:
+                self.store.delete(keys)
+            except StorageError:
+                pass
+
+    def close(self, timeout: float | None) -> None:
+        self._jobs.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)

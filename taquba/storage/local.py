@@ -9,8 +9,8 @@ listed.
 
 from __future__ import annotations
 
+import itertools
 import os
-import uuid
 
 from .base import Store
 from .errors import ObjectExists
@@ -33,6 +33,8 @@ class LocalStore(Store):
         self.root = root
         self.fsync = fsync
         self._made: set[str] = set()
+        self._tmp_prefix = f"{TMP_PREFIX}{os.urandom(8).hex()}-"
+        self._tmp_counter = itertools.count()
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -61,7 +63,7 @@ class LocalStore(Store):
         path = self._path(key)
         directory = os.path.dirname(path)
         self._ensure_dir(directory)
-        tmp = os.path.join(directory, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+        tmp = os.path.join(directory, f"{self._tmp_prefix}{next(self._tmp_counter)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             try:
