@@ -19,6 +19,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from clock import T0, ManualClock
 
 from taquba import (
     MAX_KV_VALUE_SIZE,
@@ -43,20 +44,8 @@ from taquba import (
 )
 
 Q = "jobs"
-T0 = 1_700_000_000.0
 NAN = math.nan
 INF = math.inf
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any
 
 import fsspec
 import pytest
+from clock import T0, ManualClock
 from faulty import FaultyFileSystem
 
 from taquba import (
@@ -46,23 +47,7 @@ from taquba import (
 )
 
 Q = "jobs"
-T0 = 1_700_000_000.0
 WAIT = 20.0  # upper bound for something that must happen; never a speed assertion
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-        self.calls = 0
-
-    def __call__(self) -> float:
-        self.calls += 1
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 Opener = Callable[..., Queue]

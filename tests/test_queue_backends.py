@@ -13,6 +13,7 @@ import threading
 from typing import Any
 
 import pytest
+from clock import T0, ManualClock
 
 from taquba import (
     PRIORITY_HIGH,
@@ -33,19 +34,7 @@ from taquba import (
 )
 
 Q = "work"
-T0 = 1_700_000_000.0
 WAIT = 30.0
-
-
-class ManualClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def open_queue(root: Any, clock: ManualClock, **options: Any) -> Queue:
