@@ -15,6 +15,12 @@ Invariants:
   ``FencedError``), and every later call raises ``QueueBroken``. Nothing durable is lost.
 - A checkpoint snapshot is taken under the lock at the moment a batch is taken whole, so it
   describes exactly the state after that batch's segment.
+- Gathering: when a PUT returns, the callers it releases come straight back with their next
+  records while the other half of the callers is already pending. Taking the batch at once
+  would split the callers into two alternating half-size batches, so the committer waits
+  briefly (at most a quarter of the last write's duration, and never more than 5 ms) for
+  as many records as the last batch and the pending ones together. A lone caller never
+  waits.
 - Whatever goes wrong in the thread (even the snapshot callable raising) breaks the handle
   and wakes every waiter: nobody waits forever on a thread that has died.
 """
@@ -31,6 +37,9 @@ from .errors import FencedError, QueueBroken, QueueClosed, StorageError
 from .log import Log
 
 logger = logging.getLogger("taquba.committer")
+
+LINGER_FRACTION = 0.25
+MAX_LINGER = 0.005
 
 
 @dataclass
@@ -60,6 +69,8 @@ class Committer:
         self._taken = 0  # tickets taken by the committer thread
         self._durable_upto = 0  # every ticket <= this is durable
         self._failure: BaseException | None = None
+        self._gather = 0  # records the next batch waits for (see "Gathering")
+        self._linger = 0.0
         self._stopping = False
         self._closed = False
         self.stats = CommitStats()
@@ -81,7 +92,7 @@ class Committer:
         self._pending.append(record)
         self._pending_bytes += len(record)
         self._submitted += 1
-        if len(self._pending) == 1:
+        if len(self._pending) == 1 or len(self._pending) == self._gather:
             self._work.notify()
         return self._submitted
 
@@ -147,6 +158,20 @@ class Committer:
         self._pending_bytes -= size
         return batch, None
 
+    def _gather_locked(self) -> None:
+        """Wait a little for the callers the last write released (see "Gathering")."""
+        gather, self._gather = self._gather, 0
+        if gather <= 1 or len(self._pending) >= gather:
+            return
+        self._gather = gather
+        deadline = time.monotonic() + self._linger
+        while len(self._pending) < gather and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._work.wait(left)
+        self._gather = 0
+
     def _run(self) -> None:
         while True:
             with self.lock:
@@ -154,6 +179,7 @@ class Committer:
                     self._work.wait()
                 if not self._pending:
                     return
+                self._gather_locked()
                 try:
                     batch, snapshot = self._take_batch_locked()
                 except BaseException as exc:
@@ -166,12 +192,16 @@ class Committer:
             if failed is not None:
                 logger.error("taquba snapshot failed; the handle is now broken: %s", failed)
                 return
+            started = time.monotonic()
             try:
                 seq = self.log.append(batch)
             except BaseException as exc:
                 self._break(exc)
                 return
+            took = time.monotonic() - started
             with self.lock:
+                self._gather = len(batch) + len(self._pending)
+                self._linger = min(MAX_LINGER, LINGER_FRACTION * took)
                 self._durable_upto = end
                 self.stats.records_committed += len(batch)
                 self.stats.segments_written += 1

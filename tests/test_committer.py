@@ -529,3 +529,25 @@ def test_a_failing_snapshot_breaks_the_handle_instead_of_hanging_its_waiters(fas
     with pytest.raises(QueueBroken):
         committer.append(b"later")
     assert committer.close(timeout=30)
+
+
+def test_callers_released_by_a_write_are_gathered_into_the_next_one(faulty):
+    # Without gathering, 64 callers split into two alternating batches of about 32: the
+    # ones a PUT releases miss the next batch, which the other half already fills.
+    faulty.fs.delay = 0.02
+    log, _ = open_log(faulty.store())
+    committer = Committer(log)
+    per_thread = 8
+
+    def appender(i: int) -> None:
+        for j in range(per_thread):
+            committer.append(b"t%02d:%d" % (i, j))
+
+    run_threads(THREADS, appender)
+    assert committer.close(timeout=30)
+    stats = committer.stats
+    ratio = stats.records_committed / stats.segments_written
+    print(f"\ngathered: {ratio:.1f} records/segment")
+    assert stats.records_committed == THREADS * per_thread
+    assert ratio > THREADS / 2 + 8
+    check_per_thread_order(faulty.replay().records, THREADS, per_thread)
