@@ -203,8 +203,7 @@ class Queue:
     # -- helpers (lock held) ---------------------------------------------------------------
 
     def _check_open_locked(self) -> None:
-        if self._closed:
-            raise QueueClosed("the queue is closed")
+        self._ensure_open()
         self.committer.check_writable_locked()
 
     def _config(self, queue: str) -> QueueConfig:
@@ -550,15 +549,11 @@ class Queue:
 
     # -- inspecting and operating ----------------------------------------------------------
 
-    def _read_locked(self) -> None:
-        if self._closed:
-            raise QueueClosed("the queue is closed")
-
     def get_job(self, job_id: str) -> JobRecord | None:
         self._ensure_open()
         check_job_id(job_id)
         with self._lock:
-            self._read_locked()
+            self._ensure_open()
             job = self._state.jobs.get(job_id)
             return None if job is None else job.record()
 
@@ -566,7 +561,7 @@ class Queue:
         self._ensure_open()
         check_queue_name(queue)
         with self._lock:
-            self._read_locked()
+            self._ensure_open()
             index = self._state.queues.get(queue)
             if index is None:
                 return QueueStats(queue=queue)
@@ -578,7 +573,7 @@ class Queue:
     def list_queues(self) -> list[str]:
         self._ensure_open()
         with self._lock:
-            self._read_locked()
+            self._ensure_open()
             return sorted(self._state.queues)
 
     def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
@@ -591,7 +586,7 @@ class Queue:
         if after is not None:
             check_job_id(after, "after")
         with self._lock:
-            self._read_locked()
+            self._ensure_open()
             after_seq = None
             if after is not None:
                 ref = self._state.jobs.get(after)
@@ -643,7 +638,7 @@ class Queue:
         seconds = _wait_seconds(timeout, "timeout")
         deadline = time.monotonic() + seconds
         with self._lock:
-            self._read_locked()
+            self._ensure_open()
             job = self._state.jobs.get(job_id)
             if job is None:
                 return WaitOutcome(WaitStatus.NOT_FOUND)
@@ -652,7 +647,7 @@ class Queue:
             self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
             try:
                 while job_id not in self._final:
-                    self._read_locked()
+                    self._ensure_open()
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return WaitOutcome(WaitStatus.TIMED_OUT)

@@ -104,6 +104,24 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
         raise errors[0]
 
 
+def append_and_look(committer: Committer, reader: SegmentReader, per_thread: int) -> list[bytes]:
+    """THREADS threads append; each looks for its record as soon as append returns.
+
+    Returns the records that were not readable when their append returned.
+    """
+    missing: list[bytes] = []
+
+    def appender(i: int) -> None:
+        for j in range(per_thread):
+            rec = b"t%02d:%d" % (i, j)
+            committer.append(rec)
+            if not reader.contains(rec):
+                missing.append(rec)
+
+    run_threads(THREADS, appender)
+    return missing
+
+
 def check_per_thread_order(records: list[bytes], threads: int, per_thread: int) -> None:
     assert len(records) == len(set(records)) == threads * per_thread
     by_thread: dict[bytes, list[int]] = {}
@@ -121,17 +139,7 @@ def test_64_threads_share_segments_and_return_only_once_durable(fast_backend_roo
     per_thread = 10
     log, _ = open_log(fast_backend_root.store())
     committer = Committer(log)
-    reader = SegmentReader(fast_backend_root.store())
-    missing: list[bytes] = []
-
-    def appender(i: int) -> None:
-        for j in range(per_thread):
-            rec = b"t%02d:%d" % (i, j)
-            committer.append(rec)
-            if not reader.contains(rec):
-                missing.append(rec)
-
-    run_threads(THREADS, appender)
+    missing = append_and_look(committer, SegmentReader(fast_backend_root.store()), per_thread)
     assert committer.close(timeout=30)
     assert missing == []
     stats = committer.stats
@@ -480,18 +488,8 @@ def test_group_commit_with_slow_puts_batches_nearly_everyone(faulty):
     faulty.fs.delay = 0.02  # every request takes 20 ms, like a PUT to object storage
     log, _ = open_log(faulty.store())
     committer = Committer(log)
-    reader = SegmentReader(faulty.clean_store())
     per_thread = 4
-    missing: list[bytes] = []
-
-    def appender(i: int) -> None:
-        for j in range(per_thread):
-            rec = b"t%02d:%d" % (i, j)
-            committer.append(rec)
-            if not reader.contains(rec):
-                missing.append(rec)
-
-    run_threads(THREADS, appender)
+    missing = append_and_look(committer, SegmentReader(faulty.clean_store()), per_thread)
     assert committer.close(timeout=30)
     assert missing == []
     stats = committer.stats
