@@ -1,10 +1,21 @@
-"""Group commit: the one thread that writes segments.
+"""Group commit: one write at a time, each carrying every record pending when it starts.
 
 Callers append records to a pending batch under the shared lock and, for calls with a
-durability promise, wait. The committer thread takes the whole pending batch, writes it as
-one segment outside the lock, then advances the durable sequence and wakes the waiters.
-While one PUT is in flight the next batch accumulates, so the records per PUT grow with the
-number of concurrent callers.
+durability promise, wait. A writer takes the whole pending batch, writes it (one segment, or
+one appended block) outside the lock, then advances the durable sequence and wakes the
+waiters. While one write is in flight the next batch accumulates, so the records per write
+grow with the number of concurrent callers.
+
+Who writes depends on what a write costs:
+
+- **Object storage** (a PUT takes milliseconds): the ``taquba-committer`` thread does every
+  write; handing a batch to it costs nothing next to the PUT.
+- **Local disk with appended segments** (a write is one ``fdatasync``, a fraction of a
+  millisecond): handing the batch to a thread and waking the caller again would cost about
+  as much as the write itself, so a waiting caller that finds no write in flight writes the
+  batch itself (*inline*), then wakes the others. The thread still writes records nobody
+  waits for (a ``claim``'s), but only after a short grace period in which a caller is
+  likely to take them along, and it writes checkpoints, so no caller waits behind one.
 
 Invariants:
 
@@ -21,8 +32,8 @@ Invariants:
   briefly (at most a quarter of the last write's duration, and never more than 5 ms) for
   as many records as the last batch and the pending ones together. A lone caller never
   waits.
-- Whatever goes wrong in the thread (even the snapshot callable raising) breaks the handle
-  and wakes every waiter: nobody waits forever on a thread that has died.
+- Whatever goes wrong in a write (even the snapshot callable raising) breaks the handle and
+  wakes every waiter: nobody waits forever on a writer that has died.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ logger = logging.getLogger("taquba.committer")
 
 LINGER_FRACTION = 0.25
 MAX_LINGER = 0.005
+INLINE_GRACE = 0.001  # how long the thread leaves unwaited records to an inline writer
 
 
 @dataclass
@@ -52,23 +64,34 @@ class CommitStats:
 
 
 class Committer:
-    """Drives one :class:`Log` from a dedicated thread named ``taquba-committer``."""
+    """Drives one :class:`Log`: inline writers and a thread named ``taquba-committer``.
+
+    ``inline`` (default: whether the log appends, i.e. local disk) lets waiting callers write
+    batches themselves; see the module docstring.
+    """
 
     def __init__(self, log: Log, *, lock: threading.Lock | None = None,
                  snapshot: Callable[[], bytes] | None = None,
-                 max_batch_bytes: int = 8 * 1024 * 1024) -> None:
+                 max_batch_bytes: int = 8 * 1024 * 1024, inline: bool | None = None) -> None:
         self.log = log
         self.lock = lock if lock is not None else threading.Lock()
         self._work = threading.Condition(self.lock)
-        self._durable = threading.Condition(self.lock)
+        # Waiters sleep on the condition of their own batch, so a finished write wakes only
+        # the callers it made durable: the records pending now (``_next``) or in flight.
+        self._next = threading.Condition(self.lock)
+        self._in_flight = threading.Condition(self.lock)
+        self._gathered = threading.Condition(self.lock)  # an inline writer's gathering
         self._snapshot = snapshot
         self.max_batch_bytes = max_batch_bytes
+        self.inline = bool(log.segment_max_bytes) if inline is None else inline
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._submitted = 0  # tickets handed out: the n-th record submitted has ticket n
-        self._taken = 0  # tickets taken by the committer thread
+        self._taken = 0  # tickets taken by a writer
         self._durable_upto = 0  # every ticket <= this is durable
         self._failure: BaseException | None = None
+        self._writing = False  # a write (or a checkpoint) is in flight
+        self._checkpoint: tuple[bytes, int] | None = None  # for the thread to write
         self._gather = 0  # records the next batch waits for (see "Gathering")
         self._linger = 0.0
         self._stopping = False
@@ -87,28 +110,43 @@ class Committer:
             raise QueueClosed("the log is closing; no more records are accepted")
 
     def submit_locked(self, record: bytes) -> int:
-        """Queue ``record`` for the next segment; return its ticket. Lock must be held."""
+        """Queue ``record`` for the next write; return its ticket. Lock must be held."""
         self.check_writable_locked()
         self._pending.append(record)
         self._pending_bytes += len(record)
         self._submitted += 1
         if len(self._pending) == 1 or len(self._pending) == self._gather:
             self._work.notify()
+            if self.inline and self._gather:
+                self._gathered.notify()
         return self._submitted
 
     def wait_locked(self, ticket: int, timeout: float | None = None) -> bool:
-        """Block until ``ticket`` is durable. Lock must be held. False on timeout."""
+        """Block until ``ticket`` is durable. Lock must be held. False on timeout.
+
+        Inline, a caller whose record is pending and finds no write in flight writes the
+        batch itself (releasing the lock meanwhile, as waiting would).
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._durable_upto < ticket:
             if self._failure is not None:
                 raise self._failure_error()
+            pending = self._taken < ticket
+            if pending and self.inline and not self._writing:
+                self._writing = True  # others wait while this caller gathers and writes
+                self._gather_locked()
+                self._writing = False
+                if self._failure is None and self._pending:
+                    self._write_locked(on_thread=False)
+                continue
+            cond = self._next if pending else self._in_flight
             if deadline is None:
-                self._durable.wait()
+                cond.wait()
             else:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._durable.wait(left)
+                cond.wait(left)
         return True
 
     # -- convenience for callers that do not hold the lock ----------------------------------
@@ -137,7 +175,7 @@ class Committer:
     def failure(self) -> BaseException | None:
         return self._failure
 
-    # -- the committer thread --------------------------------------------------------------
+    # -- writing -------------------------------------------------------------------------
 
     def _take_batch_locked(self) -> tuple[list[bytes], bytes | None]:
         if self._pending_bytes <= self.max_batch_bytes:
@@ -158,6 +196,87 @@ class Committer:
         self._pending_bytes -= size
         return batch, None
 
+    def _write_locked(self, *, on_thread: bool) -> None:
+        """Write the pending batch: lock held on entry and on return, released for the I/O.
+
+        Requires a pending record, no write in flight and no failure.
+        """
+        try:
+            batch, snapshot = self._take_batch_locked()
+        except BaseException as exc:
+            logger.error("taquba snapshot failed; the handle is now broken: %s", exc)
+            self._break_locked(exc)
+            return
+        end = self._taken = self._taken + len(batch)
+        self._writing = True
+        # The waiters of this batch now wait for this write; later ones for the next.
+        done, self._in_flight, self._next = self._next, self._next, threading.Condition(self.lock)
+        failed: BaseException | None = None
+        self.lock.release()
+        try:
+            started = time.monotonic()
+            try:
+                seq = self.log.append(batch)
+            except BaseException as exc:
+                failed = exc
+            took = time.monotonic() - started
+        finally:
+            self.lock.acquire()
+        if failed is not None:
+            self._writing = False
+            logger.error("taquba log write failed; the handle is now broken: %s", failed)
+            self._break_locked(failed)
+            return
+        self._gather = len(batch) + len(self._pending)
+        self._linger = min(MAX_LINGER, LINGER_FRACTION * took)
+        self._durable_upto = end
+        self.stats.records_committed += len(batch)
+        self.stats.segments_written += 1
+        self.stats.bytes_committed += sum(len(r) for r in batch)
+        done.notify_all()
+        if snapshot is not None:
+            self._checkpoint = (snapshot, seq)
+            if on_thread:
+                self._checkpoint_locked()
+            else:
+                self._work.notify()  # the thread writes it; writes wait until it is done
+            return
+        self._writing = False
+        self._hand_over_locked()
+
+    def _hand_over_locked(self) -> None:
+        """After a write: let the next one start."""
+        if self.inline and self._pending:
+            self._next.notify()  # one waiter of the pending batch writes it
+        if self._pending or self._stopping:
+            self._work.notify()  # the thread may be waiting for this write to end
+
+    def _checkpoint_locked(self) -> None:
+        """Write the checkpoint a write left (thread only; lock held, released for I/O)."""
+        assert self._checkpoint is not None
+        snapshot, seq = self._checkpoint
+        failed: BaseException | None = None
+        self.lock.release()
+        try:
+            try:
+                self.log.checkpoint(snapshot, seq)
+            except BaseException as exc:
+                failed = exc
+        finally:
+            self.lock.acquire()
+        self._checkpoint = None
+        self._writing = False
+        if failed is not None:
+            # The segments are durable; only compaction failed. The log is broken (it
+            # writes nothing after a failed put), so stop accepting records.
+            if not isinstance(failed, FencedError):
+                self.stats.checkpoint_failures += 1
+            logger.error("taquba checkpoint failed; the handle is now broken: %s", failed)
+            self._break_locked(failed)
+            return
+        self.stats.checkpoints_written += 1
+        self._hand_over_locked()
+
     def _gather_locked(self) -> None:
         """Wait a little for the callers the last write released (see "Gathering")."""
         gather, self._gather = self._gather, 0
@@ -165,72 +284,43 @@ class Committer:
             return
         self._gather = gather
         deadline = time.monotonic() + self._linger
+        cond = self._gathered if self.inline else self._work
         while len(self._pending) < gather and not self._stopping:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            self._work.wait(left)
+            cond.wait(left)
         self._gather = 0
 
     def _run(self) -> None:
-        while True:
-            with self.lock:
-                while not self._pending and not self._stopping:
-                    self._work.wait()
-                if not self._pending:
-                    return
-                self._gather_locked()
-                try:
-                    batch, snapshot = self._take_batch_locked()
-                except BaseException as exc:
-                    self._break_locked(exc)
-                    failed: BaseException | None = exc
-                else:
-                    failed = None
-                    end = self._taken + len(batch)
-                    self._taken = end
-            if failed is not None:
-                logger.error("taquba snapshot failed; the handle is now broken: %s", failed)
-                return
-            started = time.monotonic()
-            try:
-                seq = self.log.append(batch)
-            except BaseException as exc:
-                self._break(exc)
-                return
-            took = time.monotonic() - started
-            with self.lock:
-                self._gather = len(batch) + len(self._pending)
-                self._linger = min(MAX_LINGER, LINGER_FRACTION * took)
-                self._durable_upto = end
-                self.stats.records_committed += len(batch)
-                self.stats.segments_written += 1
-                self.stats.bytes_committed += sum(len(r) for r in batch)
-                self._durable.notify_all()
-            if snapshot is not None:
-                try:
-                    self.log.checkpoint(snapshot, seq)
-                    self.stats.checkpoints_written += 1
-                except FencedError as exc:
-                    self._break(exc)
-                    return
-                except BaseException as exc:
-                    # The segments are durable; only compaction failed. The log is broken
-                    # (it writes nothing after a failed put), so stop accepting records.
-                    self.stats.checkpoint_failures += 1
-                    self._break(exc)
-                    return
-
-    def _break(self, exc: BaseException) -> None:
-        logger.error("taquba log write failed; the handle is now broken: %s", exc)
         with self.lock:
-            self._break_locked(exc)
+            while self._failure is None:
+                if self._checkpoint is not None:
+                    self._checkpoint_locked()
+                    continue
+                if self._writing or not self._pending:
+                    if self._stopping and not self._writing:
+                        return
+                    self._work.wait()
+                    continue
+                if self.inline and not self._stopping:
+                    # Leave the batch to a caller who will wait for it anyway.
+                    taken = self._taken
+                    self._work.wait(INLINE_GRACE)
+                    if self._taken != taken or self._writing or not self._pending:
+                        continue
+                else:
+                    self._gather_locked()
+                    if self._writing or not self._pending:
+                        continue
+                self._write_locked(on_thread=True)
 
     def _break_locked(self, exc: BaseException) -> None:
         self._failure = exc
         self._pending = []
         self._pending_bytes = 0
-        self._durable.notify_all()
+        self._next.notify_all()
+        self._in_flight.notify_all()
         self._work.notify_all()
 
     def _failure_error(self) -> BaseException:

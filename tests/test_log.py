@@ -7,6 +7,10 @@ edit an object in place.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -15,7 +19,14 @@ import pytest
 from taquba.committer import Committer
 from taquba.errors import CorruptionError, FencedError, QueueBroken
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
-from taquba.log.format import MAGIC_MANIFEST, MAGIC_SEGMENT, decode, encode
+from taquba.log.format import (
+    MAGIC_MANIFEST,
+    MAGIC_SEGMENT,
+    decode,
+    decode_header,
+    encode,
+    encode_block,
+)
 from taquba.log.log import EPOCH_CHECK_EVERY
 from taquba.storage import LocalStore, Store, open_store
 
@@ -38,6 +49,9 @@ class Replayed:
 
 
 def open_log(store: Store, **kwargs: object) -> tuple[Log, Replayed]:
+    # Most tests here are about the one-object-per-commit layout that every backend has;
+    # appended segments (local disk's default) have their own section below.
+    kwargs.setdefault("segment_max_bytes", 0)
     seen = Replayed()
     log = Log.open(store, on_snapshot=seen.on_snapshot, on_record=seen.on_record, **kwargs)
     return log, seen
@@ -475,3 +489,174 @@ def test_background_cleanup_deletes_covered_segments_by_close(fast_backend_root)
     log.close()
     # only the fence of the open is left under segments/
     assert seqs(store) == [1]
+
+
+# -- appended segments (local disk) ---------------------------------------------------------
+
+
+def open_appending(root: Path, **kwargs: object) -> tuple[Log, Replayed]:
+    kwargs.setdefault("segment_max_bytes", 8 << 20)
+    return open_log(open_store(str(root)), **kwargs)
+
+
+def _block_segments(root: Path) -> list[Path]:
+    return [p for p in sorted((root / SEGMENT_DIR).iterdir())
+            if decode_header(p.name, MAGIC_SEGMENT, p.read_bytes())[0].get("blocks")]
+
+
+def test_appended_commits_share_one_segment_and_replay_in_order(tmp_path):
+    log, _ = open_appending(tmp_path)
+    assert [log.append(b) for b in BATCHES] == [2] * len(BATCHES)  # 1 is the open's fence
+    assert len(_block_segments(tmp_path)) == 1
+    log.close()
+    log2, seen = open_appending(tmp_path)
+    assert seen.records == flat(BATCHES)
+    log2.append([b"gen 2"])
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [*flat(BATCHES), b"gen 2"]
+    # the 1st open's fence, the shared segment, 2nd fence, gen 2's segment, 3rd fence
+    assert seqs(open_store(str(tmp_path))) == [1, 2, 3, 4, 5]
+
+
+def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
+    log, _ = open_appending(tmp_path, segment_max_bytes=400, checkpoint_min_bytes=1)
+    written = [log.append([b"%02d" % i + b"x" * 98]) for i in range(10)]
+    assert written == sorted(written) and 3 <= len(set(written)) <= 5
+    assert all(p.stat().st_size <= 400 for p in _block_segments(tmp_path))
+    log.checkpoint(b"ten", written[-1])
+    after = log.append([b"after"])
+    assert after == written[-1] + 1  # the checkpoint covered that segment whole
+    log.close()
+    _, seen = open_appending(tmp_path)
+    assert seen.snapshots == [b"ten"] and seen.records == [b"after"]
+
+
+@pytest.mark.parametrize("cut", [1, 15, 17, 30])
+def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, cut):
+    log, _ = open_appending(tmp_path)
+    log.append([b"one"])
+    log.append([b"two", b"three"])
+    log.close()
+    [segment] = _block_segments(tmp_path)
+    size = segment.stat().st_size
+    with segment.open("ab") as f:  # a crash in the middle of appending the next block
+        f.write(encode_block([b"four", b"five" * 10])[:cut])
+    log2, seen = open_appending(tmp_path)
+    assert seen.records == [b"one", b"two", b"three"]
+    log2.append([b"six"])
+    log2.close()
+    # The torn tail now sits before an opener's fence: still accepted, every later reopen.
+    for _ in range(2):
+        _, seen = open_appending(tmp_path)
+        assert seen.records == [b"one", b"two", b"three", b"six"]
+    assert segment.stat().st_size == size + cut  # nothing rewrote the old segment
+
+
+def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_path):
+    log, _ = open_appending(tmp_path, segment_max_bytes=400)
+    log.append([b"a" * 50])
+    log.append([b"b" * 50])
+    log.append([b"c" * 300])  # does not fit: a second segment, started by the same writer
+    log.close()
+    first, _second = _block_segments(tmp_path)
+    first.write_bytes(first.read_bytes()[:-10])
+    with pytest.raises(CorruptionError) as info:
+        open_appending(tmp_path)
+    assert first.name in str(info.value) and "incomplete block" in str(info.value)
+
+
+@pytest.mark.parametrize("which", ["first block", "last block"])
+def test_a_damaged_complete_block_is_corruption_even_at_the_end(tmp_path, which):
+    log, _ = open_appending(tmp_path)
+    log.append([b"first" * 10])
+    log.append([b"last" * 10])
+    log.close()
+    [segment] = _block_segments(tmp_path)
+    size = segment.stat().st_size
+    _flip(segment, size - 60 if which == "first block" else size - 5)
+    with pytest.raises(CorruptionError, match=segment.name):
+        open_appending(tmp_path)
+
+
+def test_a_truncated_first_block_is_corruption(tmp_path):
+    log, _ = open_appending(tmp_path)
+    log.append([b"published whole" * 10])
+    log.close()
+    [segment] = _block_segments(tmp_path)
+    segment.write_bytes(segment.read_bytes()[:-20])
+    with pytest.raises(CorruptionError, match="first block"):
+        open_appending(tmp_path)
+
+
+def test_an_appending_writer_is_fenced_and_its_acknowledged_blocks_survive(tmp_path):
+    old, _ = open_appending(tmp_path)
+    old.append([b"old 1"])
+    old.append([b"old 2"])
+    new, seen = open_appending(tmp_path)
+    assert seen.records == [b"old 1", b"old 2"]
+    [segment] = _block_segments(tmp_path)
+    size = segment.stat().st_size
+    with pytest.raises(FencedError):
+        old.append([b"never acknowledged"])
+    assert segment.stat().st_size == size  # the fence was seen before writing anything
+    with pytest.raises(QueueBroken):
+        old.append([b"again"])
+    new.append([b"new 1"])
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"old 1", b"old 2", b"new 1"]
+
+
+def test_an_opener_waits_for_an_append_in_progress_and_replays_it(tmp_path):
+    """The displaced writer passed its fence check and is mid-write when the opener fences."""
+    old, _ = open_appending(tmp_path)
+    old.append([b"before"])
+    [segment] = _block_segments(tmp_path)
+    fd = os.open(segment, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as LocalAppender.append holds it while writing
+    block = encode_block([b"in flight"])
+    os.write(fd, block[:7])  # half of it so far
+    result: list[Replayed] = []
+    opener = threading.Thread(target=lambda: result.append(open_appending(tmp_path)[1]))
+    opener.start()
+    fence = tmp_path / SEGMENT_DIR / f"{int(segment.name) + 1:020d}"
+    deadline = time.monotonic() + 30
+    while not fence.exists():
+        assert time.monotonic() < deadline, "the opener never fenced"
+        time.sleep(0.001)
+    time.sleep(0.05)
+    assert not result  # it is waiting for the lock
+    os.write(fd, block[7:])
+    os.fdatasync(fd)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    opener.join(30)
+    assert result and result[0].records == [b"before", b"in flight"]
+    with pytest.raises(FencedError):
+        old.append([b"late"])
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"before", b"in flight"]
+
+
+def test_an_opener_rereads_a_segment_the_old_writer_grew_and_left(tmp_path, monkeypatch):
+    """Listing, reading and fencing are not one step: the old writer keeps going between."""
+    old, _ = open_appending(tmp_path, segment_max_bytes=300)
+    old.append([b"a" * 100])
+    real_get = LocalStore._raw_get
+    grown = []
+
+    def get_then_write(self, key):  # the old writer commits right after each read
+        data = real_get(self, key)
+        if key.startswith(SEGMENT_DIR) and not grown:
+            grown.append(key)
+            old.append([b"b" * 100])  # appended to the segment just read
+            old.append([b"c" * 100])  # does not fit: starts the next segment
+        return data
+
+    monkeypatch.setattr(LocalStore, "_raw_get", get_then_write)
+    _, seen = open_appending(tmp_path, segment_max_bytes=300)
+    monkeypatch.undo()
+    assert seen.records == [b"a" * 100, b"b" * 100, b"c" * 100]
+    with pytest.raises(FencedError):
+        old.append([b"d"])
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"a" * 100, b"b" * 100, b"c" * 100]

@@ -11,6 +11,17 @@ followed by frames, each ``length (u32) | CRC32 of the bytes (u32) | bytes``. A 
 frames are its records (the header says how many); a checkpoint has one frame, the snapshot;
 a manifest has none. Any mismatch (magic, version, length, CRC, count) raises
 ``CorruptionError`` naming the object: nothing is ever skipped silently.
+
+A segment on a store that can append (local disk) is instead a sequence of blocks: its header
+says ``"blocks": true`` and ``count`` 0, and each commit is one block::
+
+    b"TQBK" | record count (u32) | body length (u32) | CRC32 of the body (u32) | body
+
+whose body is the records' frames. The first block is published with the header (whole or
+absent); later ones are appended. A crash can leave the last appended block incomplete —
+it was never acknowledged — and :func:`decode_blocks` reports where the complete blocks
+end; only the log decides when an incomplete tail is acceptable. A complete block whose
+checksum fails is always corruption.
 """
 
 from __future__ import annotations
@@ -28,9 +39,11 @@ FORMAT_VERSION = 1
 MAGIC_MANIFEST = b"TQMF"
 MAGIC_SEGMENT = b"TQSG"
 MAGIC_CHECKPOINT = b"TQCP"
+MAGIC_BLOCK = b"TQBK"
 
 _PREFIX = struct.Struct(">4sHII")
 _FRAME = struct.Struct(">II")
+_BLOCK = struct.Struct(">4sIII")
 MAX_FRAME = 2**32 - 1
 
 
@@ -46,7 +59,17 @@ def frame(data: bytes) -> bytes:
 
 
 def encode(magic: bytes, fields: dict[str, Any], frames: Sequence[bytes] = ()) -> bytes:
-    parts = [_header(magic, fields)]
+    return _header(magic, fields) + encode_frames(frames)
+
+
+def encode_block(records: Sequence[bytes]) -> bytes:
+    """One appendable block holding ``records`` (see the module docstring)."""
+    body = encode_frames(records)
+    return _BLOCK.pack(MAGIC_BLOCK, len(records), len(body), zlib.crc32(body)) + body
+
+
+def encode_frames(frames: Sequence[bytes]) -> bytes:
+    parts: list[bytes] = []
     pack = _FRAME.pack
     crc = zlib.crc32
     for data in frames:
@@ -55,8 +78,8 @@ def encode(magic: bytes, fields: dict[str, Any], frames: Sequence[bytes] = ()) -
     return b"".join(parts)
 
 
-def decode(name: str, magic: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """Split an object into its header fields and its frames, verifying everything."""
+def decode_header(name: str, magic: bytes, data: bytes | memoryview) -> tuple[dict[str, Any], int]:
+    """The header fields of an object and the offset where its body starts."""
     view = memoryview(data)
     if len(view) < _PREFIX.size:
         raise CorruptionError(f"{name}: object of {len(view)} bytes is too short for a header")
@@ -77,9 +100,12 @@ def decode(name: str, magic: bytes, data: bytes) -> tuple[dict[str, Any], list[b
         raise CorruptionError(f"{name}: undecodable header") from exc
     if not isinstance(fields, dict):
         raise CorruptionError(f"{name}: header is not an object")
-    pos += hlen
+    return fields, pos + hlen
+
+
+def decode_frames(name: str, view: memoryview, pos: int, end: int) -> list[bytes]:
+    """The frames in ``view[pos:end]``, which must hold whole frames and nothing else."""
     frames: list[bytes] = []
-    end = len(view)
     unpack = _FRAME.unpack_from
     crc = zlib.crc32
     while pos < end:
@@ -87,14 +113,59 @@ def decode(name: str, magic: bytes, data: bytes) -> tuple[dict[str, Any], list[b
             raise CorruptionError(f"{name}: truncated frame header at byte {pos}")
         length, fcrc = unpack(view, pos)
         pos += _FRAME.size
-        chunk = view[pos:pos + length]
-        if len(chunk) != length:
+        if length > end - pos:
             raise CorruptionError(f"{name}: truncated frame at byte {pos - _FRAME.size}")
+        chunk = view[pos:pos + length]
         if crc(chunk) != fcrc:
             raise CorruptionError(f"{name}: checksum mismatch in frame {len(frames)} at byte "
                                   f"{pos - _FRAME.size}")
         frames.append(chunk.tobytes())
         pos += length
+    return frames
+
+
+def decode_blocks(name: str, data: bytes | memoryview, pos: int
+                  ) -> tuple[list[bytes], int, bool]:
+    """Records of the blocks from byte ``pos`` on: ``(records, end of the last complete
+    block, whether an incomplete block follows it)``. A damaged complete block raises."""
+    view = memoryview(data)
+    end = len(view)
+    records: list[bytes] = []
+    while pos < end:
+        if end - pos < _BLOCK.size:
+            return records, pos, True
+        magic, count, length, bcrc = _BLOCK.unpack_from(view, pos)
+        if magic != MAGIC_BLOCK:
+            raise CorruptionError(f"{name}: bad block magic {bytes(magic)!r} at byte {pos}")
+        start = pos + _BLOCK.size
+        if length > end - start:
+            return records, pos, True
+        body = view[start:start + length]
+        if zlib.crc32(body) != bcrc:
+            raise CorruptionError(f"{name}: checksum mismatch in the block at byte {pos}")
+        frames = decode_frames(name, view, start, start + length)
+        if len(frames) != count:
+            raise CorruptionError(f"{name}: block at byte {pos} says {count} records, "
+                                  f"holds {len(frames)}")
+        records += frames
+        pos = start + length
+    return records, pos, False
+
+
+def decode(name: str, magic: bytes, data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """Split an object into its header fields and its frames, verifying everything.
+
+    A block segment's records are returned as its frames; an incomplete last block is
+    corruption here (the log alone decides when one is acceptable).
+    """
+    fields, pos = decode_header(name, magic, data)
+    view = memoryview(data)
+    if fields.get("blocks"):
+        records, end, torn = decode_blocks(name, view, pos)
+        if torn:
+            raise CorruptionError(f"{name}: truncated block at byte {end}")
+        return fields, records
+    frames = decode_frames(name, view, pos, len(view))
     expected = fields.get("count")
     if expected is not None and expected != len(frames):
         raise CorruptionError(f"{name}: header says {expected} frames, found {len(frames)}")

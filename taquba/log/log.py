@@ -3,7 +3,8 @@
 Layout under the store's root::
 
     manifest/<n:020d>               immutable, put-if-absent; the highest n is current
-    segments/<seq:020d>             immutable, put-if-absent; contiguous; one per commit
+    segments/<seq:020d>             put-if-absent; contiguous; one per commit, or (stores
+                                    that append) one block per commit up to a size
     checkpoints/<seq:020d>-<epoch:010d>  snapshot of the state after segment <seq>
 
 Invariants:
@@ -32,6 +33,15 @@ Invariants:
 - **Bounded replay.** A checkpoint is due once the segment bytes written since the last one
   exceed ``max(min_bytes, ratio * size of the last snapshot)``: reopening reads O(live
   state) bytes, and checkpoints never cost more than a constant factor of the log itself.
+- **Appended segments** (local disk): a commit appends one block to the current segment
+  (one ``fdatasync``) until it reaches ``segment_max_bytes``, then starts the next with a
+  whole put-if-absent. An append checks, under the file's lock, that the next segment number
+  does not exist: the fence of an opener. An opener, once its fence is in place, reads the
+  tail of the segment before it under that lock, so every block the displaced writer
+  acknowledged is replayed and no later one can land. A crash can leave the last block of a
+  segment incomplete — never acknowledged — which replay accepts only where no later commit
+  of that writer can follow: at the end of the log, or before an opener's fence. A
+  checkpoint ends the current segment, since it covers that segment whole.
 - The log speaks opaque bytes: records in, records out, snapshots in, snapshots out.
 """
 
@@ -43,11 +53,22 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CorruptionError, FencedError, QueueBroken, StorageError
-from ..storage import LocalStore, ObjectExists, ObjectNotFound, Store
-from .format import MAGIC_CHECKPOINT, MAGIC_MANIFEST, MAGIC_SEGMENT, decode, encode
+from ..storage import Appender, LocalStore, ObjectExists, ObjectNotFound, Store
+from .format import (
+    MAGIC_CHECKPOINT,
+    MAGIC_MANIFEST,
+    MAGIC_SEGMENT,
+    decode,
+    decode_blocks,
+    decode_frames,
+    decode_header,
+    encode,
+    encode_block,
+)
 
 MANIFEST_DIR = "manifest"
 SEGMENT_DIR = "segments"
@@ -66,13 +87,27 @@ def _parse_seq(name: str) -> int | None:
     return int(name) if len(name) == 20 and name.isdigit() else None
 
 
+@dataclass
+class _Tail:
+    """How far replay has read the last segment it applied."""
+
+    seq: int
+    end: int  # bytes consumed (the end of the last complete block)
+    torn: bool  # an incomplete block followed, when it was read
+    blocks: bool  # an appendable segment
+
+
 class Log:
     """A single-writer log on a :class:`Store`. Not thread-safe: one committer drives it."""
 
     def __init__(self, store: Store, *, checkpoint_min_bytes: int = 1024 * 1024,
                  checkpoint_ratio: float = 1.0, checkpoint_max_segments: int = 256,
-                 background_cleanup: bool = False) -> None:
+                 background_cleanup: bool = False,
+                 segment_max_bytes: int = 8 * 1024 * 1024) -> None:
         self.store = store
+        self.segment_max_bytes = segment_max_bytes if store.supports_append else 0
+        self._appender: Appender | None = None
+        self._tail: _Tail | None = None
         self.checkpoint_min_bytes = checkpoint_min_bytes
         self.checkpoint_ratio = checkpoint_ratio
         self.checkpoint_max_segments = checkpoint_max_segments
@@ -173,13 +208,64 @@ class Log:
             raise CorruptionError(f"{self.store.description}/{key}: expected one snapshot frame")
         return frames[0]
 
-    def _read_segment(self, seq: int) -> list[bytes]:
-        key = f"{SEGMENT_DIR}/{_seq_name(seq)}"
-        data = self.store.get(key)
-        _, records = decode(f"{self.store.description}/{key}", MAGIC_SEGMENT, data)
-        self.bytes_since_checkpoint += len(data)
-        self.segments_since_checkpoint += 1
+    def _get_segment(self, seq: int) -> bytes:
+        return self.store.get(f"{SEGMENT_DIR}/{_seq_name(seq)}")
+
+    def _parse_segment(self, seq: int, data: bytes) -> tuple[list[bytes], _Tail]:
+        name = f"{self.store.description}/{SEGMENT_DIR}/{_seq_name(seq)}"
+        fields, pos = decode_header(name, MAGIC_SEGMENT, data)
+        if not fields.get("blocks"):
+            frames = decode_frames(name, memoryview(data), pos, len(data))
+            if fields.get("count") != len(frames):
+                raise CorruptionError(f"{name}: header says {fields.get('count')} frames, "
+                                      f"found {len(frames)}")
+            return frames, _Tail(seq, len(data), False, False)
+        records, end, torn = decode_blocks(name, data, pos)
+        if end == pos:
+            # The first block is published with the header, whole or not at all.
+            raise CorruptionError(f"{name}: the first block is missing or truncated")
+        return records, _Tail(seq, end, torn, True)
+
+    def _read_rest(self, tail: _Tail, *, locked: bool) -> list[bytes]:
+        """Records appended to ``tail``'s segment after it was read; updates ``tail``."""
+        key = f"{SEGMENT_DIR}/{_seq_name(tail.seq)}"
+        if locked and self.store.supports_append:
+            rest = self.store.read_from_locked(key, tail.end)
+        else:
+            rest = self.store.get_range(key, tail.end, 2**62)
+        records, end, torn = decode_blocks(f"{self.store.description}/{key}", rest, 0)
+        self.bytes_since_checkpoint += end
+        tail.end += end
+        tail.torn = torn
         return records
+
+    def _apply_segment(self, seq: int, data: bytes, on_record: Callable[[bytes], None], *,
+                       recheck: bool = False) -> None:
+        """Apply segment ``seq`` (its bytes as read), after the one before it.
+
+        The segment before may have grown since it was read unless ``seq`` was already listed
+        when it was read and was started by its writer: a writer starts a segment only after
+        its last append. Otherwise (``recheck``, or ``seq`` is an opener's empty fence) its
+        rest is read under the append lock, which the fence makes final.
+        """
+        records, tail = self._parse_segment(seq, data)
+        prev = self._tail
+        if prev is not None and prev.blocks and (recheck or not records):
+            for r in self._read_rest(prev, locked=True):
+                on_record(r)
+        if prev is not None and prev.torn and records:
+            # Only an opener's fence may follow a segment that ends mid-block: a writer
+            # starts a new segment only after its last append succeeded.
+            raise CorruptionError(
+                f"{self.store.description}/{SEGMENT_DIR}/{_seq_name(prev.seq)}: ends in an "
+                f"incomplete block at byte {prev.end}, yet segment {_seq_name(seq)} follows it")
+        self.bytes_since_checkpoint += tail.end
+        self.segments_since_checkpoint += 1
+        if not records:
+            self._empty_segments.add(seq)
+        for r in records:
+            on_record(r)
+        self._tail = tail
 
     def _replay_segments(self, on_record: Callable[[bytes], None]) -> None:
         seqs = sorted(s for s in (_parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR))
@@ -193,18 +279,11 @@ class Log:
         if len(seqs) > 1 and not isinstance(self.store, LocalStore):
             # Object stores: fetch ahead in parallel, apply strictly in order.
             with ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay") as pool:
-                for s, records in zip(seqs, pool.map(self._read_segment, seqs)):
-                    if not records:
-                        self._empty_segments.add(s)
-                    for r in records:
-                        on_record(r)
+                for s, data in zip(seqs, pool.map(self._get_segment, seqs)):
+                    self._apply_segment(s, data, on_record)
         else:
             for s in seqs:
-                records = self._read_segment(s)
-                if not records:
-                    self._empty_segments.add(s)
-                for r in records:
-                    on_record(r)
+                self._apply_segment(s, self._get_segment(s), on_record)
         self.next_seq = expected
 
     def _fence(self, on_record: Callable[[bytes], None]) -> None:
@@ -214,16 +293,20 @@ class Log:
                 self.store.put_if_absent(f"{SEGMENT_DIR}/{_seq_name(self.next_seq)}", data)
             except ObjectExists:
                 # The previous writer committed this one before noticing us: replay it.
-                records = self._read_segment(self.next_seq)
-                if not records:
-                    self._empty_segments.add(self.next_seq)
-                for r in records:
-                    on_record(r)
+                seq = self.next_seq
+                self._apply_segment(seq, self._get_segment(seq), on_record, recheck=True)
                 self.next_seq += 1
                 continue
             self.bytes_since_checkpoint += len(data)
             self._empty_segments.add(self.next_seq)
             self.next_seq += 1
+            prev = self._tail
+            if prev is not None and prev.blocks:
+                # Our fence is in place: what the displaced writer appended until now is all
+                # it ever will (see "Appended segments").
+                for r in self._read_rest(prev, locked=True):
+                    on_record(r)
+            self._tail = None
             return
         raise FencedError(f"{self.store.description}: could not fence the segment space")
 
@@ -256,10 +339,23 @@ class Log:
         self._check_writable()
         if self.segments_written and self.segments_written % EPOCH_CHECK_EVERY == 0:
             self._yield_to_newer_epoch()
+        appender = self._appender
+        if appender is not None and records:
+            block = encode_block(records)
+            if appender.size + len(block) <= self.segment_max_bytes:
+                return self._append_block(appender, block)
+            self._close_appender()
         seq = self.next_seq
-        data = self._segment_bytes(seq, records)
+        key = f"{SEGMENT_DIR}/{_seq_name(seq)}"
         try:
-            self.store.put_if_absent(f"{SEGMENT_DIR}/{_seq_name(seq)}", data)
+            if records and self.segment_max_bytes:
+                data = encode(MAGIC_SEGMENT, {"epoch": self.epoch, "nonce": self.nonce,
+                                              "seq": seq, "count": 0, "blocks": True}
+                              ) + encode_block(records)
+                self._appender = self.store.create_appendable(key, data)
+            else:
+                data = self._segment_bytes(seq, records)
+                self.store.put_if_absent(key, data)
         except ObjectExists as exc:
             raise self._fail(FencedError(
                 f"{self.store.description}: segment {_seq_name(seq)} was written by another "
@@ -274,6 +370,28 @@ class Log:
         if not records:
             self._empty_segments.add(seq)
         return seq
+
+    def _append_block(self, appender: Appender, block: bytes) -> int:
+        seq = self.next_seq - 1
+        try:
+            appender.append(block, f"{SEGMENT_DIR}/{_seq_name(seq + 1)}")
+        except ObjectExists as exc:
+            self._close_appender()
+            raise self._fail(FencedError(
+                f"{self.store.description}: segment {_seq_name(seq + 1)} was created by another "
+                "process; this handle has been fenced off (another Queue.open took over)")
+            ) from exc
+        except StorageError as exc:
+            self._close_appender()
+            raise self._fail(exc)  # noqa: B904 - keeps the backend cause
+        self.bytes_since_checkpoint += len(block)
+        self.segments_written += 1
+        return seq
+
+    def _close_appender(self) -> None:
+        appender, self._appender = self._appender, None
+        if appender is not None:
+            appender.close()
 
     def _newest_manifest(self) -> int:
         return max((s for s in (_parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR))
@@ -309,6 +427,7 @@ class Log:
         if seq != self.next_seq - 1:
             raise ValueError(f"checkpoint for segment {seq}, but the last segment is "
                              f"{self.next_seq - 1}")
+        self._close_appender()  # the checkpoint covers this segment whole: start a new one
         name = f"{_seq_name(seq)}-{self.epoch:010d}"
         data = encode(MAGIC_CHECKPOINT, {"epoch": self.epoch, "nonce": self.nonce, "seq": seq,
                                          "count": 1}, [snapshot])
@@ -384,6 +503,7 @@ class Log:
     def close(self, timeout: float | None = 30.0) -> None:
         """Stop writing; wait (up to ``timeout``) for pending deletions of covered objects."""
         self._closed = True
+        self._close_appender()
         if self._cleaner is not None:
             self._cleaner.close(timeout)
 

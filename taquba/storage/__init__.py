@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from .base import RequestCounts, Store
+from .base import Appender, RequestCounts, Store
 from .errors import ObjectExists, ObjectNotFound
 from .local import LocalStore
 
@@ -65,4 +65,4 @@ def open_store(location: Any, path: str | None = None, *,
     return FsspecStore(fs, root, **kwargs)
 
 
-__all__ = ["LocalStore", "ObjectExists", "ObjectNotFound", "RequestCounts", "Store", "open_store"]
+__all__ = ["Appender", "LocalStore", "ObjectExists", "ObjectNotFound", "RequestCounts", "Store", "open_store"]

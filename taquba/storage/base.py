@@ -12,6 +12,10 @@ Rules every implementation keeps:
   subdirectories), sorted bytewise, with no temporary files.
 - ``get_range(key, start, end)`` returns bytes ``[start, end)`` clipped to the object, like
   a slice: an empty range, or one starting at or past the end, gives ``b""``.
+- Appending is optional (``supports_append``; local disk only): ``create_appendable`` publishes
+  an object whole like ``put_if_absent`` and returns an :class:`Appender` that adds bytes at
+  its end, each append durable on return and refused once a given *fence* key exists;
+  ``read_from_locked`` reads an appendable object's tail while no append is in progress.
 - Transient backend errors are retried with bounded exponential backoff; what is left is
   raised as a :class:`~taquba.errors.StorageError` subclass with the cause kept.
 """
@@ -53,8 +57,25 @@ class RequestCounts:
                                 for f in fields(self)})
 
 
+class Appender(ABC):
+    """Adds bytes at the end of one object created by :meth:`Store.create_appendable`."""
+
+    key: str
+    size: int
+
+    @abstractmethod
+    def append(self, data: bytes, fence_key: str) -> None:
+        """Append ``data`` durably; :class:`ObjectExists` (nothing written) if ``fence_key``
+        exists. Checking the fence and writing are one step against ``read_from_locked``."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
 class Store(ABC):
     """A root on some filesystem holding immutable objects addressed by ``dir/name`` keys."""
+
+    supports_append = False
 
     def __init__(self, description: str, *, retries: int = 6, retry_delay: float = 0.05) -> None:
         self.description = description
@@ -114,6 +135,14 @@ class Store(ABC):
                     lambda: self._raw_delete(keys))
         self._count(deletes=1)
 
+    def create_appendable(self, key: str, data: bytes) -> Appender:
+        """Create ``key`` holding ``data`` (as :meth:`put_if_absent`), open for appending."""
+        raise NotImplementedError(f"{type(self).__name__} cannot append")
+
+    def read_from_locked(self, key: str, start: int) -> bytes:
+        """Bytes of ``key`` from ``start`` on, read while no :class:`Appender` is appending."""
+        raise NotImplementedError(f"{type(self).__name__} cannot append")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the store."""
 
@@ -159,4 +188,4 @@ class Store(ABC):
             self.sleep(delay)
 
 
-__all__ = ["ObjectExists", "ObjectNotFound", "RequestCounts", "StorageError", "Store"]
+__all__ = ["Appender", "ObjectExists", "ObjectNotFound", "RequestCounts", "StorageError", "Store"]
