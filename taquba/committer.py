@@ -72,7 +72,8 @@ class Committer:
 
     def __init__(self, log: Log, *, lock: threading.Lock | None = None,
                  snapshot: Callable[[], bytes] | None = None,
-                 max_batch_bytes: int = 8 * 1024 * 1024, inline: bool | None = None) -> None:
+                 max_batch_bytes: int = 8 * 1024 * 1024, inline: bool | None = None,
+                 live_bytes: Callable[[], int] | None = None) -> None:
         self.log = log
         self.lock = lock if lock is not None else threading.Lock()
         self._work = threading.Condition(self.lock)
@@ -82,6 +83,8 @@ class Committer:
         self._in_flight = threading.Condition(self.lock)
         self._gathered = threading.Condition(self.lock)  # an inline writer's gathering
         self._snapshot = snapshot
+        self._live_bytes = live_bytes  # estimate of the snapshot's size (Log.checkpoint_due)
+        self._batch_live = 0
         self.max_batch_bytes = max_batch_bytes
         self.inline = bool(log.segment_max_bytes) if inline is None else inline
         self._pending: list[bytes] = []
@@ -91,7 +94,7 @@ class Committer:
         self._durable_upto = 0  # every ticket <= this is durable
         self._failure: BaseException | None = None
         self._writing = False  # a write (or a checkpoint) is in flight
-        self._checkpoint: tuple[bytes, int] | None = None  # for the thread to write
+        self._checkpoint: tuple[bytes, int, int] | None = None  # for the thread to write
         self._gather = 0  # records the next batch waits for (see "Gathering")
         self._linger = 0.0
         self._stopping = False
@@ -181,8 +184,11 @@ class Committer:
         if self._pending_bytes <= self.max_batch_bytes:
             batch, self._pending, self._pending_bytes = self._pending, [], 0
             snapshot = None
-            if self._snapshot is not None and self.log.checkpoint_due():
-                snapshot = self._snapshot()
+            if self._snapshot is not None:
+                live = None if self._live_bytes is None else self._live_bytes()
+                if self.log.checkpoint_due(live):
+                    snapshot = self._snapshot()
+                    self._batch_live = live or 0
             return batch, snapshot
         size = 0
         cut = 0
@@ -226,6 +232,8 @@ class Committer:
             self._writing = False
             logger.error("taquba log write failed; the handle is now broken: %s", failed)
             self._break_locked(failed)
+            if not on_thread and not isinstance(failed, Exception):
+                raise failed  # e.g. KeyboardInterrupt in the caller that was writing
             return
         self._gather = len(batch) + len(self._pending)
         self._linger = min(MAX_LINGER, LINGER_FRACTION * took)
@@ -235,7 +243,7 @@ class Committer:
         self.stats.bytes_committed += sum(len(r) for r in batch)
         done.notify_all()
         if snapshot is not None:
-            self._checkpoint = (snapshot, seq)
+            self._checkpoint = (snapshot, seq, self._batch_live)
             if on_thread:
                 self._checkpoint_locked()
             else:
@@ -254,12 +262,12 @@ class Committer:
     def _checkpoint_locked(self) -> None:
         """Write the checkpoint a write left (thread only; lock held, released for I/O)."""
         assert self._checkpoint is not None
-        snapshot, seq = self._checkpoint
+        snapshot, seq, live = self._checkpoint
         failed: BaseException | None = None
         self.lock.release()
         try:
             try:
-                self.log.checkpoint(snapshot, seq)
+                self.log.checkpoint(snapshot, seq, live)
             except BaseException as exc:
                 failed = exc
         finally:

@@ -660,3 +660,30 @@ def test_an_opener_rereads_a_segment_the_old_writer_grew_and_left(tmp_path, monk
         old.append([b"d"])
     _, seen = open_appending(tmp_path)
     assert seen.records == [b"a" * 100, b"b" * 100, b"c" * 100]
+
+
+def test_checkpoints_follow_superseded_bytes_when_the_caller_knows_the_live_size(tmp_path):
+    """A growing backlog is not copied again; draining it is what makes a checkpoint due."""
+    log, _ = open_log(open_store(str(tmp_path)), checkpoint_min_bytes=10_000, checkpoint_ratio=2)
+    live = 0
+    for _ in range(50):  # 500 KB of records that all stay live
+        log.append([b"x" * 10_000])
+        live += 10_000
+        assert not log.checkpoint_due(live)
+    assert log.checkpoint_due()  # the byte rule alone would have copied them by now
+    for _ in range(30):  # 30 of them finish: 300 KB superseded, 200 KB live
+        live -= 10_000
+        log.append([b"-"])
+    assert not log.checkpoint_due(live)  # 300 KB (and some framing) < 2 x 200 KB
+    for _ in range(6):
+        live -= 10_000
+        seq = log.append([b"-"])
+    assert log.checkpoint_due(live)  # 360 KB > 2 x 140 KB
+    log.checkpoint(b"s" * 175_000, seq, live)  # the real snapshot is 1.25x the estimate
+    assert not log.checkpoint_due(live)
+    for _ in range(10):  # 10 finish: estimate 40 KB live, calibrated 50 KB
+        live -= 10_000
+        log.append([b"-"])
+    # superseded: 175 KB snapshot + 10 small records - 50 KB > 2 x 50 KB
+    assert log.checkpoint_due(live)
+    assert not log.checkpoint_due(live * 3)  # 175 KB - 150 KB is not

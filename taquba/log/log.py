@@ -122,6 +122,7 @@ class Log:
         self.next_seq = 1
         self.bytes_since_checkpoint = 0
         self.last_snapshot_size = 0
+        self.live_at_checkpoint = 0  # the caller's live estimate when it was taken
         self.segments_written = 0
         self.checkpoints_written = 0
         self._empty_segments: set[int] = set()  # fences at or after replay_from: never deleted
@@ -409,7 +410,29 @@ class Log:
                 f"handle's {_seq_name(self.manifest_n)}; another process has opened this root "
                 "and this handle has been fenced off"))
 
-    def checkpoint_due(self) -> bool:
+    def checkpoint_due(self, live_bytes: int | None = None) -> bool:
+        """Whether the next batch should carry a checkpoint.
+
+        Given ``live_bytes``, the caller's estimate of what a snapshot would hold now: once
+        what a reopen would read (the last snapshot plus the log since) exceeds it by more
+        than ``max(checkpoint_min_bytes, checkpoint_ratio * live)`` of superseded bytes. A
+        backlog that is still live is not copied again, and a reopen reads at most about
+        ``(1 + ratio)`` times the live state plus the floor. Without it: once the log since
+        the last checkpoint outgrows ``max(floor, ratio * the last snapshot)``. Either way,
+        past ``checkpoint_max_segments`` segments only the log outgrowing the last snapshot
+        is required, which bounds the objects a reopen reads.
+        """
+        if self.segments_since_checkpoint >= self.checkpoint_max_segments and \
+                self.bytes_since_checkpoint > self.last_snapshot_size:
+            return True
+        if live_bytes is not None:
+            if self.live_at_checkpoint > 0:
+                # Calibrate the estimate against what the last snapshot really took.
+                live = live_bytes * self.last_snapshot_size / self.live_at_checkpoint
+            else:
+                live = live_bytes
+            superseded = self.last_snapshot_size + self.bytes_since_checkpoint - live
+            return superseded > max(self.checkpoint_min_bytes, self.checkpoint_ratio * live)
         proportional = int(self.checkpoint_ratio * self.last_snapshot_size)
         if self.segments_since_checkpoint >= self.checkpoint_max_segments:
             # Many small segments: reopening costs a request each, so compact as soon as
@@ -417,11 +440,12 @@ class Log:
             return self.bytes_since_checkpoint > proportional
         return self.bytes_since_checkpoint > max(self.checkpoint_min_bytes, proportional)
 
-    def checkpoint(self, snapshot: bytes, seq: int) -> None:
+    def checkpoint(self, snapshot: bytes, seq: int, live_bytes: int = 0) -> None:
         """Record ``snapshot`` as the state after segment ``seq`` and drop what it covers.
 
         ``seq`` must be the last segment appended (the caller takes the snapshot in step
-        with its records).
+        with its records); ``live_bytes`` is the caller's estimate of the snapshot's size,
+        the same measure it passes to :meth:`checkpoint_due`.
         """
         self._check_writable()
         if seq != self.next_seq - 1:
@@ -455,6 +479,7 @@ class Log:
         self.bytes_since_checkpoint = 0
         self.segments_since_checkpoint = 0
         self.last_snapshot_size = len(snapshot)
+        self.live_at_checkpoint = live_bytes
         self.checkpoints_written += 1
         # Our manifest number may have existed before and been pruned: only if ours is still
         # the newest version are we the writer, and only the writer may delete.
