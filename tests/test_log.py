@@ -23,6 +23,7 @@ from taquba.log.format import (
     MAGIC_MANIFEST,
     MAGIC_SEGMENT,
     decode,
+    decode_blocks,
     decode_header,
     encode,
     encode_block,
@@ -504,6 +505,21 @@ def _block_segments(root: Path) -> list[Path]:
             if decode_header(p.name, MAGIC_SEGMENT, p.read_bytes())[0].get("blocks")]
 
 
+def _data_end(path: Path) -> int:
+    """Where a block segment's blocks end (space reserved after them reads as zeros)."""
+    data = path.read_bytes()
+    _, pos = decode_header(path.name, MAGIC_SEGMENT, data)
+    return decode_blocks(path.name, data, pos)[1]
+
+
+def _write_at(path: Path, offset: int, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
 def test_appended_commits_share_one_segment_and_replay_in_order(tmp_path):
     log, _ = open_appending(tmp_path)
     assert [log.append(b) for b in BATCHES] == [2] * len(BATCHES)  # 1 is the open's fence
@@ -522,7 +538,8 @@ def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
     log, _ = open_appending(tmp_path, segment_max_bytes=400, checkpoint_min_bytes=1)
     written = [log.append([b"%02d" % i + b"x" * 98]) for i in range(10)]
     assert written == sorted(written) and 3 <= len(set(written)) <= 5
-    assert all(p.stat().st_size <= 400 for p in _block_segments(tmp_path))
+    assert all(_data_end(p) <= 400 and p.stat().st_size <= 400
+               for p in _block_segments(tmp_path))
     log.checkpoint(b"ten", written[-1])
     after = log.append([b"after"])
     assert after == written[-1] + 1  # the checkpoint covered that segment whole
@@ -538,9 +555,11 @@ def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, cut
     log.append([b"two", b"three"])
     log.close()
     [segment] = _block_segments(tmp_path)
+    end = _data_end(segment)
+    # A crash in the middle of appending the next block to a file with no space reserved
+    # (where posix_fallocate is not supported, writes extend the file).
+    segment.write_bytes(segment.read_bytes()[:end] + encode_block([b"four", b"five" * 10])[:cut])
     size = segment.stat().st_size
-    with segment.open("ab") as f:  # a crash in the middle of appending the next block
-        f.write(encode_block([b"four", b"five" * 10])[:cut])
     log2, seen = open_appending(tmp_path)
     assert seen.records == [b"one", b"two", b"three"]
     log2.append([b"six"])
@@ -549,7 +568,7 @@ def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, cut
     for _ in range(2):
         _, seen = open_appending(tmp_path)
         assert seen.records == [b"one", b"two", b"three", b"six"]
-    assert segment.stat().st_size == size + cut  # nothing rewrote the old segment
+    assert segment.stat().st_size == size and _data_end(segment) == end  # nothing rewrote it
 
 
 def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_path):
@@ -559,7 +578,7 @@ def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_pat
     log.append([b"c" * 300])  # does not fit: a second segment, started by the same writer
     log.close()
     first, _second = _block_segments(tmp_path)
-    first.write_bytes(first.read_bytes()[:-10])
+    first.write_bytes(first.read_bytes()[:_data_end(first) - 10])
     with pytest.raises(CorruptionError) as info:
         open_appending(tmp_path)
     assert first.name in str(info.value) and "incomplete block" in str(info.value)
@@ -572,8 +591,40 @@ def test_a_damaged_complete_block_is_corruption_even_at_the_end(tmp_path, which)
     log.append([b"last" * 10])
     log.close()
     [segment] = _block_segments(tmp_path)
-    size = segment.stat().st_size
-    _flip(segment, size - 60 if which == "first block" else size - 5)
+    end = _data_end(segment)
+    _flip(segment, end - 60 if which == "first block" else end - 5)
+    with pytest.raises(CorruptionError, match=segment.name):
+        open_appending(tmp_path)
+
+
+@pytest.mark.parametrize("lost", ["second sector", "first sector"])
+def test_a_block_torn_across_sectors_is_dropped_at_the_end_only(tmp_path, lost):
+    """A crash can persist some sectors of a write and not others (unwritten ones read as
+    zeros in the reserved space)."""
+    log, _ = open_appending(tmp_path)
+    log.append([b"kept"])
+    log.close()
+    [segment] = _block_segments(tmp_path)
+    end = _data_end(segment)
+    block = encode_block([bytes(range(256)) * 8])  # 2 KiB of non-zero bytes
+    torn = bytearray(block)
+    boundary = -(-end // 512) * 512 - end  # where the block crosses into the next sector
+    if lost == "second sector":
+        torn[boundary:boundary + 512] = bytes(512)
+    else:
+        torn[:boundary] = bytes(boundary)
+    _write_at(segment, end, bytes(torn))
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"kept"]
+    # The same damage before a segment its writer started later cannot be a crash.
+    store = open_store(str(tmp_path))
+    next_seq = int(segment.name) + 1
+    data = encode(MAGIC_SEGMENT, {"epoch": 99, "nonce": "x", "seq": next_seq, "count": 0,
+                                  "blocks": True}) + encode_block([b"later"])
+    for p in (tmp_path / SEGMENT_DIR).iterdir():
+        if int(p.name) > int(segment.name):
+            p.unlink()
+    store.put_if_absent(f"{SEGMENT_DIR}/{next_seq:020d}", data)
     with pytest.raises(CorruptionError, match=segment.name):
         open_appending(tmp_path)
 

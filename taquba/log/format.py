@@ -18,10 +18,11 @@ says ``"blocks": true`` and ``count`` 0, and each commit is one block::
     b"TQBK" | record count (u32) | body length (u32) | CRC32 of the body (u32) | body
 
 whose body is the records' frames. The first block is published with the header (whole or
-absent); later ones are appended. A crash can leave the last appended block incomplete —
-it was never acknowledged — and :func:`decode_blocks` reports where the complete blocks
-end; only the log decides when an incomplete tail is acceptable. A complete block whose
-checksum fails is always corruption.
+absent); later ones are written after it, into space the writer reserves ahead and which
+reads as zeros until written. A crash can leave the last block torn — it was never
+acknowledged — and :func:`decode_blocks` reports where the complete blocks end; only the
+log decides where a torn tail is acceptable. Damage that a torn write cannot explain is
+always corruption.
 """
 
 from __future__ import annotations
@@ -124,31 +125,77 @@ def decode_frames(name: str, view: memoryview, pos: int, end: int) -> list[bytes
     return frames
 
 
-def decode_blocks(name: str, data: bytes | memoryview, pos: int
+_SECTOR = 512
+MAX_APPENDED_BLOCK = 1 << 20  # a larger batch starts a segment of its own
+
+
+def _zero(view: memoryview, start: int, stop: int) -> bool:
+    chunk = view[start:stop].tobytes()
+    return chunk.count(0) == len(chunk)
+
+
+def _unwritten_sector(view: memoryview, start: int, stop: int, base: int) -> bool:
+    """Whether some disk sector's share of ``[start, stop)`` is all zeros (never written);
+    ``base`` is the file offset of ``view[0]``."""
+    pos = start
+    while pos < stop:
+        nxt = min(stop, (base + pos) // _SECTOR * _SECTOR + _SECTOR - base)
+        if _zero(view, pos, nxt):
+            return True
+        pos = nxt
+    return False
+
+
+def _torn(view: memoryview, pos: int, stop: int | None, base: int) -> bool:
+    """Whether the invalid block at ``pos`` (declared to end at ``stop``, if its header
+    could be read) is what a crash during its write leaves: it runs past the end of the
+    data, or some sector it spans was never written; and nothing follows it."""
+    end = len(view)
+    if stop is not None and stop > end:
+        return True
+    if end - pos < _BLOCK.size:
+        return True  # a header cut short by the end of the data
+    reach = stop if stop is not None else min(end, pos + _BLOCK.size + MAX_APPENDED_BLOCK)
+    return _zero(view, reach, end) and _unwritten_sector(view, pos, reach, base)
+
+
+def decode_blocks(name: str, data: bytes | memoryview, pos: int, base: int = 0
                   ) -> tuple[list[bytes], int, bool]:
     """Records of the blocks from byte ``pos`` on: ``(records, end of the last complete
-    block, whether an incomplete block follows it)``. A damaged complete block raises."""
+    block, whether a torn block follows it)``; ``base`` is the file offset of ``data[0]``.
+
+    Appends go to space reserved ahead (zero-filled), so the blocks end where zeros begin.
+    A crash during an append can leave its block torn: running past the end of the data,
+    or with sectors the write never reached still zero, and nothing after it. Damage a
+    torn write cannot explain raises :class:`CorruptionError`.
+    """
     view = memoryview(data)
     end = len(view)
     records: list[bytes] = []
     while pos < end:
-        if end - pos < _BLOCK.size:
-            return records, pos, True
+        if end - pos < _BLOCK.size or _zero(view, pos, pos + _BLOCK.size):
+            if _zero(view, pos, end):
+                return records, pos, False  # unused space
+            if _torn(view, pos, None, base):
+                return records, pos, True
+            raise CorruptionError(f"{name}: bytes after the end of the blocks at byte {pos}")
         magic, count, length, bcrc = _BLOCK.unpack_from(view, pos)
-        if magic != MAGIC_BLOCK:
-            raise CorruptionError(f"{name}: bad block magic {bytes(magic)!r} at byte {pos}")
         start = pos + _BLOCK.size
-        if length > end - start:
-            return records, pos, True
-        body = view[start:start + length]
-        if zlib.crc32(body) != bcrc:
+        stop = start + length
+        if magic != MAGIC_BLOCK:
+            if _torn(view, pos, None, base):
+                return records, pos, True
+            raise CorruptionError(f"{name}: bad block magic {bytes(magic)!r} at byte {pos}")
+        if stop > end or zlib.crc32(view[start:stop]) != bcrc:
+            if _torn(view, pos, stop, base):
+                return records, pos, True
             raise CorruptionError(f"{name}: checksum mismatch in the block at byte {pos}")
-        frames = decode_frames(name, view, start, start + length)
+        frames = decode_frames(name, view, start, stop)
         if len(frames) != count:
             raise CorruptionError(f"{name}: block at byte {pos} says {count} records, "
                                   f"holds {len(frames)}")
         records += frames
-        pos = start + length
+        pos = stop
     return records, pos, False
 
 

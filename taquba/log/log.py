@@ -62,6 +62,7 @@ from .format import (
     MAGIC_CHECKPOINT,
     MAGIC_MANIFEST,
     MAGIC_SEGMENT,
+    MAX_APPENDED_BLOCK,
     decode,
     decode_blocks,
     decode_frames,
@@ -234,7 +235,8 @@ class Log:
             rest = self.store.read_from_locked(key, tail.end)
         else:
             rest = self.store.get_range(key, tail.end, 2**62)
-        records, end, torn = decode_blocks(f"{self.store.description}/{key}", rest, 0)
+        records, end, torn = decode_blocks(f"{self.store.description}/{key}", rest, 0,
+                                           base=tail.end)
         self.bytes_since_checkpoint += end
         tail.end += end
         tail.torn = torn
@@ -343,7 +345,8 @@ class Log:
         appender = self._appender
         if appender is not None and records:
             block = encode_block(records)
-            if appender.size + len(block) <= self.segment_max_bytes:
+            if appender.size + len(block) <= self.segment_max_bytes and \
+                    len(block) <= MAX_APPENDED_BLOCK:
                 return self._append_block(appender, block)
             self._close_appender()
         seq = self.next_seq
@@ -353,7 +356,8 @@ class Log:
                 data = encode(MAGIC_SEGMENT, {"epoch": self.epoch, "nonce": self.nonce,
                                               "seq": seq, "count": 0, "blocks": True}
                               ) + encode_block(records)
-                self._appender = self.store.create_appendable(key, data)
+                self._appender = self.store.create_appendable(key, data,
+                                                              self.segment_max_bytes)
             else:
                 data = self._segment_bytes(seq, records)
                 self.store.put_if_absent(key, data)

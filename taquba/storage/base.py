@@ -135,8 +135,10 @@ class Store(ABC):
                     lambda: self._raw_delete(keys))
         self._count(deletes=1)
 
-    def create_appendable(self, key: str, data: bytes) -> Appender:
-        """Create ``key`` holding ``data`` (as :meth:`put_if_absent`), open for appending."""
+    def create_appendable(self, key: str, data: bytes, reserve: int = 0) -> Appender:
+        """Create ``key`` holding ``data`` (as :meth:`put_if_absent`), open for appending;
+        it may grow to ``reserve`` bytes, which the store may reserve ahead (reading as
+        zeros until written)."""
         raise NotImplementedError(f"{type(self).__name__} cannot append")
 
     def read_from_locked(self, key: str, start: int) -> bytes:

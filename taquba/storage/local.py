@@ -9,8 +9,8 @@ listed.
 Appending (:meth:`LocalStore.create_appendable`): after that whole first publish the file is
 kept open, and each append is one ``write`` plus one ``fdatasync`` — a single flush per
 commit instead of a new file and two. Fencing carries over through an exclusive ``flock`` on
-the file: an append takes it, checks that the fence key does not exist, writes, syncs and
-releases it; a reader that must see every byte a displaced writer will ever add first creates
+the file: an append takes it, checks that the fence key does not exist, writes (into space
+reserved ahead, see :class:`LocalAppender`), syncs and releases it; a reader that must see every byte a displaced writer will ever add first creates
 the fence, then reads under the same lock (:meth:`LocalStore.read_from_locked`). Whatever the
 interleaving, an append either lands before that read or sees the fence and writes nothing.
 ``flock`` locks belong to open files, so this holds between handles of one process too.
@@ -29,6 +29,7 @@ from .errors import ObjectExists, translate
 
 TMP_PREFIX = ".tmp-"
 LOCK_TIMEOUT = 30.0
+PREALLOCATE = 1 << 20
 
 
 def _fsync_dir(path: str) -> None:
@@ -40,13 +41,31 @@ def _fsync_dir(path: str) -> None:
 
 
 class LocalAppender(Appender):
-    """An open appendable file; not thread-safe (the log's one writer drives it)."""
+    """An open appendable file; not thread-safe (the log's one writer drives it).
 
-    def __init__(self, store: LocalStore, key: str, fd: int, size: int) -> None:
+    Space is reserved ahead with ``posix_fallocate`` (up to ``limit`` bytes, a MiB at a
+    time) and blocks are written into it at the end of the data: an ``fdatasync`` that does
+    not change the file's size skips a metadata journal commit, about a third of its cost
+    on ext4. The reserved space reads as zeros, which is where a reader stops.
+    """
+
+    def __init__(self, store: LocalStore, key: str, fd: int, size: int, limit: int) -> None:
         self.store = store
         self.key = key
         self.size = size
+        self.limit = limit
+        self._allocated = size
         self._fd: int | None = fd
+
+    def _reserve(self, fd: int, need: int) -> None:
+        if need <= self._allocated:
+            return
+        target = max(need, min(self._allocated + PREALLOCATE, self.limit))
+        try:
+            os.posix_fallocate(fd, self._allocated, target - self._allocated)
+        except OSError:
+            return  # not supported here: writes extend the file instead
+        self._allocated = target
 
     def append(self, data: bytes, fence_key: str) -> None:
         fd = self._fd
@@ -62,16 +81,19 @@ class LocalAppender(Appender):
                     raise ObjectExists(f"append {self.store.description}/{self.key}: "
                                        f"{fence_key} exists")
                 try:
+                    self._reserve(fd, self.size + len(data))
                     view = memoryview(data)
+                    at = self.size
                     while view:
-                        view = view[os.write(fd, view):]
+                        n = os.pwrite(fd, view, at)
+                        view = view[n:]
+                        at += n
                     if self.store.fsync:
                         os.fdatasync(fd)
                 except BaseException:
-                    # Leave no partial block behind if we can; a reader treats one that
-                    # stays as the unacknowledged tail it is.
+                    # Leave no partial block behind if we can: readers stop at zeros.
                     try:
-                        os.ftruncate(fd, self.size)
+                        os.pwrite(fd, bytes(len(data)), self.size)
                     except OSError:
                         pass
                     raise
@@ -160,10 +182,10 @@ class LocalStore(Store):
         if self.fsync:
             _fsync_dir(directory)
 
-    def create_appendable(self, key: str, data: bytes) -> LocalAppender:
+    def create_appendable(self, key: str, data: bytes, reserve: int = 0) -> LocalAppender:
         self.put_if_absent(key, data)
-        fd = self._retry("open", key, lambda: os.open(self._path(key), os.O_WRONLY | os.O_APPEND))
-        return LocalAppender(self, key, fd, len(data))
+        fd = self._retry("open", key, lambda: os.open(self._path(key), os.O_RDWR))
+        return LocalAppender(self, key, fd, len(data), max(reserve, len(data)))
 
     def read_from_locked(self, key: str, start: int) -> bytes:
         def read() -> bytes:
