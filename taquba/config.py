@@ -181,10 +181,18 @@ class OpenOptions:
     Tuning knobs beyond the API contract:
 
     - ``max_batch_bytes``: the largest segment the committer writes in one PUT.
-    - ``checkpoint_min_bytes``: no checkpoint is written before the log since the last one
-      holds this many bytes; above it, a checkpoint is written once the log outgrows the live
-      state's size times ``checkpoint_ratio``. Past ``checkpoint_max_segments`` segments the
-      byte floor no longer applies, which bounds the number of objects read at reopen.
+    - ``checkpoint_min_bytes`` / ``checkpoint_ratio``: a checkpoint (a snapshot of the live
+      state, after which older objects are deleted) is written once what a reopen would read
+      holds more superseded bytes — records of finished jobs, replaced KV values, the parts of
+      the last snapshot that no longer hold — than ``max(checkpoint_min_bytes,
+      checkpoint_ratio * live state)``. So a reopen reads at most about ``1 + ratio`` times the
+      live state plus the floor, and a backlog that is still live is never copied again; a
+      larger ratio writes fewer bytes (fewer checkpoints), a smaller one reopens faster. Past
+      ``checkpoint_max_segments`` segments a checkpoint is also written once the log since the
+      last one outgrows it, which bounds the number of objects read at reopen.
+    - ``segment_max_bytes``: on local disk, commits are appended to the current segment file
+      (one ``fdatasync`` each) until it holds this many bytes; 0 writes every commit as a
+      file of its own (two fsyncs). Object stores always write one object per commit.
     - ``storage_retries`` / ``storage_retry_delay``: bounded retries of transient storage errors.
     """
 
@@ -195,8 +203,9 @@ class OpenOptions:
     clock: Callable[[], float] | None = None
     max_batch_bytes: int = 8 * 1024 * 1024
     checkpoint_min_bytes: int = 1024 * 1024
-    checkpoint_ratio: float = 1.0
+    checkpoint_ratio: float = 4.0
     checkpoint_max_segments: int = 256
+    segment_max_bytes: int = 8 * 1024 * 1024
     storage_retries: int = 6
     storage_retry_delay: Duration = 0.05
     background_threads: bool = True
@@ -228,6 +237,9 @@ class OpenOptions:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"OpenOptions.{name} must be a positive int, got {v!r}")
+        v = self.segment_max_bytes
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ConfigError(f"OpenOptions.segment_max_bytes must be an int >= 0, got {v!r}")
         r = self.checkpoint_ratio
         if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
             raise ConfigError(f"OpenOptions.checkpoint_ratio must be a positive number, got {r!r}")

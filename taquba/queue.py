@@ -21,8 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from . import events as ev
@@ -71,6 +70,7 @@ MAX_BATCH_JOBS = 100_000
 MAX_ERROR_CHARS = 16 * 1024
 MAX_CLAIM_BATCH = 10_000
 _TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
+_PLAIN = EnqueueOptions()
 
 
 def _error_text(error: object) -> str:
@@ -82,7 +82,23 @@ def _error_text(error: object) -> str:
         raise InvalidArgument(f"error must be a str or an exception, got {type(error).__name__}")
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + "... [truncated]"
+    return _storable(text)
+
+
+def _storable(text: str) -> str:
+    """``text`` with lone surrogates (which UTF-8 cannot hold) written as escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
+
+
+def _payload(value: object, name: str) -> bytes:
+    data = value if type(value) is bytes else to_bytes(value, name)
+    if len(data) > MAX_PAYLOAD_SIZE:
+        raise InvalidArgument(f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_SIZE}")
+    return data
 
 
 def _wait_seconds(value: object, name: str) -> float:
@@ -109,7 +125,8 @@ class Queue:
         self._claims: dict[str, Claim] = {}
         self._closed = False
         self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
-                                   max_batch_bytes=options.max_batch_bytes)
+                                   max_batch_bytes=options.max_batch_bytes,
+                                   live_bytes=lambda: self._state.live_bytes)
         self._background = Background(
             reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
@@ -140,6 +157,7 @@ class Queue:
                        checkpoint_min_bytes=options.checkpoint_min_bytes,
                        checkpoint_ratio=options.checkpoint_ratio,
                        checkpoint_max_segments=options.checkpoint_max_segments,
+                       segment_max_bytes=options.segment_max_bytes,
                        background_cleanup=True)
         q = cls(store, options, _log=log, _state=holder[0])
         q._release_previous_claims()
@@ -167,7 +185,7 @@ class Queue:
                 self._fail_locked(job, now, f"{reason}claim abandoned by a previous process",
                                   dead=True)
             if ids:
-                self._commit_locked(ev.RELEASE, {"ids": ids})
+                self._commit_locked(ev.encode_release(ids), self._state.on_release, ids)
                 for job_id in ids:
                     self._wake_claimers_locked(self._state.jobs[job_id].queue)
 
@@ -209,14 +227,17 @@ class Queue:
     def _config(self, queue: str) -> QueueConfig:
         return self.options.config_for(queue)
 
-    def _commit_locked(self, kind: int, meta: dict[str, Any], blobs: list[bytes] | None = None
-                       ) -> int:
-        """Apply one event and queue it for the log; return its durability ticket."""
-        self.committer.check_writable_locked()
-        blobs = blobs or []
-        data = ev.encode(kind, meta, blobs)
-        self._state.apply(kind, meta, blobs)
-        return self.committer.submit_locked(data)
+    def _commit_locked(self, record: bytes, apply: Callable[..., None], *args: Any) -> int:
+        """Apply one event and queue its record for the log; return its durability ticket.
+
+        ``record`` is the event encoded (events.py) from the same ``args`` that ``apply``
+        (a ``State.on_*`` method) takes, so replaying the record rebuilds this change. It is
+        encoded before anything changes: an encoding error leaves the state untouched.
+        """
+        committer = self.committer
+        committer.check_writable_locked()
+        apply(*args)
+        return committer.submit_locked(record)
 
     def _wait_durable_locked(self, ticket: int) -> None:
         self.committer.wait_locked(ticket)
@@ -250,25 +271,30 @@ class Queue:
         return job
 
     def _now(self) -> float:
-        return float(self._clock())
+        now = float(self._clock())
+        if now - now != 0.0:  # NaN or infinite: no record could hold it
+            raise ConfigError(f"OpenOptions.clock returned {now!r}, not a finite time")
+        return now
 
     # -- producing -------------------------------------------------------------------------
 
     def enqueue(self, queue: str, payload: Buffer, **options: Any) -> str:
         """Enqueue one job; keyword options as in :class:`EnqueueOptions`. Returns its id."""
         self._ensure_open()
+        if not options:
+            return self._enqueue_one(queue, payload, _PLAIN, ())[0]
         try:
             opts = EnqueueOptions(**options)
         except TypeError as exc:
             raise InvalidArgument(f"unknown enqueue option: {exc}") from None
-        return self.enqueue_with(queue, payload, opts)
+        return self._enqueue_one(queue, payload, opts, ())[0]
 
     def enqueue_with(self, queue: str, payload: Buffer, options: EnqueueOptions) -> str:
         """Enqueue one job with explicit :class:`EnqueueOptions`. Returns its id."""
         self._ensure_open()
         if not isinstance(options, EnqueueOptions):
             raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
-        return self._enqueue(queue, [(payload, options)], None)[0].id
+        return self._enqueue_one(queue, payload, options, ())[0]
 
     def enqueue_batch(self, queue: str, payloads: Iterable[Buffer]) -> list[str]:
         """Enqueue many jobs atomically (all or nothing); ids in input order."""
@@ -281,15 +307,44 @@ class Queue:
         except TypeError:
             raise InvalidArgument(
                 f"payloads must be an iterable of bytes, got {type(payloads).__name__}") from None
-        if len(items) > MAX_BATCH_JOBS:
-            raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {len(items)}")
-        if not items:
-            check_queue_name(queue)
+        n = len(items)
+        if n > MAX_BATCH_JOBS:
+            raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {n}")
+        check_queue_name(queue)
+        if not n:
             with self._lock:
                 self._check_open_locked()
             return []
-        plain = EnqueueOptions()
-        return [r.id for r in self._enqueue(queue, [(p, plain) for p in items], None)]
+        # The common case (all bytes, none too large) is checked at C speed.
+        data: list[bytes] = items  # type: ignore[assignment]
+        if set(map(type, items)) != {bytes} or max(map(len, items)) > MAX_PAYLOAD_SIZE:
+            data = [_payload(p, "payload" if n == 1 else f"payloads[{i}]")
+                    for i, p in enumerate(items)]
+        cfg = self._config(queue)
+        priority, max_attempts = cfg.default_priority, cfg.max_attempts
+        with self._lock:
+            self._check_open_locked()
+            state = self._state
+            now = self._now()
+            job_ids = self._ids.new_many(now, n)
+            if not state.jobs.keys().isdisjoint(job_ids):
+                job_ids = self._fresh_ids_locked(job_ids, now)
+            record = ev.encode_enqueue_plain(queue, now, job_ids, data, priority, max_attempts)
+            ticket = self._commit_locked(record, state.on_enqueue_plain, queue, now, job_ids,
+                                         data, priority, max_attempts)
+            self._wake_claimers_locked(queue, n)
+            self._wait_durable_locked(ticket)
+        return job_ids
+
+    def _fresh_ids_locked(self, job_ids: list[str], now: float) -> list[str]:
+        """``job_ids`` with those already in use (a caller's chosen ids) replaced."""
+        jobs = self._state.jobs
+        out = []
+        for job_id in job_ids:
+            while job_id in jobs:
+                job_id = self._ids.new(now)
+            out.append(job_id)
+        return out
 
     def enqueue_with_kv(self, queue: str, payload: Buffer, kv_writes: Mapping[bytes, Buffer],
                         options: EnqueueOptions | None = None) -> EnqueueResult:
@@ -299,91 +354,71 @@ class Queue:
         """
         self._ensure_open()
         if options is None:
-            options = EnqueueOptions()
+            options = _PLAIN
         elif not isinstance(options, EnqueueOptions):
             raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
         if not isinstance(kv_writes, Mapping):
             raise InvalidArgument(
                 f"kv_writes must be a mapping of bytes to bytes, got {type(kv_writes).__name__}")
-        kv: list[bytes] = []
+        kv: list[tuple[bytes, bytes]] = []
         for k, v in kv_writes.items():
             key = self._kv_key(k)
             value = to_bytes(v, "KV value")
             if len(value) > MAX_KV_VALUE_SIZE:
                 raise KvValueTooLarge(f"KV value for key {key[:64]!r} is {len(value)} bytes; the "
                                       f"limit is MAX_KV_VALUE_SIZE = {MAX_KV_VALUE_SIZE}")
-            kv += [key, value]
-        return self._enqueue(queue, [(payload, options)], kv)[0]
+            kv.append((key, value))
+        return EnqueueResult(*self._enqueue_one(queue, payload, options, kv))
 
-    def _enqueue(self, queue: str, items: list[tuple[object, EnqueueOptions]],
-                 kv: list[bytes] | None) -> list[EnqueueResult]:
+    def _enqueue_one(self, queue: str, payload: object, opts: EnqueueOptions,
+                     kv: Sequence[tuple[bytes, bytes]]) -> tuple[str, bool]:
+        """Enqueue one job (and ``kv``); return its id and whether it is new (no dedup hit)."""
         check_queue_name(queue)
-        payloads = []
-        for i, (payload, _) in enumerate(items):
-            data = to_bytes(payload, "payload" if len(items) == 1 else f"payloads[{i}]")
-            if len(data) > MAX_PAYLOAD_SIZE:
-                raise InvalidArgument(f"payload is {len(data)} bytes; the limit is "
-                                      f"{MAX_PAYLOAD_SIZE}")
-            payloads.append(data)
+        data = _payload(payload, "payload")
+        dedup_key = opts.dedup_key
+        if dedup_key is not None:
+            try:
+                dedup_key.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidArgument(f"EnqueueOptions.dedup_key is not valid UTF-8: "
+                                      f"{dedup_key[:40]!r}") from None
         cfg = self._config(queue)
+        priority = cfg.default_priority if opts.priority is None else opts.priority
+        max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
+        headers = dict(opts.headers) if opts.headers else None
         with self._lock:
             self._check_open_locked()
             state = self._state
             now = self._now()
-            index = state.queues.get(queue)
-            results: list[EnqueueResult] = []
-            metas: list[dict[str, Any]] = []
-            blobs: list[bytes] = []
-            new_ids: set[str] = set()
-            for (_, opts), data in zip(items, payloads):
-                if opts.dedup_key is not None and index is not None:
-                    existing = index.dedup.get(opts.dedup_key)
-                    if existing is not None:
-                        results.append(EnqueueResult(existing, False))
-                        continue
-                job_id = opts.job_id
-                if job_id is not None:
-                    if job_id in state.jobs or job_id in new_ids:
-                        raise InvalidArgument(f"job_id {job_id!r} is already in use")
-                else:
+            if dedup_key is not None:
+                index = state.queues.get(queue)
+                existing = None if index is None else index.dedup.get(dedup_key)
+                if existing is not None:
+                    # A dedup hit: make sure what we point at is durable.
+                    self._wait_durable_locked(self.committer.submitted)
+                    return existing, False
+            job_id = opts.job_id
+            if job_id is not None:
+                if job_id in state.jobs:
+                    raise InvalidArgument(f"job_id {job_id!r} is already in use")
+            else:
+                job_id = self._ids.new(now)
+                while job_id in state.jobs:
                     job_id = self._ids.new(now)
-                    while job_id in state.jobs:
-                        job_id = self._ids.new(now)
-                new_ids.add(job_id)
-                run_at: float | None = None
-                if opts.run_at is not None:
-                    run_at = float(opts.run_at)  # type: ignore[arg-type]
-                elif opts.delay:
-                    run_at = now + float(opts.delay)  # type: ignore[arg-type]
-                if run_at is not None and run_at <= now:
-                    run_at = None
-                meta: dict[str, Any] = {
-                    "id": job_id, "q": queue, "seq": state.next_seq + len(metas),
-                    "p": cfg.default_priority if opts.priority is None else opts.priority,
-                    "ma": cfg.max_attempts if opts.max_attempts is None else opts.max_attempts,
-                    "at": now,
-                }
-                if run_at is not None:
-                    meta["run"] = run_at
-                if opts.dedup_key is not None:
-                    meta["dk"] = opts.dedup_key
-                if opts.headers:
-                    meta["h"] = dict(opts.headers)
-                metas.append(meta)
-                blobs.append(data)
-                results.append(EnqueueResult(job_id, True))
-            if not metas:
-                # Every job was a dedup hit: make sure what we point at is durable.
-                self._wait_durable_locked(self.committer.submitted)
-                return results
-            if kv:
-                blobs += kv
-            ticket = self._commit_locked(ev.ENQUEUE, {"jobs": metas}, blobs)
-            ready = sum(1 for m in metas if "run" not in m)
-            if ready:
-                self._wake_claimers_locked(queue, ready)
+            run_at: float | None = None
+            if opts.run_at is not None:
+                run_at = float(opts.run_at)  # type: ignore[arg-type]
+            elif opts.delay:
+                run_at = now + float(opts.delay)  # type: ignore[arg-type]
+            if run_at is not None and run_at <= now:
+                run_at = None
+            jobs = [(job_id, data, priority, max_attempts, run_at, dedup_key, headers)]
+            record = ev.encode_enqueue(queue, now, jobs, kv)
+            ticket = self._commit_locked(record, state.on_enqueue, queue, now, jobs, kv)
+            if run_at is None:
+                self._wake_claimers_locked(queue)
             self._wait_durable_locked(ticket)
-        return results
+        return job_id, True
 
     # -- KV --------------------------------------------------------------------------------
 
@@ -414,7 +449,9 @@ class Queue:
             if data not in self._state.kv:
                 self._wait_durable_locked(self.committer.submitted)
                 return
-            ticket = self._commit_locked(ev.KV_DELETE, {}, [data])
+            keys = [data]
+            ticket = self._commit_locked(ev.encode_kv_delete(keys), self._state.on_kv_delete,
+                                         keys)
             self._wait_durable_locked(ticket)
 
     # -- consuming ---------------------------------------------------------------------------
@@ -438,19 +475,22 @@ class Queue:
     def _claim(self, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Claim]:
         check_queue_name(queue)
         lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
-        wait_s = _wait_seconds(wait, "wait")
+        wait_s = 0.0 if type(wait) in (float, int) and wait == 0 else _wait_seconds(wait, "wait")
         if lease_s is None:
             lease_s = float(self._config(queue).lease)  # type: ignore[arg-type]
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + wait_s if wait_s else 0.0
         with self._lock:
             state = self._state
             while True:
                 self._check_open_locked()
                 now = self._now()
-                self._promote_locked(now)
+                if state.scheduled:
+                    self._promote_locked(now)
                 job = state.peek_pending(queue)
                 if job is not None:
                     break
+                if not wait_s:
+                    return []
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return []
@@ -468,12 +508,14 @@ class Queue:
 
     def _claim_job_locked(self, job: Job, now: float, lease: float) -> Claim:
         attempts = job.attempts + 1
-        expires = now + lease
-        self._commit_locked(ev.CLAIM, {"id": job.id, "att": attempts, "at": now, "exp": expires})
-        claim = Claim(record=job.record(), lease_expires_at=expires, token=attempts)
+        job_id = job.id
+        self._commit_locked(ev.encode_claim(job_id, attempts, now, lease), self._state.on_claim,
+                            job_id, attempts, now, lease)
+        # The state computed the expiry as now + lease too: the same float.
+        claim = Claim(record=job.record(), lease_expires_at=now + lease, token=attempts)
         if job.cancel_requested:  # requested while a previous process held the job
             claim.cancel_requested.set()
-        self._claims[job.id] = claim
+        self._claims[job_id] = claim
         return claim
 
     def ack(self, claim: Claim) -> None:
@@ -481,15 +523,16 @@ class Queue:
         self._ensure_open()
         with self._lock:
             job = self._current_job_locked(claim, "ack")
+            job_id = job.id
             keep = self._config(job.queue).keep_done is not None
             now = self._now()
-            final = replace(job.record(), status=JobStatus.DONE, completed_at=now,
-                            lease_expires_at=None)
-            ticket = self._commit_locked(ev.ACK, {"id": job.id, "att": job.attempts, "at": now,
-                                                  "keep": keep})
-            del self._claims[claim.id]
-            self._finished_locked(claim.id, ticket,
-                                  WaitOutcome(WaitStatus.COMPLETED, final if keep else None))
+            ticket = self._commit_locked(ev.encode_ack(job_id, keep, now), self._state.on_ack,
+                                         job_id, keep, now)
+            del self._claims[job_id]
+            if job_id in self._waiters:
+                # The job is done now: with keep, its record shows it (completed_at set).
+                self._finished_locked(job_id, ticket, WaitOutcome(
+                    WaitStatus.COMPLETED, job.record() if keep else None))
             self._wait_durable_locked(ticket)
 
     def nack(self, claim: Claim, error: object) -> None:
@@ -522,18 +565,19 @@ class Queue:
 
     def _fail_locked(self, job: Job, now: float, error: str, *, dead: bool,
                      run_at: float | None = None) -> int:
-        meta: dict[str, Any] = {"id": job.id, "at": now, "err": error}
         if dead:
-            meta["to"] = "dead"
+            to, run_at = ev.TO_DEAD, None
         elif run_at is not None and run_at > now:
-            meta["to"], meta["run"] = "scheduled", run_at
+            to = ev.TO_SCHEDULED
         else:
-            meta["to"] = "pending"
-        ticket = self._commit_locked(ev.FAIL, meta)
-        self._claims.pop(job.id, None)
+            to, run_at = ev.TO_PENDING, None
+        job_id = job.id
+        ticket = self._commit_locked(ev.encode_fail(job_id, to, now, run_at, error),
+                                     self._state.on_fail, job_id, to, now, run_at, error)
+        self._claims.pop(job_id, None)
         if dead:
-            self._finished_locked(job.id, ticket, WaitOutcome(WaitStatus.COMPLETED, job.record()))
-        elif meta["to"] == "pending":
+            self._finished_locked(job_id, ticket, WaitOutcome(WaitStatus.COMPLETED, job.record()))
+        elif to == ev.TO_PENDING:
             self._wake_claimers_locked(job.queue)
         return ticket
 
@@ -544,7 +588,8 @@ class Queue:
         with self._lock:
             job = self._current_job_locked(claim, "renew the lease of")
             expires = self._now() + seconds
-            self._commit_locked(ev.RENEW, {"id": job.id, "att": job.attempts, "exp": expires})
+            self._commit_locked(ev.encode_renew(job.id, expires), self._state.on_renew, job.id,
+                                expires)
             claim.lease_expires_at = expires
 
     # -- inspecting and operating ----------------------------------------------------------
@@ -605,7 +650,8 @@ class Queue:
             if job is None or job.status is not JobStatus.DEAD:
                 state = "unknown" if job is None else job.status.value
                 raise JobNotFound(f"job {job_id!r} is not dead (it is {state})")
-            ticket = self._commit_locked(ev.REQUEUE_DEAD, {"id": job_id, "at": self._now()})
+            ticket = self._commit_locked(ev.encode_requeue_dead(job_id),
+                                         self._state.on_requeue_dead, job_id)
             self._wake_claimers_locked(job.queue)
             self._wait_durable_locked(ticket)
 
@@ -620,13 +666,14 @@ class Queue:
                 return CancelOutcome.NOT_FOUND
             if job.status is JobStatus.CLAIMED:
                 if not job.cancel_requested:
-                    ticket = self._commit_locked(ev.CANCEL, {"id": job_id})
+                    ticket = self._commit_locked(ev.encode_cancel(job_id),
+                                                 self._state.on_cancel, job_id)
                     claim = self._claims.get(job_id)
                     if claim is not None:
                         claim.cancel_requested.set()
                     self._wait_durable_locked(ticket)
                 return CancelOutcome.REQUESTED
-            ticket = self._commit_locked(ev.CANCEL, {"id": job_id})
+            ticket = self._commit_locked(ev.encode_cancel(job_id), self._state.on_cancel, job_id)
             self._finished_locked(job_id, ticket, WaitOutcome(WaitStatus.NOT_FOUND))
             self._wait_durable_locked(ticket)
             return CancelOutcome.REMOVED
@@ -686,7 +733,7 @@ class Queue:
                     now - float(cfg.dead_retention)  # type: ignore[arg-type]
                 purge += self._state.sweepable(name, done_before, dead_before)
             if purge:
-                self._commit_locked(ev.PURGE, {"ids": purge})
+                self._commit_locked(ev.encode_purge(purge), self._state.on_purge, purge)
             return len(expired)
 
     def promote_scheduled_now(self) -> int:
@@ -699,7 +746,8 @@ class Queue:
         due = self._state.due_scheduled(now)
         if not due:
             return 0
-        self._commit_locked(ev.PROMOTE, {"ids": [j.id for j in due]})
+        job_ids = [j.id for j in due]
+        self._commit_locked(ev.encode_promote(job_ids), self._state.on_promote, job_ids)
         counts: dict[str, int] = {}
         for job in due:
             counts[job.queue] = counts.get(job.queue, 0) + 1

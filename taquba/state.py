@@ -4,6 +4,10 @@ Events in (the same events the log stores), indexes updated; snapshots out and i
 clock, no lock, no I/O: every time value arrives inside an event, so replaying the log
 rebuilds exactly the state the writer had.
 
+Each event kind has one ``on_*`` method. The queue calls it with the same arguments it
+encoded into the record (events.py), and replay calls it with the arguments decoded from
+the record (:meth:`State.apply_bytes`); the encoding is exact, so both build the same state.
+
 Indexes, all independent of history:
 
 - per queue, a heap of pending jobs ordered by (priority, enqueue sequence): claim is
@@ -16,15 +20,21 @@ Indexes, all independent of history:
 Heaps are lazy: an entry is valid only while the job still matches it, and stale entries are
 dropped when they surface. Validation of caller input happens in ``queue.py`` before an
 event is made; applying an event never fails for a valid event.
+
+``live_bytes`` estimates the size of a snapshot of the state: per job ``JOB_BYTES`` plus its
+payload, header names and values, dedup key and last error (string lengths in characters),
+and per KV entry its key and value. It grows with enqueues and KV writes and shrinks when
+jobs are dropped (acked without retention, cancelled, purged) and KV keys deleted.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from . import events as ev
+from . import snapshot as snap
 from .errors import CorruptionError
 from .records import JobRecord, JobStatus
 
@@ -34,17 +44,21 @@ CLAIMED = JobStatus.CLAIMED
 DONE = JobStatus.DONE
 DEAD = JobStatus.DEAD
 
-_SNAPSHOT_VERSION = 1
+JOB_BYTES = snap.JOB_BYTES
+KV_ENTRY_BYTES = 4  # the two lengths of a KV entry in a snapshot
 
 
 class Job:
-    """One job's mutable state (internal; callers get frozen :class:`JobRecord` copies)."""
+    """One job's mutable state (internal; callers get frozen :class:`JobRecord` copies).
+
+    The arguments are positional, in the order of a decoded snapshot row (snapshot.Row).
+    """
 
     __slots__ = ("attempts", "cancel_requested", "claimed_at", "completed_at", "dedup_key",
                  "enqueued_at", "failed_at", "headers", "id", "last_error", "lease_expires_at",
                  "max_attempts", "payload", "priority", "queue", "run_at", "seq", "status")
 
-    def __init__(self, *, id: str, queue: str, payload: bytes, headers: dict[str, str],
+    def __init__(self, id: str, queue: str, payload: bytes, headers: dict[str, str],
                  status: JobStatus, attempts: int, max_attempts: int, priority: int, seq: int,
                  enqueued_at: float, run_at: float | None = None,
                  claimed_at: float | None = None, lease_expires_at: float | None = None,
@@ -81,20 +95,16 @@ class Job:
             cancel_requested=self.cancel_requested,
         )
 
-    _FIELDS = ("id", "queue", "status", "attempts", "max_attempts", "priority", "seq",
-               "enqueued_at", "run_at", "claimed_at", "lease_expires_at", "completed_at",
-               "failed_at", "last_error", "dedup_key", "cancel_requested", "headers")
-
-    def to_row(self) -> list[Any]:
-        row = [getattr(self, f) for f in self._FIELDS]
-        row[2] = self.status.value
-        return row
-
-    @classmethod
-    def from_row(cls, row: list[Any], payload: bytes) -> Job:
-        kw = dict(zip(cls._FIELDS, row))
-        kw["status"] = JobStatus(kw["status"])
-        return cls(payload=payload, **kw)
+    def size(self) -> int:
+        """This job's share of ``State.live_bytes``."""
+        n = JOB_BYTES + len(self.payload)
+        if self.headers:
+            n += sum(len(k) + len(v) + 2 for k, v in self.headers.items())
+        if self.dedup_key is not None:
+            n += len(self.dedup_key) + 1
+        if self.last_error is not None:
+            n += len(self.last_error) + 2
+        return n
 
 
 class QueueIndex:
@@ -124,7 +134,7 @@ class State:
         self.leases: list[tuple[float, str, int]] = []  # (expires_at, id, attempts)
         self.kv: dict[bytes, bytes] = {}
         self.next_seq = 1
-        self.live_bytes = 0  # rough size of what a snapshot holds
+        self.live_bytes = 0  # estimated size of a snapshot (see the module docstring)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -237,12 +247,22 @@ class State:
 
     def _forget(self, job: Job) -> None:
         """Drop a job entirely."""
-        self.queue(job.queue).counts[job.status] -= 1
+        index = self.queue(job.queue)
+        index.counts[job.status] -= 1
         if job.status is DEAD:
             self._unindex_dead(job)
-        self._release_dedup(job)
-        self.live_bytes -= len(job.payload) + 200
+        if job.dedup_key is not None:
+            self._release_dedup(job)
+        self.live_bytes -= job.size()
         del self.jobs[job.id]
+
+    def _set_error(self, job: Job, error: str | None) -> None:
+        old = job.last_error
+        if old is not None:
+            self.live_bytes -= len(old) + 2
+        if error is not None:
+            self.live_bytes += len(error) + 2
+        job.last_error = error
 
     def _unindex_dead(self, job: Job) -> None:
         dead = self.queue(job.queue).dead
@@ -256,96 +276,133 @@ class State:
         assert job.failed_at is not None
         heapq.heappush(index.dead_heap, (job.failed_at, job.id))
 
-    def apply(self, kind: int, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        """Apply one event. The queue validated it; replay trusts the log's order."""
-        handler = _HANDLERS.get(kind)
-        if handler is None:
-            raise CorruptionError(f"unknown queue record kind {kind}")
-        handler(self, meta, blobs)
-
     def apply_bytes(self, data: bytes) -> None:
-        self.apply(*ev.decode(data))
+        """Apply one record read back from the log (raises ``CorruptionError`` if bad)."""
+        kind, args = ev.decode(data)
+        _HANDLERS[kind](self, *args)
 
-    def _on_enqueue(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        jobs_meta = meta["jobs"]
-        for i, m in enumerate(jobs_meta):
-            payload = blobs[i]
-            run_at = m.get("run")
-            job = Job(id=m["id"], queue=m["q"], payload=payload, headers=m.get("h") or {},
-                      status=PENDING, attempts=0, max_attempts=m["ma"], priority=m["p"],
-                      seq=m["seq"], enqueued_at=m["at"], dedup_key=m.get("dk"))
-            index = self.queue(job.queue)
-            index.counts[PENDING] += 1
-            self.jobs[job.id] = job
-            self.live_bytes += len(payload) + 200
-            self.next_seq = max(self.next_seq, job.seq + 1)
-            if job.dedup_key is not None:
-                index.dedup[job.dedup_key] = job.id
-            if run_at is not None:
-                self._make_scheduled(job, run_at)
+    def _kv_put(self, key: bytes, value: bytes) -> None:
+        kv = self.kv
+        old = kv.get(key)
+        if old is None:
+            self.live_bytes += len(key) + len(value) + KV_ENTRY_BYTES
+        else:
+            self.live_bytes += len(value) - len(old)
+        kv[key] = value
+
+    def on_enqueue(self, queue: str, at: float, jobs: Sequence[ev.NewJob],
+                   kv: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """New jobs of ``queue``, numbered from ``next_seq`` in order, then KV writes."""
+        index = self.queue(queue)
+        all_jobs = self.jobs
+        pending = index.pending
+        push = heapq.heappush
+        seq = self.next_seq
+        size = 0
+        ready = 0
+        for job_id, payload, priority, max_attempts, run_at, dedup_key, headers in jobs:
+            if job_id in all_jobs:
+                raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
+            job = Job(job_id, queue, payload, headers or {}, PENDING, 0, max_attempts, priority,
+                      seq, at, None, None, None, None, None, None, dedup_key)
+            all_jobs[job_id] = job
+            if headers or dedup_key is not None:
+                size += job.size()
+                if dedup_key is not None:
+                    index.dedup[dedup_key] = job_id
             else:
-                heapq.heappush(index.pending, (job.priority, job.seq, job.id))
-        pos = len(jobs_meta)
-        for i in range(pos, len(blobs) - 1, 2):
-            key, value = blobs[i], blobs[i + 1]
-            old = self.kv.get(key)
-            self.live_bytes += len(key) + len(value) - (0 if old is None else len(key) + len(old))
-            self.kv[key] = value
+                size += JOB_BYTES + len(payload)
+            if run_at is not None:
+                job.status = SCHEDULED
+                job.run_at = run_at
+                push(self.scheduled, (run_at, seq, job_id))
+                index.counts[SCHEDULED] += 1
+            else:
+                push(pending, (priority, seq, job_id))
+                ready += 1
+            seq += 1
+        index.counts[PENDING] += ready
+        self.next_seq = seq
+        self.live_bytes += size
+        for key, value in kv:
+            self._kv_put(key, value)
 
-    def _job(self, meta: dict[str, Any]) -> Job | None:
-        return self.jobs.get(meta["id"])
+    def on_enqueue_plain(self, queue: str, at: float, job_ids: Sequence[str],
+                         payloads: Sequence[bytes], priority: int, max_attempts: int) -> None:
+        """:meth:`on_enqueue` of jobs that differ only by id and payload (the record of
+        ``events.encode_enqueue_plain``): the same state, built faster."""
+        index = self.queue(queue)
+        all_jobs = self.jobs
+        pending = index.pending
+        push = heapq.heappush
+        seq = self.next_seq
+        size = 0
+        for job_id, payload in zip(job_ids, payloads):
+            if job_id in all_jobs:
+                raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
+            all_jobs[job_id] = Job(job_id, queue, payload, {}, PENDING, 0, max_attempts, priority,
+                                   seq, at)
+            push(pending, (priority, seq, job_id))
+            size += len(payload)
+            seq += 1
+        n = seq - self.next_seq
+        index.counts[PENDING] += n
+        self.next_seq = seq
+        self.live_bytes += size + n * JOB_BYTES
 
-    def _on_claim(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        job = self._job(meta)
+    def on_claim(self, job_id: str, attempts: int, at: float, lease: float) -> None:
+        job = self.jobs.get(job_id)
         if job is None:
             return
         self._release_dedup(job)
         self._set_status(job, CLAIMED)
-        job.attempts = meta["att"]
-        job.claimed_at = meta["at"]
-        job.lease_expires_at = meta["exp"]
+        job.attempts = attempts
+        job.claimed_at = at
+        job.lease_expires_at = expires = at + lease
         job.run_at = None
-        heapq.heappush(self.leases, (job.lease_expires_at, job.id, job.attempts))
+        heapq.heappush(self.leases, (expires, job_id, attempts))
 
-    def _on_renew(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        job = self._job(meta)
+    def on_renew(self, job_id: str, expires: float) -> None:
+        job = self.jobs.get(job_id)
         if job is None or job.status is not CLAIMED:
             return
-        job.lease_expires_at = meta["exp"]
-        heapq.heappush(self.leases, (job.lease_expires_at, job.id, job.attempts))
+        job.lease_expires_at = expires
+        heapq.heappush(self.leases, (expires, job_id, job.attempts))
 
-    def _on_ack(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        job = self._job(meta)
+    def on_ack(self, job_id: str, keep: bool, at: float | None) -> None:
+        job = self.jobs.get(job_id)
         if job is None:
             return
         index = self.queue(job.queue)
         index.done_total += 1
-        job.completed_at = meta["at"]
         job.lease_expires_at = None
-        if meta.get("keep"):
+        if keep:
+            assert at is not None
+            job.completed_at = at
             self._set_status(job, DONE)
-            heapq.heappush(index.done_heap, (job.completed_at, job.id))
+            heapq.heappush(index.done_heap, (at, job_id))
         else:
             self._forget(job)
 
-    def _on_fail(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        job = self._job(meta)
+    def on_fail(self, job_id: str, to: int, at: float | None, run_at: float | None,
+                error: str | None) -> None:
+        job = self.jobs.get(job_id)
         if job is None:
             return
-        job.last_error = meta.get("err")
+        self._set_error(job, error)
         job.lease_expires_at = None
-        to = meta["to"]
-        if to == "dead":
-            job.failed_at = meta["at"]
+        if to == ev.TO_DEAD:
+            job.failed_at = at
             self._set_status(job, DEAD)
             self._index_dead(job)
-        elif to == "scheduled":
-            self._make_scheduled(job, meta["run"])
+        elif to == ev.TO_SCHEDULED:
+            assert run_at is not None
+            self._make_scheduled(job, run_at)
         else:
             self._make_pending(job)
 
-    def _on_cancel(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        job = self._job(meta)
+    def on_cancel(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
         if job is None:
             return
         if job.status in (PENDING, SCHEDULED):
@@ -353,8 +410,8 @@ class State:
         elif job.status is CLAIMED:
             job.cancel_requested = True
 
-    def _on_requeue_dead(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        job = self._job(meta)
+    def on_requeue_dead(self, job_id: str) -> None:
+        job = self.jobs.get(job_id)
         if job is None or job.status is not DEAD:
             return
         job.attempts = 0
@@ -363,26 +420,26 @@ class State:
         job.cancel_requested = False
         self._make_pending(job)
 
-    def _on_promote(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        for job_id in meta["ids"]:
+    def on_promote(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
             job = self.jobs.get(job_id)
             if job is not None and job.status is SCHEDULED:
                 self._make_pending(job)
 
-    def _on_purge(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        for job_id in meta["ids"]:
+    def on_purge(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
             job = self.jobs.get(job_id)
             if job is not None and job.status in (DONE, DEAD):
                 self._forget(job)
 
-    def _on_kv_delete(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        for key in blobs:
+    def on_kv_delete(self, keys: Sequence[bytes]) -> None:
+        for key in keys:
             old = self.kv.pop(key, None)
             if old is not None:
-                self.live_bytes -= len(key) + len(old)
+                self.live_bytes -= len(key) + len(old) + KV_ENTRY_BYTES
 
-    def _on_release(self, meta: dict[str, Any], blobs: list[bytes]) -> None:
-        for job_id in meta["ids"]:
+    def on_release(self, job_ids: Sequence[str]) -> None:
+        for job_id in job_ids:
             job = self.jobs.get(job_id)
             if job is not None and job.status is CLAIMED:
                 job.lease_expires_at = None
@@ -392,58 +449,41 @@ class State:
     # -- snapshots -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        """The whole state as one blob (see :func:`State.restore`)."""
-        rows = []
-        blobs: list[bytes] = []
-        for job in self.jobs.values():
-            rows.append(job.to_row())
-            blobs.append(job.payload)
-        for key, value in self.kv.items():
-            blobs.append(key)
-            blobs.append(value)
-        meta = {"v": _SNAPSHOT_VERSION, "next_seq": self.next_seq, "jobs": rows,
-                "done": {name: q.done_total for name, q in self.queues.items()},
-                # The dedup index is stored as is: a key is released at a job's first claim,
-                # so it cannot be derived from the jobs (a retried job keeps its dedup_key).
-                "dedup": {name: q.dedup for name, q in self.queues.items() if q.dedup}}
-        return ev.encode(ev.SNAPSHOT, meta, blobs)
+        """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
+        queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
+        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv)
 
     @classmethod
     def restore(cls, data: bytes) -> State:
-        kind, meta, blobs = ev.decode(data)
-        if kind != ev.SNAPSHOT or meta.get("v") != _SNAPSHOT_VERSION:
-            raise CorruptionError(f"snapshot kind {kind} / version {meta.get('v')} not supported")
+        next_seq, queues, rows, kv = snap.decode(data)
         state = cls()
-        state.next_seq = meta["next_seq"]
-        for name, total in meta["done"].items():
-            state.queue(name).done_total = total
-        rows = meta["jobs"]
-        for row, payload in zip(rows, blobs):
-            job = Job.from_row(row, payload)
-            state.jobs[job.id] = job
-            state.live_bytes += len(payload) + 200
-            index = state.queue(job.queue)
+        state.next_seq = next_seq
+        for name, done_total, dedup in queues:
+            index = state.queue(name)
+            index.done_total = done_total
+            index.dedup = dedup
+        jobs = state.jobs
+        size = 0
+        for row in rows:
+            job = Job(*row)
+            if job.id in jobs:
+                raise CorruptionError(f"snapshot lists job {job.id!r} twice")
+            jobs[job.id] = job
+            size += job.size()
+            index = state.queues[job.queue]
             index.counts[job.status] += 1
-            if job.status is PENDING:
+            status = job.status
+            if status is PENDING:
                 index.pending.append((job.priority, job.seq, job.id))
-            elif job.status is SCHEDULED:
-                assert job.run_at is not None
-                state.scheduled.append((job.run_at, job.seq, job.id))
-            elif job.status is CLAIMED:
-                assert job.lease_expires_at is not None
-                state.leases.append((job.lease_expires_at, job.id, job.attempts))
-            elif job.status is DONE:
-                assert job.completed_at is not None
-                index.done_heap.append((job.completed_at, job.id))
+            elif status is SCHEDULED:
+                state.scheduled.append((job.run_at, job.seq, job.id))  # type: ignore[arg-type]
+            elif status is CLAIMED:
+                state.leases.append((job.lease_expires_at, job.id, job.attempts))  # type: ignore[arg-type]
+            elif status is DONE:
+                index.done_heap.append((job.completed_at, job.id))  # type: ignore[arg-type]
             else:
-                assert job.failed_at is not None
                 index.dead.append((job.seq, job.id))
-                index.dead_heap.append((job.failed_at, job.id))
-            if "dedup" not in meta and job.dedup_key is not None \
-                    and job.status in (PENDING, SCHEDULED):
-                index.dedup[job.dedup_key] = job.id  # snapshots written before "dedup" existed
-        for name, dedup in meta.get("dedup", {}).items():
-            state.queue(name).dedup.update(dedup)
+                index.dead_heap.append((job.failed_at, job.id))  # type: ignore[arg-type]
         heapq.heapify(state.scheduled)
         heapq.heapify(state.leases)
         for index in state.queues.values():
@@ -451,23 +491,23 @@ class State:
             heapq.heapify(index.done_heap)
             heapq.heapify(index.dead_heap)
             index.dead.sort()
-        kv_blobs = blobs[len(rows):]
-        for i in range(0, len(kv_blobs) - 1, 2):
-            state.kv[kv_blobs[i]] = kv_blobs[i + 1]
-            state.live_bytes += len(kv_blobs[i]) + len(kv_blobs[i + 1])
+        state.kv = kv
+        for key, value in kv.items():
+            size += len(key) + len(value) + KV_ENTRY_BYTES
+        state.live_bytes = size
         return state
 
 
-_HANDLERS = {
-    ev.ENQUEUE: State._on_enqueue,
-    ev.CLAIM: State._on_claim,
-    ev.RENEW: State._on_renew,
-    ev.ACK: State._on_ack,
-    ev.FAIL: State._on_fail,
-    ev.CANCEL: State._on_cancel,
-    ev.REQUEUE_DEAD: State._on_requeue_dead,
-    ev.PROMOTE: State._on_promote,
-    ev.PURGE: State._on_purge,
-    ev.KV_DELETE: State._on_kv_delete,
-    ev.RELEASE: State._on_release,
+_HANDLERS: dict[int, Callable[..., None]] = {
+    ev.ENQUEUE: State.on_enqueue,
+    ev.CLAIM: State.on_claim,
+    ev.RENEW: State.on_renew,
+    ev.ACK: State.on_ack,
+    ev.FAIL: State.on_fail,
+    ev.CANCEL: State.on_cancel,
+    ev.REQUEUE_DEAD: State.on_requeue_dead,
+    ev.PROMOTE: State.on_promote,
+    ev.PURGE: State.on_purge,
+    ev.KV_DELETE: State.on_kv_delete,
+    ev.RELEASE: State.on_release,
 }

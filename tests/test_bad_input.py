@@ -222,6 +222,12 @@ for label, value in [("zero", 0), ("negative", -3), ("bool", True), ("float", 2.
 for label, value in [("empty", ""), ("int", 5), ("too-long", "k" * 1025)]:
     add(f"dedup_key-{label}", lambda e, v=value: e.q.enqueue(Q, b"x", dedup_key=v),
         InvalidArgument, "dedup_key")
+# A lone surrogate passes the length check but no record could hold it.
+add("dedup_key-surrogate", lambda e: e.q.enqueue(Q, b"x", dedup_key="a\ud800"),
+    InvalidArgument, "dedup_key")
+add("enqueue_with_kv-dedup_key-surrogate",
+    lambda e: e.q.enqueue_with_kv(Q, b"x", {b"fresh": b"v"}, EnqueueOptions(dedup_key="\udc80")),
+    InvalidArgument, "dedup_key")
 for label, value in [("int-value", {"a": 1}), ("int-key", {1: "a"}), ("str", "a=b"),
                      ("too-big", {"h": "x" * 70_000})]:
     add(f"headers-{label}", lambda e, v=value: e.q.enqueue(Q, b"x", headers=v),

@@ -29,6 +29,7 @@ from taquba import (
     CancelOutcome,
     Claim,
     ClaimLost,
+    ConfigError,
     EnqueueOptions,
     EnqueueResult,
     InvalidArgument,
@@ -381,6 +382,31 @@ def test_backoff_base_zero_retries_at_once(open_queue: Opener) -> None:
     q.nack(c, RuntimeError())
     assert record(q, job_id).last_error == "RuntimeError"
     assert q.stats(Q) == stats(q, dead=1)
+
+
+def test_error_text_with_lone_surrogates_is_stored_escaped(open_queue: Opener) -> None:
+    q = open_queue(QueueConfig(retry_backoff_base=0, max_attempts=2))
+    job_id = q.enqueue(Q, b"x")
+    q.nack(claim(q), "bad \ud800 byte")
+    assert record(q, job_id).last_error == "bad \\ud800 byte"
+    q.dead_letter(claim(q), "\udcff")
+    assert record(q, job_id).last_error == "\\udcff"
+    q.close()
+    assert record(open_queue(), job_id).last_error == "\\udcff"
+
+
+def test_a_clock_that_returns_nan_is_a_config_error(open_queue: Opener,
+                                                     clock: ManualClock) -> None:
+    q = open_queue()
+    job_id = q.enqueue(Q, b"x")
+    clock.now = math.nan
+    with pytest.raises(ConfigError, match="clock"):
+        q.enqueue(Q, b"y")
+    with pytest.raises(ConfigError, match="clock"):
+        q.claim(Q)
+    clock.now = T0
+    assert q.stats(Q) == stats(q, pending=1)
+    assert claim(q).id == job_id
 
 
 def test_dead_after_per_job_max_attempts(q: Queue, clock: ManualClock) -> None:

@@ -1,0 +1,339 @@
+"""Binary encoding of a snapshot: the whole queue state, written as a checkpoint.
+
+Field types are those of codec.py; ``[x]`` is present only when its flag is set::
+
+    tag (kind SNAPSHOT) | uvarint next_seq
+    | uvarint n | n x queue | uvarint n | n x job | uvarint n | n x (bytes key | bytes value)
+    queue  str name | uvarint done_total | uvarint d | d x (str dedup_key | id)
+    job    uvarint flags | id | uvarint queue index | uvarint attempts | uvarint max_attempts
+           | uvarint priority | uvarint seq | f64 enqueued_at | [f64 run_at]
+           | [f64 claimed_at] | [f64 lease_expires_at] | [f64 completed_at]
+           | [f64 failed_at] | [str last_error] | [str dedup_key] | [headers] | bytes payload
+    flags  bits 0-2 the status (index in STATUS_CODES), then the S_* bits below
+
+The dedup index is stored as is: a key is released at a job's first claim, so it cannot be
+derived from the jobs (a retried job keeps its dedup_key). A job of a status that needs a
+time (scheduled: run_at, claimed: lease_expires_at, done: completed_at, dead: failed_at)
+without it is corruption, as is anything codec.Reader rejects.
+
+A job costs about ``JOB_BYTES`` plus its payload, headers, dedup key and last error: that
+is the estimate ``State.live_bytes`` keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol
+
+from . import ids
+from .codec import (
+    F64,
+    Corrupt,
+    Reader,
+    check_tag,
+    pack_f64,
+    put_blob,
+    put_headers,
+    put_listed_id,
+    put_str,
+    put_uvarint,
+    tag,
+    text_id,
+)
+from .errors import CorruptionError
+from .events import SNAPSHOT
+from .records import JobStatus
+
+STATUS_CODES = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.CLAIMED, JobStatus.DONE,
+                JobStatus.DEAD)
+_STATUS_CODE = {s: i for i, s in enumerate(STATUS_CODES)}
+# The time a job of each status must have (by index in STATUS_CODES; pending needs none).
+_NEEDED = (None, "run_at", "lease_expires_at", "completed_at", "failed_at")
+
+S_TEXT_ID = 1 << 3
+S_RUN_AT = 1 << 4
+S_CLAIMED_AT = 1 << 5
+S_LEASE = 1 << 6
+S_COMPLETED_AT = 1 << 7
+S_FAILED_AT = 1 << 8
+S_LAST_ERROR = 1 << 9
+S_DEDUP = 1 << 10
+S_HEADERS = 1 << 11
+S_CANCEL = 1 << 12
+_S_KNOWN = (1 << 13) - 1
+_S_TIMES = S_RUN_AT | S_CLAIMED_AT | S_LEASE | S_COMPLETED_AT | S_FAILED_AT
+_S_STRINGS = S_LAST_ERROR | S_DEDUP | S_HEADERS
+
+# A job's bytes in a snapshot besides its payload, headers and strings: flags 1-2, id 16,
+# queue index 1, attempts + max_attempts 2, priority 1-5, seq 1-5, enqueued_at 8, payload
+# length 1-4 (about 34 for a pending job), and one or two more times (8 each) for the other
+# statuses.
+JOB_BYTES = 40
+
+_T_SNAPSHOT = tag(SNAPSHOT)
+_unpack_f64 = F64.unpack_from
+
+
+class SnapshotJob(Protocol):
+    """What :func:`encode` reads of a job (``state.Job`` has it)."""
+
+    id: str
+    queue: str
+    payload: bytes
+    headers: dict[str, str]
+    status: JobStatus
+    attempts: int
+    max_attempts: int
+    priority: int
+    seq: int
+    enqueued_at: float
+    run_at: float | None
+    claimed_at: float | None
+    lease_expires_at: float | None
+    completed_at: float | None
+    failed_at: float | None
+    last_error: str | None
+    dedup_key: str | None
+    cancel_requested: bool
+
+
+# A decoded job: the positional arguments of ``state.Job`` in order (id, queue, payload,
+# headers, status, attempts, max_attempts, priority, seq, enqueued_at, run_at, claimed_at,
+# lease_expires_at, completed_at, failed_at, last_error, dedup_key, cancel_requested).
+Row = tuple[Any, ...]
+# (name, done_total, dedup index)
+QueueRow = tuple[str, int, dict[str, str]]
+
+
+def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
+           jobs: Collection[SnapshotJob], kv: Mapping[bytes, bytes]) -> bytes:
+    """The whole state. Every job's queue must be among ``queues``.
+
+    Everything is written into one buffer, so the peak memory is about twice the snapshot.
+    """
+    buf = bytearray((_T_SNAPSHOT,))
+    put_uvarint(buf, next_seq)
+    put_uvarint(buf, len(queues))
+    position: dict[str, int] = {}
+    for i, (name, done_total, dedup) in enumerate(queues):
+        position[name] = i
+        put_str(buf, name)
+        put_uvarint(buf, done_total)
+        put_uvarint(buf, len(dedup))
+        for key, job_id in dedup.items():
+            put_str(buf, key)
+            put_listed_id(buf, job_id)
+    put_uvarint(buf, len(jobs))
+    decode_id = ids.decode
+    codes = _STATUS_CODE
+    pack = pack_f64
+    append = buf.append
+    for job in jobs:
+        value = decode_id(job.id)
+        flags = codes[job.status]
+        if value is None:
+            flags |= S_TEXT_ID
+        run_at = job.run_at
+        claimed_at = job.claimed_at
+        lease = job.lease_expires_at
+        completed_at = job.completed_at
+        failed_at = job.failed_at
+        if run_at is not None:
+            flags |= S_RUN_AT
+        if claimed_at is not None:
+            flags |= S_CLAIMED_AT
+        if lease is not None:
+            flags |= S_LEASE
+        if completed_at is not None:
+            flags |= S_COMPLETED_AT
+        if failed_at is not None:
+            flags |= S_FAILED_AT
+        if job.last_error is not None:
+            flags |= S_LAST_ERROR
+        if job.dedup_key is not None:
+            flags |= S_DEDUP
+        if job.headers:
+            flags |= S_HEADERS
+        if job.cancel_requested:
+            flags |= S_CANCEL
+        if flags < 0x80:
+            append(flags)
+        else:
+            put_uvarint(buf, flags)
+        if value is None:
+            buf += text_id(job.id)
+        else:
+            buf += value.to_bytes(16, "big")
+        # Small varints inline (one byte each below 0x80): this loop runs under the lock.
+        qi = position[job.queue]
+        attempts = job.attempts
+        max_attempts = job.max_attempts
+        if qi < 0x80 and attempts < 0x80 and max_attempts < 0x80:
+            append(qi)
+            append(attempts)
+            append(max_attempts)
+        else:
+            put_uvarint(buf, qi)
+            put_uvarint(buf, attempts)
+            put_uvarint(buf, max_attempts)
+        for v in (job.priority, job.seq):
+            if v < 0x80:
+                append(v)
+            elif v < 0x4000:
+                append(v & 0x7F | 0x80)
+                append(v >> 7)
+            elif v < 0x200000:
+                append(v & 0x7F | 0x80)
+                append(v >> 7 & 0x7F | 0x80)
+                append(v >> 14)
+            else:
+                put_uvarint(buf, v)
+        buf += pack(job.enqueued_at)
+        if flags & _S_TIMES:
+            if run_at is not None:
+                buf += pack(run_at)
+            if claimed_at is not None:
+                buf += pack(claimed_at)
+            if lease is not None:
+                buf += pack(lease)
+            if completed_at is not None:
+                buf += pack(completed_at)
+            if failed_at is not None:
+                buf += pack(failed_at)
+        if flags & _S_STRINGS:
+            if job.last_error is not None:
+                put_str(buf, job.last_error)
+            if job.dedup_key is not None:
+                put_str(buf, job.dedup_key)
+            if job.headers:
+                put_headers(buf, job.headers)
+        payload = job.payload
+        n = len(payload)
+        if n < 0x80:
+            append(n)
+        else:
+            put_uvarint(buf, n)
+        buf += payload
+    put_uvarint(buf, len(kv))
+    for kv_key, kv_value in kv.items():
+        put_blob(buf, kv_key)
+        put_blob(buf, kv_value)
+    return bytes(buf)
+
+
+def decode(data: bytes) -> tuple[int, list[QueueRow], list[Row], dict[bytes, bytes]]:
+    """``(next_seq, queues, jobs, kv)`` of a snapshot made by :func:`encode`."""
+    t = check_tag(data)
+    if t != _T_SNAPSHOT:
+        raise CorruptionError(f"expected a snapshot, found a record of kind {t & 0x0F}")
+    r = Reader(data, 1)
+    try:
+        next_seq = r.uvarint()
+        queues: list[QueueRow] = []
+        names: list[str] = []
+        for _ in range(r.count(3)):
+            name = r.text()
+            if not name:
+                raise Corrupt("empty queue name")
+            done_total = r.uvarint()
+            dedup = {}
+            for _ in range(r.count(3)):
+                dedup_key = r.text()
+                dedup[dedup_key] = r.listed_id()
+            queues.append((name, done_total, dedup))
+            names.append(name)
+        if len(set(names)) != len(names):
+            raise Corrupt("a queue is listed twice")
+        rows = _decode_jobs(r, next_seq, names)
+        kv: dict[bytes, bytes] = {}
+        for _ in range(r.count(2)):
+            key = r.blob()
+            kv[key] = r.blob()
+        r.finish()
+    except Corrupt as exc:
+        raise CorruptionError(f"malformed snapshot ({len(data)} bytes): {exc}") from None
+    except (IndexError, struct.error):  # a read past the end in _decode_jobs' fast paths
+        raise CorruptionError(f"malformed snapshot ({len(data)} bytes): truncated") from None
+    return next_seq, queues, rows, kv
+
+
+def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Row]:
+    """The jobs, read with the position in a local and one-byte varints inline (this is
+    most of a reopen); anything unusual goes through the Reader's checked methods."""
+    rows: list[Row] = []
+    append = rows.append
+    n_queues = len(names)
+    n_codes = len(STATUS_CODES)
+    data = r.data
+    end = r.end
+    encode_id = ids.encode
+    from_bytes = int.from_bytes
+    unpack = _unpack_f64
+    isfinite = math.isfinite
+    for _ in range(r.count(17)):
+        pos = r.pos
+        flags = data[pos]
+        if flags < 0x80:
+            pos += 1
+        else:
+            flags = r.uvarint()
+            pos = r.pos
+            if flags & ~_S_KNOWN:
+                raise Corrupt(f"unknown job flags {flags:#x}")
+        code = flags & 0x07
+        if code >= n_codes:
+            raise Corrupt(f"unknown job status {code}")
+        if flags & S_TEXT_ID:
+            r.pos = pos
+            job_id = r.text_id()
+            pos = r.pos
+        else:
+            if pos + 16 > end:
+                raise Corrupt(f"truncated job id at byte {pos}")
+            job_id = encode_id(from_bytes(data[pos:pos + 16], "big"))
+            pos += 16
+        qi = data[pos]
+        attempts = data[pos + 1]
+        max_attempts = data[pos + 2]
+        if qi < 0x80 and attempts < 0x80 and 0 < max_attempts < 0x80:
+            pos += 3
+        else:
+            r.pos = pos
+            qi = r.uvarint()
+            attempts = r.u32("attempts")
+            max_attempts = r.positive("max_attempts")
+            pos = r.pos
+        if qi >= n_queues:
+            raise Corrupt(f"queue index {qi} out of range")
+        r.pos = pos
+        priority = r.u32("priority")
+        seq = r.uvarint()
+        if seq >= next_seq:
+            raise Corrupt(f"job seq {seq} is not below next_seq {next_seq}")
+        pos = r.pos
+        enqueued_at = unpack(data, pos)[0]
+        if not isfinite(enqueued_at):
+            raise Corrupt(f"non-finite time {enqueued_at!r} at byte {pos}")
+        r.pos = pos + 8
+        run_at = claimed_at = lease = completed_at = failed_at = None
+        last_error = job_dedup = None
+        headers: dict[str, str] = {}
+        if flags & _S_TIMES:
+            run_at = r.time() if flags & S_RUN_AT else None
+            claimed_at = r.time() if flags & S_CLAIMED_AT else None
+            lease = r.time() if flags & S_LEASE else None
+            completed_at = r.time() if flags & S_COMPLETED_AT else None
+            failed_at = r.time() if flags & S_FAILED_AT else None
+        if flags & _S_STRINGS:
+            last_error = r.text() if flags & S_LAST_ERROR else None
+            job_dedup = r.text() if flags & S_DEDUP else None
+            if flags & S_HEADERS:
+                headers = r.headers()
+        if code and (None, run_at, lease, completed_at, failed_at)[code] is None:
+            raise Corrupt(f"{STATUS_CODES[code].value} job {job_id} has no {_NEEDED[code]}")
+        append((job_id, names[qi], r.blob(), headers, STATUS_CODES[code], attempts,
+                max_attempts, priority, seq, enqueued_at, run_at, claimed_at, lease,
+                completed_at, failed_at, last_error, job_dedup, bool(flags & S_CANCEL)))
+    return rows
