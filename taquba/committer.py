@@ -81,6 +81,7 @@ class Committer:
         # the callers it made durable: the records pending now (``_next``) or in flight.
         self._next = threading.Condition(self.lock)
         self._in_flight = threading.Condition(self.lock)
+        self._spare = threading.Condition(self.lock)  # becomes _next at the next write
         self._gathered = threading.Condition(self.lock)  # an inline writer's gathering
         self._snapshot = snapshot
         self._live_bytes = live_bytes  # estimate of the snapshot's size (Log.checkpoint_due)
@@ -216,7 +217,9 @@ class Committer:
         end = self._taken = self._taken + len(batch)
         self._writing = True
         # The waiters of this batch now wait for this write; later ones for the next.
-        done, self._in_flight, self._next = self._next, self._next, threading.Condition(self.lock)
+        # (The spare was the in-flight condition of a write whose waiters were all woken;
+        # a waiter re-checks its ticket after every wake-up, so reusing it is safe.)
+        done, self._in_flight, self._next = self._next, self._next, self._spare
         failed: BaseException | None = None
         self.lock.release()
         try:
@@ -242,6 +245,7 @@ class Committer:
         self.stats.segments_written += 1
         self.stats.bytes_committed += sum(len(r) for r in batch)
         done.notify_all()
+        self._spare = done
         if snapshot is not None:
             self._checkpoint = (snapshot, seq, self._batch_live)
             if on_thread:

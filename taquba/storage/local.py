@@ -56,6 +56,7 @@ class LocalAppender(Appender):
         self.limit = limit
         self._allocated = size
         self._fd: int | None = fd
+        self._fence = ("", "")  # (key, path) of the last fence checked
 
     def _reserve(self, fd: int, need: int) -> None:
         if need <= self._allocated:
@@ -72,12 +73,14 @@ class LocalAppender(Appender):
         if fd is None:
             raise PermanentStorageError(f"append {self.store.description}/{self.key}: "
                                         "the file is closed")
-        fence = self.store._path(fence_key)
-        self.store._count(puts=1)  # an attempt, like a conditional PUT that may lose
+        if self._fence[0] != fence_key:
+            self._fence = (fence_key, self.store._path(fence_key))
+        fence = self._fence[1]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 if os.path.lexists(fence):
+                    self.store._count(puts=1)  # an attempt, like a conditional PUT that lost
                     raise ObjectExists(f"append {self.store.description}/{self.key}: "
                                        f"{fence_key} exists")
                 try:
@@ -102,9 +105,10 @@ class LocalAppender(Appender):
         except ObjectExists:
             raise
         except Exception as exc:
+            self.store._count(puts=1)
             raise translate(exc, "append", f"{self.store.description}/{self.key}") from exc
         self.size += len(data)
-        self.store._count(bytes_written=len(data))
+        self.store._count(puts=1, bytes_written=len(data))
 
     def close(self) -> None:
         fd, self._fd = self._fd, None
