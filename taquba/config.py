@@ -126,7 +126,11 @@ def check_headers(headers: object) -> dict[str, str]:
     for k, v in headers.items():
         if not isinstance(k, str) or not isinstance(v, str):
             raise InvalidArgument(f"headers must map str to str, got {k!r}: {v!r}")
-        size += len(k.encode()) + len(v.encode())
+        try:
+            size += len(k.encode()) + len(v.encode())
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"headers must be valid Unicode text (no lone surrogates), "
+                                  f"got {k!r}: {v!r}") from None
         out[k] = v
     if size > MAX_HEADER_BYTES:
         raise InvalidArgument(f"headers are {size} bytes, the limit is {MAX_HEADER_BYTES}")

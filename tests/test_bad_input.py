@@ -229,7 +229,8 @@ add("enqueue_with_kv-dedup_key-surrogate",
     lambda e: e.q.enqueue_with_kv(Q, b"x", {b"fresh": b"v"}, EnqueueOptions(dedup_key="\udc80")),
     InvalidArgument, "dedup_key")
 for label, value in [("int-value", {"a": 1}), ("int-key", {1: "a"}), ("str", "a=b"),
-                     ("too-big", {"h": "x" * 70_000})]:
+                     ("too-big", {"h": "x" * 70_000}), ("surrogate-value", {"h": "\ud800"}),
+                     ("surrogate-key", {"\udfff": "v"})]:
     add(f"headers-{label}", lambda e, v=value: e.q.enqueue(Q, b"x", headers=v),
         InvalidArgument, "headers")
 add("unknown-enqueue-option", lambda e: e.q.enqueue(Q, b"x", prio=1), InvalidArgument, "prio")
