@@ -738,3 +738,29 @@ def test_checkpoints_follow_superseded_bytes_when_the_caller_knows_the_live_size
     # superseded: 175 KB snapshot + 10 small records - 50 KB > 2 x 50 KB
     assert log.checkpoint_due(live)
     assert not log.checkpoint_due(live * 3)  # 175 KB - 150 KB is not
+
+
+def test_appending_without_reserved_space_extends_the_file(tmp_path, monkeypatch):
+    """Where posix_fallocate is missing (macOS) or refused, blocks simply extend the file."""
+    import taquba.storage.local as local
+
+    monkeypatch.setattr(local, "_fallocate", None)
+    log, _ = open_appending(tmp_path)
+    for i in range(5):
+        log.append([b"r%d" % i])
+    log.close()
+    [segment] = _block_segments(tmp_path)
+    assert segment.stat().st_size == _data_end(segment)  # no zeros after the blocks
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"r%d" % i for i in range(5)]
+
+
+def test_a_store_that_cannot_append_writes_one_object_per_commit(tmp_path, monkeypatch):
+    """Windows has no flock: the log falls back to publishing every commit whole."""
+    monkeypatch.setattr(LocalStore, "supports_append", False)
+    log, _ = open_appending(tmp_path)
+    assert [log.append([b"a"]), log.append([b"b"])] == [2, 3]
+    assert _block_segments(tmp_path) == []
+    log.close()
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"a", b"b"]

@@ -18,10 +18,14 @@ interleaving, an append either lands before that read or sees the fence and writ
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 import time
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so every commit is a file of its own
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import PermanentStorageError
 from .base import Appender, Store
@@ -30,6 +34,9 @@ from .errors import ObjectExists, translate
 TMP_PREFIX = ".tmp-"
 LOCK_TIMEOUT = 30.0
 PREALLOCATE = 1 << 20
+CAN_APPEND = fcntl is not None and hasattr(os, "pwrite")
+_fallocate = getattr(os, "posix_fallocate", None)  # absent on macOS
+_datasync = getattr(os, "fdatasync", os.fsync)  # absent on macOS
 
 
 def _fsync_dir(path: str) -> None:
@@ -62,10 +69,12 @@ class LocalAppender(Appender):
         if need <= self._allocated:
             return
         target = max(need, min(self._allocated + PREALLOCATE, self.limit))
+        if _fallocate is None:
+            return  # writes extend the file instead
         try:
-            os.posix_fallocate(fd, self._allocated, target - self._allocated)
+            _fallocate(fd, self._allocated, target - self._allocated)
         except OSError:
-            return  # not supported here: writes extend the file instead
+            return  # not supported by this filesystem: likewise
         self._allocated = target
 
     def append(self, data: bytes, fence_key: str) -> None:
@@ -92,7 +101,7 @@ class LocalAppender(Appender):
                         view = view[n:]
                         at += n
                     if self.store.fsync:
-                        os.fdatasync(fd)
+                        _datasync(fd)
                 except BaseException:
                     # Leave no partial block behind if we can: readers stop at zeros.
                     try:
@@ -117,7 +126,7 @@ class LocalAppender(Appender):
 
 
 class LocalStore(Store):
-    supports_append = True
+    supports_append = CAN_APPEND
 
     def __init__(self, root: str, *, fsync: bool = True, **kwargs: object) -> None:
         root = os.path.abspath(os.fspath(root))
