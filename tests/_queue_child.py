@@ -55,7 +55,7 @@ def options(checkpoint_min_bytes: int, *, background_threads: bool = True) -> Op
     """The options of every handle on a crash/fencing root (the parent uses them too)."""
     config = QueueConfig(lease=LEASE, keep_done=KEEP_DONE, max_attempts=MAX_ATTEMPTS)
     return OpenOptions(default_queue_config=config,
-                       checkpoint_min_bytes=checkpoint_min_bytes, checkpoint_ratio=0.1,
+                       checkpoint_min_bytes=checkpoint_min_bytes, checkpoint_ratio=0.005,
                        background_threads=background_threads)
 
 
