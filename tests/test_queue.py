@@ -1246,3 +1246,26 @@ def test_exception_in_with_block_still_closes(fast_backend_root: Any, clock: Man
     with Queue.open(fast_backend_root.location, storage_options=fast_backend_root.storage_options,
                     options=opts) as q2:
         assert q2.stats(Q) == stats(q2, pending=1)
+
+
+@pytest.mark.parametrize("segment_max_bytes", [0, 4096, 8 << 20])
+def test_local_commits_append_to_segments_up_to_their_size(tmp_path, segment_max_bytes) -> None:
+    """On local disk each durable call is one commit; commits share segment files unless
+    ``segment_max_bytes`` is 0, and every job survives a reopen either way."""
+    from taquba.log import SEGMENT_DIR
+
+    opts = OpenOptions(segment_max_bytes=segment_max_bytes, background_threads=False)
+    with Queue.open(str(tmp_path), options=opts) as q:
+        ids = [q.enqueue("jobs", b"payload %d" % i) for i in range(200)]
+        writes = q.committer.stats.segments_written
+    files = list((tmp_path / SEGMENT_DIR).iterdir())
+    assert writes >= 200  # one commit per enqueue: nothing else was running
+    if segment_max_bytes == 0:
+        assert len(files) >= 200
+    elif segment_max_bytes == 4096:
+        assert 3 <= len(files) <= 20  # about 200 x 60 B of blocks in 4 KiB segments
+    else:
+        assert len(files) <= 3  # the fence, the one data segment, the closing fence at most
+    with Queue.open(str(tmp_path), options=opts) as q:
+        claimed = [q.claim("jobs") for _ in ids]
+        assert [c.id for c in claimed if c is not None] == ids
