@@ -764,3 +764,14 @@ def test_a_store_that_cannot_append_writes_one_object_per_commit(tmp_path, monke
     log.close()
     _, seen = open_appending(tmp_path)
     assert seen.records == [b"a", b"b"]
+
+
+def test_an_empty_commit_ends_the_appended_segment_instead_of_fencing_it(tmp_path):
+    log, _ = open_appending(tmp_path)
+    first = log.append([b"a"])
+    empty = log.append([])  # a segment of its own, like a fence
+    after = log.append([b"b"])  # not appended behind that empty segment
+    assert first < empty < after
+    log.close()
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"a", b"b"]

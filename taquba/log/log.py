@@ -30,8 +30,10 @@ Invariants:
 - **Durable order.** A checkpoint object is written first, the manifest that points at it
   second, and only after that manifest is durable are the segments and checkpoint it covers
   deleted.
-- **Bounded replay.** A checkpoint is due once the segment bytes written since the last one
-  exceed ``max(min_bytes, ratio * size of the last snapshot)``: reopening reads O(live
+- **Bounded replay.** A checkpoint is due once what a reopen would read (the last snapshot
+  and the segments since) holds more than ``max(min_bytes, ratio * live state)`` superseded
+  bytes, given the caller's estimate of its live state (otherwise: once the segments since
+  exceed ``max(min_bytes, ratio * size of the last snapshot)``): reopening reads O(live
   state) bytes, and checkpoints never cost more than a constant factor of the log itself.
 - **Appended segments** (local disk): a commit appends one block to the current segment
   (one ``fdatasync``) until it reaches ``segment_max_bytes``, then starts the next with a
@@ -39,9 +41,9 @@ Invariants:
   does not exist: the fence of an opener. An opener, once its fence is in place, reads the
   tail of the segment before it under that lock, so every block the displaced writer
   acknowledged is replayed and no later one can land. A crash can leave the last block of a
-  segment incomplete — never acknowledged — which replay accepts only where no later commit
-  of that writer can follow: at the end of the log, or before an opener's fence. A
-  checkpoint ends the current segment, since it covers that segment whole.
+  segment torn — never acknowledged — which replay accepts only where no later commit of
+  that writer can follow: at the end of the log, or before an opener's fence. A checkpoint
+  ends the current segment, since it covers that segment whole.
 - The log speaks opaque bytes: records in, records out, snapshots in, snapshots out.
 """
 
@@ -343,12 +345,13 @@ class Log:
         if self.segments_written and self.segments_written % EPOCH_CHECK_EVERY == 0:
             self._yield_to_newer_epoch()
         appender = self._appender
-        if appender is not None and records:
-            block = encode_block(records)
-            if appender.size + len(block) <= self.segment_max_bytes and \
-                    len(block) <= MAX_APPENDED_BLOCK:
-                return self._append_block(appender, block)
-            self._close_appender()
+        if appender is not None:
+            if records:
+                block = encode_block(records)
+                if appender.size + len(block) <= self.segment_max_bytes and \
+                        len(block) <= MAX_APPENDED_BLOCK:
+                    return self._append_block(appender, block)
+            self._close_appender()  # the next segment takes this commit
         seq = self.next_seq
         key = f"{SEGMENT_DIR}/{_seq_name(seq)}"
         try:
