@@ -138,8 +138,10 @@ class Committer:
             pending = self._taken < ticket
             if pending and self.inline and not self._writing:
                 self._writing = True  # others wait while this caller gathers and writes
-                self._gather_locked()
-                self._writing = False
+                try:
+                    self._gather_locked()
+                finally:
+                    self._writing = False  # even if the wait is interrupted
                 if self._failure is None and self._pending:
                     self._write_locked(on_thread=False)
                 continue
