@@ -125,7 +125,8 @@ class Committer:
                 self._gathered.notify()
         return self._submitted
 
-    def wait_locked(self, ticket: int, timeout: float | None = None) -> bool:
+    def wait_locked(self, ticket: int, timeout: float | None = None, *,
+                    gather: bool = True) -> bool:
         """Block until ``ticket`` is durable. Lock must be held. False on timeout.
 
         Inline, a caller whose record is pending and finds no write in flight writes the
@@ -137,11 +138,12 @@ class Committer:
                 raise self._failure_error()
             pending = self._taken < ticket
             if pending and self.inline and not self._writing:
-                self._writing = True  # others wait while this caller gathers and writes
-                try:
-                    self._gather_locked()
-                finally:
-                    self._writing = False  # even if the wait is interrupted
+                if gather:
+                    self._writing = True  # others wait while this caller gathers and writes
+                    try:
+                        self._gather_locked()
+                    finally:
+                        self._writing = False  # even if the wait is interrupted
                 if self._failure is None and self._pending:
                     self._write_locked(on_thread=False)
                 continue

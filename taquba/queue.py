@@ -17,6 +17,7 @@ Rules this module keeps:
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import threading
@@ -94,6 +95,21 @@ def _storable(text: str) -> str:
     return text
 
 
+class _Request:
+    """An enqueue waiting for a combining caller (see ``Queue._combine``)."""
+
+    __slots__ = ("args", "done", "error", "result", "ticket", "wake")
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.args = args
+        self.done = False
+        self.error: Exception | None = None
+        self.result: tuple[str, bool] = ("", False)
+        self.ticket = 0
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
 def _payload(value: object, name: str) -> bytes:
     data = value if type(value) is bytes else to_bytes(value, name)
     if len(data) > MAX_PAYLOAD_SIZE:
@@ -124,9 +140,15 @@ class Queue:
         self._waiters: dict[str, int] = {}
         self._claims: dict[str, Claim] = {}
         self._closed = False
+        self._requests: collections.deque[_Request] = collections.deque()
+        self._combiner = threading.Lock()
+        self._gathered = threading.Event()
+        self._gather_target = 1 << 30  # requests the next combine waits for
+        self._linger = 0.0
         self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
                                    max_batch_bytes=options.max_batch_bytes,
                                    live_bytes=lambda: self._state.live_bytes)
+        self._combining = self.committer.inline
         self._background = Background(
             reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
@@ -386,39 +408,137 @@ class Queue:
         priority = cfg.default_priority if opts.priority is None else opts.priority
         max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
         headers = dict(opts.headers) if opts.headers else None
+        args = (queue, data, opts, priority, max_attempts, headers, dedup_key, kv)
+        if self._combining:
+            return self._enqueue_combined(args)
         with self._lock:
-            self._check_open_locked()
-            state = self._state
-            now = self._now()
-            if dedup_key is not None:
-                index = state.queues.get(queue)
-                existing = None if index is None else index.dedup.get(dedup_key)
-                if existing is not None:
-                    # A dedup hit: make sure what we point at is durable.
-                    self._wait_durable_locked(self.committer.submitted)
-                    return existing, False
-            job_id = opts.job_id
-            if job_id is not None:
-                if job_id in state.jobs:
-                    raise InvalidArgument(f"job_id {job_id!r} is already in use")
-            else:
-                job_id = self._ids.new(now)
-                while job_id in state.jobs:
-                    job_id = self._ids.new(now)
-            run_at: float | None = None
-            if opts.run_at is not None:
-                run_at = float(opts.run_at)  # type: ignore[arg-type]
-            elif opts.delay:
-                run_at = now + float(opts.delay)  # type: ignore[arg-type]
-            if run_at is not None and run_at <= now:
-                run_at = None
-            jobs = [(job_id, data, priority, max_attempts, run_at, dedup_key, headers)]
-            record = ev.encode_enqueue(queue, now, jobs, kv)
-            ticket = self._commit_locked(record, state.on_enqueue, queue, now, jobs, kv)
-            if run_at is None:
-                self._wake_claimers_locked(queue)
+            job_id, new, ticket = self._enqueue_one_locked(*args)
             self._wait_durable_locked(ticket)
-        return job_id, True
+        return job_id, new
+
+    def _enqueue_combined(self, args: tuple[Any, ...]) -> tuple[str, bool]:
+        """Hand the enqueue to whichever caller is combining (or combine): see ``_combine``."""
+        req = _Request(args)
+        requests = self._requests
+        requests.append(req)
+        if len(requests) >= self._gather_target:
+            self._gathered.set()
+        combiner = self._combiner
+        try:
+            while not req.done:
+                if combiner.acquire(False):
+                    try:
+                        self._combine()
+                    finally:
+                        combiner.release()
+                        if requests:  # arrived while we combined: its caller may be asleep
+                            try:
+                                requests[0].wake.release()
+                            except (IndexError, RuntimeError):
+                                pass  # gone, or already woken
+                    continue
+                req.wake.acquire()
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): withdraw the request if nobody has taken it.
+            try:
+                requests.remove(req)
+            except ValueError:
+                pass
+            raise
+        if req.error is not None:
+            raise req.error
+        if self.committer.durable_upto < req.ticket:
+            with self._lock:  # the write failed: raise this caller's own error
+                self._wait_durable_locked(req.ticket)
+        return req.result
+
+    def _combine(self) -> None:
+        """Apply the waiting enqueues in one lock hold and wait for them in one write.
+
+        With many threads, taking the lock in turn costs each caller several hand-offs of
+        the lock and the GIL; here one caller does the work of all who are waiting, and wakes
+        each once.
+        """
+        batch: list[_Request] = []
+        requests = self._requests
+        target = self._gather_target
+        if len(requests) < target and self._linger > 0:
+            # Callers the last write released are on their way back: give them a moment.
+            self._gathered.clear()
+            if len(requests) < target:
+                self._gathered.wait(self._linger)
+        while requests:
+            try:
+                batch.append(requests.popleft())
+            except IndexError:
+                break
+        if not batch:
+            return
+        taken = 0
+        try:
+            with self._lock:
+                last = 0
+                for req in batch:
+                    try:
+                        job_id, new, req.ticket = self._enqueue_one_locked(*req.args)
+                        req.result = (job_id, new)
+                        last = max(last, req.ticket)
+                    except Exception as exc:
+                        req.error = exc
+                    taken += 1
+                if last:
+                    started = time.monotonic()
+                    try:
+                        self.committer.wait_locked(last, gather=False)
+                    except Exception:
+                        pass  # each caller raises its own error (see _enqueue_combined)
+                    self._linger = min(0.005, 0.25 * (time.monotonic() - started))
+                self._gather_target = len(batch) + len(requests)
+        finally:
+            # Requests not applied (this caller was interrupted) go back for another caller.
+            requests.extendleft(reversed(batch[taken:]))
+            for req in batch[:taken]:
+                req.done = True
+                try:
+                    req.wake.release()
+                except RuntimeError:
+                    pass
+
+    def _enqueue_one_locked(self, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
+                            max_attempts: int, headers: dict[str, str] | None,
+                            dedup_key: str | None, kv: Sequence[tuple[bytes, bytes]]
+                            ) -> tuple[str, bool, int]:
+        """The locked part of an enqueue: (id, is new, ticket to wait for)."""
+        self._check_open_locked()
+        state = self._state
+        now = self._now()
+        if dedup_key is not None:
+            index = state.queues.get(queue)
+            existing = None if index is None else index.dedup.get(dedup_key)
+            if existing is not None:
+                # A dedup hit: what we point at must be durable.
+                return existing, False, self.committer.submitted
+        job_id = opts.job_id
+        if job_id is not None:
+            if job_id in state.jobs:
+                raise InvalidArgument(f"job_id {job_id!r} is already in use")
+        else:
+            job_id = self._ids.new(now)
+            while job_id in state.jobs:
+                job_id = self._ids.new(now)
+        run_at: float | None = None
+        if opts.run_at is not None:
+            run_at = float(opts.run_at)  # type: ignore[arg-type]
+        elif opts.delay:
+            run_at = now + float(opts.delay)  # type: ignore[arg-type]
+        if run_at is not None and run_at <= now:
+            run_at = None
+        jobs = [(job_id, data, priority, max_attempts, run_at, dedup_key, headers)]
+        record = ev.encode_enqueue(queue, now, jobs, kv)
+        ticket = self._commit_locked(record, state.on_enqueue, queue, now, jobs, kv)
+        if run_at is None:
+            self._wake_claimers_locked(queue)
+        return job_id, True, ticket
 
     # -- KV --------------------------------------------------------------------------------
 

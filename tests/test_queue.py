@@ -1269,3 +1269,86 @@ def test_local_commits_append_to_segments_up_to_their_size(tmp_path, segment_max
     with Queue.open(str(tmp_path), options=opts) as q:
         claimed = [q.claim("jobs") for _ in ids]
         assert [c.id for c in claimed if c is not None] == ids
+
+
+# -- concurrent single enqueues on local disk (combined by one caller) ------------------------
+
+
+def _run_threads(n: int, target: Callable[[int], None]) -> list[BaseException]:
+    start = threading.Barrier(n)
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        start.wait()
+        try:
+            target(i)
+        except BaseException as exc:  # collected for the test to look at
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    return errors
+
+
+def test_concurrent_enqueues_are_each_durable_and_in_each_threads_order(tmp_path) -> None:
+    threads, per_thread = 16, 150
+    got: dict[int, list[str]] = {}
+    with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+        def produce(i: int) -> None:
+            got[i] = [q.enqueue("jobs", b"%d-%d" % (i, n)) for n in range(per_thread)]
+
+        assert _run_threads(threads, produce) == []
+        stats = q.committer.stats
+        assert stats.records_committed == threads * per_thread
+        assert stats.segments_written < threads * per_thread  # callers shared writes
+    with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+        order = []
+        while (c := q.claim("jobs")) is not None:
+            order.append(c.payload)
+            q.ack(c)
+    assert sorted(order) == sorted(b"%d-%d" % (i, n) for i in range(threads)
+                                   for n in range(per_thread))
+    for i in range(threads):  # FIFO: each thread's jobs come out in the order it made them
+        mine = [p for p in order if p.startswith(b"%d-" % i)]
+        assert mine == [b"%d-%d" % (i, n) for n in range(per_thread)]
+    assert all(len(ids) == per_thread for ids in got.values())
+
+
+def test_a_bad_enqueue_among_concurrent_ones_fails_alone(tmp_path) -> None:
+    with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+        def produce(i: int) -> None:  # every thread tries the same caller-chosen id once
+            q.enqueue_with("jobs", b"x%d" % i, EnqueueOptions(job_id="the-one"))
+            q.enqueue("jobs", b"after %d" % i)
+
+        errors = _run_threads(8, produce)
+        assert len(errors) == 7 and all(isinstance(e, InvalidArgument) for e in errors)
+        assert all("already in use" in str(e) for e in errors)
+        assert q.stats("jobs").pending == 2  # the one winner and its follow-up
+    with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+        assert q.stats("jobs").pending == 2
+
+
+def test_a_failed_write_fails_every_concurrent_enqueue_it_carried(tmp_path, monkeypatch) -> None:
+    from taquba.storage.local import LocalAppender
+
+    with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+        q.enqueue("jobs", b"durable")  # the segment exists: the next commits append
+
+        def broken(self, data, fence_key):
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(LocalAppender, "append", broken)
+        errors = _run_threads(8, lambda i: q.enqueue("jobs", b"lost %d" % i))
+        assert len(errors) == 8
+        assert all(isinstance(e, (StorageError, QueueBroken)) for e in errors)
+        with pytest.raises(QueueBroken):
+            q.enqueue("jobs", b"later")
+    monkeypatch.undo()
+    with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+        c = q.claim("jobs")
+        assert c is not None and c.payload == b"durable"
+        assert q.claim("jobs") is None
