@@ -141,6 +141,7 @@ class Queue:
         self._claims: dict[str, Claim] = {}
         self._closed = False
         self._requests: collections.deque[_Request] = collections.deque()
+        self._enqueuers: collections.deque[None] = collections.deque()  # calls under way
         self._combiner = threading.Lock()
         self._gathered = threading.Event()
         self._gather_target = 1 << 30  # requests the next combine waits for
@@ -409,12 +410,19 @@ class Queue:
         max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
         headers = dict(opts.headers) if opts.headers else None
         args = (queue, data, opts, priority, max_attempts, headers, dedup_key, kv)
-        if self._combining:
-            return self._enqueue_combined(args)
-        with self._lock:
-            job_id, new, ticket = self._enqueue_one_locked(*args)
-            self._wait_durable_locked(ticket)
-        return job_id, new
+        active = self._enqueuers
+        active.append(None)  # deque appends and pops are atomic: len() counts callers
+        try:
+            if self._combining and (len(active) > 1 or self._requests):
+                # Other enqueues are under way: let one caller apply all that gather while
+                # a write is in flight (see _combine). A lone caller goes straight through.
+                return self._enqueue_combined(args)
+            with self._lock:
+                job_id, new, ticket = self._enqueue_one_locked(*args)
+                self._wait_durable_locked(ticket)
+            return job_id, new
+        finally:
+            active.pop()
 
     def _enqueue_combined(self, args: tuple[Any, ...]) -> tuple[str, bool]:
         """Hand the enqueue to whichever caller is combining (or combine): see ``_combine``."""
