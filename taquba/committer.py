@@ -130,7 +130,9 @@ class Committer:
         """Block until ``ticket`` is durable. Lock must be held. False on timeout.
 
         Inline, a caller whose record is pending and finds no write in flight writes the
-        batch itself (releasing the lock meanwhile, as waiting would).
+        batch itself (releasing the lock meanwhile, as waiting would), after gathering the
+        callers the last write released unless ``gather`` is false (a caller that has
+        gathered its batch already, as the queue's combined enqueues do).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._durable_upto < ticket:

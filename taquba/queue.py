@@ -27,7 +27,7 @@ from typing import Any
 
 from . import events as ev
 from .background import Background
-from .committer import Committer
+from .committer import LINGER_FRACTION, MAX_LINGER, Committer
 from .config import (
     MAX_KV_KEY_SIZE,
     MAX_KV_VALUE_SIZE,
@@ -500,7 +500,7 @@ class Queue:
                         self.committer.wait_locked(last, gather=False)
                     except Exception:
                         pass  # each caller raises its own error (see _enqueue_combined)
-                    self._linger = min(0.005, 0.25 * (time.monotonic() - started))
+                    self._linger = min(MAX_LINGER, LINGER_FRACTION * (time.monotonic() - started))
                 self._gather_target = len(batch) + len(requests)
         finally:
             # Requests not applied (this caller was interrupted) go back for another caller.
