@@ -16,6 +16,13 @@ Who writes depends on what a write costs:
   batch itself (*inline*), then wakes the others. The thread still writes records nobody
   waits for (a ``claim``'s), but only after a short grace period in which a caller is
   likely to take them along, and it writes checkpoints, so no caller waits behind one.
+  Callers do not wake the thread for each record: while records keep coming it looks for
+  such records every few milliseconds, and it sleeps for good once they stop.
+
+On a small machine the cost to beat is the thread switch, not the write: waking a thread
+and handing it the GIL takes tens of microseconds. So a caller sleeps at most once per call,
+a woken caller returns without taking the lock again, and the callers a write releases are
+woken one after another rather than all at once (see "sleeping and waking" below).
 
 Invariants:
 
@@ -41,8 +48,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from _thread import allocate_lock
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import FencedError, QueueBroken, QueueClosed, StorageError
 from .log import Log
@@ -52,6 +62,7 @@ logger = logging.getLogger("taquba.committer")
 LINGER_FRACTION = 0.25
 MAX_LINGER = 0.005
 INLINE_GRACE = 0.001  # how long the thread leaves unwaited records to an inline writer
+INLINE_POLL = 0.01  # how often it looks for them while records keep coming
 
 
 @dataclass
@@ -77,11 +88,12 @@ class Committer:
         self.log = log
         self.lock = lock if lock is not None else threading.Lock()
         self._work = threading.Condition(self.lock)
-        # Waiters sleep on the condition of their own batch, so a finished write wakes only
-        # the callers it made durable: the records pending now (``_next``) or in flight.
-        self._next = threading.Condition(self.lock)
-        self._in_flight = threading.Condition(self.lock)
-        self._spare = threading.Condition(self.lock)  # becomes _next at the next write
+        # Waiters sleep in the gate of their own batch, so a finished write wakes only the
+        # callers it made durable: the records pending now (``_next``) or in flight.
+        self._next: deque[Any] = deque()
+        self._in_flight: deque[Any] = deque()
+        self._spare: deque[Any] = deque()  # becomes _next at the next write
+        self._ready: deque[Any] = deque()  # durable callers still asleep: see _sleep
         self._gathered = threading.Condition(self.lock)  # an inline writer's gathering
         self._snapshot = snapshot
         self._live_bytes = live_bytes  # estimate of the snapshot's size (Log.checkpoint_due)
@@ -99,6 +111,7 @@ class Committer:
         self._gather = 0  # records the next batch waits for (see "Gathering")
         self._linger = 0.0
         self._stopping = False
+        self._idle = False  # the thread sleeps until woken (nothing for it to do)
         self._closed = False
         self.stats = CommitStats()
         self._thread = threading.Thread(target=self._run, name="taquba-committer", daemon=True)
@@ -119,10 +132,16 @@ class Committer:
         self._pending.append(record)
         self._pending_bytes += len(record)
         self._submitted += 1
-        if len(self._pending) == 1 or len(self._pending) == self._gather:
-            self._work.notify()
-            if self.inline and self._gather:
+        n = len(self._pending)
+        if self.inline:
+            # The thread only writes what nobody took (see _run): wake it from an idle
+            # sleep, not at every record.
+            if n == 1 and self._idle:
+                self._work.notify()
+            elif n == self._gather:
                 self._gathered.notify()
+        elif n == 1 or n == self._gather:
+            self._work.notify()
         return self._submitted
 
     def wait_locked(self, ticket: int, timeout: float | None = None, *,
@@ -134,30 +153,51 @@ class Committer:
         callers the last write released unless ``gather`` is false (a caller that has
         gathered its batch already, as the queue's combined enqueues do).
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._durable_upto < ticket:
-            if self._failure is not None:
-                raise self._failure_error()
-            pending = self._taken < ticket
-            if pending and self.inline and not self._writing:
-                if gather:
-                    self._writing = True  # others wait while this caller gathers and writes
-                    try:
-                        self._gather_locked()
-                    finally:
-                        self._writing = False  # even if the wait is interrupted
-                if self._failure is None and self._pending:
-                    self._write_locked(on_thread=False)
-                continue
-            cond = self._next if pending else self._in_flight
-            if deadline is None:
-                cond.wait()
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                cond.wait(left)
-        return True
+        try:
+            return self.wait_released(ticket, timeout, gather=gather)
+        finally:
+            self.lock.acquire()
+
+    def wait_released(self, ticket: int, timeout: float | None = None, *,
+                      gather: bool = True) -> bool:
+        """:meth:`wait_locked`, but the lock (held on entry) is released on every exit.
+
+        A caller with nothing to do under the lock after its wait saves taking it again.
+        """
+        lock = self.lock
+        held = True
+        try:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._durable_upto < ticket:
+                if self._failure is not None:
+                    raise self._failure_error()
+                pending = self._taken < ticket
+                if pending and self.inline and not self._writing:
+                    if gather:
+                        self._writing = True  # others wait while this caller gathers
+                        try:
+                            self._gather_locked()
+                        finally:
+                            self._writing = False  # even if the wait is interrupted
+                    if self._failure is None and self._pending:
+                        self._write_locked(on_thread=False)
+                    continue
+                gate = self._next if pending else self._in_flight
+                left = None
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                held = False
+                self._sleep(gate, left)
+                if self._durable_upto >= ticket:
+                    return True
+                lock.acquire()
+                held = True
+            return True
+        finally:
+            if held:
+                lock.release()
 
     # -- convenience for callers that do not hold the lock ----------------------------------
 
@@ -250,7 +290,11 @@ class Committer:
         self.stats.records_committed += len(batch)
         self.stats.segments_written += 1
         self.stats.bytes_committed += sum(len(r) for r in batch)
-        done.notify_all()
+        if done:
+            first = done.popleft()
+            self._ready.extend(done)
+            done.clear()
+            first.release()
         self._spare = done
         if snapshot is not None:
             self._checkpoint = (snapshot, seq, self._batch_live)
@@ -262,11 +306,61 @@ class Committer:
         self._writing = False
         self._hand_over_locked()
 
+    # -- sleeping and waking ------------------------------------------------------------------
+    #
+    # A write makes a whole batch of callers durable at once. Waking them all at once would
+    # have each find another holding the GIL and sleep again until it is free: on a machine
+    # where a thread switch is dear, a second switch per call. So the writer wakes the first;
+    # each caller, once running, wakes the next (_ready holds the rest, in order); a caller's
+    # wake-up comes about when the one before it is back in its own code. A woken caller that
+    # is not durable (chosen to write the next batch) wakes one too: an extra chain is
+    # harmless, a broken one is not.
+
+    def _sleep(self, gate: deque[Any], timeout: float | None) -> None:
+        """Release the lock (held) and sleep on ``gate`` until woken or ``timeout``."""
+        waiter = allocate_lock()
+        waiter.acquire()
+        gate.append(waiter)
+        self.lock.release()
+        try:
+            woken = waiter.acquire() if timeout is None else waiter.acquire(True, timeout)
+        except BaseException:
+            self._leave(gate, waiter)
+            raise
+        if woken:
+            self._wake_next()
+        else:
+            self._leave(gate, waiter)
+
+    def _leave(self, gate: deque[Any], waiter: Any) -> None:
+        """A sleeper that stops waiting: withdraw, or pass on the wake-up it was given.
+
+        Under the lock, as writers move sleepers from a gate to ``_ready`` under it: a
+        sleeper found in neither has been woken (or is being), and wakes the next instead.
+        """
+        with self.lock:
+            for waiters in (gate, self._ready):
+                try:
+                    waiters.remove(waiter)
+                    return
+                except ValueError:
+                    pass
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        try:
+            self._ready.popleft().release()
+        except IndexError:
+            pass
+
     def _hand_over_locked(self) -> None:
         """After a write: let the next one start."""
         if self.inline and self._pending:
-            self._next.notify()  # one waiter of the pending batch writes it
-        if self._pending or self._stopping:
+            try:
+                self._next.popleft().release()  # one waiter of the pending batch writes it
+            except IndexError:
+                pass
+        if self._stopping or (self._pending and (self._idle or not self.inline)):
             self._work.notify()  # the thread may be waiting for this write to end
 
     def _checkpoint_locked(self) -> None:
@@ -311,34 +405,47 @@ class Committer:
         self._gather = 0
 
     def _run(self) -> None:
+        seen = -1  # the tickets submitted when the thread last looked (inline)
         with self.lock:
             while self._failure is None:
                 if self._checkpoint is not None:
                     self._checkpoint_locked()
                     continue
+                if self.inline and not self._stopping and (self._pending
+                                                           or self._submitted != seen):
+                    # Leave the batch to a caller who will wait for it anyway, and write
+                    # what nobody took within the grace period. While records keep coming,
+                    # callers do not wake the thread (a wake-up per call would cost as much
+                    # as the call): it looks again when the grace period is over.
+                    seen = self._submitted
+                    taken = self._taken
+                    self._work.wait(INLINE_GRACE if self._pending else INLINE_POLL)
+                    if self._taken == taken and self._pending and not self._writing \
+                            and self._checkpoint is None and self._failure is None \
+                            and not self._stopping:
+                        self._write_locked(on_thread=True)
+                    continue
                 if self._writing or not self._pending:
                     if self._stopping and not self._writing:
                         return
-                    self._work.wait()
+                    self._idle = True  # the next record wakes the thread
+                    try:
+                        self._work.wait()
+                    finally:
+                        self._idle = False
                     continue
-                if self.inline and not self._stopping:
-                    # Leave the batch to a caller who will wait for it anyway.
-                    taken = self._taken
-                    self._work.wait(INLINE_GRACE)
-                    if self._taken != taken or self._writing or not self._pending:
-                        continue
-                else:
-                    self._gather_locked()
-                    if self._writing or not self._pending:
-                        continue
+                self._gather_locked()
+                if self._writing or not self._pending:
+                    continue
                 self._write_locked(on_thread=True)
 
     def _break_locked(self, exc: BaseException) -> None:
         self._failure = exc
         self._pending = []
         self._pending_bytes = 0
-        self._next.notify_all()
-        self._in_flight.notify_all()
+        for waiters in (self._next, self._in_flight, self._ready):
+            while waiters:
+                waiters.popleft().release()
         self._work.notify_all()
 
     def _failure_error(self) -> BaseException:

@@ -98,11 +98,12 @@ def _storable(text: str) -> str:
 class _Request:
     """An enqueue waiting for a combining caller (see ``Queue._combine``)."""
 
-    __slots__ = ("args", "done", "error", "result", "ticket", "wake")
+    __slots__ = ("args", "done", "error", "next", "result", "ticket", "wake")
 
     def __init__(self, args: tuple[Any, ...]) -> None:
         self.args = args
         self.done = False
+        self.next: _Request | None = None  # whom this caller wakes once it runs again
         self.error: Exception | None = None
         self.result: tuple[str, bool] = ("", False)
         self.ticket = 0
@@ -135,6 +136,7 @@ class Queue:
         self._state = _state
         self._ids = IdGenerator()
         self._claim_conds: dict[str, threading.Condition] = {}
+        self._claim_waiting: dict[str, int] = {}  # claims asleep in each queue's condition
         self._completion = threading.Condition(self._lock)
         self._final: dict[str, tuple[int, WaitOutcome]] = {}
         self._waiters: dict[str, int] = {}
@@ -417,9 +419,14 @@ class Queue:
                 # Other enqueues are under way: let one caller apply all that gather while
                 # a write is in flight (see _combine). A lone caller goes straight through.
                 return self._enqueue_combined(args)
-            with self._lock:
+            lock = self._lock
+            lock.acquire()
+            try:
                 job_id, new, ticket = self._enqueue_one_locked(*args)
-                self._wait_durable_locked(ticket)
+            except BaseException:
+                lock.release()
+                raise
+            self.committer.wait_released(ticket)
             return job_id, new
         finally:
             active.pop()
@@ -453,6 +460,14 @@ class Queue:
             except ValueError:
                 pass
             raise
+        finally:
+            nxt = req.next
+            if nxt is not None:  # pass the wake-up on (see _combine)
+                req.next = None
+                try:
+                    nxt.wake.release()
+                except RuntimeError:
+                    pass  # the combiner itself: not asleep
         if req.error is not None:
             raise req.error
         if self.committer.durable_upto < req.ticket:
@@ -625,13 +640,22 @@ class Queue:
                 next_due = state.next_due()
                 if next_due is not None:
                     left = min(left, max(0.001, next_due - now))
-                self._claim_cond(queue).wait(min(left, 3600.0))
+                waiting = self._claim_waiting
+                waiting[queue] = waiting.get(queue, 0) + 1
+                try:
+                    self._claim_cond(queue).wait(min(left, 3600.0))
+                finally:
+                    waiting[queue] -= 1
             claims: list[Claim] = []
-            while job is not None and len(claims) < max_jobs:
+            while job is not None:
                 claims.append(self._claim_job_locked(job, now, lease_s))
+                if len(claims) == max_jobs and not self._claim_waiting.get(queue):
+                    break
                 job = state.peek_pending(queue)
-            if job is not None:
-                self._wake_claimers_locked(queue)  # more work for the next waiter
+                if len(claims) == max_jobs:
+                    if job is not None:
+                        self._wake_claimers_locked(queue)  # more work for the next waiter
+                    break
         return claims
 
     def _claim_job_locked(self, job: Job, now: float, lease: float) -> Claim:
@@ -649,7 +673,9 @@ class Queue:
     def ack(self, claim: Claim) -> None:
         """Mark the claimed job done. Raises ``ClaimLost`` if the claim is not current."""
         self._ensure_open()
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             job = self._current_job_locked(claim, "ack")
             job_id = job.id
             keep = self._config(job.queue).keep_done is not None
@@ -661,7 +687,10 @@ class Queue:
                 # The job is done now: with keep, its record shows it (completed_at set).
                 self._finished_locked(job_id, ticket, WaitOutcome(
                     WaitStatus.COMPLETED, job.record() if keep else None))
-            self._wait_durable_locked(ticket)
+        except BaseException:
+            lock.release()
+            raise
+        self.committer.wait_released(ticket)
 
     def nack(self, claim: Claim, error: object) -> None:
         """Report a failed attempt: retry after backoff, or dead once attempts are spent."""

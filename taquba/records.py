@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -95,7 +95,9 @@ class WaitOutcome:
     record: JobRecord | None = None
 
 
-@dataclass(eq=False, slots=True, kw_only=True)
+_CANCEL_LOCK = threading.Lock()  # creates a claim's cancel_requested event only once
+
+
 class Claim:
     """A job handed to one worker under a lease.
 
@@ -103,10 +105,25 @@ class Claim:
     (settled, reaped, cancelled, claimed again), settling this claim raises ``ClaimLost``.
     """
 
-    record: JobRecord
-    lease_expires_at: float
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-    token: Any = None
+    __slots__ = ("_cancel", "lease_expires_at", "record", "token")
+
+    def __init__(self, *, record: JobRecord, lease_expires_at: float,
+                 cancel_requested: threading.Event | None = None, token: Any = None) -> None:
+        self.record = record
+        self.lease_expires_at = lease_expires_at
+        self._cancel = cancel_requested
+        self.token = token
+
+    @property
+    def cancel_requested(self) -> threading.Event:
+        """Set when ``cancel`` targets this running job (made when first asked for)."""
+        event = self._cancel
+        if event is None:
+            with _CANCEL_LOCK:
+                event = self._cancel
+                if event is None:
+                    event = self._cancel = threading.Event()
+        return event
 
     @property
     def id(self) -> str:

@@ -8,8 +8,11 @@ writer epoch and never fences the writer it is checking).
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import pytest
@@ -563,3 +566,124 @@ def test_callers_released_by_a_write_are_gathered_into_the_next_one(faulty):
     assert stats.records_committed == THREADS * per_thread
     assert ratio > THREADS / 2 + 8
     check_per_thread_order(faulty.replay().records, THREADS, per_thread)
+
+
+# -- inline writers: records nobody waits for, and waking a batch ----------------------------
+
+
+def eventually(check: Callable[[], bool], seconds: float = 30.0) -> bool:
+    """Poll ``check`` until it holds or ``seconds`` pass (a guard, not a speed check)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_an_inline_committer_writes_the_records_nobody_waits_for(fast_backend_root):
+    """A claim's record has no waiter: the thread writes it, idle or among busy callers."""
+    log, _ = open_log(fast_backend_root.store())
+    committer = Committer(log, inline=True)
+    reader = SegmentReader(fast_backend_root.store())
+    with committer.lock:
+        committer.submit_locked(b"alone")  # the thread is asleep: this wakes it
+    assert eventually(lambda: reader.contains(b"alone"))
+
+    stop = threading.Event()
+    appended: list[int] = []
+
+    def busy() -> None:
+        while not stop.is_set():
+            committer.append(b"busy%d" % len(appended))
+            appended.append(1)
+
+    thread = threading.Thread(target=busy)
+    thread.start()
+    assert eventually(lambda: len(appended) >= 20)
+    with committer.lock:
+        committer.submit_locked(b"among")  # the thread is polling, not woken per record
+    assert eventually(lambda: len(appended) >= 40)
+    stop.set()
+    thread.join(30)
+    with committer.lock:
+        committer.submit_locked(b"after")  # right after the others: nobody takes it along
+    assert eventually(lambda: reader.contains(b"after"))
+    assert reader.contains(b"among")
+    assert committer.close(timeout=30)
+
+
+class Sleepers:
+    """Threads asleep in a committer's gate, as callers waiting for a write are."""
+
+    def __init__(self, committer: Committer, timeouts: list[float | None]) -> None:
+        self.committer = committer
+        self.gate: deque[Any] = deque()
+        self.woken: list[int] = []
+        self.threads = [threading.Thread(target=self._sleep, args=(i, t), daemon=True)
+                        for i, t in enumerate(timeouts)]
+        for i, t in enumerate(self.threads):
+            t.start()
+            assert eventually(lambda n=i + 1: len(self.gate) == n)  # in order
+
+    def _sleep(self, i: int, timeout: float | None) -> None:
+        self.committer.lock.acquire()
+        self.committer._sleep(self.gate, timeout)
+        self.woken.append(i)
+
+    def finish_write(self) -> Any:
+        """Move the sleepers to the ready line as a finished write does; the first's lock."""
+        with self.committer.lock:
+            first = self.gate.popleft()
+            self.committer._ready.extend(self.gate)
+            self.gate.clear()
+        return first
+
+    def join(self, *indexes: int) -> None:
+        for i in indexes:
+            self.threads[i].join(30)
+            assert not self.threads[i].is_alive(), f"sleeper {i} was never woken"
+
+
+@pytest.fixture
+def mem_root() -> Iterator[Any]:
+    root = memory_root()
+    try:
+        yield root
+    finally:
+        drop_memory_root(root)
+
+
+@pytest.mark.parametrize("position", [1, 3, 5])
+def test_a_sleeper_that_gives_up_in_the_ready_line_does_not_break_it(mem_root, position):
+    """A write wakes its first caller and each wakes the next: one leaving must not stop it."""
+    log, _ = open_log(mem_root.store())
+    committer = Committer(log, inline=True)
+    timeouts: list[float | None] = [None] * 6
+    timeouts[position] = 0.05
+    sleepers = Sleepers(committer, timeouts)
+    first = sleepers.finish_write()
+    sleepers.join(position)  # it timed out while in the ready line, and left it
+    first.release()
+    sleepers.join(*range(6))
+    assert sorted(sleepers.woken) == list(range(6))
+    assert not committer._ready
+    assert committer.close(timeout=30)
+
+
+def test_a_sleeper_woken_as_it_gives_up_passes_the_wake_up_on(mem_root):
+    log, _ = open_log(mem_root.store())
+    committer = Committer(log, inline=True)
+    timeouts: list[float | None] = [None, 0.05, None, None]
+    sleepers = Sleepers(committer, timeouts)
+    sleepers.finish_write()  # sleeper 0 is never released: the line starts at sleeper 1
+    with committer.lock:
+        taken = committer._ready.popleft()  # the one before it took it from the line ...
+    sleepers.join(1)  # ... but it timed out before the release came
+    taken.release()
+    sleepers.join(2, 3)  # it woke the next anyway
+    assert sorted(sleepers.woken) == [1, 2, 3]
+    with committer.lock:
+        assert not committer._ready
+    sleepers.gate.clear()
+    assert committer.close(timeout=30)
