@@ -740,6 +740,35 @@ def test_checkpoints_follow_superseded_bytes_when_the_caller_knows_the_live_size
     assert not log.checkpoint_due(live * 3)  # 175 KB - 150 KB is not
 
 
+def test_reserved_space_is_written_with_zeros_before_blocks_go_into_it(tmp_path, monkeypatch):
+    """Blocks overwrite zeros already written, so a sync converts no allocated space."""
+    import taquba.storage.local as local
+
+    writes: list[tuple[int, int, bool]] = []  # (offset, length, all zeros)
+    pwrite = os.pwrite
+
+    def recording_pwrite(fd: int, data: bytes | memoryview, offset: int) -> int:
+        writes.append((offset, len(data), not any(bytes(data))))
+        return pwrite(fd, data, offset)
+
+    monkeypatch.setattr(local.os, "pwrite", recording_pwrite)
+    log, _ = open_appending(tmp_path)
+    for i in range(3):
+        log.append([b"r%d" % i * 100])
+    log.close()
+    [segment] = _block_segments(tmp_path)
+    end = _data_end(segment)
+    size = segment.stat().st_size
+    assert size - end >= local.PREALLOCATE // 2  # space is reserved ahead ...
+    zeroed = [(o, n) for o, n, zero in writes if zero]
+    assert any(o <= end and o + n >= size for o, n in zeroed)  # ... and written with zeros
+    blocks = [(o, n) for o, n, zero in writes if not zero]
+    assert blocks and all(any(zo <= o and o + n <= zo + zn for zo, zn in zeroed)
+                          for o, n in blocks)  # every block went over written zeros
+    _, seen = open_appending(tmp_path)
+    assert seen.records == [b"r%d" % i * 100 for i in range(3)]
+
+
 def test_appending_without_reserved_space_extends_the_file(tmp_path, monkeypatch):
     """Where posix_fallocate is missing (macOS) or refused, blocks simply extend the file."""
     import taquba.storage.local as local

@@ -33,7 +33,7 @@ from .errors import ObjectExists, translate
 
 TMP_PREFIX = ".tmp-"
 LOCK_TIMEOUT = 30.0
-PREALLOCATE = 1 << 20
+PREALLOCATE = 256 << 10
 CAN_APPEND = fcntl is not None and hasattr(os, "pwrite")
 _fallocate = getattr(os, "posix_fallocate", None)  # absent on macOS
 _datasync = getattr(os, "fdatasync", os.fsync)  # absent on macOS
@@ -50,10 +50,11 @@ def _fsync_dir(path: str) -> None:
 class LocalAppender(Appender):
     """An open appendable file; not thread-safe (the log's one writer drives it).
 
-    Space is reserved ahead with ``posix_fallocate`` (up to ``limit`` bytes, a MiB at a
-    time) and blocks are written into it at the end of the data: an ``fdatasync`` that does
-    not change the file's size skips a metadata journal commit, about a third of its cost
-    on ext4. The reserved space reads as zeros, which is where a reader stops.
+    Space is reserved ahead with ``posix_fallocate`` and filled with zeros (up to ``limit``
+    bytes, 256 KiB at a time), and blocks are written over those zeros at the end of the
+    data: an ``fdatasync`` that neither changes the file's size nor turns allocated space
+    into written space skips the metadata journal commit, about a third of its cost on ext4.
+    The reserved space reads as zeros, which is where a reader stops.
     """
 
     def __init__(self, store: LocalStore, key: str, fd: int, size: int, limit: int) -> None:
@@ -73,6 +74,10 @@ class LocalAppender(Appender):
             return  # writes extend the file instead
         try:
             _fallocate(fd, self._allocated, target - self._allocated)
+            # Allocated space is "unwritten" until written: the first sync of a write into
+            # it also commits the conversion to the journal. Writing the zeros now makes
+            # that happen once per reservation instead of once per block.
+            os.pwrite(fd, bytes(target - self._allocated), self._allocated)
         except OSError:
             return  # not supported by this filesystem: likewise
         self._allocated = target
