@@ -170,23 +170,27 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     log(f"  median {res['fsync']['write_fsync_4k_ms']:.3f} ms -> serial limit "
         f"{res['fsync']['serial_fsync_limit_ops']:.0f} ops/s")
 
+    # Systems take turns within each configuration (rep 1 of each, then rep 2 of each...):
+    # a machine whose speed drifts over minutes then shifts every system alike, and the
+    # ratios between them stay fair.
     table: dict[str, Any] = {}
-    for system in systems:
-        for size in cfg.payloads:
-            for threads in cfg.threads:
-                runs = []
-                for rep in range(cfg.reps):
+    for size in cfg.payloads:
+        for threads in cfg.threads:
+            runs: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+            for rep in range(cfg.reps):
+                for system in systems:
                     r = run_child("throughput", {"system": system, "payload": size,
                                                  "threads": threads, "n": cfg.n,
                                                  "workdir": cfg.workdir})
-                    runs.append(r)
+                    runs[system].append(r)
                     log(f"  {system:13s} {size:5d} B x{threads} rep {rep + 1}: enqueue "
                         f"{r['enqueue_ops']:8.0f}/s  drain {r['drain_ops']:8.0f}/s")
+            for system in systems:
                 table[f"{system}/{size}/{threads}"] = {
                     "system": system, "payload": size, "threads": threads, "n": cfg.n,
-                    "enqueue_ops": median([r["enqueue_ops"] for r in runs]),
-                    "drain_ops": median([r["drain_ops"] for r in runs]),
-                    "runs": runs,
+                    "enqueue_ops": median([r["enqueue_ops"] for r in runs[system]]),
+                    "drain_ops": median([r["drain_ops"] for r in runs[system]]),
+                    "runs": runs[system],
                 }
     res["throughput"] = table
 
