@@ -520,10 +520,16 @@ class Queue:
         finally:
             # Requests not applied (this caller was interrupted) go back for another caller.
             requests.extendleft(reversed(batch[taken:]))
-            for req in batch[:taken]:
+            # Wake the first caller; each wakes the next once it runs again, so that they
+            # do not all find the GIL taken and sleep twice (see Committer._sleep).
+            woken = batch[:taken]
+            for i, req in enumerate(woken):
                 req.done = True
+                if i:
+                    woken[i - 1].next = req
+            if woken:
                 try:
-                    req.wake.release()
+                    woken[0].wake.release()
                 except RuntimeError:
                     pass
 
