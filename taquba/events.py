@@ -274,13 +274,21 @@ def encode_enqueue_plain(queue: str, at: float, job_ids: Sequence[str],
     return b"".join(parts)
 
 
-def encode_claim(job_id: str, attempts: int, at: float, lease: float) -> bytes:
+def id_key(job_id: str) -> bytes | None:
+    """The 16 bytes a canonical id is stored as, or None for an id stored as text."""
     value = ids.decode(job_id)
-    if value is not None and 0 < attempts < 0x80 and 0 <= lease < 64 and lease.is_integer() \
+    return None if value is None else value.to_bytes(16, "big")
+
+
+def encode_claim(job_id: str, attempts: int, at: float, lease: float,
+                 key: bytes | None = None) -> bytes:
+    """``key`` may pass ``id_key(job_id)`` when the caller has it already."""
+    if key is None:
+        key = id_key(job_id)
+    if key is not None and 0 < attempts < 0x80 and 0 <= lease < 64 and lease.is_integer() \
             and at - at == 0.0:
         # The common case in one pack: canonical id, small attempts, whole-second lease.
-        return _CLAIM_SHORT.pack(_T_CLAIM, 0, value.to_bytes(16, "big"), attempts, at,
-                                 int(lease) << 1)
+        return _CLAIM_SHORT.pack(_T_CLAIM, 0, key, attempts, at, int(lease) << 1)
     buf = _one(_T_CLAIM, 0, job_id)
     put_uvarint(buf, attempts)
     put_time(buf, at)
@@ -294,15 +302,19 @@ def encode_renew(job_id: str, expires: float) -> bytes:
     return bytes(buf)
 
 
-def encode_ack(job_id: str, keep: bool, at: float) -> bytes:
-    """``at`` (completed_at) is stored only when the record is kept: it is never seen else."""
+def encode_ack(job_id: str, keep: bool, at: float, key: bytes | None = None) -> bytes:
+    """``at`` (completed_at) is stored only when the record is kept: it is never seen else.
+
+    ``key`` may pass ``id_key(job_id)`` when the caller has it already.
+    """
     if keep:
         buf = _one(_T_ACK, F_KEEP, job_id)
         put_time(buf, at)
         return bytes(buf)
-    value = ids.decode(job_id)
-    if value is not None:
-        return _ACK_DROP + value.to_bytes(16, "big")
+    if key is None:
+        key = id_key(job_id)
+    if key is not None:
+        return _ACK_DROP + key
     return bytes(_one(_T_ACK, 0, job_id))
 
 

@@ -667,10 +667,11 @@ class Queue:
     def _claim_job_locked(self, job: Job, now: float, lease: float) -> Claim:
         attempts = job.attempts + 1
         job_id = job.id
-        self._commit_locked(ev.encode_claim(job_id, attempts, now, lease), self._state.on_claim,
-                            job_id, attempts, now, lease)
+        key = ev.id_key(job_id)
+        self._commit_locked(ev.encode_claim(job_id, attempts, now, lease, key),
+                            self._state.on_claim, job_id, attempts, now, lease)
         # The state computed the expiry as now + lease too: the same float.
-        claim = Claim(record=job.record(), lease_expires_at=now + lease, token=attempts)
+        claim = Claim._of(job.values(), now + lease, attempts, key)
         if job.cancel_requested:  # requested while a previous process held the job
             claim.cancel_requested.set()
         self._claims[job_id] = claim
@@ -686,8 +687,8 @@ class Queue:
             job_id = job.id
             keep = self._config(job.queue).keep_done is not None
             now = self._now()
-            ticket = self._commit_locked(ev.encode_ack(job_id, keep, now), self._state.on_ack,
-                                         job_id, keep, now)
+            ticket = self._commit_locked(ev.encode_ack(job_id, keep, now, claim._key),
+                                         self._state.on_ack, job_id, keep, now)
             del self._claims[job_id]
             if job_id in self._waiters:
                 # The job is done now: with keep, its record shows it (completed_at set).

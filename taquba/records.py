@@ -95,6 +95,19 @@ class WaitOutcome:
     record: JobRecord | None = None
 
 
+def record_of(values: tuple[Any, ...]) -> JobRecord:
+    """A :class:`JobRecord` from its field values in declaration order (headers copied)."""
+    (id, queue, payload, headers, status, attempts, max_attempts, priority, enqueued_at,
+     run_at, claimed_at, lease_expires_at, completed_at, failed_at, last_error, dedup_key,
+     cancel_requested) = values
+    return JobRecord(id=id, queue=queue, payload=payload, headers=dict(headers),
+                     status=status, attempts=attempts, max_attempts=max_attempts,
+                     priority=priority, enqueued_at=enqueued_at, run_at=run_at,
+                     claimed_at=claimed_at, lease_expires_at=lease_expires_at,
+                     completed_at=completed_at, failed_at=failed_at, last_error=last_error,
+                     dedup_key=dedup_key, cancel_requested=cancel_requested)
+
+
 _CANCEL_LOCK = threading.Lock()  # creates a claim's cancel_requested event only once
 
 
@@ -105,14 +118,38 @@ class Claim:
     (settled, reaped, cancelled, claimed again), settling this claim raises ``ClaimLost``.
     """
 
-    __slots__ = ("_cancel", "lease_expires_at", "record", "token")
+    __slots__ = ("_cancel", "_key", "_record", "_values", "lease_expires_at", "token")
 
     def __init__(self, *, record: JobRecord, lease_expires_at: float,
                  cancel_requested: threading.Event | None = None, token: Any = None) -> None:
-        self.record = record
+        self._record: JobRecord | None = record
+        self._values = (record.id, record.queue, record.payload, record.headers,
+                        record.status, record.attempts, record.max_attempts, record.priority)
+        self._key: bytes | None = None
         self.lease_expires_at = lease_expires_at
         self._cancel = cancel_requested
         self.token = token
+
+    @classmethod
+    def _of(cls, values: tuple[Any, ...], lease_expires_at: float, token: Any,
+            key: bytes | None) -> Claim:
+        """The queue's claims: the record is made from ``values`` when first asked for."""
+        claim = object.__new__(cls)
+        claim._record = None
+        claim._values = values
+        claim._key = key  # the id's binary form, for the ack's record
+        claim.lease_expires_at = lease_expires_at
+        claim._cancel = None
+        claim.token = token
+        return claim
+
+    @property
+    def record(self) -> JobRecord:
+        """The job as it was when claimed."""
+        record = self._record
+        if record is None:
+            record = self._record = record_of(self._values)
+        return record
 
     @property
     def cancel_requested(self) -> threading.Event:
@@ -127,15 +164,15 @@ class Claim:
 
     @property
     def id(self) -> str:
-        return self.record.id
+        return self._values[0]  # type: ignore[no-any-return]
 
     @property
     def queue(self) -> str:
-        return self.record.queue
+        return self._values[1]  # type: ignore[no-any-return]
 
     @property
     def payload(self) -> bytes:
-        return self.record.payload
+        return self._values[2]  # type: ignore[no-any-return]
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -143,11 +180,11 @@ class Claim:
 
     @property
     def attempts(self) -> int:
-        return self.record.attempts
+        return self._values[5]  # type: ignore[no-any-return]
 
     @property
     def priority(self) -> int:
-        return self.record.priority
+        return self._values[7]  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return (f"Claim(id={self.id!r}, queue={self.queue!r}, attempts={self.attempts}, "

@@ -32,11 +32,12 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import events as ev
 from . import snapshot as snap
 from .errors import CorruptionError
-from .records import JobRecord, JobStatus
+from .records import JobRecord, JobStatus, record_of
 
 PENDING = JobStatus.PENDING
 SCHEDULED = JobStatus.SCHEDULED
@@ -84,16 +85,15 @@ class Job:
         self.dedup_key = dedup_key
         self.cancel_requested = cancel_requested
 
+    def values(self) -> tuple[Any, ...]:
+        """The fields of this job's :class:`JobRecord`, in order (see ``record_of``)."""
+        return (self.id, self.queue, self.payload, self.headers, self.status, self.attempts,
+                self.max_attempts, self.priority, self.enqueued_at, self.run_at,
+                self.claimed_at, self.lease_expires_at, self.completed_at, self.failed_at,
+                self.last_error, self.dedup_key, self.cancel_requested)
+
     def record(self) -> JobRecord:
-        return JobRecord(
-            id=self.id, queue=self.queue, payload=self.payload, headers=dict(self.headers),
-            status=self.status, attempts=self.attempts, max_attempts=self.max_attempts,
-            priority=self.priority, enqueued_at=self.enqueued_at, run_at=self.run_at,
-            claimed_at=self.claimed_at, lease_expires_at=self.lease_expires_at,
-            completed_at=self.completed_at, failed_at=self.failed_at,
-            last_error=self.last_error, dedup_key=self.dedup_key,
-            cancel_requested=self.cancel_requested,
-        )
+        return record_of(self.values())
 
     def size(self) -> int:
         """This job's share of ``State.live_bytes``."""

@@ -174,6 +174,33 @@ def test_enqueue_claim_ack_round_trip(q: Queue, clock: ManualClock) -> None:
     assert q.stats(Q) == stats(q, done=1)
 
 
+def test_a_claims_record_is_the_job_as_claimed_whenever_it_is_read(
+        q: Queue, clock: ManualClock) -> None:
+    """The record is made on first use: reading it after the job moved on changes nothing."""
+    job_id = q.enqueue(Q, b"hello", headers={"trace": "t1"}, max_attempts=5)
+    first = claim(q, lease=10)
+    clock.advance(1)
+    q.nack(first, "boom")  # back to pending after a backoff; first's record is unread
+    clock.advance(3600)
+    q.promote_scheduled_now()
+    second = claim(q, lease=12)
+    q.ack(second)  # the job is gone: second's record is still unread
+    r = second.record
+    assert (r.id, r.queue, r.payload, dict(r.headers)) == (job_id, Q, b"hello", {"trace": "t1"})
+    assert (r.status, r.attempts, r.max_attempts, r.last_error, r.completed_at) == (
+        JobStatus.CLAIMED, 2, 5, "boom", None)
+    assert r.lease_expires_at == second.lease_expires_at == r.claimed_at + 12
+    assert second.record is r  # made once
+    r1 = first.record
+    assert (r1.status, r1.attempts, r1.last_error, r1.failed_at) == (
+        JobStatus.CLAIMED, 1, None, None)
+    assert (first.id, first.attempts, second.attempts, second.priority) == (
+        job_id, 1, 2, PRIORITY_NORMAL)
+    r.headers["trace"] = "changed"  # type: ignore[index]  # a copy: the claim keeps its own
+    assert dict(second.headers) == {"trace": "changed"}
+    assert dict(first.headers) == {"trace": "t1"}
+
+
 def test_payload_bytes_like_and_enqueue_with(q: Queue) -> None:
     a = q.enqueue(Q, bytearray(b"ba"))  # type: ignore[arg-type]
     b = q.enqueue(Q, memoryview(b"mv"))  # type: ignore[arg-type]
