@@ -115,7 +115,7 @@ def test_missing_peers_are_skipped_not_fatal(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
         [sys.executable, "-c", _HIDE_PEERS, "run", "--quick", "--only", "local",
-         "--payloads", "64", "--threads", "1", "--workdir", str(tmp_path / "work"),
+         "--payloads", "64", "--threads", "1,2", "--workdir", str(tmp_path / "work"),
          "--json", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": REPO})
@@ -126,6 +126,26 @@ def test_missing_peers_are_skipped_not_fatal(tmp_path):
     assert _positive(res["local"]["throughput"]["taquba/64/1"]["enqueue_ops"])
     vs_huey = [t for t in res["targets"] if "vs huey" in t["name"]]
     assert vs_huey and all(t["met"] is None for t in vs_huey)
+    assert {t["name"] for t in res["targets"] if "fsync limit" in t["name"]} == {
+        "enqueue 2 threads vs serial fsync limit (64 B)",
+        "enqueue 1 thread vs serial fsync limit (64 B)"}
+
+
+def test_a_run_of_one_thread_count_checks_only_its_own_targets():
+    from benchmarks.report import targets
+
+    def run(threads: list[int]) -> list[str]:
+        tp = {f"{s}/64/{t}": {"enqueue_ops": 9000.0, "drain_ops": 9000.0}
+              for s in ("taquba", "huey") for t in threads}
+        results = {"config": {"threads": threads, "payloads": [64]},
+                   "local": {"throughput": tp, "fsync": {"serial_fsync_limit_ops": 3000.0}}}
+        return [t["name"] for t in targets(results)]
+
+    assert run([8]) == ["enqueue 8 threads vs huey (64 B)",
+                        "enqueue 8 threads vs serial fsync limit (64 B)",
+                        "claim+ack 8 workers vs huey (64 B)"]
+    assert run([1]) == ["enqueue 1 thread vs serial fsync limit (64 B)"]
+    assert len(run([1, 8])) == 4
 
 
 def test_targets_flag_a_miss():
