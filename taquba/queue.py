@@ -346,20 +346,26 @@ class Queue:
             data = [_payload(p, "payload" if n == 1 else f"payloads[{i}]")
                     for i, p in enumerate(items)]
         cfg = self._config(queue)
-        priority, max_attempts = cfg.default_priority, cfg.max_attempts
         with self._lock:
-            self._check_open_locked()
-            state = self._state
-            now = self._now()
-            job_ids = self._ids.new_many(now, n)
-            if not state.jobs.keys().isdisjoint(job_ids):
-                job_ids = self._fresh_ids_locked(job_ids, now)
-            record = ev.encode_enqueue_plain(queue, now, job_ids, data, priority, max_attempts)
-            ticket = self._commit_locked(record, state.on_enqueue_plain, queue, now, job_ids,
-                                         data, priority, max_attempts)
-            self._wake_claimers_locked(queue, n)
+            job_ids, ticket = self._enqueue_plain_locked(queue, data, cfg.default_priority,
+                                                         cfg.max_attempts)
             self._wait_durable_locked(ticket)
         return job_ids
+
+    def _enqueue_plain_locked(self, queue: str, data: list[bytes], priority: int,
+                              max_attempts: int) -> tuple[list[str], int]:
+        """Jobs that differ only by payload, in one record: (their ids, the ticket)."""
+        self._check_open_locked()
+        state = self._state
+        now = self._now()
+        job_ids = self._ids.new_many(now, len(data))
+        if not state.jobs.keys().isdisjoint(job_ids):
+            job_ids = self._fresh_ids_locked(job_ids, now)
+        record = ev.encode_enqueue_plain(queue, now, job_ids, data, priority, max_attempts)
+        ticket = self._commit_locked(record, state.on_enqueue_plain, queue, now, job_ids,
+                                     data, priority, max_attempts)
+        self._wake_claimers_locked(queue, len(data))
+        return job_ids, ticket
 
     def _fresh_ids_locked(self, job_ids: list[str], now: float) -> list[str]:
         """``job_ids`` with those already in use (a caller's chosen ids) replaced."""
@@ -501,14 +507,27 @@ class Queue:
         try:
             with self._lock:
                 last = 0
-                for req in batch:
+                while taken < len(batch):
+                    # Plain enqueues of one queue in a row (no options beyond its defaults'
+                    # kind, no KV) share one record, as enqueue_batch's jobs do.
+                    group = self._plain_run(batch, taken)
                     try:
-                        job_id, new, req.ticket = self._enqueue_one_locked(*req.args)
-                        req.result = (job_id, new)
-                        last = max(last, req.ticket)
+                        if len(group) > 1:
+                            args = group[0].args
+                            job_ids, ticket = self._enqueue_plain_locked(
+                                args[0], [req.args[1] for req in group], args[3], args[4])
+                            for req, job_id in zip(group, job_ids):
+                                req.ticket = ticket
+                                req.result = (job_id, True)
+                        else:
+                            req = group[0]
+                            job_id, new, req.ticket = self._enqueue_one_locked(*req.args)
+                            req.result = (job_id, new)
+                        last = max(last, group[0].ticket)
                     except Exception as exc:
-                        req.error = exc
-                    taken += 1
+                        for req in group:
+                            req.error = exc
+                    taken += len(group)
                 if last:
                     started = time.monotonic()
                     try:
@@ -532,6 +551,25 @@ class Queue:
                     woken[0].wake.release()
                 except RuntimeError:
                     pass
+
+    @staticmethod
+    def _plain_run(batch: list[_Request], start: int) -> list[_Request]:
+        """The requests from ``start`` on that can share one plain record (at least one)."""
+        first = batch[start].args
+        queue, _, opts, priority, max_attempts, headers, dedup_key, kv = first
+        if headers or dedup_key is not None or kv or opts.job_id is not None \
+                or opts.run_at is not None or opts.delay:
+            return [batch[start]]
+        end = start + 1
+        while end < len(batch):
+            a = batch[end].args
+            o = a[2]
+            if a[0] != queue or a[3] != priority or a[4] != max_attempts or a[5] \
+                    or a[6] is not None or a[7] or o.job_id is not None \
+                    or o.run_at is not None or o.delay:
+                break
+            end += 1
+        return batch[start:end]
 
     def _enqueue_one_locked(self, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
                             max_attempts: int, headers: dict[str, str] | None,
