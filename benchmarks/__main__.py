@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_ints, help="thread counts (default 1,8)")
     r.add_argument("--latency-duration", type=float, help="seconds of steady load (default 10)")
     r.add_argument("--latency-rate", type=float, help="jobs/s of steady load (default 500)")
+    r.add_argument("--latency-reps", type=int,
+                   help="latency windows per system, taking turns; medians reported (default 3)")
     r.add_argument("--history-finished", type=int, help="finished jobs in the history store (100000)")
     r.add_argument("--history-pending", type=int, help="pending jobs in the history store (1000)")
     r.add_argument("--rss-pending", type=int, help="pending jobs for the RSS scenario (100000)")
@@ -84,6 +86,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "n": ns.n, "reps": ns.reps, "payloads": ns.payloads, "threads": ns.threads,
         "latency_duration": ns.latency_duration, "latency_rate": ns.latency_rate,
+        "latency_reps": ns.latency_reps,
         "history_finished": ns.history_finished, "history_pending": ns.history_pending,
         "rss_pending": ns.rss_pending, "obj_latency": ns.obj_latency,
         "obj_concurrency": ns.obj_concurrency, "idle_window": ns.idle_window,

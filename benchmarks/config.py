@@ -27,6 +27,7 @@ class Config:
     latency_rate: float = 500.0
     latency_duration: float = 10.0
     latency_workers: int = 4
+    latency_reps: int = 3
     # 3 + 6. history
     history_finished: int = 100_000
     history_pending: int = 1_000
@@ -51,7 +52,7 @@ class Config:
 
 QUICK = dict(
     quick=True, n=300, reps=1, fsync_samples=50, batch_size=200, batches=3,
-    latency_duration=0.6, history_finished=1_500, history_pending=50, history_claims=50,
+    latency_duration=0.6, latency_reps=1, history_finished=1_500, history_pending=50, history_claims=50,
     reopen_reps=1, rss_pending=1_000, obj_latency=0.002, obj_concurrency=(1, 10),
     obj_jobs={1: 10, 10: 60, 100: 200}, idle_window=1.0, idle_settle=0.3,
 )
