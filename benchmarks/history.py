@@ -2,12 +2,13 @@
 
 ``history_build`` (one child per system):
 
-1. a fresh store with ``claims`` pending jobs: time each ``claim`` (acking in between,
-   untimed) -> claim latency on a fresh store;
+1. a fresh store with ``claims`` pending jobs, kept open;
 2. a second store: enqueue ``finished - claims`` jobs and drain them with 8 workers
-   (claim+ack), then enqueue ``claims`` more and time each claim the same way -> claim
-   latency after ``finished`` jobs went through this process; finally enqueue ``pending``
-   jobs and close. That store (``finished`` done + ``pending`` pending) is kept.
+   (claim+ack), then enqueue ``claims`` more;
+3. time each ``claim`` (acking in between, untimed) on the two stores in alternating rounds
+   of ``claims / 10`` -> claim latency on a fresh store and after ``finished`` jobs, measured
+   at the same moments; finally enqueue ``pending`` jobs into the second store and close it.
+   That store (``finished`` done + ``pending`` pending) is kept.
 
 ``reopen`` (one fresh child per repetition, each on its own copy of the store as built):
 open the store and claim once; the open time, the first-claim time and the storage requests
@@ -38,6 +39,8 @@ from .common import (
     run_threads,
 )
 from .systems import System, commit_stats, open_system, request_counts
+
+CLAIM_ROUNDS = 10  # claims are timed on the fresh and the history store in turn
 
 
 def _timed_claims(s: System, count: int) -> list[float]:
@@ -77,46 +80,53 @@ def child_history_build(args: dict[str, Any]) -> dict[str, Any]:
     payload = make_payload(64)
     out: dict[str, Any] = {"system": system, "finished": finished, "pending": pending}
 
+    # The fresh store stays open while the history is built; then claims are timed on the
+    # two stores in alternating rounds, so that both are measured at the same moments (the
+    # machine's speed drifts over the minute the history takes to build).
     fresh = fresh_dir(args["workdir"], f"fresh-{system}")
+    f = open_system(system, fresh, durable=False)
     try:
-        s = open_system(system, fresh, durable=False)
+        f.enqueue_many([payload] * claims)
+        f.set_durable(True)
+        d = args["dir"]
+        s = open_system(system, d, durable=False)
         try:
+            t0 = time.perf_counter()
+            chunk = 10_000
+            left = finished - claims
+            while left > 0:
+                k = min(chunk, left)
+                s.enqueue_many([payload] * k)
+                left -= k
+            t1 = time.perf_counter()
+            drained = _drain(s, 8)
+            t2 = time.perf_counter()
+            if drained != finished - claims:
+                raise BenchError(f"{system}: drained {drained} of {finished - claims}")
+            out["build_enqueue_s"] = t1 - t0
+            out["build_drain_s"] = t2 - t1
+            out["build_drain_ops"] = drained / (t2 - t1) if t2 > t1 else None
             s.enqueue_many([payload] * claims)
             s.set_durable(True)
-            out["fresh_claim"] = _summary(_timed_claims(s, claims))
+            fresh_lat: list[float] = []
+            history_lat: list[float] = []
+            rounds = min(CLAIM_ROUNDS, claims)
+            for r in range(rounds):
+                n = claims // rounds + (r < claims % rounds)
+                fresh_lat += _timed_claims(f, n)
+                history_lat += _timed_claims(s, n)
+            out["fresh_claim"] = _summary(fresh_lat)
+            out["history_claim"] = _summary(history_lat)
+            s.enqueue_many([payload] * pending)
+            if system == "taquba":
+                q = s.q  # type: ignore[attr-defined]
+                out["requests"] = request_counts(q)
+                out["commit_stats"] = commit_stats(q)
         finally:
             s.close()
     finally:
+        f.close()
         remove_dir(fresh)
-
-    d = args["dir"]
-    s = open_system(system, d, durable=False)
-    try:
-        t0 = time.perf_counter()
-        chunk = 10_000
-        left = finished - claims
-        while left > 0:
-            k = min(chunk, left)
-            s.enqueue_many([payload] * k)
-            left -= k
-        t1 = time.perf_counter()
-        drained = _drain(s, 8)
-        t2 = time.perf_counter()
-        if drained != finished - claims:
-            raise BenchError(f"{system}: drained {drained} of {finished - claims}")
-        out["build_enqueue_s"] = t1 - t0
-        out["build_drain_s"] = t2 - t1
-        out["build_drain_ops"] = drained / (t2 - t1) if t2 > t1 else None
-        s.enqueue_many([payload] * claims)
-        s.set_durable(True)
-        out["history_claim"] = _summary(_timed_claims(s, claims))
-        s.enqueue_many([payload] * pending)
-        if system == "taquba":
-            q = s.q  # type: ignore[attr-defined]
-            out["requests"] = request_counts(q)
-            out["commit_stats"] = commit_stats(q)
-    finally:
-        s.close()
     out["store_bytes"], out["store_files"] = dir_size(d)
     out["peak_rss"] = peak_rss_bytes()
     return out
