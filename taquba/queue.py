@@ -553,22 +553,22 @@ class Queue:
                     pass
 
     @staticmethod
-    def _plain_run(batch: list[_Request], start: int) -> list[_Request]:
-        """The requests from ``start`` on that can share one plain record (at least one)."""
-        first = batch[start].args
-        queue, _, opts, priority, max_attempts, headers, dedup_key, kv = first
+    def _plain_key(args: tuple[Any, ...]) -> tuple[str, int, int] | None:
+        """(queue, priority, max attempts) of a plain enqueue's ``args``, else None."""
+        queue, _, opts, priority, max_attempts, headers, dedup_key, kv = args
         if headers or dedup_key is not None or kv or opts.job_id is not None \
                 or opts.run_at is not None or opts.delay:
-            return [batch[start]]
+            return None
+        return queue, priority, max_attempts
+
+    @classmethod
+    def _plain_run(cls, batch: list[_Request], start: int) -> list[_Request]:
+        """The requests from ``start`` on that can share one plain record (at least one)."""
+        key = cls._plain_key(batch[start].args)
         end = start + 1
-        while end < len(batch):
-            a = batch[end].args
-            o = a[2]
-            if a[0] != queue or a[3] != priority or a[4] != max_attempts or a[5] \
-                    or a[6] is not None or a[7] or o.job_id is not None \
-                    or o.run_at is not None or o.delay:
-                break
-            end += 1
+        if key is not None:
+            while end < len(batch) and cls._plain_key(batch[end].args) == key:
+                end += 1
         return batch[start:end]
 
     def _enqueue_one_locked(self, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
