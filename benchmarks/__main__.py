@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--latency-duration", type=float, help="seconds of steady load (default 10)")
     r.add_argument("--latency-rate", type=float, help="jobs/s of steady load (default 500)")
     r.add_argument("--latency-reps", type=int,
-                   help="latency windows per system, taking turns; medians reported (default 3)")
+                   help="latency windows per system, taking turns; medians reported (default 5)")
     r.add_argument("--history-finished", type=int, help="finished jobs in the history store (100000)")
     r.add_argument("--history-pending", type=int, help="pending jobs in the history store (1000)")
     r.add_argument("--rss-pending", type=int, help="pending jobs for the RSS scenario (100000)")

@@ -27,7 +27,7 @@ class Config:
     latency_rate: float = 500.0
     latency_duration: float = 10.0
     latency_workers: int = 4
-    latency_reps: int = 3
+    latency_reps: int = 5
     # 3 + 6. history
     history_finished: int = 100_000
     history_pending: int = 1_000

@@ -114,15 +114,18 @@ def child_latency(args: dict[str, Any]) -> dict[str, Any]:
 def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     # Systems take turns, window by window, and each figure is the median over the windows:
     # a stall of the machine (tens to hundreds of ms, seen here) then decides one window of
-    # one system, not the comparison.
+    # one system, not the comparison. The order rotates from one round to the next, so no
+    # system always follows the same one.
     runs: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
     reps = getattr(cfg, "latency_reps", 1)
     for rep in range(reps):
-        for system in systems:
+        for k in range(len(systems)):
+            system = systems[(rep + k) % len(systems)]
             r = run_child("latency", {"system": system, "rate": cfg.latency_rate,
                                       "duration": cfg.latency_duration,
                                       "workers": cfg.latency_workers, "payload": 64,
                                       "workdir": cfg.workdir})
+            r["round"] = rep + 1
             runs[system].append(r)
             log(f"  {system:13s} window {rep + 1}: {r['jobs']} jobs at "
                 f"{r['achieved_rate']:.0f}/s: pickup p50 {r['pickup_p50_ms']:.2f} ms p99 "
@@ -131,9 +134,28 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for system, rs in runs.items():
         out = dict(rs[0])
+        out.pop("round", None)
         for key in ("achieved_rate", "late_sends", "pickup_p50_ms", "pickup_p99_ms",
                     "pickup_max_ms", "done_p50_ms", "done_p99_ms", "done_max_ms"):
             out[key] = median([r[key] for r in rs])
         out["windows"] = rs
         res[system] = out
     return res
+
+
+def rounds_won(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
+               ) -> tuple[int, int] | None:
+    """(rounds in which ``system``'s ``key`` was lower than ``peer``'s, rounds compared).
+
+    The windows of one round ran back to back, so they saw much the same machine: a
+    comparison round by round shows whether a median was decided by one noisy stretch.
+    """
+    a, b = res.get(system), res.get(peer)
+    if not a or not b:
+        return None
+    theirs = {w.get("round"): w[key] for w in b.get("windows", [])}
+    pairs = [(w[key], theirs[w.get("round")]) for w in a.get("windows", [])
+             if w.get("round") in theirs]
+    if not pairs:
+        return None
+    return sum(1 for x, y in pairs if x < y), len(pairs)

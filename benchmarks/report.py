@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from .common import fs_type
+from .latency import rounds_won
 from .systems import ALL_SYSTEMS, version_of
 
 
@@ -169,6 +170,12 @@ def render(results: dict[str, Any]) -> str:
                              _f(r["done_p99_ms"], 2), _f(r["done_max_ms"], 1), each or "-"])
         lines += _table(["system", "sent/s", "pickup p50 ms", "pickup p99 ms", "done p50 ms",
                          "done p99 ms", "done max ms", "done p99 of each window ms"], rows)
+        for peer in systems:
+            won = rounds_won(lat, "taquba", peer)
+            if peer != "taquba" and won is not None and won[1] > 1:
+                lines.append("")
+                lines.append(f"Round by round, taquba's done p99 was lower than {peer}'s in "
+                             f"{won[0]} of {won[1]} rounds.")
         lines.append("")
 
     hist = results.get("history")
@@ -301,7 +308,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             t = _t(f"latency p99 ({kind}) at {cfg.get('latency_rate', 0):.0f}/s vs huey",
                    _ratio(a, b), "<=", 1.0, "{:.2f}x", "<= 1x (no worse)")
             if b is not None:
-                t["measured"] += f" ({a:.2f} vs {b:.2f} ms)"
+                t["measured"] += f" ({a:.2f} vs {b:.2f} ms"
+                won = rounds_won(lat, "taquba", "huey", f"{kind}_p99_ms")
+                if won is not None and won[1] > 1:
+                    t["measured"] += f"; lower in {won[0]} of {won[1]} rounds"
+                t["measured"] += ")"
             out.append(t)
     hist = (results.get("history") or {}).get("taquba")
     if hist:

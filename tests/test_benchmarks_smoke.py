@@ -171,6 +171,37 @@ def test_targets_flag_a_miss():
     assert "MISSED" in report.render({"config": results["config"], "targets": list(by_name.values())})
 
 
+def test_latency_rounds_take_turns_and_are_compared_round_by_round(monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import latency
+
+    order = []
+    p99 = {"taquba": [1.0, 9.0, 1.0], "huey": [2.0, 2.0, 2.0]}
+
+    def fake_child(kind, args):
+        system = args["system"]
+        order.append(system)
+        v = p99[system][sum(1 for s in order if s == system) - 1]
+        return {"system": system, "jobs": 10, "achieved_rate": 500.0, "late_sends": 0,
+                "pickup_p50_ms": v, "pickup_p99_ms": v, "pickup_max_ms": v,
+                "done_p50_ms": v, "done_p99_ms": v, "done_max_ms": v}
+
+    monkeypatch.setattr(latency, "run_child", fake_child)
+    cfg = SimpleNamespace(latency_rate=500.0, latency_duration=1.0, latency_workers=4,
+                          latency_reps=3, workdir="unused")
+    res = latency.run(cfg, ["taquba", "huey"], lambda msg: None)
+    assert order == ["taquba", "huey", "huey", "taquba", "taquba", "huey"]
+    assert res["taquba"]["done_p99_ms"] == 1.0 and res["huey"]["done_p99_ms"] == 2.0
+    assert latency.rounds_won(res, "taquba", "huey") == (2, 3)
+    assert latency.rounds_won(res, "huey", "taquba") == (1, 3)
+    assert latency.rounds_won(res, "taquba", "persist-queue") is None
+    target = next(t for t in report.targets({"config": {"latency_rate": 500.0},
+                                             "latency": res})
+                  if t["name"].startswith("latency p99 (done)"))
+    assert target["met"] is True and "lower in 2 of 3 rounds" in target["measured"]
+
+
 def test_latency_filesystem_delays_and_counts():
     fs = LatencyFileSystem(latency=0.01)
     t0 = time.perf_counter()
