@@ -163,14 +163,50 @@ def emit(result: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time counters (``/proc/stat``, all CPUs), or None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            first = f.readline().split()
+    except OSError:
+        return None
+    if not first or first[0] != "cpu":
+        return None
+    return [int(x) for x in first[1:]]
+
+
+def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Share of CPU time (%) the hypervisor gave to others between two ``cpu_times()``.
+
+    Steal is the 8th counter of ``/proc/stat``; guest time is already counted in user time,
+    so the 9th and 10th counters are left out of the total.
+    """
+    if before is None or after is None or len(before) < 8 or len(after) < 8:
+        return None
+    total = sum(after[:8]) - sum(before[:8])
+    return 100.0 * (after[7] - before[7]) / total if total > 0 else None
+
+
+def steal_note(result: dict[str, Any]) -> str:
+    """``"  steal 3.1%"`` for a log line, or nothing when none was measured."""
+    pct = result.get("steal_pct")
+    return f"  steal {pct:.1f}%" if pct else ""
+
+
 def run_child(scenario: str, args: dict[str, Any], *, timeout: float = 600.0,
-              env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``python -m benchmarks child SCENARIO JSON`` and return its result dict."""
+              env: dict[str, str] | None = None, steal: bool = False) -> dict[str, Any]:
+    """Run ``python -m benchmarks child SCENARIO JSON`` and return its result dict.
+
+    With ``steal``, the result gets ``steal_pct``: the share of CPU time the hypervisor gave
+    to other guests while the child ran (None where the machine does not say), a sign of a
+    noisy run.
+    """
     cmd = [sys.executable, "-m", "benchmarks", "child", scenario, json.dumps(args)]
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = REPO_DIR + os.pathsep + full_env.get("PYTHONPATH", "")
     if env:
         full_env.update(env)
+    before = cpu_times()
     try:
         proc = subprocess.run(cmd, cwd=REPO_DIR, env=full_env, capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -181,6 +217,8 @@ def run_child(scenario: str, args: dict[str, Any], *, timeout: float = 600.0,
             result: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
             if proc.returncode != 0:
                 raise BenchError(f"{scenario} exited {proc.returncode}: {proc.stderr[-2000:]}")
+            if steal:
+                result["steal_pct"] = steal_pct(before, cpu_times())
             return result
     raise BenchError(f"{scenario} {args} exited {proc.returncode} without a result:\n"
                      f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")

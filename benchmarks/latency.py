@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any
 
-from .common import BenchError, fresh_dir, median, percentile, remove_dir, run_child
+from .common import BenchError, fresh_dir, median, percentile, remove_dir, run_child, steal_note
 from .systems import open_system
 
 _HEAD = struct.Struct("<Q")
@@ -124,13 +124,13 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
             r = run_child("latency", {"system": system, "rate": cfg.latency_rate,
                                       "duration": cfg.latency_duration,
                                       "workers": cfg.latency_workers, "payload": 64,
-                                      "workdir": cfg.workdir})
+                                      "workdir": cfg.workdir}, steal=True)
             r["round"] = rep + 1
             runs[system].append(r)
             log(f"  {system:13s} window {rep + 1}: {r['jobs']} jobs at "
                 f"{r['achieved_rate']:.0f}/s: pickup p50 {r['pickup_p50_ms']:.2f} ms p99 "
                 f"{r['pickup_p99_ms']:.2f} ms; done p50 {r['done_p50_ms']:.2f} ms p99 "
-                f"{r['done_p99_ms']:.2f} ms max {r['done_max_ms']:.1f} ms")
+                f"{r['done_p99_ms']:.2f} ms max {r['done_max_ms']:.1f} ms{steal_note(r)}")
     res: dict[str, Any] = {}
     for system, rs in runs.items():
         out = dict(rs[0])

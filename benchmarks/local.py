@@ -25,6 +25,7 @@ from .common import (
     run_child,
     run_threads,
     split,
+    steal_note,
 )
 from .systems import open_system
 
@@ -181,10 +182,11 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
                 for system in systems:
                     r = run_child("throughput", {"system": system, "payload": size,
                                                  "threads": threads, "n": cfg.n,
-                                                 "workdir": cfg.workdir})
+                                                 "workdir": cfg.workdir}, steal=True)
                     runs[system].append(r)
                     log(f"  {system:13s} {size:5d} B x{threads} rep {rep + 1}: enqueue "
-                        f"{r['enqueue_ops']:8.0f}/s  drain {r['drain_ops']:8.0f}/s")
+                        f"{r['enqueue_ops']:8.0f}/s  drain {r['drain_ops']:8.0f}/s"
+                        f"{steal_note(r)}")
             for system in systems:
                 table[f"{system}/{size}/{threads}"] = {
                     "system": system, "payload": size, "threads": threads, "n": cfg.n,

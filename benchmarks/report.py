@@ -91,6 +91,27 @@ def _ratio(a: Any, b: Any) -> float | None:
     return float(a) / float(b)
 
 
+def steal_summary(results: dict[str, Any]) -> str | None:
+    """One line on the hypervisor's steal during the timed runs (local and latency)."""
+    seen: list[tuple[float, str]] = []
+    for key, r in ((results.get("local") or {}).get("throughput") or {}).items():
+        for i, run in enumerate(r.get("runs", [])):
+            if run.get("steal_pct") is not None:
+                seen.append((run["steal_pct"], f"{key} rep {i + 1}"))
+    for system, r in (results.get("latency") or {}).items():
+        for i, w in enumerate(r.get("windows", [])):
+            if w.get("steal_pct") is not None:
+                seen.append((w["steal_pct"], f"latency {system} window {i + 1}"))
+    if not seen:
+        return None
+    seen.sort()
+    worst = seen[-1]
+    noisy = sum(1 for pct, _ in seen if pct >= 1.0)
+    return (f"CPU steal (time the hypervisor gave to other guests) per timed child process: "
+            f"median {seen[len(seen) // 2][0]:.1f}%, max {worst[0]:.1f}% ({worst[1]}); "
+            f"{noisy} of {len(seen)} at 1% or more")
+
+
 def render(results: dict[str, Any]) -> str:
     lines: list[str] = []
     m = results.get("machine", {})
@@ -109,6 +130,9 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"Load average (1/5/15 min) at start {_loads(m['loadavg_start'])}, at end "
                      f"{_loads(results.get('loadavg_end'))}; run took "
                      f"{results.get('duration_s', 0):.0f} s")
+    steal = steal_summary(results)
+    if steal:
+        lines.append(steal)
     if results.get("skipped"):
         lines.append("Skipped: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items()))
     lines.append("")

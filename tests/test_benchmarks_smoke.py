@@ -53,6 +53,11 @@ def test_taquba_scenarios_quick(tmp_path):
     for b in local["batch"].values():
         assert _positive(b["jobs_per_s"])
 
+    steal = [run["steal_pct"] for r in local["throughput"].values() for run in r["runs"]]
+    if sys.platform.startswith("linux"):
+        assert all(isinstance(x, float) and 0.0 <= x <= 100.0 for x in steal)
+        assert "CPU steal" in table
+
     lat = res["latency"]["taquba"]
     assert lat["jobs"] > 0 and lat["pickup_p50_ms"] <= lat["pickup_p99_ms"]
     assert 0 <= lat["pickup_p99_ms"] <= lat["done_p99_ms"] + 1e-6
@@ -179,7 +184,7 @@ def test_latency_rounds_take_turns_and_are_compared_round_by_round(monkeypatch):
     order = []
     p99 = {"taquba": [1.0, 9.0, 1.0], "huey": [2.0, 2.0, 2.0]}
 
-    def fake_child(kind, args):
+    def fake_child(kind, args, steal=False):
         system = args["system"]
         order.append(system)
         v = p99[system][sum(1 for s in order if s == system) - 1]
@@ -200,6 +205,28 @@ def test_latency_rounds_take_turns_and_are_compared_round_by_round(monkeypatch):
                                              "latency": res})
                   if t["name"].startswith("latency p99 (done)"))
     assert target["met"] is True and "lower in 2 of 3 rounds" in target["measured"]
+
+
+def test_steal_is_the_share_of_cpu_time_given_away():
+    from benchmarks.common import steal_pct
+    from benchmarks.report import steal_summary
+
+    before = [100, 0, 50, 800, 10, 0, 5, 35, 0, 0]
+    after = [160, 0, 70, 1500, 20, 0, 5, 45, 0, 0]  # 800 ticks in all, 10 of them stolen
+    assert steal_pct(before, after) == 100.0 * 10 / 800
+    assert steal_pct(None, after) is None and steal_pct(before, before) is None
+
+    def runs(*pcts):
+        return [{"steal_pct": p} for p in pcts]
+
+    results = {"local": {"throughput": {"taquba/64/8": {"runs": runs(0.1, 4.0, 0.2)},
+                                        "huey/64/8": {"runs": runs(0.0, 0.3, 1.0)}}},
+               "latency": {"taquba": {"windows": runs(0.2, None)}}}
+    line = steal_summary(results)
+    assert line is not None
+    assert "median 0.2%" in line and "max 4.0% (taquba/64/8 rep 2)" in line
+    assert "2 of 7 at 1% or more" in line
+    assert steal_summary({"local": {"throughput": {}}}) is None
 
 
 def test_latency_filesystem_delays_and_counts():
