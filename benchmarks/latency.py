@@ -143,19 +143,39 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     return res
 
 
+def round_pairs(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
+                ) -> list[tuple[float, float]]:
+    """(``system``'s ``key``, ``peer``'s ``key``) for each round both ran a window in.
+
+    The windows of one round ran back to back, so they saw much the same machine.
+    """
+    a, b = res.get(system), res.get(peer)
+    if not a or not b:
+        return []
+    theirs = {w.get("round"): w[key] for w in b.get("windows", [])}
+    return [(w[key], theirs[w.get("round")]) for w in a.get("windows", [])
+            if w.get("round") in theirs]
+
+
 def rounds_won(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
                ) -> tuple[int, int] | None:
     """(rounds in which ``system``'s ``key`` was lower than ``peer``'s, rounds compared).
 
-    The windows of one round ran back to back, so they saw much the same machine: a
-    comparison round by round shows whether a median was decided by one noisy stretch.
+    Shows whether a median was decided by one noisy stretch of the machine.
     """
-    a, b = res.get(system), res.get(peer)
-    if not a or not b:
-        return None
-    theirs = {w.get("round"): w[key] for w in b.get("windows", [])}
-    pairs = [(w[key], theirs[w.get("round")]) for w in a.get("windows", [])
-             if w.get("round") in theirs]
+    pairs = round_pairs(res, system, peer, key)
     if not pairs:
         return None
     return sum(1 for x, y in pairs if x < y), len(pairs)
+
+
+def round_ratio(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
+                ) -> float | None:
+    """The median, over rounds, of ``system``'s ``key`` divided by ``peer``'s.
+
+    A stall of the machine inflates the windows it hits; compared within rounds, it
+    decides the ratio of one round, where a ratio of medians can swing on which system's
+    windows the stalls happened to hit.
+    """
+    ratios = [x / y for x, y in round_pairs(res, system, peer, key) if y > 0]
+    return median(ratios) if ratios else None
