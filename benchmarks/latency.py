@@ -152,9 +152,11 @@ def round_pairs(res: dict[str, Any], system: str, peer: str, key: str = "done_p9
     a, b = res.get(system), res.get(peer)
     if not a or not b:
         return []
-    theirs = {w.get("round"): w[key] for w in b.get("windows", [])}
-    return [(w[key], theirs[w.get("round")]) for w in a.get("windows", [])
-            if w.get("round") in theirs]
+    # Windows of files written before rounds were recorded took turns too: the k-th window
+    # of every system ran in round k.
+    theirs = {w.get("round", k + 1): w[key] for k, w in enumerate(b.get("windows", []))}
+    ours = {w.get("round", k + 1): w[key] for k, w in enumerate(a.get("windows", []))}
+    return [(x, theirs[r]) for r, x in sorted(ours.items()) if r in theirs]
 
 
 def rounds_won(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
