@@ -9,7 +9,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from .common import fs_type
+from .common import fs_type, median
 from .latency import round_ratio, rounds_won
 from .systems import ALL_SYSTEMS, version_of
 
@@ -104,11 +104,10 @@ def steal_summary(results: dict[str, Any]) -> str | None:
                 seen.append((w["steal_pct"], f"latency {system} window {i + 1}"))
     if not seen:
         return None
-    seen.sort()
-    worst = seen[-1]
+    worst = max(seen)
     noisy = sum(1 for pct, _ in seen if pct >= 1.0)
     return (f"CPU steal (time the hypervisor gave to other guests) per timed child process: "
-            f"median {seen[len(seen) // 2][0]:.1f}%, max {worst[0]:.1f}% ({worst[1]}); "
+            f"median {median([pct for pct, _ in seen]):.1f}%, max {worst[0]:.1f}% ({worst[1]}); "
             f"{noisy} of {len(seen)} at 1% or more")
 
 
@@ -327,19 +326,19 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     lat = results.get("latency") or {}
     if "taquba" in lat:
         for kind in ("pickup", "done"):
-            a = lat["taquba"][f"{kind}_p99_ms"]
-            b = (lat.get("huey") or {}).get(f"{kind}_p99_ms")
             key = f"{kind}_p99_ms"
+            a = lat["taquba"][key]
+            b = (lat.get("huey") or {}).get(key)
             won = rounds_won(lat, "taquba", "huey", key)
-            paired = won is not None and won[1] > 1
             # With several rounds, the ratio is taken within each round (see round_ratio).
+            paired = won if won is not None and won[1] > 1 else None
             value = round_ratio(lat, "taquba", "huey", key) if paired else _ratio(a, b)
             t = _t(f"latency p99 ({kind}) at {cfg.get('latency_rate', 0):.0f}/s vs huey",
                    value, "<=", 1.0, "{:.2f}x", "<= 1x (no worse)")
             if b is not None and t["value"] is not None:
-                if paired and won is not None:
-                    t["measured"] += (f" (median of {won[1]} rounds' ratios; medians "
-                                      f"{a:.2f} vs {b:.2f} ms; lower in {won[0]} rounds)")
+                if paired:
+                    t["measured"] += (f" (median of {paired[1]} rounds' ratios; medians "
+                                      f"{a:.2f} vs {b:.2f} ms; lower in {paired[0]} rounds)")
                 else:
                     t["measured"] += f" ({a:.2f} vs {b:.2f} ms)"
             out.append(t)
