@@ -1,46 +1,47 @@
 """Group commit: one write at a time, each carrying every record pending when it starts.
 
-Callers append records to a pending batch under the shared lock and, for calls with a
-durability promise, wait. A writer takes the whole pending batch, writes it (one segment, or
-one appended block) outside the lock, then advances the durable sequence and wakes the
-waiters. While one write is in flight the next batch accumulates, so the records per write
-grow with the number of concurrent callers.
-
-Who writes depends on what a write costs:
-
-- **Object storage** (a PUT takes milliseconds): the ``taquba-committer`` thread does every
-  write; handing a batch to it costs nothing next to the PUT.
-- **Local disk with appended segments** (a write is one ``fdatasync``, a fraction of a
-  millisecond): handing the batch to a thread and waking the caller again would cost about
-  as much as the write itself, so a waiting caller that finds no write in flight writes the
-  batch itself (*inline*), then wakes the others. The thread still writes records nobody
-  waits for (a ``claim``'s), but only after a short grace period in which a caller is
-  likely to take them along, and it writes checkpoints, so no caller waits behind one.
-  Callers do not wake the thread for each record: while records keep coming it looks for
-  such records every few milliseconds, and it sleeps for good once they stop.
-
-On a small machine the cost to beat is the thread switch, not the write: waking a thread
-and handing it the GIL takes tens of microseconds. So a caller sleeps at most once per call,
-a woken caller returns without taking the lock again, and the callers a write releases are
-woken one after another rather than all at once (see "sleeping and waking" below).
+Callers submit records under the shared lock and get the :class:`Batch` their record is in:
+a Future-like ticket that is resolved when the batch is durable (or has failed). A writer
+takes the oldest pending batch, writes it (one segment, or one appended block) outside the
+lock, then resolves it. While one write is in flight the next batch fills, so the records
+per write grow with the number of concurrent callers.
 
 Invariants:
 
-- A waiter returns only once the durable sequence has passed its record.
-- Records become durable in the order they were submitted (segments are contiguous).
-- If a segment cannot be written, the committer stops for good: the waiters of that batch and
-  of everything still pending raise (a ``StorageError`` of the failure's kind, or
-  ``FencedError``), and every later call raises ``QueueBroken``. Nothing durable is lost.
-- A checkpoint snapshot is taken under the lock at the moment a batch is taken whole, so it
+- A waiter returns only once the batch holding its record is durable.
+- Records become durable in the order they were submitted (batches are written in order,
+  and segments are contiguous).
+- One broken state: if a write fails, the committer stops for good. Every pending batch is
+  failed at once, every waiter raises (a ``StorageError`` of the failure's kind, or
+  ``FencedError``), and every later call raises ``QueueBroken``
+  (:meth:`Committer.check_usable_locked`). Nothing durable is lost.
+- A checkpoint snapshot is taken under the lock when the last pending batch is taken, so it
   describes exactly the state after that batch's segment.
-- Gathering: when a PUT returns, the callers it releases come straight back with their next
-  records while the other half of the callers is already pending. Taking the batch at once
-  would split the callers into two alternating half-size batches, so the committer waits
-  briefly (at most a quarter of the last write's duration, and never more than 5 ms) for
-  as many records as the last batch and the pending ones together. A lone caller never
-  waits.
 - Whatever goes wrong in a write (even the snapshot callable raising) breaks the handle and
-  wakes every waiter: nobody waits forever on a writer that has died.
+  fails every waiter: nobody waits forever on a writer that has died.
+
+Who writes depends on what a write costs:
+
+- **Object storage** (a PUT takes milliseconds): the ``taquba-committer`` thread writes
+  every batch; handing a batch to it costs nothing next to the PUT.
+- **Local disk with appended segments** (a write is one ``fdatasync``): handing the batch to
+  a thread and waking the caller again would cost as much as the write, so a waiting caller
+  that finds no write in flight writes the oldest batch itself (*inline*); when it is done,
+  one waiter of the next batch is nudged to write that one. The thread writes only what
+  nobody takes within ``INLINE_GRACE`` of the batch's first record (a ``claim``'s record
+  has no waiter), and the checkpoints, so no caller waits behind one. Its timed waits are
+  the deadlines of pending batches; while records keep coming it stays awake one grace
+  period past the last batch instead of being woken for each new one (a wake-up per call
+  would cost as much as the call), and it sleeps untimed once they stop.
+
+Gathering: when a write returns, the callers it releases come straight back with their next
+records while the others are already pending. Taking the batch at once would split the
+callers into two alternating half-size batches, so the writer waits briefly (a quarter of
+the last write's duration, at most ``MAX_LINGER``) for as many records as the last batch
+and the pending ones together. A lone caller never waits.
+
+Waking: a resolved batch wakes its first waiter, and each waiter wakes the next as it
+returns, so the woken callers do not all compete for the interpreter at once.
 """
 
 from __future__ import annotations
@@ -48,11 +49,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from _thread import allocate_lock
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from .errors import FencedError, QueueBroken, QueueClosed, StorageError
 from .log import Log
@@ -61,8 +60,7 @@ logger = logging.getLogger("taquba.committer")
 
 LINGER_FRACTION = 0.25
 MAX_LINGER = 0.005
-INLINE_GRACE = 0.001  # how long the thread leaves unwaited records to an inline writer
-INLINE_POLL = 0.01  # how often it looks for them while records keep coming
+INLINE_GRACE = 0.005  # how long the thread leaves a batch nobody waits for to a caller
 
 
 @dataclass
@@ -74,11 +72,74 @@ class CommitStats:
     checkpoint_failures: int = 0
 
 
+class Batch:
+    """The records of one write, and a ticket for their durability (like a ``Future``).
+
+    :meth:`wait` returns True once the batch is durable and raises once it has failed;
+    :meth:`set_result` and :meth:`set_exception` resolve it, once.
+    """
+
+    __slots__ = ("_cond", "_done", "_error", "_nudged", "nbytes", "opened", "records")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._done = False
+        self._error: BaseException | None = None
+        self._nudged = False
+        self.records: list[bytes] = []
+        self.nbytes = 0
+        self.opened = 0.0  # monotonic time of its first record
+
+    def done(self) -> bool:
+        return self._done
+
+    def error(self) -> BaseException | None:
+        """The failure that lost this batch, or None."""
+        return self._error
+
+    def set_result(self) -> None:
+        """Mark the batch durable and wake its waiters (one by one: see :meth:`wait`)."""
+        with self._cond:
+            self._done = True
+            self._cond.notify()
+
+    def set_exception(self, exc: BaseException) -> None:
+        """Mark the batch lost to ``exc`` and wake its waiters."""
+        with self._cond:
+            self._error = exc
+            self._done = True
+            self._cond.notify()
+
+    def nudge(self) -> None:
+        """Wake one waiter, or the next to wait, without resolving: it is to write the batch."""
+        with self._cond:
+            if not self._done:
+                self._nudged = True
+                self._cond.notify()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the batch is resolved, ``timeout`` passes, or a nudge comes.
+
+        Returns whether it is resolved (look at :meth:`error`). A waiter that returns
+        resolved wakes the next one.
+        """
+        with self._cond:
+            if not self._done and not self._nudged:
+                self._cond.wait(timeout)
+            if self._done:
+                self._cond.notify()
+                return True
+            self._nudged = False
+            return False
+
+
 class Committer:
     """Drives one :class:`Log`: inline writers and a thread named ``taquba-committer``.
 
-    ``inline`` (default: whether the log appends, i.e. local disk) lets waiting callers write
-    batches themselves; see the module docstring.
+    ``lock`` is the caller's state lock (one is made if none is given): records are
+    submitted under it, in the order the caller applies them. ``snapshot`` (called under the
+    lock) and ``live_bytes`` enable checkpoints; ``inline`` (default: whether the log
+    appends, i.e. local disk) lets waiting callers write batches themselves.
     """
 
     def __init__(self, log: Log, *, lock: threading.Lock | None = None,
@@ -87,92 +148,138 @@ class Committer:
                  live_bytes: Callable[[], int] | None = None) -> None:
         self.log = log
         self.lock = lock if lock is not None else threading.Lock()
-        self._work = threading.Condition(self.lock)
-        # Waiters sleep in the gate of their own batch, so a finished write wakes only the
-        # callers it made durable: the records pending now (``_next``) or in flight.
-        self._next: deque[Any] = deque()
-        self._in_flight: deque[Any] = deque()
-        self._spare: deque[Any] = deque()  # becomes _next at the next write
-        self._ready: deque[Any] = deque()  # durable callers still asleep: see _sleep
-        self._gathered = threading.Condition(self.lock)  # an inline writer's gathering
+        self._work = threading.Condition(self.lock)  # wakes the thread
+        self._gathered = threading.Condition(self.lock)  # wakes an inline writer gathering
         self._snapshot = snapshot
-        self._live_bytes = live_bytes  # estimate of the snapshot's size (Log.checkpoint_due)
-        self._batch_live = 0
+        self._live_bytes = live_bytes
         self.max_batch_bytes = max_batch_bytes
         self.inline = bool(log.segment_max_bytes) if inline is None else inline
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
-        self._submitted = 0  # tickets handed out: the n-th record submitted has ticket n
-        self._taken = 0  # tickets taken by a writer
-        self._durable_upto = 0  # every ticket <= this is durable
+        self._open = Batch()  # receives records
+        self._full: deque[Batch] = deque()  # older batches that reached max_batch_bytes
+        self._latest = Batch()  # the batch of the last record submitted (none yet: done)
+        self._latest.set_result()
+        self._pending = 0  # records in _full and _open
+        self.submitted = 0  # records submitted so far
         self._failure: BaseException | None = None
         self._writing = False  # a write (or a checkpoint) is in flight
         self._checkpoint: tuple[bytes, int, int] | None = None  # for the thread to write
+        self._batch_live = 0  # the live-bytes estimate of the snapshot being taken
         self._gather = 0  # records the next batch waits for (see "Gathering")
         self._linger = 0.0
         self._stopping = False
-        self._idle = False  # the thread sleeps until woken (nothing for it to do)
+        self._idle = False  # the thread sleeps until woken
+        self._awaits_write = False  # the thread sleeps until the write in flight ends
         self._closed = False
         self.stats = CommitStats()
         self._thread = threading.Thread(target=self._run, name="taquba-committer", daemon=True)
         self._thread.start()
 
-    # -- caller side (lock held) ---------------------------------------------------------
+    # -- the one broken state ------------------------------------------------------------
 
-    def check_writable_locked(self) -> None:
-        """Raise if nothing more can be committed."""
+    @property
+    def failure(self) -> BaseException | None:
+        """The failure that broke this committer, or None."""
+        return self._failure
+
+    def check_usable_locked(self) -> None:
+        """Raise what a call gets from a committer that takes no more records.
+
+        ``FencedError`` once another process has taken over, ``QueueBroken`` after any
+        other failure, ``QueueClosed`` while closing. The lock must be held.
+        """
         if self._failure is not None:
-            raise self._broken_error()
+            raise self.error_for(self._failure, own=False)
         if self._stopping:
             raise QueueClosed("the log is closing; no more records are accepted")
 
-    def submit_locked(self, record: bytes) -> int:
-        """Queue ``record`` for the next write; return its ticket. Lock must be held."""
-        self.check_writable_locked()
-        self._pending.append(record)
-        self._pending_bytes += len(record)
-        self._submitted += 1
-        n = len(self._pending)
+    @staticmethod
+    def error_for(failure: BaseException, *, own: bool) -> BaseException:
+        """The error a caller raises for ``failure``: the one place that builds it.
+
+        ``own``: the caller's record was in a batch the failure lost (it gets the failure's
+        own kind); otherwise it came later, to a handle already broken.
+        """
+        if isinstance(failure, FencedError):
+            err: BaseException = FencedError(str(failure))
+        elif own and isinstance(failure, StorageError):
+            err = type(failure)(str(failure))
+        elif own:
+            err = QueueBroken(f"log write failed: {failure!r}")
+        else:
+            err = QueueBroken(f"the queue handle is broken by an earlier storage failure "
+                              f"({failure}); reopen it")
+        err.__cause__ = failure
+        return err
+
+    def _break_locked(self, exc: BaseException) -> None:
+        """Enter the broken state: fail every pending batch and wake everyone, at once."""
+        self._failure = exc
+        for batch in (*self._full, self._open):
+            batch.set_exception(exc)
+        self._full.clear()
+        self._open = Batch()
+        self._pending = 0
+        self._work.notify_all()
+        self._gathered.notify_all()
+
+    # -- caller side ---------------------------------------------------------------------
+
+    def submit_locked(self, record: bytes) -> Batch:
+        """Queue ``record`` for a write; return its batch. The lock must be held."""
+        self.check_usable_locked()
+        return self._add_locked(record)
+
+    def submit_many_locked(self, records: Sequence[bytes]) -> Batch:
+        """Queue ``records`` in order; return the batch of the last. The lock must be held."""
+        self.check_usable_locked()
+        batch = self._open
+        for record in records:
+            batch = self._add_locked(record)
+        return batch
+
+    def _add_locked(self, record: bytes) -> Batch:
+        batch = self._open
+        size = len(record)
+        if batch.records and batch.nbytes + size > self.max_batch_bytes:
+            self._full.append(batch)
+            batch = self._open = Batch()
+        if not batch.records:
+            batch.opened = time.monotonic()
+        batch.records.append(record)
+        batch.nbytes += size
+        self._latest = batch
+        self.submitted += 1
+        n = self._pending = self._pending + 1
         if self.inline:
-            # The thread only writes what nobody took (see _run): wake it from an idle
+            # The thread writes only what nobody took (see _run): wake it from an idle
             # sleep, not at every record.
-            if n == 1 and self._idle:
+            if self._idle and len(batch.records) == 1:
                 self._work.notify()
             elif n == self._gather:
                 self._gathered.notify()
         elif n == 1 or n == self._gather:
             self._work.notify()
-        return self._submitted
+        return batch
 
-    def wait_locked(self, ticket: int, timeout: float | None = None, *,
-                    gather: bool = True) -> bool:
-        """Block until ``ticket`` is durable. Lock must be held. False on timeout.
+    def latest_locked(self) -> Batch:
+        """The batch of the last record submitted (wait on it to flush everything)."""
+        return self._latest
 
-        Inline, a caller whose record is pending and finds no write in flight writes the
-        batch itself (releasing the lock meanwhile, as waiting would), after gathering the
-        callers the last write released unless ``gather`` is false (a caller that has
-        gathered its batch already, as the queue's combined enqueues do).
-        """
-        try:
-            return self.wait_released(ticket, timeout, gather=gather)
-        finally:
-            self.lock.acquire()
+    def wait(self, batch: Batch, timeout: float | None = None, *, gather: bool = True) -> bool:
+        """Block until ``batch`` is durable; False if ``timeout`` passes first.
 
-    def wait_released(self, ticket: int, timeout: float | None = None, *,
-                      gather: bool = True) -> bool:
-        """:meth:`wait_locked`, but the lock (held on entry) is released on every exit.
-
-        A caller with nothing to do under the lock after its wait saves taking it again.
+        The lock must be held on entry; it is released on every exit, so a caller with
+        nothing to do under it after the wait saves taking it again. Raises the error of a
+        failure that lost the batch (see :meth:`error_for`). Inline, a caller whose batch
+        is next and finds no write in flight writes it itself, after gathering the callers
+        the last write released unless ``gather`` is false.
         """
         lock = self.lock
         held = True
         try:
             deadline = None if timeout is None else time.monotonic() + timeout
-            while self._durable_upto < ticket:
-                if self._failure is not None:
-                    raise self._failure_error()
-                pending = self._taken < ticket
-                if pending and self.inline and not self._writing:
+            while not batch.done():
+                if self.inline and not self._writing and self._pending:
                     if gather:
                         self._writing = True  # others wait while this caller gathers
                         try:
@@ -182,96 +289,83 @@ class Committer:
                     if self._failure is None and self._pending:
                         self._write_locked(on_thread=False)
                     continue
-                gate = self._next if pending else self._in_flight
                 left = None
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
+                lock.release()
                 held = False
-                self._sleep(gate, left)
-                if self._durable_upto >= ticket:
-                    return True
+                if batch.wait(left):
+                    break
                 lock.acquire()
                 held = True
-            return True
         finally:
             if held:
                 lock.release()
+        error = batch.error()
+        if error is not None:
+            raise self.error_for(error, own=True)
+        return True
 
-    # -- convenience for callers that do not hold the lock ----------------------------------
+    def wait_locked(self, batch: Batch, timeout: float | None = None) -> bool:
+        """:meth:`wait`, with the lock held again on return."""
+        try:
+            return self.wait(batch, timeout)
+        finally:
+            self.lock.acquire()
 
     def append(self, record: bytes) -> None:
-        """Append one record and return once it is durable."""
+        """Append one record and return once it is durable (the lock must not be held)."""
         self.append_many([record])
 
     def append_many(self, records: Sequence[bytes]) -> None:
-        with self.lock:
-            ticket = 0
-            for r in records:
-                ticket = self.submit_locked(r)
-            self.wait_locked(ticket)
-
-    @property
-    def submitted(self) -> int:
-        """The ticket of the last record submitted (wait on it to flush everything)."""
-        return self._submitted
-
-    @property
-    def durable_upto(self) -> int:
-        return self._durable_upto
-
-    @property
-    def failure(self) -> BaseException | None:
-        return self._failure
+        """Append ``records`` in order and return once they are durable."""
+        self.lock.acquire()
+        try:
+            batch = self.submit_many_locked(records)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.wait(batch)
 
     # -- writing -------------------------------------------------------------------------
 
-    def _take_batch_locked(self) -> tuple[list[bytes], bytes | None]:
-        if self._pending_bytes <= self.max_batch_bytes:
-            batch, self._pending, self._pending_bytes = self._pending, [], 0
-            snapshot = None
-            if self._snapshot is not None:
-                live = None if self._live_bytes is None else self._live_bytes()
-                if self.log.checkpoint_due(live):
-                    snapshot = self._snapshot()
-                    self._batch_live = live or 0
-            return batch, snapshot
-        size = 0
-        cut = 0
-        for i, r in enumerate(self._pending):
-            if cut and size + len(r) > self.max_batch_bytes:
-                break
-            size += len(r)
-            cut = i + 1
-        batch = self._pending[:cut]
-        del self._pending[:cut]
-        self._pending_bytes -= size
-        return batch, None
+    def _take_locked(self) -> tuple[Batch, bytes | None]:
+        """The oldest pending batch, and the snapshot to checkpoint after it, if one is due."""
+        if self._full:
+            batch = self._full.popleft()
+            self._pending -= len(batch.records)
+            return batch, None
+        snapshot = None
+        if self._snapshot is not None:  # the state now is the state after the open batch
+            live = None if self._live_bytes is None else self._live_bytes()
+            if self.log.checkpoint_due(live):
+                snapshot = self._snapshot()
+                self._batch_live = live or 0
+        batch = self._open
+        self._open = Batch()
+        self._pending = 0
+        return batch, snapshot
 
     def _write_locked(self, *, on_thread: bool) -> None:
-        """Write the pending batch: lock held on entry and on return, released for the I/O.
+        """Write the oldest pending batch: lock held on entry and return, released for I/O.
 
         Requires a pending record, no write in flight and no failure.
         """
         try:
-            batch, snapshot = self._take_batch_locked()
+            batch, snapshot = self._take_locked()
         except BaseException as exc:
             logger.error("taquba snapshot failed; the handle is now broken: %s", exc)
-            self._break_locked(exc)
+            self._break_locked(exc)  # nothing was taken: every pending batch fails
             return
-        end = self._taken = self._taken + len(batch)
         self._writing = True
-        # The waiters of this batch now wait for this write; later ones for the next.
-        # (The spare was the in-flight condition of a write whose waiters were all woken;
-        # a waiter re-checks its ticket after every wake-up, so reusing it is safe.)
-        done, self._in_flight, self._next = self._next, self._next, self._spare
         failed: BaseException | None = None
         self.lock.release()
         try:
             started = time.monotonic()
             try:
-                seq = self.log.append(batch)
+                seq = self.log.append(batch.records)
             except BaseException as exc:
                 failed = exc
             took = time.monotonic() - started
@@ -280,22 +374,19 @@ class Committer:
         if failed is not None:
             self._writing = False
             logger.error("taquba log write failed; the handle is now broken: %s", failed)
+            batch.set_exception(failed)
             self._break_locked(failed)
             if not on_thread and not isinstance(failed, Exception):
                 raise failed  # e.g. KeyboardInterrupt in the caller that was writing
             return
-        self._gather = len(batch) + len(self._pending)
+        n = len(batch.records)
+        self._gather = n + self._pending
         self._linger = min(MAX_LINGER, LINGER_FRACTION * took)
-        self._durable_upto = end
-        self.stats.records_committed += len(batch)
-        self.stats.segments_written += 1
-        self.stats.bytes_committed += sum(len(r) for r in batch)
-        if done:
-            first = done.popleft()
-            self._ready.extend(done)
-            done.clear()
-            first.release()
-        self._spare = done
+        stats = self.stats
+        stats.records_committed += n
+        stats.segments_written += 1
+        stats.bytes_committed += batch.nbytes
+        batch.set_result()
         if snapshot is not None:
             self._checkpoint = (snapshot, seq, self._batch_live)
             if on_thread:
@@ -306,61 +397,12 @@ class Committer:
         self._writing = False
         self._hand_over_locked()
 
-    # -- sleeping and waking ------------------------------------------------------------------
-    #
-    # A write makes a whole batch of callers durable at once. Waking them all at once would
-    # have each find another holding the GIL and sleep again until it is free: on a machine
-    # where a thread switch is dear, a second switch per call. So the writer wakes the first;
-    # each caller, once running, wakes the next (_ready holds the rest, in order); a caller's
-    # wake-up comes about when the one before it is back in its own code. A woken caller that
-    # is not durable (chosen to write the next batch) wakes one too: an extra chain is
-    # harmless, a broken one is not.
-
-    def _sleep(self, gate: deque[Any], timeout: float | None) -> None:
-        """Release the lock (held) and sleep on ``gate`` until woken or ``timeout``."""
-        waiter = allocate_lock()
-        waiter.acquire()
-        gate.append(waiter)
-        self.lock.release()
-        try:
-            woken = waiter.acquire() if timeout is None else waiter.acquire(True, timeout)
-        except BaseException:
-            self._leave(gate, waiter)
-            raise
-        if woken:
-            self._wake_next()
-        else:
-            self._leave(gate, waiter)
-
-    def _leave(self, gate: deque[Any], waiter: Any) -> None:
-        """A sleeper that stops waiting: withdraw, or pass on the wake-up it was given.
-
-        Under the lock, as writers move sleepers from a gate to ``_ready`` under it: a
-        sleeper found in neither has been woken (or is being), and wakes the next instead.
-        """
-        with self.lock:
-            for waiters in (gate, self._ready):
-                try:
-                    waiters.remove(waiter)
-                    return
-                except ValueError:
-                    pass
-        self._wake_next()
-
-    def _wake_next(self) -> None:
-        try:
-            self._ready.popleft().release()
-        except IndexError:
-            pass
-
     def _hand_over_locked(self) -> None:
         """After a write: let the next one start."""
-        if self.inline and self._pending:
-            try:
-                self._next.popleft().release()  # one waiter of the pending batch writes it
-            except IndexError:
-                pass
-        if self._stopping or (self._pending and (self._idle or not self.inline)):
+        if self._pending and self.inline:
+            (self._full[0] if self._full else self._open).nudge()
+        if self._stopping or self._awaits_write or \
+                (self._pending and (self._idle or not self.inline)):
             self._work.notify()  # the thread may be waiting for this write to end
 
     def _checkpoint_locked(self) -> None:
@@ -392,12 +434,12 @@ class Committer:
     def _gather_locked(self) -> None:
         """Wait a little for the callers the last write released (see "Gathering")."""
         gather, self._gather = self._gather, 0
-        if gather <= 1 or len(self._pending) >= gather:
+        if gather <= 1 or self._pending >= gather:
             return
         self._gather = gather
         deadline = time.monotonic() + self._linger
         cond = self._gathered if self.inline else self._work
-        while len(self._pending) < gather and not self._stopping:
+        while self._pending < gather and not self._stopping and self._failure is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
@@ -405,72 +447,56 @@ class Committer:
         self._gather = 0
 
     def _run(self) -> None:
-        seen = -1  # the tickets submitted when the thread last looked (inline)
+        seen = -1  # records submitted when the thread last looked
         with self.lock:
             while self._failure is None:
                 if self._checkpoint is not None:
                     self._checkpoint_locked()
                     continue
-                if self.inline and not self._stopping and (self._pending
-                                                           or self._submitted != seen):
-                    # Leave the batch to a caller who will wait for it anyway, and write
-                    # what nobody took within the grace period. While records keep coming,
-                    # callers do not wake the thread (a wake-up per call would cost as much
-                    # as the call): it looks again when the grace period is over.
-                    seen = self._submitted
-                    taken = self._taken
-                    self._work.wait(INLINE_GRACE if self._pending else INLINE_POLL)
-                    if self._taken == taken and self._pending and not self._writing \
-                            and self._checkpoint is None and self._failure is None \
-                            and not self._stopping:
-                        self._write_locked(on_thread=True)
+                if self._writing:
+                    left = self._grace_left() if self.inline and self._pending else 0.0
+                    if left > 0:
+                        self._work.wait(left)
+                    else:
+                        self._awaits_write = True  # woken when the write ends
+                        try:
+                            self._work.wait()
+                        finally:
+                            self._awaits_write = False
                     continue
-                if self._writing or not self._pending:
-                    if self._stopping and not self._writing:
+                if not self._pending:
+                    if self._stopping:
                         return
-                    self._idle = True  # the next record wakes the thread
+                    if self.inline and self.submitted != seen:
+                        # Records are coming and callers write them: stay awake for one
+                        # grace period rather than be woken for the next batch.
+                        seen = self.submitted
+                        self._work.wait(INLINE_GRACE)
+                        continue
+                    self._idle = True  # the first record of the next batch wakes the thread
                     try:
                         self._work.wait()
                     finally:
                         self._idle = False
                     continue
-                self._gather_locked()
-                if self._writing or not self._pending:
-                    continue
+                if self.inline and not self._stopping:
+                    # Leave the batch to a caller who will wait for it anyway; write it if
+                    # nobody has taken it within the grace period of its first record.
+                    seen = self.submitted
+                    left = self._grace_left()
+                    if left > 0:
+                        self._work.wait(left)
+                        continue
+                else:
+                    self._gather_locked()
+                    if self._writing or not self._pending:
+                        continue
                 self._write_locked(on_thread=True)
 
-    def _break_locked(self, exc: BaseException) -> None:
-        self._failure = exc
-        self._pending = []
-        self._pending_bytes = 0
-        for waiters in (self._next, self._in_flight, self._ready):
-            while waiters:
-                waiters.popleft().release()
-        self._work.notify_all()
-
-    def _failure_error(self) -> BaseException:
-        """The error for a caller whose record was lost in the failure."""
-        exc = self._failure
-        assert exc is not None
-        if isinstance(exc, FencedError):
-            err: BaseException = FencedError(str(exc))
-        elif isinstance(exc, StorageError):
-            err = type(exc)(str(exc))
-        else:
-            err = QueueBroken(f"log write failed: {exc!r}")
-        err.__cause__ = exc
-        return err
-
-    def _broken_error(self) -> BaseException:
-        exc = self._failure
-        assert exc is not None
-        if isinstance(exc, FencedError):
-            err: BaseException = FencedError(str(exc))
-        else:
-            err = QueueBroken(f"the queue handle is broken by an earlier storage failure "
-                              f"({exc}); reopen it")
-        err.__cause__ = exc
-        return err
+    def _grace_left(self) -> float:
+        """Seconds until the oldest pending batch is the thread's to write (inline)."""
+        oldest = self._full[0] if self._full else self._open
+        return oldest.opened + INLINE_GRACE - time.monotonic()
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -481,6 +507,7 @@ class Committer:
                 return True
             self._stopping = True
             self._work.notify_all()
+            self._gathered.notify_all()
         self._thread.join(timeout)
         stopped = not self._thread.is_alive()
         with self.lock:

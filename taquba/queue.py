@@ -3,130 +3,69 @@
 Rules this module keeps:
 
 - One ``threading.Lock`` guards the state; Conditions on it wake claimers (one per named
-  queue), completion waiters and durability waiters (in the committer). No user code and no
-  storage I/O run under the lock.
+  queue) and completion waiters. No user code and no storage I/O run under the lock.
 - Every argument is validated before anything changes: a bad call raises an
   ``InvalidArgument`` (or ``ClaimLost`` / ``JobNotFound``) and leaves the state untouched.
-- A state change is made by one event: it is applied to the in-memory state and handed to
-  the committer in the same lock hold, so the log order is the apply order and replay
-  rebuilds the same state.
+- One mutation path, :meth:`Queue._commit`: a state change is one event (core/events.py),
+  encoded, applied to the state and handed to the committer in one lock hold, so the log
+  order is the apply order and replay rebuilds the same state.
 - ``enqueue*``, ``ack``, ``nack``, ``dead_letter``, ``cancel``, ``requeue_dead_job`` and
   ``kv_delete`` return only once their event is durable. ``claim``, ``renew_lease`` and the
   background ticks do not wait: losing one only causes a redelivery or a repeated tick.
+
+This module holds the handle, the mutation path and the public methods; their work is
+done by concern in producing.py (enqueues), consuming.py (claims and settling them) and
+inspecting.py (looking at jobs, operating on them, the background ticks).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
-import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import events as ev
+from . import arguments, consuming, inspecting, producing
 from .background import Background
-from .committer import LINGER_FRACTION, MAX_LINGER, Committer
+from .committer import Batch, Committer
 from .config import (
-    MAX_KV_KEY_SIZE,
-    MAX_KV_VALUE_SIZE,
     MAX_PAYLOAD_SIZE,
     Buffer,
     EnqueueOptions,
     OpenOptions,
     QueueConfig,
-    check_job_id,
     check_queue_name,
-    to_bytes,
-    to_seconds,
 )
-from .errors import (
-    ClaimLost,
-    ConfigError,
-    InvalidArgument,
-    JobNotFound,
-    KvValueTooLarge,
-    QueueClosed,
-    exception_text,
-)
-from .ids import IdGenerator
+from .core import events as ev
+from .core.ids import IdGenerator
+from .core.state import State
+from .errors import ConfigError, InvalidArgument, QueueClosed
 from .log import Log
 from .records import (
     CancelOutcome,
     Claim,
     EnqueueResult,
     JobRecord,
-    JobStatus,
     QueueStats,
     WaitOutcome,
-    WaitStatus,
 )
-from .state import Job, State
 from .storage import Store, open_store
 
 logger = logging.getLogger("taquba.queue")
 
 MAX_BATCH_JOBS = 100_000
-MAX_ERROR_CHARS = 16 * 1024
-MAX_CLAIM_BATCH = 10_000
-_TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
+MAX_CLAIM_BATCH = consuming.MAX_CLAIM_BATCH
 _PLAIN = EnqueueOptions()
 
 
-def _error_text(error: object) -> str:
-    if isinstance(error, BaseException):
-        text = exception_text(error)
-    elif isinstance(error, str):
-        text = error
-    else:
-        raise InvalidArgument(f"error must be a str or an exception, got {type(error).__name__}")
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[:MAX_ERROR_CHARS] + "... [truncated]"
-    return _storable(text)
-
-
-def _storable(text: str) -> str:
-    """``text`` with lone surrogates (which UTF-8 cannot hold) written as escapes."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-class _Request:
-    """An enqueue waiting for a combining caller (see ``Queue._combine``)."""
-
-    __slots__ = ("args", "done", "error", "next", "result", "ticket", "wake")
-
-    def __init__(self, args: tuple[Any, ...]) -> None:
-        self.args = args
-        self.done = False
-        self.next: _Request | None = None  # whom this caller wakes once it runs again
-        self.error: Exception | None = None
-        self.result: tuple[str, bool] = ("", False)
-        self.ticket = 0
-        self.wake = threading.Lock()
-        self.wake.acquire()
-
-
-def _payload(value: object, name: str) -> bytes:
-    data = value if type(value) is bytes else to_bytes(value, name)
-    if len(data) > MAX_PAYLOAD_SIZE:
-        raise InvalidArgument(f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_SIZE}")
-    return data
-
-
-def _wait_seconds(value: object, name: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value) \
-            and value > 0:
-        return math.inf
-    return to_seconds(value, name)
-
-
 class Queue:
-    """A durable task queue on one fsspec root. Open it with :meth:`Queue.open`."""
+    """A durable task queue on one fsspec root. Open it with :meth:`Queue.open`.
+
+    One handle per root and process; it is thread-safe. Every method raises
+    ``QueueClosed`` after :meth:`close`, ``FencedError`` once another process has opened
+    the root, and ``QueueBroken`` after a storage failure (reopen to recover).
+    """
 
     def __init__(self, store: Store, options: OpenOptions, *, _log: Log, _state: State) -> None:
         self.store = store
@@ -138,20 +77,13 @@ class Queue:
         self._claim_conds: dict[str, threading.Condition] = {}
         self._claim_waiting: dict[str, int] = {}  # claims asleep in each queue's condition
         self._completion = threading.Condition(self._lock)
-        self._final: dict[str, tuple[int, WaitOutcome]] = {}
+        self._final: dict[str, tuple[Batch, WaitOutcome]] = {}
         self._waiters: dict[str, int] = {}
         self._claims: dict[str, Claim] = {}
         self._closed = False
-        self._requests: collections.deque[_Request] = collections.deque()
-        self._enqueuers: collections.deque[None] = collections.deque()  # calls under way
-        self._combiner = threading.Lock()
-        self._gathered = threading.Event()
-        self._gather_target = 1 << 30  # requests the next combine waits for
-        self._linger = 0.0
         self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
                                    max_batch_bytes=options.max_batch_bytes,
                                    live_bytes=lambda: self._state.live_bytes)
-        self._combining = self.committer.inline
         self._background = Background(
             reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
@@ -162,7 +94,27 @@ class Queue:
     @classmethod
     def open(cls, location: Any, path: str | None = None, options: OpenOptions | None = None,
              *, storage_options: Mapping[str, Any] | None = None) -> Queue:
-        """Open (or create) the queue at ``location`` and take over as its single writer."""
+        """Open (or create) the queue at ``location`` and take over as its single writer.
+
+        Args:
+            location: a local path, an fsspec URL (``s3://bucket/prefix``, ``memory://x``)
+                or an ``fsspec.AbstractFileSystem``.
+            path: the root inside ``location`` when it is a filesystem object.
+            options: :class:`OpenOptions` (defaults if None).
+            storage_options: passed to fsspec when ``location`` is a URL.
+
+        Returns:
+            The open handle. Opening replays the newest checkpoint and the segments after
+            it, fences off any previous writer (its next write fails with
+            ``FencedError``), puts back the jobs a previous process held, and starts the
+            reaper and scheduler threads unless ``options.background_threads`` is False.
+
+        Raises:
+            ConfigError: ``options`` is not an ``OpenOptions``.
+            StorageError: the store could not be read or written (after retries).
+            CorruptionError: a stored object fails its checksum or cannot be decoded.
+            FencedError: other processes kept opening the root meanwhile.
+        """
         if options is None:
             options = OpenOptions()
         elif not isinstance(options, OpenOptions):
@@ -176,7 +128,7 @@ class Queue:
             holder[0] = State.restore(data)
 
         def on_record(data: bytes) -> None:
-            holder[0].apply_bytes(data)
+            holder[0].apply_record(data)
 
         log = Log.open(store, on_snapshot=on_snapshot, on_record=on_record,
                        checkpoint_min_bytes=options.checkpoint_min_bytes,
@@ -185,34 +137,10 @@ class Queue:
                        segment_max_bytes=options.segment_max_bytes,
                        background_cleanup=True)
         q = cls(store, options, _log=log, _state=holder[0])
-        q._release_previous_claims()
+        consuming.release_previous_claims(q)
         if options.background_threads:
             q._background.start()
         return q
-
-    def _release_previous_claims(self) -> None:
-        """Jobs a previous process held go back to pending, or dead once attempts are spent.
-
-        This is what the reaper would do when their leases expire, done at once: the process
-        that held them is gone, so waiting out the lease would only delay the retry.
-        """
-        with self._lock:
-            claimed = self._state.claimed_jobs()
-            if not claimed:
-                return
-            now = self._now()
-            spent = [j for j in claimed if j.attempts >= j.max_attempts or j.cancel_requested]
-            ids = [j.id for j in claimed if j not in spent]
-            logger.info("requeueing %d job(s) claimed by a previous process; %d dead-lettered "
-                        "with their attempts used up", len(ids), len(spent))
-            for job in spent:
-                reason = "cancelled: " if job.cancel_requested else ""
-                self._fail_locked(job, now, f"{reason}claim abandoned by a previous process",
-                                  dead=True)
-            if ids:
-                self._commit_locked(ev.encode_release(ids), self._state.on_release, ids)
-                for job_id in ids:
-                    self._wake_claimers_locked(self._state.jobs[job_id].queue)
 
     def __enter__(self) -> Queue:
         return self
@@ -221,7 +149,15 @@ class Queue:
         self.close()
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the background threads, write what is pending, close the log. Idempotent."""
+        """Stop the background threads, write what is pending, close the log. Idempotent.
+
+        Args:
+            timeout: seconds to wait for each thread to stop (None: as long as it takes).
+
+        Every record submitted before ``close`` is written before it returns (unless the
+        committer fails to stop within ``timeout``, which is logged). Waiting claims and
+        completion waits wake up and raise ``QueueClosed``; so does every later call.
+        """
         with self._lock:
             if self._closed:
                 return
@@ -241,31 +177,40 @@ class Queue:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
         return self._closed
 
-    # -- helpers (lock held) ---------------------------------------------------------------
+    # -- the mutation path (lock held) -----------------------------------------------------
 
     def _check_open_locked(self) -> None:
+        """The one "usable?" check of a call that changes state: raises ``QueueClosed``,
+        ``FencedError`` or ``QueueBroken`` (see ``Committer.check_usable_locked``)."""
         self._ensure_open()
-        self.committer.check_writable_locked()
+        self.committer.check_usable_locked()
+
+    def _commit(self, event: ev.Event) -> Batch:
+        """Make ``event`` happen: validate, encode, apply, submit. Lock held.
+
+        The event is encoded before anything changes, so an event no record can hold
+        (``ValueError``) leaves the state untouched. Returns the batch to wait on for
+        durability.
+        """
+        committer = self.committer
+        committer.check_usable_locked()
+        record = event.encode()
+        self._state.apply(event)
+        return committer.submit_locked(record)
+
+    def _wait(self, batch: Batch) -> None:
+        """Wait until ``batch`` is durable; the lock is held on entry and released."""
+        self.committer.wait(batch)
+
+    def _wait_locked(self, batch: Batch) -> None:
+        """Wait until ``batch`` is durable; the lock is held on entry and on return."""
+        self.committer.wait_locked(batch)
 
     def _config(self, queue: str) -> QueueConfig:
         return self.options.config_for(queue)
-
-    def _commit_locked(self, record: bytes, apply: Callable[..., None], *args: Any) -> int:
-        """Apply one event and queue its record for the log; return its durability ticket.
-
-        ``record`` is the event encoded (events.py) from the same ``args`` that ``apply``
-        (a ``State.on_*`` method) takes, so replaying the record rebuilds this change. It is
-        encoded before anything changes: an encoding error leaves the state untouched.
-        """
-        committer = self.committer
-        committer.check_writable_locked()
-        apply(*args)
-        return committer.submit_locked(record)
-
-    def _wait_durable_locked(self, ticket: int) -> None:
-        self.committer.wait_locked(ticket)
 
     def _claim_cond(self, queue: str) -> threading.Condition:
         cond = self._claim_conds.get(queue)
@@ -278,22 +223,11 @@ class Queue:
         if cond is not None:
             cond.notify(n)
 
-    def _finished_locked(self, job_id: str, ticket: int, outcome: WaitOutcome) -> None:
+    def _finished_locked(self, job_id: str, batch: Batch, outcome: WaitOutcome) -> None:
+        """Tell the completion waiters of ``job_id`` (if any) how it ended."""
         if job_id in self._waiters:
-            self._final[job_id] = (ticket, outcome)
+            self._final[job_id] = (batch, outcome)
             self._completion.notify_all()
-
-    def _current_job_locked(self, claim: object, action: str) -> Job:
-        if not isinstance(claim, Claim):
-            raise InvalidArgument(f"{action} needs a Claim, got {type(claim).__name__}")
-        self._check_open_locked()
-        job = self._state.jobs.get(claim.id)
-        if self._claims.get(claim.id) is not claim or job is None \
-                or job.status is not JobStatus.CLAIMED or job.attempts != claim.attempts:
-            state = "gone" if job is None else job.status.value
-            raise ClaimLost(f"cannot {action} job {claim.id!r} (attempt {claim.attempts}): the "
-                            f"claim is no longer current (the job is {state})")
-        return job
 
     def _now(self) -> float:
         now = float(self._clock())
@@ -304,25 +238,60 @@ class Queue:
     # -- producing -------------------------------------------------------------------------
 
     def enqueue(self, queue: str, payload: Buffer, **options: Any) -> str:
-        """Enqueue one job; keyword options as in :class:`EnqueueOptions`. Returns its id."""
+        """Enqueue one job and return its id once the job is durable.
+
+        Args:
+            queue: the queue's name (1-255 UTF-8 bytes).
+            payload: the job's bytes (``bytes``, ``bytearray`` or ``memoryview``), stored
+                as is, at most ``MAX_PAYLOAD_SIZE``.
+            **options: the fields of :class:`EnqueueOptions` (``priority``, ``run_at``,
+                ``delay``, ``dedup_key``, ``max_attempts``, ``headers``, ``job_id``).
+
+        Returns:
+            The job's id; on a dedup hit, the id of the pending or scheduled job that holds
+            the key (nothing new is written).
+
+        Raises:
+            InvalidArgument: a bad queue name, payload or option (nothing is written).
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: returns only after the record is in a durable segment.
+        """
         self._ensure_open()
         if not options:
-            return self._enqueue_one(queue, payload, _PLAIN, ())[0]
+            return producing.enqueue_one(self, queue, payload, _PLAIN, [])[0]
         try:
             opts = EnqueueOptions(**options)
         except TypeError as exc:
             raise InvalidArgument(f"unknown enqueue option: {exc}") from None
-        return self._enqueue_one(queue, payload, opts, ())[0]
+        return producing.enqueue_one(self, queue, payload, opts, [])[0]
 
     def enqueue_with(self, queue: str, payload: Buffer, options: EnqueueOptions) -> str:
-        """Enqueue one job with explicit :class:`EnqueueOptions`. Returns its id."""
+        """Enqueue one job with explicit :class:`EnqueueOptions`; as :meth:`enqueue`.
+
+        Raises ``InvalidArgument`` if ``options`` is not an ``EnqueueOptions``.
+        """
         self._ensure_open()
         if not isinstance(options, EnqueueOptions):
             raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
-        return self._enqueue_one(queue, payload, options, ())[0]
+        return producing.enqueue_one(self, queue, payload, options, [])[0]
 
     def enqueue_batch(self, queue: str, payloads: Iterable[Buffer]) -> list[str]:
-        """Enqueue many jobs atomically (all or nothing); ids in input order."""
+        """Enqueue many jobs atomically (all or nothing), with the queue's defaults.
+
+        Args:
+            queue: the queue's name.
+            payloads: an iterable of payloads (at most ``MAX_BATCH_JOBS``).
+
+        Returns:
+            The new ids, in input order (empty for no payloads).
+
+        Raises:
+            InvalidArgument: a bad queue name or payload, or too many (nothing is written).
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: all the jobs are in one record; returns once it is durable.
+        """
         self._ensure_open()
         if isinstance(payloads, (bytes, bytearray, memoryview, str)):
             raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
@@ -343,619 +312,260 @@ class Queue:
         # The common case (all bytes, none too large) is checked at C speed.
         data: list[bytes] = items  # type: ignore[assignment]
         if set(map(type, items)) != {bytes} or max(map(len, items)) > MAX_PAYLOAD_SIZE:
-            data = [_payload(p, "payload" if n == 1 else f"payloads[{i}]")
+            data = [arguments.payload_bytes(p, "payload" if n == 1 else f"payloads[{i}]")
                     for i, p in enumerate(items)]
-        cfg = self._config(queue)
-        with self._lock:
-            job_ids, ticket = self._enqueue_plain_locked(queue, data, cfg.default_priority,
-                                                         cfg.max_attempts)
-            self._wait_durable_locked(ticket)
-        return job_ids
-
-    def _enqueue_plain_locked(self, queue: str, data: list[bytes], priority: int,
-                              max_attempts: int) -> tuple[list[str], int]:
-        """Jobs that differ only by payload, in one record: (their ids, the ticket)."""
-        self._check_open_locked()
-        state = self._state
-        now = self._now()
-        job_ids = self._ids.new_many(now, len(data))
-        if not state.jobs.keys().isdisjoint(job_ids):
-            job_ids = self._fresh_ids_locked(job_ids, now)
-        record = ev.encode_enqueue_plain(queue, now, job_ids, data, priority, max_attempts)
-        ticket = self._commit_locked(record, state.on_enqueue_plain, queue, now, job_ids,
-                                     data, priority, max_attempts)
-        self._wake_claimers_locked(queue, len(data))
-        return job_ids, ticket
-
-    def _fresh_ids_locked(self, job_ids: list[str], now: float) -> list[str]:
-        """``job_ids`` with those already in use (a caller's chosen ids) replaced."""
-        jobs = self._state.jobs
-        out = []
-        for job_id in job_ids:
-            while job_id in jobs:
-                job_id = self._ids.new(now)
-            out.append(job_id)
-        return out
+        return producing.enqueue_batch(self, queue, data)
 
     def enqueue_with_kv(self, queue: str, payload: Buffer, kv_writes: Mapping[bytes, Buffer],
                         options: EnqueueOptions | None = None) -> EnqueueResult:
-        """Enqueue one job and apply ``kv_writes`` in the same atomic record.
+        """Enqueue one job and write ``kv_writes`` to the KV namespace in the same record.
 
-        On a dedup hit nothing is written and ``is_new`` is False.
+        Args:
+            queue, payload: as for :meth:`enqueue`.
+            kv_writes: keys (non-empty bytes, at most ``MAX_KV_KEY_SIZE``) to values (at
+                most ``MAX_KV_VALUE_SIZE``), written together with the job.
+            options: :class:`EnqueueOptions` (None: the queue's defaults).
+
+        Returns:
+            ``EnqueueResult(id, is_new)``. On a dedup hit nothing is written (not the KV
+            writes either) and ``is_new`` is False.
+
+        Raises:
+            InvalidArgument: a bad argument; ``KvValueTooLarge`` for a value over the limit.
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: the job and the writes are one record; returns once it is durable.
         """
         self._ensure_open()
         if options is None:
             options = _PLAIN
         elif not isinstance(options, EnqueueOptions):
             raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
-        if not isinstance(kv_writes, Mapping):
-            raise InvalidArgument(
-                f"kv_writes must be a mapping of bytes to bytes, got {type(kv_writes).__name__}")
-        kv: list[tuple[bytes, bytes]] = []
-        for k, v in kv_writes.items():
-            key = self._kv_key(k)
-            value = to_bytes(v, "KV value")
-            if len(value) > MAX_KV_VALUE_SIZE:
-                raise KvValueTooLarge(f"KV value for key {key[:64]!r} is {len(value)} bytes; the "
-                                      f"limit is MAX_KV_VALUE_SIZE = {MAX_KV_VALUE_SIZE}")
-            kv.append((key, value))
-        return EnqueueResult(*self._enqueue_one(queue, payload, options, kv))
-
-    def _enqueue_one(self, queue: str, payload: object, opts: EnqueueOptions,
-                     kv: Sequence[tuple[bytes, bytes]]) -> tuple[str, bool]:
-        """Enqueue one job (and ``kv``); return its id and whether it is new (no dedup hit)."""
-        check_queue_name(queue)
-        data = _payload(payload, "payload")
-        dedup_key = opts.dedup_key
-        if dedup_key is not None:
-            try:
-                dedup_key.encode("utf-8")
-            except UnicodeEncodeError:
-                raise InvalidArgument(f"EnqueueOptions.dedup_key is not valid UTF-8: "
-                                      f"{dedup_key[:40]!r}") from None
-        cfg = self._config(queue)
-        priority = cfg.default_priority if opts.priority is None else opts.priority
-        max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
-        headers = dict(opts.headers) if opts.headers else None
-        args = (queue, data, opts, priority, max_attempts, headers, dedup_key, kv)
-        active = self._enqueuers
-        active.append(None)  # deque appends and pops are atomic: len() counts callers
-        try:
-            if self._combining and (len(active) > 1 or self._requests):
-                # Other enqueues are under way: let one caller apply all that gather while
-                # a write is in flight (see _combine). A lone caller goes straight through.
-                return self._enqueue_combined(args)
-            lock = self._lock
-            lock.acquire()
-            try:
-                job_id, new, ticket = self._enqueue_one_locked(*args)
-            except BaseException:
-                lock.release()
-                raise
-            self.committer.wait_released(ticket)
-            return job_id, new
-        finally:
-            active.pop()
-
-    def _enqueue_combined(self, args: tuple[Any, ...]) -> tuple[str, bool]:
-        """Hand the enqueue to whichever caller is combining (or combine): see ``_combine``."""
-        req = _Request(args)
-        requests = self._requests
-        requests.append(req)
-        if len(requests) >= self._gather_target:
-            self._gathered.set()
-        combiner = self._combiner
-        try:
-            while not req.done:
-                if combiner.acquire(False):
-                    try:
-                        self._combine()
-                    finally:
-                        combiner.release()
-                        if requests:  # arrived while we combined: its caller may be asleep
-                            try:
-                                requests[0].wake.release()
-                            except (IndexError, RuntimeError):
-                                pass  # gone, or already woken
-                    continue
-                req.wake.acquire()
-        except BaseException:
-            # Interrupted (KeyboardInterrupt): withdraw the request if nobody has taken it.
-            try:
-                requests.remove(req)
-            except ValueError:
-                pass
-            raise
-        finally:
-            nxt = req.next
-            if nxt is not None:  # pass the wake-up on (see _combine)
-                req.next = None
-                try:
-                    nxt.wake.release()
-                except RuntimeError:
-                    pass  # the combiner itself: not asleep
-        if req.error is not None:
-            raise req.error
-        if self.committer.durable_upto < req.ticket:
-            with self._lock:  # the write failed: raise this caller's own error
-                self._wait_durable_locked(req.ticket)
-        return req.result
-
-    def _combine(self) -> None:
-        """Apply the waiting enqueues in one lock hold and wait for them in one write.
-
-        With many threads, taking the lock in turn costs each caller several hand-offs of
-        the lock and the GIL; here one caller does the work of all who are waiting, and wakes
-        each once.
-        """
-        batch: list[_Request] = []
-        requests = self._requests
-        target = self._gather_target
-        if len(requests) < target and self._linger > 0:
-            # Callers the last write released are on their way back: give them a moment.
-            self._gathered.clear()
-            if len(requests) < target:
-                self._gathered.wait(self._linger)
-        while requests:
-            try:
-                batch.append(requests.popleft())
-            except IndexError:
-                break
-        if not batch:
-            return
-        taken = 0
-        try:
-            with self._lock:
-                last = 0
-                while taken < len(batch):
-                    # Plain enqueues of one queue in a row (no options beyond its defaults'
-                    # kind, no KV) share one record, as enqueue_batch's jobs do.
-                    group = self._plain_run(batch, taken)
-                    try:
-                        if len(group) > 1:
-                            args = group[0].args
-                            job_ids, ticket = self._enqueue_plain_locked(
-                                args[0], [req.args[1] for req in group], args[3], args[4])
-                            for req, job_id in zip(group, job_ids):
-                                req.ticket = ticket
-                                req.result = (job_id, True)
-                        else:
-                            req = group[0]
-                            job_id, new, req.ticket = self._enqueue_one_locked(*req.args)
-                            req.result = (job_id, new)
-                        last = max(last, group[0].ticket)
-                    except Exception as exc:
-                        for req in group:
-                            req.error = exc
-                    taken += len(group)
-                if last:
-                    started = time.monotonic()
-                    try:
-                        self.committer.wait_locked(last, gather=False)
-                    except Exception:
-                        pass  # each caller raises its own error (see _enqueue_combined)
-                    self._linger = min(MAX_LINGER, LINGER_FRACTION * (time.monotonic() - started))
-                self._gather_target = len(batch) + len(requests)
-        finally:
-            # Requests not applied (this caller was interrupted) go back for another caller.
-            requests.extendleft(reversed(batch[taken:]))
-            # Wake the first caller; each wakes the next once it runs again, so that they
-            # do not all find the GIL taken and sleep twice (see Committer._sleep).
-            woken = batch[:taken]
-            for i, req in enumerate(woken):
-                req.done = True
-                if i:
-                    woken[i - 1].next = req
-            if woken:
-                try:
-                    woken[0].wake.release()
-                except RuntimeError:
-                    pass
-
-    @staticmethod
-    def _plain_key(args: tuple[Any, ...]) -> tuple[str, int, int] | None:
-        """(queue, priority, max attempts) of a plain enqueue's ``args``, else None."""
-        queue, _, opts, priority, max_attempts, headers, dedup_key, kv = args
-        if headers or dedup_key is not None or kv or opts.job_id is not None \
-                or opts.run_at is not None or opts.delay:
-            return None
-        return queue, priority, max_attempts
-
-    @classmethod
-    def _plain_run(cls, batch: list[_Request], start: int) -> list[_Request]:
-        """The requests from ``start`` on that can share one plain record (at least one)."""
-        key = cls._plain_key(batch[start].args)
-        end = start + 1
-        if key is not None:
-            while end < len(batch) and cls._plain_key(batch[end].args) == key:
-                end += 1
-        return batch[start:end]
-
-    def _enqueue_one_locked(self, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
-                            max_attempts: int, headers: dict[str, str] | None,
-                            dedup_key: str | None, kv: Sequence[tuple[bytes, bytes]]
-                            ) -> tuple[str, bool, int]:
-        """The locked part of an enqueue: (id, is new, ticket to wait for)."""
-        self._check_open_locked()
-        state = self._state
-        now = self._now()
-        if dedup_key is not None:
-            index = state.queues.get(queue)
-            existing = None if index is None else index.dedup.get(dedup_key)
-            if existing is not None:
-                # A dedup hit: what we point at must be durable.
-                return existing, False, self.committer.submitted
-        job_id = opts.job_id
-        if job_id is not None:
-            if job_id in state.jobs:
-                raise InvalidArgument(f"job_id {job_id!r} is already in use")
-        else:
-            job_id = self._ids.new(now)
-            while job_id in state.jobs:
-                job_id = self._ids.new(now)
-        run_at: float | None = None
-        if opts.run_at is not None:
-            run_at = float(opts.run_at)  # type: ignore[arg-type]
-        elif opts.delay:
-            run_at = now + float(opts.delay)  # type: ignore[arg-type]
-        if run_at is not None and run_at <= now:
-            run_at = None
-        jobs = [(job_id, data, priority, max_attempts, run_at, dedup_key, headers)]
-        record = ev.encode_enqueue(queue, now, jobs, kv)
-        ticket = self._commit_locked(record, state.on_enqueue, queue, now, jobs, kv)
-        if run_at is None:
-            self._wake_claimers_locked(queue)
-        return job_id, True, ticket
+        kv = arguments.kv_writes(kv_writes)
+        return EnqueueResult(*producing.enqueue_one(self, queue, payload, options, kv))
 
     # -- KV --------------------------------------------------------------------------------
 
-    @staticmethod
-    def _kv_key(key: object) -> bytes:
-        data = to_bytes(key, "KV key")
-        if not data:
-            raise InvalidArgument("KV key must not be empty")
-        if len(data) > MAX_KV_KEY_SIZE:
-            raise InvalidArgument(f"KV key is {len(data)} bytes; the limit is {MAX_KV_KEY_SIZE}")
-        return data
-
     def kv_get(self, key: Buffer) -> bytes | None:
-        """The value stored under ``key`` in the caller's KV namespace, or None."""
+        """The value stored under ``key`` in the KV namespace, or None.
+
+        Raises ``InvalidArgument`` for an empty or oversized key. Reads the in-memory
+        state: a value written by a call that has returned is always seen.
+        """
         self._ensure_open()
-        data = self._kv_key(key)
+        data = arguments.kv_key(key)
         with self._lock:
-            if self._closed:
-                raise QueueClosed("the queue is closed")
+            self._ensure_open()
             return self._state.kv.get(data)
 
     def kv_delete(self, key: Buffer) -> None:
-        """Delete ``key`` from the caller's KV namespace (durably). Missing keys are fine."""
+        """Delete ``key`` from the KV namespace. A missing key is not an error.
+
+        Raises ``InvalidArgument`` for an empty or oversized key, ``StorageError`` if the
+        record could not be written. Durability: returns once the deletion is durable
+        (for a missing key: once everything submitted before is durable).
+        """
         self._ensure_open()
-        data = self._kv_key(key)
+        data = arguments.kv_key(key)
         with self._lock:
             self._check_open_locked()
             if data not in self._state.kv:
-                self._wait_durable_locked(self.committer.submitted)
+                self._wait_locked(self.committer.latest_locked())
                 return
-            keys = [data]
-            ticket = self._commit_locked(ev.encode_kv_delete(keys), self._state.on_kv_delete,
-                                         keys)
-            self._wait_durable_locked(ticket)
+            self._wait_locked(self._commit(ev.KvDeleted([data])))
 
-    # -- consuming ---------------------------------------------------------------------------
+    # -- consuming (consuming.py) ------------------------------------------------------------
 
     def claim(self, queue: str, lease: Any = None, *, wait: Any = 0.0) -> Claim | None:
-        """Claim the first pending job of ``queue``; wait up to ``wait`` seconds for one."""
+        """Claim the first pending job of ``queue`` (by priority, then enqueue order).
+
+        Args:
+            queue: the queue's name.
+            lease: seconds (or ``timedelta``) the claim holds the job before the reaper
+                puts it back (None: the queue's ``QueueConfig.lease``).
+            wait: seconds to wait for a job when none is pending (0: do not wait;
+                ``math.inf``: until one comes or the queue closes).
+
+        Returns:
+            A :class:`Claim` to settle with :meth:`ack`, :meth:`nack` or
+            :meth:`dead_letter`, or None if no job came within ``wait``.
+
+        Raises:
+            InvalidArgument: a bad queue name, lease or wait.
+            QueueClosed: the queue was closed, also while waiting.
+
+        Durability: the claim's record is written soon but not waited for; if it is lost
+        the job is delivered again (at-least-once).
+        """
         self._ensure_open()
-        claims = self._claim(queue, 1, lease, wait)
+        claims = consuming.claim(self, queue, 1, lease, wait)
         return claims[0] if claims else None
 
     def claim_batch(self, queue: str, max_jobs: int, lease: Any = None, *,
                     wait: Any = 0.0) -> list[Claim]:
-        """Claim up to ``max_jobs`` pending jobs (waiting up to ``wait`` for the first)."""
+        """Claim up to ``max_jobs`` pending jobs, waiting up to ``wait`` for the first.
+
+        Arguments, errors and durability as for :meth:`claim`; ``max_jobs`` is an int in
+        1..``MAX_CLAIM_BATCH``. Returns the claims in claim order (empty if none came).
+        """
         self._ensure_open()
         if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) \
                 or not 1 <= max_jobs <= MAX_CLAIM_BATCH:
             raise InvalidArgument(f"max_jobs must be an int in 1..{MAX_CLAIM_BATCH}, got "
                                   f"{max_jobs!r}")
-        return self._claim(queue, max_jobs, lease, wait)
-
-    def _claim(self, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Claim]:
-        check_queue_name(queue)
-        lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
-        wait_s = 0.0 if type(wait) in (float, int) and wait == 0 else _wait_seconds(wait, "wait")
-        if lease_s is None:
-            lease_s = float(self._config(queue).lease)  # type: ignore[arg-type]
-        deadline = time.monotonic() + wait_s if wait_s else 0.0
-        with self._lock:
-            state = self._state
-            while True:
-                self._check_open_locked()
-                now = self._now()
-                if state.scheduled:
-                    self._promote_locked(now)
-                job = state.peek_pending(queue)
-                if job is not None:
-                    break
-                if not wait_s:
-                    return []
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return []
-                next_due = state.next_due()
-                if next_due is not None:
-                    left = min(left, max(0.001, next_due - now))
-                waiting = self._claim_waiting
-                waiting[queue] = waiting.get(queue, 0) + 1
-                try:
-                    self._claim_cond(queue).wait(min(left, 3600.0))
-                finally:
-                    waiting[queue] -= 1
-            claims: list[Claim] = []
-            while job is not None:
-                claims.append(self._claim_job_locked(job, now, lease_s))
-                if len(claims) == max_jobs and not self._claim_waiting.get(queue):
-                    break
-                job = state.peek_pending(queue)
-                if len(claims) == max_jobs:
-                    if job is not None:
-                        self._wake_claimers_locked(queue)  # more work for the next waiter
-                    break
-        return claims
-
-    def _claim_job_locked(self, job: Job, now: float, lease: float) -> Claim:
-        attempts = job.attempts + 1
-        job_id = job.id
-        key = ev.id_key(job_id)
-        self._commit_locked(ev.encode_claim(job_id, attempts, now, lease, key),
-                            self._state.on_claim, job_id, attempts, now, lease)
-        # The state computed the expiry as now + lease too: the same float.
-        claim = Claim._of(job.values(), now + lease, attempts, key)
-        if job.cancel_requested:  # requested while a previous process held the job
-            claim.cancel_requested.set()
-        self._claims[job_id] = claim
-        return claim
+        return consuming.claim(self, queue, max_jobs, lease, wait)
 
     def ack(self, claim: Claim) -> None:
-        """Mark the claimed job done. Raises ``ClaimLost`` if the claim is not current."""
+        """Mark the claimed job done (kept as done if the queue has ``keep_done``).
+
+        Raises:
+            InvalidArgument: ``claim`` is not a ``Claim``.
+            ClaimLost: the claim is no longer current (nothing changes).
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: returns once the ack is durable; the job is never delivered again.
+        """
         self._ensure_open()
-        lock = self._lock
-        lock.acquire()
-        try:
-            job = self._current_job_locked(claim, "ack")
-            job_id = job.id
-            keep = self._config(job.queue).keep_done is not None
-            now = self._now()
-            ticket = self._commit_locked(ev.encode_ack(job_id, keep, now, claim._key),
-                                         self._state.on_ack, job_id, keep, now)
-            del self._claims[job_id]
-            if job_id in self._waiters:
-                # The job is done now: with keep, its record shows it (completed_at set).
-                self._finished_locked(job_id, ticket, WaitOutcome(
-                    WaitStatus.COMPLETED, job.record() if keep else None))
-        except BaseException:
-            lock.release()
-            raise
-        self.committer.wait_released(ticket)
+        consuming.ack(self, claim)
 
     def nack(self, claim: Claim, error: object) -> None:
-        """Report a failed attempt: retry after backoff, or dead once attempts are spent."""
+        """Report a failed attempt: retried after the queue's backoff, or dead once the
+        job's attempts are spent (or a cancel was requested).
+
+        Args:
+            claim: the current claim.
+            error: a str or an exception, stored as the job's ``last_error``.
+
+        Raises ``InvalidArgument``, ``ClaimLost`` or ``StorageError`` as :meth:`ack` does.
+        Durability: returns once the failure is durable.
+        """
         self._ensure_open()
-        text = _error_text(error)
-        with self._lock:
-            job = self._current_job_locked(claim, "nack")
-            now = self._now()
-            if job.cancel_requested:
-                ticket = self._fail_locked(job, now, f"cancelled: {text}", dead=True)
-            elif job.attempts >= job.max_attempts:
-                ticket = self._fail_locked(job, now, text, dead=True)
-            else:
-                delay = self._config(job.queue).backoff(job.attempts)
-                ticket = self._fail_locked(job, now, text, dead=False,
-                                           run_at=now + delay if delay else None)
-            self._wait_durable_locked(ticket)
+        consuming.nack(self, claim, arguments.error_text(error))
 
     def dead_letter(self, claim: Claim, reason: str) -> None:
-        """Move the claimed job straight to the dead set with ``reason`` as its last error."""
+        """Move the claimed job straight to the dead set with ``reason`` as its last error.
+
+        Raises ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or
+        ``StorageError`` as :meth:`ack` does. Durability: returns once it is durable.
+        """
         self._ensure_open()
         if not isinstance(reason, str):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
-        text = _error_text(reason)
-        with self._lock:
-            job = self._current_job_locked(claim, "dead_letter")
-            ticket = self._fail_locked(job, self._now(), text, dead=True)
-            self._wait_durable_locked(ticket)
-
-    def _fail_locked(self, job: Job, now: float, error: str, *, dead: bool,
-                     run_at: float | None = None) -> int:
-        if dead:
-            to, run_at = ev.TO_DEAD, None
-        elif run_at is not None and run_at > now:
-            to = ev.TO_SCHEDULED
-        else:
-            to, run_at = ev.TO_PENDING, None
-        job_id = job.id
-        ticket = self._commit_locked(ev.encode_fail(job_id, to, now, run_at, error),
-                                     self._state.on_fail, job_id, to, now, run_at, error)
-        self._claims.pop(job_id, None)
-        if dead:
-            self._finished_locked(job_id, ticket, WaitOutcome(WaitStatus.COMPLETED, job.record()))
-        elif to == ev.TO_PENDING:
-            self._wake_claimers_locked(job.queue)
-        return ticket
+        consuming.dead_letter(self, claim, arguments.error_text(reason))
 
     def renew_lease(self, claim: Claim, extension: Any) -> None:
-        """Extend the claim's lease to now + ``extension``; updates ``claim.lease_expires_at``."""
-        self._ensure_open()
-        seconds = to_seconds(extension, "extension", allow_zero=False)
-        with self._lock:
-            job = self._current_job_locked(claim, "renew the lease of")
-            expires = self._now() + seconds
-            self._commit_locked(ev.encode_renew(job.id, expires), self._state.on_renew, job.id,
-                                expires)
-            claim.lease_expires_at = expires
+        """Extend the claim's lease to now + ``extension`` (seconds or ``timedelta``, > 0).
 
-    # -- inspecting and operating ----------------------------------------------------------
+        Updates ``claim.lease_expires_at``. Raises ``InvalidArgument`` for a bad extension
+        and ``ClaimLost`` if the claim is not current. Durability: not waited for (a lost
+        renewal can only let the lease expire early, which redelivers the job).
+        """
+        self._ensure_open()
+        consuming.renew_lease(self, claim, extension)
+
+    # -- inspecting and operating (inspecting.py) -------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord | None:
+        """A snapshot of the job ``job_id``, or None if there is no such job (any more).
+
+        Raises ``InvalidArgument`` for an id that is not 1-128 characters of
+        ``[A-Za-z0-9_-]``. Reads the in-memory state.
+        """
         self._ensure_open()
-        check_job_id(job_id)
-        with self._lock:
-            self._ensure_open()
-            job = self._state.jobs.get(job_id)
-            return None if job is None else job.record()
+        return inspecting.get_job(self, job_id)
 
     def stats(self, queue: str) -> QueueStats:
+        """The job counts of ``queue`` (all zero for a queue never used).
+
+        ``done`` counts every ack since the queue began; ``dead`` is the current dead set.
+        Raises ``InvalidArgument`` for a bad queue name.
+        """
         self._ensure_open()
-        check_queue_name(queue)
-        with self._lock:
-            self._ensure_open()
-            index = self._state.queues.get(queue)
-            if index is None:
-                return QueueStats(queue=queue)
-            c = index.counts
-            return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
-                              scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
-                              done=index.done_total, dead=c[JobStatus.DEAD])
+        return inspecting.stats(self, queue)
 
     def list_queues(self) -> list[str]:
+        """The names of the queues that have had jobs, sorted."""
         self._ensure_open()
-        with self._lock:
-            self._ensure_open()
-            return sorted(self._state.queues)
+        return inspecting.list_queues(self)
 
     def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
                   ) -> list[JobRecord]:
-        """A page of dead jobs in enqueue order; ``after`` is the last id of the previous page."""
+        """A page of the dead jobs of ``queue``, in enqueue order.
+
+        Args:
+            queue: the queue's name.
+            after: the last id of the previous page (None: from the start).
+            limit: the page size, 1..10000.
+
+        Raises:
+            InvalidArgument: a bad argument.
+            JobNotFound: ``after`` is not a known job.
+        """
         self._ensure_open()
-        check_queue_name(queue)
-        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-            raise InvalidArgument(f"limit must be an int in 1..10000, got {limit!r}")
-        if after is not None:
-            check_job_id(after, "after")
-        with self._lock:
-            self._ensure_open()
-            after_seq = None
-            if after is not None:
-                ref = self._state.jobs.get(after)
-                if ref is None:
-                    raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
-                after_seq = ref.seq
-            return [j.record() for j in self._state.dead_page(queue, after_seq, limit)]
+        return inspecting.dead_jobs(self, queue, after, limit)
 
     def requeue_dead_job(self, job_id: str) -> None:
-        """Move a dead job back to pending with its attempts reset."""
+        """Move a dead job back to pending with its attempts reset.
+
+        Raises ``InvalidArgument`` for a bad id, ``JobNotFound`` if the job is not dead,
+        ``StorageError`` if the record could not be written. Durability: returns once the
+        change is durable.
+        """
         self._ensure_open()
-        check_job_id(job_id)
-        with self._lock:
-            self._check_open_locked()
-            job = self._state.jobs.get(job_id)
-            if job is None or job.status is not JobStatus.DEAD:
-                state = "unknown" if job is None else job.status.value
-                raise JobNotFound(f"job {job_id!r} is not dead (it is {state})")
-            ticket = self._commit_locked(ev.encode_requeue_dead(job_id),
-                                         self._state.on_requeue_dead, job_id)
-            self._wake_claimers_locked(job.queue)
-            self._wait_durable_locked(ticket)
+        inspecting.requeue_dead_job(self, job_id)
 
     def cancel(self, job_id: str) -> CancelOutcome:
-        """Remove a pending/scheduled job, or ask a running one to stop."""
+        """Remove a pending or scheduled job, or ask a claimed one to stop.
+
+        Returns:
+            ``REMOVED`` (it will never run), ``REQUESTED`` (claimed: the request is
+            persisted and ``claim.cancel_requested`` is set; a nack or an expired lease
+            then kills the job instead of retrying it) or ``NOT_FOUND`` (no such job, or
+            it is done or dead).
+
+        Raises ``InvalidArgument`` for a bad id, ``StorageError`` if the record could not
+        be written. Durability: returns once the change is durable.
+        """
         self._ensure_open()
-        check_job_id(job_id)
-        with self._lock:
-            self._check_open_locked()
-            job = self._state.jobs.get(job_id)
-            if job is None or job.status in _TERMINAL:
-                return CancelOutcome.NOT_FOUND
-            if job.status is JobStatus.CLAIMED:
-                if not job.cancel_requested:
-                    ticket = self._commit_locked(ev.encode_cancel(job_id),
-                                                 self._state.on_cancel, job_id)
-                    claim = self._claims.get(job_id)
-                    if claim is not None:
-                        claim.cancel_requested.set()
-                    self._wait_durable_locked(ticket)
-                return CancelOutcome.REQUESTED
-            ticket = self._commit_locked(ev.encode_cancel(job_id), self._state.on_cancel, job_id)
-            self._finished_locked(job_id, ticket, WaitOutcome(WaitStatus.NOT_FOUND))
-            self._wait_durable_locked(ticket)
-            return CancelOutcome.REMOVED
+        return inspecting.cancel(self, job_id)
 
     def wait_for_completion(self, job_id: str, timeout: Any) -> WaitOutcome:
-        """Block until the job is done or dead, or ``timeout`` seconds pass."""
-        self._ensure_open()
-        check_job_id(job_id)
-        seconds = _wait_seconds(timeout, "timeout")
-        deadline = time.monotonic() + seconds
-        with self._lock:
-            self._ensure_open()
-            job = self._state.jobs.get(job_id)
-            if job is None:
-                return WaitOutcome(WaitStatus.NOT_FOUND)
-            if job.status in _TERMINAL:
-                return WaitOutcome(WaitStatus.COMPLETED, job.record())
-            self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
-            try:
-                while job_id not in self._final:
-                    self._ensure_open()
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return WaitOutcome(WaitStatus.TIMED_OUT)
-                    self._completion.wait(min(left, 3600.0))
-                ticket, outcome = self._final[job_id]
-                self._wait_durable_locked(ticket)
-                return outcome
-            finally:
-                self._waiters[job_id] -= 1
-                if not self._waiters[job_id]:
-                    del self._waiters[job_id]
-                    self._final.pop(job_id, None)
+        """Block until the job is done or dead, or ``timeout`` passes.
 
-    # -- background ticks --------------------------------------------------------------------
+        Args:
+            job_id: the job to wait for.
+            timeout: seconds, a ``timedelta``, or ``math.inf``.
+
+        Returns:
+            ``WaitOutcome(COMPLETED, record)`` once the job is done or dead (the record is
+            None for a job acked without retention), ``TIMED_OUT``, or ``NOT_FOUND`` for an
+            unknown or cancelled job.
+
+        Raises ``InvalidArgument`` for a bad argument and ``QueueClosed`` if the queue
+        closes meanwhile. Durability: an outcome is reported once it is durable.
+        """
+        self._ensure_open()
+        return inspecting.wait_for_completion(self, job_id, timeout)
+
+    # -- background ticks (inspecting.py) ----------------------------------------------------
 
     def reap_now(self) -> int:
-        """Requeue (or dead-letter) jobs whose lease expired and sweep retention.
+        """Put back (or dead-letter) jobs whose lease expired, and sweep retention.
 
-        Returns how many expired claims were moved.
+        The reaper thread calls this every ``reaper_interval``; tests call it with a manual
+        clock. Returns how many expired claims were moved. Not waited for durably.
+        """
+        return inspecting.reap(self)
+
+    def promote_scheduled_now(self) -> int:
+        """Make scheduled jobs whose time has come pending; returns how many.
+
+        The scheduler thread calls this every ``scheduler_interval`` (claims also promote
+        due jobs of their queue first). Not waited for durably.
         """
         with self._lock:
             self._check_open_locked()
-            now = self._now()
-            expired = self._state.expired_leases(now)
-            for job in expired:
-                if job.cancel_requested:
-                    self._fail_locked(job, now, "cancelled: lease expired", dead=True)
-                else:
-                    self._fail_locked(job, now, "lease expired",
-                                      dead=job.attempts >= job.max_attempts)
-            purge: list[str] = []
-            for name in list(self._state.queues):
-                cfg = self._config(name)
-                done_before = math.inf if cfg.keep_done is None else now - float(cfg.keep_done)  # type: ignore[arg-type]
-                dead_before = None if cfg.dead_retention is None else \
-                    now - float(cfg.dead_retention)  # type: ignore[arg-type]
-                purge += self._state.sweepable(name, done_before, dead_before)
-            if purge:
-                self._commit_locked(ev.encode_purge(purge), self._state.on_purge, purge)
-            return len(expired)
-
-    def promote_scheduled_now(self) -> int:
-        """Move scheduled jobs whose time has come to pending; returns how many."""
-        with self._lock:
-            self._check_open_locked()
-            return self._promote_locked(self._now())
-
-    def _promote_locked(self, now: float) -> int:
-        due = self._state.due_scheduled(now)
-        if not due:
-            return 0
-        job_ids = [j.id for j in due]
-        self._commit_locked(ev.encode_promote(job_ids), self._state.on_promote, job_ids)
-        counts: dict[str, int] = {}
-        for job in due:
-            counts[job.queue] = counts.get(job.queue, 0) + 1
-        for name, n in counts.items():
-            self._wake_claimers_locked(name, n)
-        return len(due)
+            return inspecting.promote_locked(self, self._now())
 
     def __repr__(self) -> str:
         return f"Queue({self.store.description!r}{', closed' if self._closed else ''})"

@@ -6,7 +6,7 @@ import enum
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 
 class JobStatus(str, enum.Enum):
@@ -95,60 +95,84 @@ class WaitOutcome:
     record: JobRecord | None = None
 
 
-def record_of(values: tuple[Any, ...]) -> JobRecord:
-    """A :class:`JobRecord` from its field values in declaration order (headers copied)."""
-    (id, queue, payload, headers, status, attempts, max_attempts, priority, enqueued_at,
-     run_at, claimed_at, lease_expires_at, completed_at, failed_at, last_error, dedup_key,
-     cancel_requested) = values
-    return JobRecord(id=id, queue=queue, payload=payload, headers=dict(headers),
-                     status=status, attempts=attempts, max_attempts=max_attempts,
-                     priority=priority, enqueued_at=enqueued_at, run_at=run_at,
-                     claimed_at=claimed_at, lease_expires_at=lease_expires_at,
-                     completed_at=completed_at, failed_at=failed_at, last_error=last_error,
-                     dedup_key=dedup_key, cancel_requested=cancel_requested)
+class ClaimedJob(Protocol):
+    """What a :class:`Claim` reads of the queue's job: the fields a job never changes."""
+
+    id: str
+    queue: str
+    payload: bytes
+    priority: int
+    max_attempts: int
+    enqueued_at: float
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def dedup_key(self) -> str | None: ...
 
 
 _CANCEL_LOCK = threading.Lock()  # creates a claim's cancel_requested event only once
 
 
 class Claim:
-    """A job handed to one worker under a lease.
+    """A job handed to one worker under a lease, made by :meth:`taquba.Queue.claim`.
 
     The claim is identified by the job id and its attempt number: once the job moves on
     (settled, reaped, cancelled, claimed again), settling this claim raises ``ClaimLost``.
+    ``lease_expires_at`` follows ``renew_lease``; everything else is as it was when claimed.
     """
 
-    __slots__ = ("_cancel", "_key", "_record", "_values", "lease_expires_at", "token")
+    __slots__ = ("_cancel", "_job", "_key", "_last_error", "_record", "attempts",
+                 "claimed_at", "lease_expires_at")
 
-    def __init__(self, *, record: JobRecord, lease_expires_at: float,
-                 cancel_requested: threading.Event | None = None, token: Any = None) -> None:
-        self._record: JobRecord | None = record
-        self._values = (record.id, record.queue, record.payload, record.headers,
-                        record.status, record.attempts, record.max_attempts, record.priority)
-        self._key: bytes | None = None
+    def __init__(self, job: ClaimedJob, *, attempts: int, claimed_at: float,
+                 lease_expires_at: float, last_error: str | None = None,
+                 key: bytes | None = None) -> None:
+        self._job = job
+        self.attempts = attempts
+        self.claimed_at = claimed_at
         self.lease_expires_at = lease_expires_at
-        self._cancel = cancel_requested
-        self.token = token
+        self._last_error = last_error
+        self._key = key  # the id's binary form, for the ack's record
+        self._record: JobRecord | None = None
+        self._cancel: threading.Event | None = None
 
-    @classmethod
-    def _of(cls, values: tuple[Any, ...], lease_expires_at: float, token: Any,
-            key: bytes | None) -> Claim:
-        """The queue's claims: the record is made from ``values`` when first asked for."""
-        claim = object.__new__(cls)
-        claim._record = None
-        claim._values = values
-        claim._key = key  # the id's binary form, for the ack's record
-        claim.lease_expires_at = lease_expires_at
-        claim._cancel = None
-        claim.token = token
-        return claim
+    @property
+    def id(self) -> str:
+        return self._job.id
+
+    @property
+    def queue(self) -> str:
+        return self._job.queue
+
+    @property
+    def payload(self) -> bytes:
+        return self._job.payload
+
+    @property
+    def priority(self) -> int:
+        return self._job.priority
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.record.headers
 
     @property
     def record(self) -> JobRecord:
-        """The job as it was when claimed."""
+        """The job as it was when claimed (``cancel_requested`` as the event is now)."""
         record = self._record
         if record is None:
-            record = self._record = record_of(self._values)
+            job = self._job
+            cancel = self._cancel
+            record = self._record = JobRecord(
+                id=job.id, queue=job.queue, payload=job.payload, headers=dict(job.headers),
+                status=JobStatus.CLAIMED, attempts=self.attempts,
+                max_attempts=job.max_attempts, priority=job.priority,
+                enqueued_at=job.enqueued_at, claimed_at=self.claimed_at,
+                lease_expires_at=self.lease_expires_at, last_error=self._last_error,
+                dedup_key=job.dedup_key,
+                cancel_requested=cancel is not None and cancel.is_set())
         return record
 
     @property
@@ -161,30 +185,6 @@ class Claim:
                 if event is None:
                     event = self._cancel = threading.Event()
         return event
-
-    @property
-    def id(self) -> str:
-        return self._values[0]  # type: ignore[no-any-return]
-
-    @property
-    def queue(self) -> str:
-        return self._values[1]  # type: ignore[no-any-return]
-
-    @property
-    def payload(self) -> bytes:
-        return self._values[2]  # type: ignore[no-any-return]
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.record.headers
-
-    @property
-    def attempts(self) -> int:
-        return self._values[5]  # type: ignore[no-any-return]
-
-    @property
-    def priority(self) -> int:
-        return self._values[7]  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         return (f"Claim(id={self.id!r}, queue={self.queue!r}, attempts={self.attempts}, "

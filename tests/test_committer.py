@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +187,7 @@ def test_a_waiter_does_not_return_before_its_segment_exists(fast_backend_root):
     with committer.lock:
         ticket = committer.submit_locked(b"held")
         # The committer needs this lock to take the batch: nothing can be durable yet.
+        assert not ticket.done()
         assert committer.wait_locked(ticket, timeout=0) is False
     returned = threading.Event()
     waiter = threading.Thread(target=lambda: (committer.append(b"second"), returned.set()))
@@ -196,6 +196,7 @@ def test_a_waiter_does_not_return_before_its_segment_exists(fast_backend_root):
     assert not reader.contains(b"held")
     with committer.lock:
         assert committer.wait_locked(ticket, timeout=0) is False
+    assert not ticket.done()
     assert not returned.is_set()
     gate.set()
     waiter.join(30)
@@ -203,6 +204,7 @@ def test_a_waiter_does_not_return_before_its_segment_exists(fast_backend_root):
     assert reader.contains(b"held") and reader.contains(b"second")
     with committer.lock:
         assert committer.wait_locked(ticket, timeout=0) is True
+    assert ticket.done() and ticket.error() is None
     assert committer.close(timeout=30)
 
 
@@ -213,9 +215,10 @@ def test_records_are_durable_in_submission_order(fast_backend_root):
     with committer.lock:
         for i in range(200):
             tickets.append(committer.submit_locked(b"%d" % i))
-        assert tickets == list(range(1, 201))
+        assert committer.submitted == 200
         assert committer.wait_locked(tickets[-1], timeout=30)
-        assert committer.durable_upto == 200
+        # Batches are written in order: the last one durable means all of them are.
+        assert all(t.done() and t.error() is None for t in tickets)
     committer.append_many([b"200", b"201"])
     assert committer.close(timeout=30)
     assert replay(fast_backend_root).records == [b"%d" % i for i in range(202)]
@@ -226,9 +229,7 @@ def test_max_batch_bytes_splits_a_large_batch_in_order(fast_backend_root):
     committer = Committer(log, max_batch_bytes=250)
     records = [b"%03d" % i + b"x" * 97 for i in range(20)]  # 100 bytes each
     with committer.lock:
-        ticket = 0
-        for r in records:
-            ticket = committer.submit_locked(r)
+        ticket = committer.submit_many_locked(records)
         committer.wait_locked(ticket)
     committer.append(b"y" * 1000)  # bigger than the limit on its own: still written
     assert committer.close(timeout=30)
@@ -613,38 +614,6 @@ def test_an_inline_committer_writes_the_records_nobody_waits_for(fast_backend_ro
     assert committer.close(timeout=30)
 
 
-class Sleepers:
-    """Threads asleep in a committer's gate, as callers waiting for a write are."""
-
-    def __init__(self, committer: Committer, timeouts: list[float | None]) -> None:
-        self.committer = committer
-        self.gate: deque[Any] = deque()
-        self.woken: list[int] = []
-        self.threads = [threading.Thread(target=self._sleep, args=(i, t), daemon=True)
-                        for i, t in enumerate(timeouts)]
-        for i, t in enumerate(self.threads):
-            t.start()
-            assert eventually(lambda n=i + 1: len(self.gate) == n)  # in order
-
-    def _sleep(self, i: int, timeout: float | None) -> None:
-        self.committer.lock.acquire()
-        self.committer._sleep(self.gate, timeout)
-        self.woken.append(i)
-
-    def finish_write(self) -> Any:
-        """Move the sleepers to the ready line as a finished write does; the first's lock."""
-        with self.committer.lock:
-            first = self.gate.popleft()
-            self.committer._ready.extend(self.gate)
-            self.gate.clear()
-        return first
-
-    def join(self, *indexes: int) -> None:
-        for i in indexes:
-            self.threads[i].join(30)
-            assert not self.threads[i].is_alive(), f"sleeper {i} was never woken"
-
-
 @pytest.fixture
 def mem_root() -> Iterator[Any]:
     root = memory_root()
@@ -654,36 +623,84 @@ def mem_root() -> Iterator[Any]:
         drop_memory_root(root)
 
 
-@pytest.mark.parametrize("position", [1, 3, 5])
-def test_a_sleeper_that_gives_up_in_the_ready_line_does_not_break_it(mem_root, position):
-    """A write wakes its first caller and each wakes the next: one leaving must not stop it."""
-    log, _ = open_log(mem_root.store())
-    committer = Committer(log, inline=True)
-    timeouts: list[float | None] = [None] * 6
-    timeouts[position] = 0.05
-    sleepers = Sleepers(committer, timeouts)
-    first = sleepers.finish_write()
-    sleepers.join(position)  # it timed out while in the ready line, and left it
-    first.release()
-    sleepers.join(*range(6))
-    assert sorted(sleepers.woken) == list(range(6))
-    assert not committer._ready
+def test_a_failure_fails_every_pending_batch_at_once(mem_root):
+    """One broken state: the waiters of the batch in flight and of every later batch raise."""
+    store = mem_root.store()
+    log, _ = open_log(store)
+    gate = threading.Event()
+    entered = threading.Event()
+    raw_put = store._raw_put_if_absent
+
+    def failing_put(key: str, data: bytes) -> None:
+        if key.startswith(SEGMENT_DIR):
+            entered.set()
+            assert gate.wait(60)
+            raise PermissionError("denied")
+        raw_put(key, data)
+
+    store._raw_put_if_absent = failing_put  # type: ignore[method-assign]
+    committer = Committer(log, max_batch_bytes=10, inline=False)
+    errors: list[BaseException] = []
+
+    def append(rec: bytes) -> None:
+        try:
+            committer.append(rec)
+        except BaseException as exc:
+            errors.append(exc)
+
+    first = threading.Thread(target=append, args=(b"in flight",))
+    first.start()
+    assert entered.wait(30)
+    later = [threading.Thread(target=append, args=(b"later %02d" % i,)) for i in range(6)]
+    for t in later:
+        t.start()
+    with committer.lock:
+        pending = committer.latest_locked()
+    assert eventually(lambda: committer.submitted == 7)
+    gate.set()
+    for t in [first, *later]:
+        t.join(30)
+        assert not t.is_alive()
+    assert len(errors) == 7
+    assert all(isinstance(e, (PermanentStorageError, QueueBroken)) for e in errors)
+    assert pending.done() and pending.error() is not None
+    with committer.lock, pytest.raises(QueueBroken):
+        committer.check_usable_locked()
     assert committer.close(timeout=30)
 
 
-def test_a_sleeper_woken_as_it_gives_up_passes_the_wake_up_on(mem_root):
+def test_a_batch_wakes_every_waiter_even_when_one_gives_up_first(mem_root):
+    """Waiters are woken one after another: one that timed out must not break the chain."""
     log, _ = open_log(mem_root.store())
-    committer = Committer(log, inline=True)
-    timeouts: list[float | None] = [None, 0.05, None, None]
-    sleepers = Sleepers(committer, timeouts)
-    sleepers.finish_write()  # sleeper 0 is never released: the line starts at sleeper 1
-    with committer.lock:
-        taken = committer._ready.popleft()  # the one before it took it from the line ...
-    sleepers.join(1)  # ... but it timed out before the release came
-    taken.release()
-    sleepers.join(2, 3)  # it woke the next anyway
-    assert sorted(sleepers.woken) == [1, 2, 3]
-    with committer.lock:
-        assert not committer._ready
-    sleepers.gate.clear()
+    committer = Committer(log)
+    from taquba.committer import Batch
+
+    batch = Batch()
+    woken: list[int] = []
+
+    def waiter(i: int, timeout: float | None) -> None:
+        if batch.wait(timeout):
+            woken.append(i)
+
+    threads = [threading.Thread(target=waiter, args=(i, 0.05 if i == 2 else None))
+               for i in range(5)]
+    for t in threads:
+        t.start()
+    threads[2].join(30)  # gave up before the batch was resolved
+    batch.set_result()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive(), "a waiter was never woken"
+    assert sorted(woken) == [0, 1, 3, 4]
     assert committer.close(timeout=30)
+
+
+def test_a_nudge_wakes_one_waiter_without_resolving_the_batch() -> None:
+    from taquba.committer import Batch
+
+    batch = Batch()
+    batch.nudge()  # nobody waits yet: the next waiter takes it
+    assert batch.wait(30) is False and not batch.done()
+    assert batch.wait(0.01) is False  # taken: the next wait times out
+    batch.set_exception(RuntimeError("lost"))
+    assert batch.wait(0) is True and isinstance(batch.error(), RuntimeError)

@@ -3,6 +3,7 @@ sizes the format promises, and a state rebuilt from its records equal to the liv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import struct
@@ -12,13 +13,14 @@ import fsspec
 import pytest
 from clock import T0, ManualClock
 
-from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig, ids
-from taquba import events as ev
-from taquba import snapshot as snap
-from taquba.codec import FORMAT_VERSION
+from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig
+from taquba.core import events as ev
+from taquba.core import ids
+from taquba.core import snapshot as snap
+from taquba.core.codec import RECORD_FORMAT_VERSION as FORMAT_VERSION
+from taquba.core.state import JOB_BYTES, State
 from taquba.errors import CorruptionError
 from taquba.records import JobStatus
-from taquba.state import JOB_BYTES, State
 
 G = ids.IdGenerator()
 A, B, C = G.new_many(T0, 3)
@@ -28,10 +30,49 @@ CANONICAL_USER_ID = "01ARZ3NDEKTSV4RRFFQ69G5FA0"
 ODD_TIME = 1_700_000_000.123_456_7
 
 
+# One enqueued job as these tests write it: (id, payload, priority, max_attempts, run_at,
+# dedup_key, headers).
+NewJob = tuple[str, bytes, int, int, float | None, str | None, dict[str, str] | None]
+
+
 def job(job_id: str, payload: bytes = b"p", priority: int = ev.DEFAULT_PRIORITY,
         max_attempts: int = ev.DEFAULT_MAX_ATTEMPTS, run_at: float | None = None,
-        dedup_key: str | None = None, headers: dict[str, str] | None = None) -> ev.NewJob:
+        dedup_key: str | None = None, headers: dict[str, str] | None = None) -> NewJob:
     return (job_id, payload, priority, max_attempts, run_at, dedup_key, headers)
+
+
+def enqueued(queue: str, at: float, jobs: list[NewJob],
+             kv: list[tuple[bytes, bytes]] | tuple[()] = ()) -> ev.Enqueued:
+    """An Enqueued event with a spec for every job (the general form)."""
+    return ev.Enqueued(queue, at, [j[0] for j in jobs], [j[1] for j in jobs],
+                       specs=[ev.JobSpec(*j[2:]) for j in jobs], kv=list(kv))
+
+
+def plain(queue: str, at: float, job_ids: list[str], payloads: list[bytes], priority: int,
+          max_attempts: int) -> ev.Enqueued:
+    """An Enqueued event of jobs that share everything but id and payload (the fast form)."""
+    return ev.Enqueued(queue, at, job_ids, payloads, priority, max_attempts)
+
+
+def jobs_of(e: ev.Enqueued) -> list[NewJob]:
+    out: list[NewJob] = []
+    for i, (job_id, payload) in enumerate(zip(e.ids, e.payloads)):
+        spec = None if e.specs is None else e.specs[i]
+        if spec is None:
+            out.append(job(job_id, payload, e.priority, e.max_attempts))
+        else:
+            out.append(job(job_id, payload, spec.priority, spec.max_attempts, spec.run_at,
+                           spec.dedup_key, dict(spec.headers) if spec.headers else None))
+    return out
+
+
+def view(e: ev.Event) -> tuple[Any, ...]:
+    """What an event means, whatever form it takes (specs or common values)."""
+    if isinstance(e, ev.Enqueued):
+        return ("enqueue", e.queue, e.at, jobs_of(e), [tuple(kv) for kv in e.kv])
+    return (type(e).__name__, *(list(v) if isinstance(v, (list, tuple)) else v
+                                for v in (getattr(e, f.name) for f in dataclasses.fields(e)
+                                          if f.compare)))
 
 
 def carry_ids() -> list[str]:
@@ -40,7 +81,7 @@ def carry_ids() -> list[str]:
     return [ids.encode(start + k) for k in range(6)]
 
 
-ENQUEUES: list[tuple[str, str, float, list[ev.NewJob], list[tuple[bytes, bytes]]]] = [
+ENQUEUES: list[tuple[str, str, float, list[NewJob], list[tuple[bytes, bytes]]]] = [
     ("plain", "jobs", T0, [job(A)], []),
     ("empty-payload", "jobs", ODD_TIME, [job(A, b"")], []),
     ("all-options", "é-queue", ODD_TIME, [job(
@@ -56,41 +97,38 @@ ENQUEUES: list[tuple[str, str, float, list[ev.NewJob], list[tuple[bytes, bytes]]
 ]
 
 
-def sample_records() -> list[tuple[str, bytes, int, tuple[Any, ...]]]:
-    """(name, record, kind, decoded args) of every record kind in its variants."""
-    out = []
+def sample_events() -> list[tuple[str, ev.Event]]:
+    """(name, event) of every event kind in its variants."""
+    out: list[tuple[str, ev.Event]] = []
     for name, queue, at, jobs, kv in ENQUEUES:
-        out.append((f"enqueue-{name}", ev.encode_enqueue(queue, at, jobs, kv), ev.ENQUEUE,
-                    (queue, at, jobs, kv)))
+        out.append((f"enqueue-{name}", enqueued(queue, at, jobs, kv)))
+    out.append(("enqueue-plain-batch", plain("jobs", T0, G.new_many(T0, 300),
+                                             [b"z" * k for k in range(300)], 7, 2)))
     for i, job_id in enumerate([A, *TEXT_IDS, CANONICAL_USER_ID]):
         for attempts, lease in [(1, 30.0), (200, 0.25), (3, 1e300), (1, 2.0**53), (7, 63.0),
                                 (1, 64.0)]:
             out.append((f"claim-{i}-{attempts}-{lease}",
-                        ev.encode_claim(job_id, attempts, ODD_TIME, lease), ev.CLAIM,
-                        (job_id, attempts, ODD_TIME, lease)))
-        out.append((f"renew-{i}", ev.encode_renew(job_id, ODD_TIME), ev.RENEW,
-                    (job_id, ODD_TIME)))
-        out.append((f"ack-drop-{i}", ev.encode_ack(job_id, False, ODD_TIME), ev.ACK,
-                    (job_id, False, None)))
-        out.append((f"ack-keep-{i}", ev.encode_ack(job_id, True, ODD_TIME), ev.ACK,
-                    (job_id, True, ODD_TIME)))
-        out.append((f"fail-dead-{i}", ev.encode_fail(job_id, ev.TO_DEAD, ODD_TIME, None, "bóom"),
-                    ev.FAIL, (job_id, ev.TO_DEAD, ODD_TIME, None, "bóom")))
+                        ev.Claimed(job_id, attempts, ODD_TIME, lease)))
+        out.append((f"renew-{i}", ev.Renewed(job_id, ODD_TIME)))
+        out.append((f"ack-drop-{i}", ev.Acked(job_id, False)))
+        out.append((f"ack-keep-{i}", ev.Acked(job_id, True, ODD_TIME)))
+        out.append((f"fail-dead-{i}", ev.Failed(job_id, ev.TO_DEAD, ODD_TIME, None, "bóom")))
         out.append((f"fail-scheduled-{i}",
-                    ev.encode_fail(job_id, ev.TO_SCHEDULED, T0, ODD_TIME, "x" * 20_000),
-                    ev.FAIL, (job_id, ev.TO_SCHEDULED, None, ODD_TIME, "x" * 20_000)))
-        out.append((f"fail-pending-{i}", ev.encode_fail(job_id, ev.TO_PENDING, T0, None, None),
-                    ev.FAIL, (job_id, ev.TO_PENDING, None, None, None)))
-        out.append((f"cancel-{i}", ev.encode_cancel(job_id), ev.CANCEL, (job_id,)))
-        out.append((f"requeue-{i}", ev.encode_requeue_dead(job_id), ev.REQUEUE_DEAD, (job_id,)))
+                    ev.Failed(job_id, ev.TO_SCHEDULED, None, ODD_TIME, "x" * 20_000)))
+        out.append((f"fail-pending-{i}", ev.Failed(job_id, ev.TO_PENDING)))
+        out.append((f"cancel-{i}", ev.Cancelled(job_id)))
+        out.append((f"requeue-{i}", ev.DeadRequeued(job_id)))
     mixed = [A, "x", B, "A" * 128, CANONICAL_USER_ID]
-    for kind, encode in [(ev.PROMOTE, ev.encode_promote), (ev.PURGE, ev.encode_purge),
-                         (ev.RELEASE, ev.encode_release)]:
-        out.append((f"{ev.KIND_NAMES[kind]}-mixed", encode(mixed), kind, (mixed,)))
-        out.append((f"{ev.KIND_NAMES[kind]}-empty", encode([]), kind, ([],)))
-    out.append(("kv-delete", ev.encode_kv_delete([b"a", b"\x00" * 300, b""]), ev.KV_DELETE,
-                ([b"a", b"\x00" * 300, b""],)))
+    for cls in (ev.Promoted, ev.Purged, ev.Released):
+        out.append((f"{ev.KIND_NAMES[cls.KIND]}-mixed", cls(mixed)))
+        out.append((f"{ev.KIND_NAMES[cls.KIND]}-empty", cls([])))
+    out.append(("kv-delete", ev.KvDeleted([b"a", b"\x00" * 300, b""])))
     return out
+
+
+def sample_records() -> list[tuple[str, bytes, int, ev.Event]]:
+    """(name, record, kind, event) of every record kind in its variants."""
+    return [(name, e.encode(), e.KIND, e) for name, e in sample_events()]
 
 
 SAMPLES = sample_records()
@@ -98,13 +136,13 @@ SAMPLES = sample_records()
 
 @pytest.mark.parametrize(("record", "kind", "args"), [s[1:] for s in SAMPLES],
                          ids=[s[0] for s in SAMPLES])
-def test_every_record_round_trips_exactly(record: bytes, kind: int, args: tuple[Any, ...]
-                                          ) -> None:
+def test_every_record_round_trips_exactly(record: bytes, kind: int, args: ev.Event) -> None:
     assert record[0] == FORMAT_VERSION << 4 | kind
-    got_kind, got = ev.decode(record)
-    assert got_kind == kind
-    assert got == args
-    for a, b in zip(_floats(got), _floats(args)):  # bit-exact, not just ==
+    got = ev.decode(record)
+    assert type(got) is type(args)
+    assert view(got) == view(args)
+    assert got.encode() == record
+    for a, b in zip(_floats(view(got)), _floats(view(args))):  # bit-exact, not just ==
         assert struct.pack(">d", a) == struct.pack(">d", b)
 
 
@@ -121,8 +159,9 @@ def test_claim_expiry_is_the_float_the_queue_computed() -> None:
     for _ in range(2_000):
         at = T0 + rng.random() * 1e6
         lease = rng.choice([30.0, 0.1, rng.random() * 100, float(rng.randrange(1, 10**6))])
-        _, (_, _, got_at, got_lease) = ev.decode(ev.encode_claim(A, 1, at, lease))
-        assert got_at + got_lease == at + lease
+        got = ev.decode(ev.Claimed(A, 1, at, lease).encode())
+        assert isinstance(got, ev.Claimed)
+        assert got.at + got.lease == at + lease
 
 
 @pytest.mark.parametrize("priority", [ev.DEFAULT_PRIORITY, 0, 100, 2**32 - 1])
@@ -145,36 +184,43 @@ def test_plain_enqueue_encoding_is_the_general_one(priority: int, max_attempts: 
     ]
     for job_ids in batches:
         payloads = [rng.randbytes(rng.choice([0, 5, 127, 128, 300, 16_384])) for _ in job_ids]
-        general = ev.encode_enqueue("jobs", T0, [
-            job(i, p, priority, max_attempts) for i, p in zip(job_ids, payloads)])
-        plain = ev.encode_enqueue_plain("jobs", T0, job_ids, payloads, priority, max_attempts)
-        assert plain == general
-        _, (_, _, jobs, _) = ev.decode(plain)
-        assert [j[0] for j in jobs] == job_ids and [j[1] for j in jobs] == payloads
+        general = enqueued("jobs", T0, [
+            job(i, p, priority, max_attempts) for i, p in zip(job_ids, payloads)]).encode()
+        record = plain("jobs", T0, job_ids, payloads, priority, max_attempts).encode()
+        assert record == general
+        got = ev.decode(record)
+        assert isinstance(got, ev.Enqueued) and got.specs is None  # read back in plain form
+        assert list(got.ids) == job_ids and list(got.payloads) == payloads
 
 
 def test_consecutive_ids_of_a_batch_cost_no_id_bytes() -> None:
     job_ids = G.new_many(T0, 1000)
-    record = ev.encode_enqueue_plain("jobs", T0, job_ids, [b"x" * 64] * 1000, 1000, 3)
+    record = plain("jobs", T0, job_ids, [b"x" * 64] * 1000, 1000, 3).encode()
     # head (tag, name, time, count) + first id + per job: flags, length, payload
     assert len(record) <= 1 + 5 + 8 + 2 + 16 + 1000 * (1 + 1 + 64)
 
 
 def test_encoders_refuse_what_no_decoder_would_accept() -> None:
     with pytest.raises(ValueError):
-        ev.encode_enqueue("jobs", T0, [])
+        enqueued("jobs", T0, []).encode()
     with pytest.raises(ValueError):
-        ev.encode_enqueue("jobs", math.nan, [job(A)])
+        enqueued("jobs", math.nan, [job(A)]).encode()
     with pytest.raises(ValueError):
-        ev.encode_claim(A, 1, math.inf, 30.0)
+        ev.Enqueued("jobs", T0, [A, B], [b"one payload"]).encode()
     with pytest.raises(ValueError):
-        ev.encode_claim(A, 1, T0, math.nan)
+        ev.Claimed(A, 1, math.inf, 30.0).encode()
     with pytest.raises(ValueError):
-        ev.encode_fail(A, ev.TO_SCHEDULED, T0, None, None)
+        ev.Claimed(A, 1, T0, math.nan).encode()
     with pytest.raises(ValueError):
-        ev.encode_fail(A, 3, T0, None, None)
+        ev.Failed(A, ev.TO_SCHEDULED).encode()
     with pytest.raises(ValueError):
-        ev.encode_cancel("x" * 129)
+        ev.Failed(A, ev.TO_PENDING, T0).encode()  # a time only a dead job keeps
+    with pytest.raises(ValueError):
+        ev.Failed(A, 3).encode()
+    with pytest.raises(ValueError):
+        ev.Acked(A, True).encode()  # kept without a completion time
+    with pytest.raises(ValueError):
+        ev.Cancelled("x" * 129).encode()
 
 
 # --------------------------------------------------------------------------- strict decoding
@@ -193,7 +239,7 @@ def test_every_truncation_and_any_trailing_byte_is_corruption(record: bytes) -> 
 
 
 def test_other_format_versions_and_unknown_kinds_are_rejected_by_name() -> None:
-    claim = ev.encode_claim(A, 1, T0, 30.0)
+    claim = ev.Claimed(A, 1, T0, 30.0).encode()
     for version in (0, 1, 3, 15):
         with pytest.raises(CorruptionError, match=f"format version {version}"):
             ev.decode(bytes([version << 4 | ev.CLAIM]) + claim[1:])
@@ -208,13 +254,13 @@ def test_other_format_versions_and_unknown_kinds_are_rejected_by_name() -> None:
 
 
 @pytest.mark.parametrize(("name", "record", "pattern"), [
-    ("claim-unknown-flag", ev.encode_claim(A, 1, T0, 30.0)[:1] + b"\x80"
-     + ev.encode_claim(A, 1, T0, 30.0)[2:], "unknown flags"),
-    ("claim-zero-attempts", ev.encode_claim(A, 1, T0, 30.0)[:18] + b"\x00"
-     + ev.encode_claim(A, 1, T0, 30.0)[19:], "attempts 0"),
-    ("claim-nan-time", ev.encode_claim(A, 1, T0, 30.0)[:19] + struct.pack(">d", math.nan)
-     + ev.encode_claim(A, 1, T0, 30.0)[27:], "non-finite"),
-    ("claim-bad-duration", ev.encode_claim(A, 1, T0, 30.0)[:-1] + b"\x03", "duration"),
+    ("claim-unknown-flag", ev.Claimed(A, 1, T0, 30.0).encode()[:1] + b"\x80"
+     + ev.Claimed(A, 1, T0, 30.0).encode()[2:], "unknown flags"),
+    ("claim-zero-attempts", ev.Claimed(A, 1, T0, 30.0).encode()[:18] + b"\x00"
+     + ev.Claimed(A, 1, T0, 30.0).encode()[19:], "attempts 0"),
+    ("claim-nan-time", ev.Claimed(A, 1, T0, 30.0).encode()[:19] + struct.pack(">d", math.nan)
+     + ev.Claimed(A, 1, T0, 30.0).encode()[27:], "non-finite"),
+    ("claim-bad-duration", ev.Claimed(A, 1, T0, 30.0).encode()[:-1] + b"\x03", "duration"),
     ("fail-destination-3", bytes([FORMAT_VERSION << 4 | ev.FAIL, 0x06]) + bytes(16),
      "destination 3"),
     ("ack-text-id-too-long", bytes([FORMAT_VERSION << 4 | ev.ACK, 0x01, 129]) + b"a" * 129,
@@ -255,14 +301,14 @@ def test_random_damage_raises_corruption_or_decodes_never_anything_else() -> Non
                 data[0] = FORMAT_VERSION << 4 | rng.randrange(16)
             state = State()
             try:
-                state.apply_bytes(bytes(data))
+                state.apply_record(bytes(data))
             except CorruptionError:
                 pass
     for _ in range(3_000):
         data = bytes([FORMAT_VERSION << 4 | rng.randrange(1, 12)]) + rng.randbytes(
             rng.randrange(0, 60))
         try:
-            State().apply_bytes(data)
+            State().apply_record(data)
         except CorruptionError:
             pass
 
@@ -279,27 +325,27 @@ def busy_state() -> State:
              job("user-2", b"", dedup_key="dk-1"),
              job(g.new(T0), b"s", run_at=T0 + 50, dedup_key="dk-2"),
              job(CANONICAL_USER_ID, b"c")]
-    s.on_enqueue("jobs", T0, jobs, [(b"k1", b"v1"), (b"k2", b"\x00" * 500)])
-    s.on_enqueue_plain("other", ODD_TIME, g.new_many(T0 + 1, 5), [b"o"] * 5, 7, 2)
+    s.apply(enqueued("jobs", T0, jobs, [(b"k1", b"v1"), (b"k2", b"\x00" * 500)]))
+    s.apply(plain("other", ODD_TIME, g.new_many(T0 + 1, 5), [b"o"] * 5, 7, 2))
     ids_ = [j[0] for j in jobs]
-    s.on_claim(ids_[0], 1, T0, 30.0)
-    s.on_claim(ids_[1], 1, T0, 30.0)
-    s.on_ack(ids_[1], True, T0 + 1)
-    s.on_claim(ids_[2], 1, T0, 30.0)
-    s.on_ack(ids_[2], False, T0 + 1)
-    s.on_claim(ids_[3], 1, T0, 30.0)
-    s.on_fail(ids_[3], ev.TO_DEAD, ODD_TIME, None, "boom")
-    s.on_claim(ids_[4], 1, T0, 30.0)
-    s.on_fail(ids_[4], ev.TO_SCHEDULED, T0, T0 + 9, "retry")
-    s.on_claim(ids_[5], 2, T0, 0.5)
-    s.on_renew(ids_[5], T0 + 77)
-    s.on_cancel(ids_[5])
-    s.on_claim("user-1", 1, T0, 30.0)
-    s.on_fail("user-1", ev.TO_PENDING, T0, None, None)
-    s.on_cancel(ids_[6])
-    s.on_claim("user-2", 1, T0, 30.0)  # releases the dedup key
-    s.on_kv_delete([b"k1"])
-    s.on_purge([])
+    s.apply(ev.Claimed(ids_[0], 1, T0, 30.0))
+    s.apply(ev.Claimed(ids_[1], 1, T0, 30.0))
+    s.apply(ev.Acked(ids_[1], True, T0 + 1))
+    s.apply(ev.Claimed(ids_[2], 1, T0, 30.0))
+    s.apply(ev.Acked(ids_[2], False))
+    s.apply(ev.Claimed(ids_[3], 1, T0, 30.0))
+    s.apply(ev.Failed(ids_[3], ev.TO_DEAD, ODD_TIME, None, "boom"))
+    s.apply(ev.Claimed(ids_[4], 1, T0, 30.0))
+    s.apply(ev.Failed(ids_[4], ev.TO_SCHEDULED, None, T0 + 9, "retry"))
+    s.apply(ev.Claimed(ids_[5], 2, T0, 0.5))
+    s.apply(ev.Renewed(ids_[5], T0 + 77))
+    s.apply(ev.Cancelled(ids_[5]))
+    s.apply(ev.Claimed("user-1", 1, T0, 30.0))
+    s.apply(ev.Failed("user-1", ev.TO_PENDING))
+    s.apply(ev.Cancelled(ids_[6]))
+    s.apply(ev.Claimed("user-2", 1, T0, 30.0))  # releases the dedup key
+    s.apply(ev.KvDeleted([b"k1"]))
+    s.apply(ev.Purged([]))
     return s
 
 
@@ -314,8 +360,10 @@ def index_view(s: State) -> Any:
     queues = {}
     for name, q in s.queues.items():
         queues[name] = (
-            live(q.pending, lambda e: (j := jobs.get(e[2])) is not None
-                 and j.status is JobStatus.PENDING and (j.priority, j.seq) == e[:2]),
+            sorted({(p, j.seq, j.id) for p, lane in q.lanes.items()
+                    for j in [*lane.fresh, *(jobs.get(i) for _, i in lane.returned)]
+                    if j is not None and jobs.get(j.id) is j
+                    and j.status is JobStatus.PENDING}),
             dict(q.dedup), dict(q.counts), q.done_total,
             live(q.done_heap, lambda e: (j := jobs.get(e[1])) is not None
                  and j.status is JobStatus.DONE and j.completed_at == e[0]),
@@ -362,7 +410,7 @@ def test_damaged_snapshots_raise_corruption() -> None:
     with pytest.raises(CorruptionError, match="trailing"):
         State.restore(data + b"\x00")
     with pytest.raises(CorruptionError, match="expected a snapshot"):
-        State.restore(ev.encode_cancel(A))
+        State.restore(ev.Cancelled(A).encode())
     rng = random.Random(5)
     for _ in range(2_000):
         damaged = bytearray(data)
@@ -376,7 +424,7 @@ def test_damaged_snapshots_raise_corruption() -> None:
 
 def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s = State()
-    s.on_enqueue("jobs", T0, [job(A)])
+    s.apply(enqueued("jobs", T0, [job(A)]))
     data = s.snapshot()
     _, queues, _, kv = snap.decode(data)
     twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues],
@@ -387,10 +435,10 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
 
 def test_replaying_an_enqueue_of_a_known_id_is_corruption() -> None:
     s = State()
-    record = ev.encode_enqueue("jobs", T0, [job(A)])
-    s.apply_bytes(record)
+    record = enqueued("jobs", T0, [job(A)]).encode()
+    s.apply_record(record)
     with pytest.raises(CorruptionError, match="repeats"):
-        s.apply_bytes(record)
+        s.apply_record(record)
 
 
 # --------------------------------------------------------------------------- live_bytes
@@ -399,38 +447,38 @@ def test_replaying_an_enqueue_of_a_known_id_is_corruption() -> None:
 def test_live_bytes_follows_what_a_snapshot_holds() -> None:
     s = State()
     assert s.live_bytes == 0
-    s.on_enqueue("jobs", T0, [job(A, b"x" * 100)])
+    s.apply(enqueued("jobs", T0, [job(A, b"x" * 100)]))
     assert s.live_bytes == JOB_BYTES + 100
-    s.on_enqueue_plain("jobs", T0, [B, C], [b"y" * 10, b"z" * 20], 1000, 3)
+    s.apply(plain("jobs", T0, [B, C], [b"y" * 10, b"z" * 20], 1000, 3))
     assert s.live_bytes == 3 * JOB_BYTES + 130
     before_kv = s.live_bytes
-    s.on_enqueue("jobs", T0, [job("k", b"")], [(b"key", b"v" * 50)])
+    s.apply(enqueued("jobs", T0, [job("k", b"")], [(b"key", b"v" * 50)]))
     with_kv = s.live_bytes
     assert with_kv > before_kv + 50
-    s.on_enqueue("jobs", T0, [job("k2", b"")], [(b"key", b"v" * 10)])  # overwrite, shorter
+    s.apply(enqueued("jobs", T0, [job("k2", b"")], [(b"key", b"v" * 10)]))  # overwrite, shorter
     assert s.live_bytes == with_kv - 40 + JOB_BYTES
-    s.on_kv_delete([b"key", b"missing"])
+    s.apply(ev.KvDeleted([b"key", b"missing"]))
     assert s.live_bytes == before_kv + 2 * JOB_BYTES
-    s.on_cancel("k")
-    s.on_cancel("k2")
+    s.apply(ev.Cancelled("k"))
+    s.apply(ev.Cancelled("k2"))
     assert s.live_bytes == before_kv
-    s.on_claim(A, 1, T0, 30.0)
-    s.on_fail(A, ev.TO_DEAD, T0, None, "e" * 1000)
+    s.apply(ev.Claimed(A, 1, T0, 30.0))
+    s.apply(ev.Failed(A, ev.TO_DEAD, T0, None, "e" * 1000))
     assert s.live_bytes > before_kv + 1000
-    s.on_purge([A])
-    s.on_claim(B, 1, T0, 30.0)
-    s.on_ack(B, False, T0)
-    s.on_claim(C, 1, T0, 30.0)
-    s.on_ack(C, True, T0)
+    s.apply(ev.Purged([A]))
+    s.apply(ev.Claimed(B, 1, T0, 30.0))
+    s.apply(ev.Acked(B, False))
+    s.apply(ev.Claimed(C, 1, T0, 30.0))
+    s.apply(ev.Acked(C, True, T0))
     assert s.live_bytes == JOB_BYTES + 20  # the kept record of C
-    s.on_purge([C])
+    s.apply(ev.Purged([C]))
     assert s.live_bytes == 0
 
 
 def test_live_bytes_is_close_to_the_snapshot_size_and_survives_restore() -> None:
     s = busy_state()
     g = ids.IdGenerator()
-    s.on_enqueue_plain("jobs", T0, g.new_many(T0 + 5, 2000), [b"p" * 64] * 2000, 1000, 3)
+    s.apply(plain("jobs", T0, g.new_many(T0 + 5, 2000), [b"p" * 64] * 2000, 1000, 3))
     size = len(s.snapshot())
     assert 0.85 * size <= s.live_bytes <= 1.15 * size, (s.live_bytes, size)
     assert State.restore(s.snapshot()).live_bytes == s.live_bytes
@@ -451,7 +499,7 @@ class Recording:
         self.records: list[bytes] = []
         submit = self.q.committer.submit_locked
 
-        def spy(record: bytes) -> int:
+        def spy(record: bytes) -> Any:
             self.records.append(record)
             return submit(record)
 
@@ -499,7 +547,7 @@ def test_a_state_replayed_from_the_records_equals_the_live_one() -> None:
             live = q._state
             replayed = State()
             for record in rec.records:
-                replayed.apply_bytes(record)
+                replayed.apply_record(record)
             assert job_view(replayed) == job_view(live)
             assert index_view(replayed) == index_view(live)
             assert replayed.snapshot() == live.snapshot()

@@ -65,7 +65,7 @@ def settle(q: Queue, fs: FaultyFileSystem) -> None:
     while True:
         assert time.monotonic() < deadline, "the queue never settled"
         with q._lock:
-            flushed = q.committer.durable_upto == q.committer.submitted
+            flushed = q.committer.latest_locked().done()
         now = requests(fs)
         if flushed and now == last:
             return

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from taquba import ids
-from taquba.ids import IdGenerator
+from taquba.core import ids
+from taquba.core.ids import IdGenerator
 
 CANONICAL = re.compile(r"[0-9A-HJKMNP-TV-Z]{25}[048CGMRW]")
 T = 1_700_000_000.0

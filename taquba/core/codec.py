@@ -1,7 +1,7 @@
 """The building blocks of the binary encoding of records (events.py) and snapshots
 (snapshot.py).
 
-Every record and snapshot starts with a tag byte, ``FORMAT_VERSION << 4 | kind``, so data
+Every record and snapshot starts with a tag byte, ``RECORD_FORMAT_VERSION << 4 | kind``, so data
 of another format version is recognised and rejected rather than misread. Then fields::
 
     uvarint  unsigned LEB128, at most 10 bytes (values < 2**64)
@@ -27,10 +27,10 @@ import re
 import struct
 from collections.abc import Mapping
 
+from ..errors import CorruptionError
 from . import ids
-from .errors import CorruptionError
 
-FORMAT_VERSION = 2  # 1 was the orjson encoding of 0.1.0.dev0, never released
+RECORD_FORMAT_VERSION = 2  # 1 was the orjson encoding of 0.1.0.dev0, never released
 
 MAX_TEXT_ID = 128
 MAX_UVARINT = (1 << 64) - 1
@@ -43,7 +43,7 @@ _TEXT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}").fullmatch
 
 
 def tag(kind: int) -> int:
-    return FORMAT_VERSION << 4 | kind
+    return RECORD_FORMAT_VERSION << 4 | kind
 
 
 def check_tag(data: bytes) -> int:
@@ -52,12 +52,12 @@ def check_tag(data: bytes) -> int:
         raise CorruptionError("empty queue record")
     t = data[0]
     version = t >> 4
-    if version != FORMAT_VERSION:
+    if version != RECORD_FORMAT_VERSION:
         # The unversioned orjson records of 0.1.0.dev0 began with their kind: 1-11, or 100.
         old = " (written by taquba 0.1.0.dev0, whose data is not readable)" \
             if 1 <= t <= 11 or t == 100 else ""
         raise CorruptionError(f"queue record format version {version} is not supported "
-                              f"(this build reads {FORMAT_VERSION}); first byte {t:#04x}{old}")
+                              f"(this build reads {RECORD_FORMAT_VERSION}); first byte {t:#04x}{old}")
     return t
 
 

@@ -25,8 +25,9 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
 
+from ..errors import CorruptionError
+from ..records import JobStatus
 from . import ids
 from .codec import (
     F64,
@@ -42,9 +43,8 @@ from .codec import (
     tag,
     text_id,
 )
-from .errors import CorruptionError
 from .events import SNAPSHOT
-from .records import JobStatus
+from .jobs import Job, JobDetail
 
 STATUS_CODES = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.CLAIMED, JobStatus.DONE,
                 JobStatus.DEAD)
@@ -76,39 +76,12 @@ _T_SNAPSHOT = tag(SNAPSHOT)
 _unpack_f64 = F64.unpack_from
 
 
-class SnapshotJob(Protocol):
-    """What :func:`encode` reads of a job (``state.Job`` has it)."""
-
-    id: str
-    queue: str
-    payload: bytes
-    headers: dict[str, str]
-    status: JobStatus
-    attempts: int
-    max_attempts: int
-    priority: int
-    seq: int
-    enqueued_at: float
-    run_at: float | None
-    claimed_at: float | None
-    lease_expires_at: float | None
-    completed_at: float | None
-    failed_at: float | None
-    last_error: str | None
-    dedup_key: str | None
-    cancel_requested: bool
-
-
-# A decoded job: the positional arguments of ``state.Job`` in order (id, queue, payload,
-# headers, status, attempts, max_attempts, priority, seq, enqueued_at, run_at, claimed_at,
-# lease_expires_at, completed_at, failed_at, last_error, dedup_key, cancel_requested).
-Row = tuple[Any, ...]
 # (name, done_total, dedup index)
 QueueRow = tuple[str, int, dict[str, str]]
 
 
 def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
-           jobs: Collection[SnapshotJob], kv: Mapping[bytes, bytes]) -> bytes:
+           jobs: Collection[Job], kv: Mapping[bytes, bytes]) -> bytes:
     """The whole state. Every job's queue must be among ``queues``.
 
     Everything is written into one buffer, so the peak memory is about twice the snapshot.
@@ -135,11 +108,22 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
         flags = codes[job.status]
         if value is None:
             flags |= S_TEXT_ID
-        run_at = job.run_at
-        claimed_at = job.claimed_at
-        lease = job.lease_expires_at
-        completed_at = job.completed_at
-        failed_at = job.failed_at
+        d = job.detail
+        if d is None:
+            run_at = claimed_at = lease = completed_at = failed_at = None
+            last_error = dedup_key = None
+            headers = None
+            cancel = False
+        else:
+            run_at = d.run_at
+            claimed_at = d.claimed_at
+            lease = d.lease_expires_at
+            completed_at = d.completed_at
+            failed_at = d.failed_at
+            last_error = d.last_error
+            dedup_key = d.dedup_key
+            headers = d.headers
+            cancel = d.cancel_requested
         if run_at is not None:
             flags |= S_RUN_AT
         if claimed_at is not None:
@@ -150,13 +134,13 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
             flags |= S_COMPLETED_AT
         if failed_at is not None:
             flags |= S_FAILED_AT
-        if job.last_error is not None:
+        if last_error is not None:
             flags |= S_LAST_ERROR
-        if job.dedup_key is not None:
+        if dedup_key is not None:
             flags |= S_DEDUP
-        if job.headers:
+        if headers:
             flags |= S_HEADERS
-        if job.cancel_requested:
+        if cancel:
             flags |= S_CANCEL
         if flags < 0x80:
             append(flags)
@@ -203,12 +187,12 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
             if failed_at is not None:
                 buf += pack(failed_at)
         if flags & _S_STRINGS:
-            if job.last_error is not None:
-                put_str(buf, job.last_error)
-            if job.dedup_key is not None:
-                put_str(buf, job.dedup_key)
-            if job.headers:
-                put_headers(buf, job.headers)
+            if last_error is not None:
+                put_str(buf, last_error)
+            if dedup_key is not None:
+                put_str(buf, dedup_key)
+            if headers:
+                put_headers(buf, headers)
         payload = job.payload
         n = len(payload)
         if n < 0x80:
@@ -223,7 +207,7 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
     return bytes(buf)
 
 
-def decode(data: bytes) -> tuple[int, list[QueueRow], list[Row], dict[bytes, bytes]]:
+def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes]]:
     """``(next_seq, queues, jobs, kv)`` of a snapshot made by :func:`encode`."""
     t = check_tag(data)
     if t != _T_SNAPSHOT:
@@ -259,10 +243,10 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Row], dict[bytes, byt
     return next_seq, queues, rows, kv
 
 
-def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Row]:
+def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Job]:
     """The jobs, read with the position in a local and one-byte varints inline (this is
     most of a reopen); anything unusual goes through the Reader's checked methods."""
-    rows: list[Row] = []
+    rows: list[Job] = []
     append = rows.append
     n_queues = len(names)
     n_codes = len(STATUS_CODES)
@@ -319,7 +303,7 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Row]:
         r.pos = pos + 8
         run_at = claimed_at = lease = completed_at = failed_at = None
         last_error = job_dedup = None
-        headers: dict[str, str] = {}
+        headers: dict[str, str] | None = None
         if flags & _S_TIMES:
             run_at = r.time() if flags & S_RUN_AT else None
             claimed_at = r.time() if flags & S_CLAIMED_AT else None
@@ -333,7 +317,19 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Row]:
                 headers = r.headers()
         if code and (None, run_at, lease, completed_at, failed_at)[code] is None:
             raise Corrupt(f"{STATUS_CODES[code].value} job {job_id} has no {_NEEDED[code]}")
-        append((job_id, names[qi], r.blob(), headers, STATUS_CODES[code], attempts,
-                max_attempts, priority, seq, enqueued_at, run_at, claimed_at, lease,
-                completed_at, failed_at, last_error, job_dedup, bool(flags & S_CANCEL)))
+        detail = None
+        if flags & (_S_TIMES | _S_STRINGS | S_CANCEL):
+            detail = JobDetail()
+            detail.run_at = run_at
+            detail.claimed_at = claimed_at
+            detail.lease_expires_at = lease
+            detail.completed_at = completed_at
+            detail.failed_at = failed_at
+            detail.last_error = last_error
+            detail.dedup_key = job_dedup
+            detail.headers = headers or None
+            detail.cancel_requested = bool(flags & S_CANCEL)
+        append(Job(job_id, names[qi], r.blob(), priority=priority, max_attempts=max_attempts,
+                   seq=seq, enqueued_at=enqueued_at, status=STATUS_CODES[code],
+                   attempts=attempts, detail=detail))
     return rows

@@ -1,0 +1,217 @@
+"""The consuming side of :class:`~taquba.queue.Queue`: claims and how they are settled.
+
+Functions of the queue handle ``q`` (the methods of ``Queue`` call them after their
+``QueueClosed`` check); the ones named ``*_locked`` expect ``q._lock`` held. Every change
+goes through ``q._commit(event)``.
+
+A claim is current while the job is claimed with the claim's attempt number and the claim
+is the one the queue handed out; settling or renewing any other raises ``ClaimLost`` and
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import arguments
+from .committer import Batch
+from .config import check_queue_name, to_seconds
+from .core import events as ev
+from .core.jobs import Job
+from .errors import ClaimLost, InvalidArgument
+from .records import Claim, JobStatus, WaitOutcome, WaitStatus
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+logger = logging.getLogger("taquba.queue")
+
+MAX_CLAIM_BATCH = 10_000
+
+
+def claim(q: Queue, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Claim]:
+    """Up to ``max_jobs`` claims on ``queue``, waiting up to ``wait`` for the first."""
+    check_queue_name(queue)
+    lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
+    wait_s = 0.0 if type(wait) in (float, int) and wait == 0 else \
+        arguments.wait_seconds(wait, "wait")
+    if lease_s is None:
+        lease_s = float(q._config(queue).lease)  # type: ignore[arg-type]
+    deadline = time.monotonic() + wait_s if wait_s else 0.0
+    with q._lock:
+        state = q._state
+        while True:
+            q._check_open_locked()
+            now = q._now()
+            if state.scheduled:
+                promote_due_locked(q, now)
+            job = state.peek_pending(queue)
+            if job is not None:
+                break
+            if not wait_s:
+                return []
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return []
+            next_due = state.next_due()
+            if next_due is not None:
+                left = min(left, max(0.001, next_due - now))
+            waiting = q._claim_waiting
+            waiting[queue] = waiting.get(queue, 0) + 1
+            try:
+                q._claim_cond(queue).wait(min(left, 3600.0))
+            finally:
+                waiting[queue] -= 1
+        claims: list[Claim] = []
+        while job is not None:
+            claims.append(claim_job_locked(q, job, now, lease_s))
+            if len(claims) == max_jobs and not q._claim_waiting.get(queue):
+                break
+            job = state.peek_pending(queue)
+            if len(claims) == max_jobs:
+                if job is not None:
+                    q._wake_claimers_locked(queue)  # more work for the next waiter
+                break
+    return claims
+
+
+def promote_due_locked(q: Queue, now: float) -> int:
+    """Make the scheduled jobs due at ``now`` pending and wake their claimers."""
+    due = q._state.due_scheduled(now)
+    if not due:
+        return 0
+    q._commit(ev.Promoted([j.id for j in due]))
+    counts: dict[str, int] = {}
+    for job in due:
+        counts[job.queue] = counts.get(job.queue, 0) + 1
+    for name, n in counts.items():
+        q._wake_claimers_locked(name, n)
+    return len(due)
+
+
+def claim_job_locked(q: Queue, job: Job, now: float, lease: float) -> Claim:
+    """Claim ``job`` (pending) for ``lease`` seconds from ``now``."""
+    attempts = job.attempts + 1
+    job_id = job.id
+    key = ev.id_key(job_id)
+    q._commit(ev.Claimed(job_id, attempts, now, lease, key))
+    # The state computed the expiry as now + lease too: the same float.
+    detail = job.detail
+    assert detail is not None
+    c = Claim(job, attempts=attempts, claimed_at=now, lease_expires_at=now + lease,
+              last_error=detail.last_error, key=key)
+    if detail.cancel_requested:  # requested while a previous process held the job
+        c.cancel_requested.set()
+    q._claims[job_id] = c
+    return c
+
+
+def current_job_locked(q: Queue, claim: object, action: str) -> Job:
+    """The job of ``claim`` if the claim is current; else ``ClaimLost``."""
+    if not isinstance(claim, Claim):
+        raise InvalidArgument(f"{action} needs a Claim, got {type(claim).__name__}")
+    q._check_open_locked()
+    job = q._state.jobs.get(claim.id)
+    if q._claims.get(claim.id) is not claim or job is None \
+            or job.status is not JobStatus.CLAIMED or job.attempts != claim.attempts:
+        state = "gone" if job is None else job.status.value
+        raise ClaimLost(f"cannot {action} job {claim.id!r} (attempt {claim.attempts}): the "
+                        f"claim is no longer current (the job is {state})")
+    return job
+
+
+def ack(q: Queue, claim: Claim) -> None:
+    """Settle ``claim`` as done and wait until that is durable."""
+    lock = q._lock
+    lock.acquire()
+    try:
+        job = current_job_locked(q, claim, "ack")
+        job_id = job.id
+        keep = q._config(job.queue).keep_done is not None
+        batch = q._commit(ev.Acked(job_id, keep, q._now() if keep else None, claim._key))
+        del q._claims[job_id]
+        if job_id in q._waiters:
+            # The job is done now: with keep, its record shows it (completed_at set).
+            q._finished_locked(job_id, batch, WaitOutcome(
+                WaitStatus.COMPLETED, job.record() if keep else None))
+    except BaseException:
+        lock.release()
+        raise
+    q._wait(batch)
+
+
+def nack(q: Queue, claim: Claim, text: str) -> None:
+    """Settle ``claim`` as failed with ``text``: retry after backoff, or dead."""
+    with q._lock:
+        job = current_job_locked(q, claim, "nack")
+        now = q._now()
+        if job.cancel_requested:
+            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True)
+        elif job.attempts >= job.max_attempts:
+            batch = fail_locked(q, job, now, text, dead=True)
+        else:
+            delay = q._config(job.queue).backoff(job.attempts)
+            batch = fail_locked(q, job, now, text, dead=False,
+                                run_at=now + delay if delay else None)
+        q._wait_locked(batch)
+
+
+def dead_letter(q: Queue, claim: Claim, text: str) -> None:
+    """Settle ``claim`` by moving the job to the dead set with ``text``."""
+    with q._lock:
+        job = current_job_locked(q, claim, "dead_letter")
+        q._wait_locked(fail_locked(q, job, q._now(), text, dead=True))
+
+
+def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
+                run_at: float | None = None) -> Batch:
+    """End the current attempt of ``job`` with ``error``: dead, scheduled or pending."""
+    if dead:
+        event = ev.Failed(job.id, ev.TO_DEAD, now, None, error)
+    elif run_at is not None and run_at > now:
+        event = ev.Failed(job.id, ev.TO_SCHEDULED, None, run_at, error)
+    else:
+        event = ev.Failed(job.id, ev.TO_PENDING, None, None, error)
+    batch = q._commit(event)
+    q._claims.pop(job.id, None)
+    if dead:
+        q._finished_locked(job.id, batch, WaitOutcome(WaitStatus.COMPLETED, job.record()))
+    elif event.to == ev.TO_PENDING:
+        q._wake_claimers_locked(job.queue)
+    return batch
+
+
+def renew_lease(q: Queue, claim: Claim, extension: Any) -> None:
+    """Move the lease of ``claim`` to now + ``extension``."""
+    seconds = to_seconds(extension, "extension", allow_zero=False)
+    with q._lock:
+        job = current_job_locked(q, claim, "renew the lease of")
+        expires = q._now() + seconds
+        q._commit(ev.Renewed(job.id, expires))
+        claim.lease_expires_at = expires
+
+
+def release_previous_claims(q: Queue) -> None:
+    """Jobs a previous process held go back to pending, or dead once attempts are spent.
+
+    This is what the reaper would do when their leases expire, done at once: the process
+    that held them is gone, so waiting out the lease would only delay the retry.
+    """
+    with q._lock:
+        claimed = q._state.claimed_jobs()
+        if not claimed:
+            return
+        now = q._now()
+        spent = [j for j in claimed if j.attempts >= j.max_attempts or j.cancel_requested]
+        ids = [j.id for j in claimed if j not in spent]
+        logger.info("requeueing %d job(s) claimed by a previous process; %d dead-lettered "
+                    "with their attempts used up", len(ids), len(spent))
+        for job in spent:
+            reason = "cancelled: " if job.cancel_requested else ""
+            fail_locked(q, job, now, f"{reason}claim abandoned by a previous process", dead=True)
+        if ids:
+            q._commit(ev.Released(ids))
+            for job_id in ids:
+                q._wake_claimers_locked(q._state.jobs[job_id].queue)

@@ -1,0 +1,140 @@
+"""One job's in-memory state, laid out for a large backlog.
+
+A pending job is most of what a queue holds, so :class:`Job` keeps only what every job has
+(id, queue, payload, priority, attempts, sequence, enqueue time, status) in slots of its
+own. What only some jobs have — a schedule, a lease, a completion or failure time, an
+error, a dedup key, headers, a cancel request — lives in a :class:`JobDetail` that is made
+when a job first needs one. A freshly enqueued job without options has none: no dict for
+absent headers, no slots for times it does not have.
+
+Values shared by many jobs are shared objects, not copies: the queue name, the priority
+and the enqueue time of a batch, and the status are the same object for every job that
+holds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..records import JobRecord, JobStatus
+
+_NO_HEADERS: Mapping[str, str] = {}
+
+
+class JobDetail:
+    """The fields a job has only at times (all unset on a fresh pending job)."""
+
+    __slots__ = ("cancel_requested", "claimed_at", "completed_at", "dedup_key", "failed_at",
+                 "headers", "last_error", "lease_expires_at", "run_at")
+
+    def __init__(self) -> None:
+        self.run_at: float | None = None
+        self.claimed_at: float | None = None
+        self.lease_expires_at: float | None = None
+        self.completed_at: float | None = None
+        self.failed_at: float | None = None
+        self.last_error: str | None = None
+        self.dedup_key: str | None = None
+        self.headers: Mapping[str, str] | None = None
+        self.cancel_requested = False
+
+
+class Job:
+    """One job's mutable state (internal: callers get frozen :class:`JobRecord` copies).
+
+    Only the state machine (state.py) and snapshot decoding change a job.
+    """
+
+    __slots__ = ("attempts", "detail", "enqueued_at", "id", "max_attempts", "payload",
+                 "priority", "queue", "seq", "status")
+
+    def __init__(self, id: str, queue: str, payload: bytes, *, priority: int,
+                 max_attempts: int, seq: int, enqueued_at: float,
+                 status: JobStatus = JobStatus.PENDING, attempts: int = 0,
+                 detail: JobDetail | None = None) -> None:
+        self.id = id
+        self.queue = queue
+        self.payload = payload
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.seq = seq
+        self.enqueued_at = enqueued_at
+        self.status = status
+        self.attempts = attempts
+        self.detail = detail
+
+    def more(self) -> JobDetail:
+        """This job's :class:`JobDetail`, made on first use."""
+        detail = self.detail
+        if detail is None:
+            detail = self.detail = JobDetail()
+        return detail
+
+    # The occasional fields, read through the detail (None / empty / False without one).
+
+    @property
+    def run_at(self) -> float | None:
+        d = self.detail
+        return None if d is None else d.run_at
+
+    @property
+    def claimed_at(self) -> float | None:
+        d = self.detail
+        return None if d is None else d.claimed_at
+
+    @property
+    def lease_expires_at(self) -> float | None:
+        d = self.detail
+        return None if d is None else d.lease_expires_at
+
+    @property
+    def completed_at(self) -> float | None:
+        d = self.detail
+        return None if d is None else d.completed_at
+
+    @property
+    def failed_at(self) -> float | None:
+        d = self.detail
+        return None if d is None else d.failed_at
+
+    @property
+    def last_error(self) -> str | None:
+        d = self.detail
+        return None if d is None else d.last_error
+
+    @property
+    def dedup_key(self) -> str | None:
+        d = self.detail
+        return None if d is None else d.dedup_key
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        d = self.detail
+        if d is None or d.headers is None:
+            return _NO_HEADERS
+        return d.headers
+
+    @property
+    def cancel_requested(self) -> bool:
+        d = self.detail
+        return d is not None and d.cancel_requested
+
+    def record(self) -> JobRecord:
+        """A frozen copy of this job as the public API shows it."""
+        d = self.detail
+        if d is None:
+            return JobRecord(id=self.id, queue=self.queue, payload=self.payload, headers={},
+                             status=self.status, attempts=self.attempts,
+                             max_attempts=self.max_attempts, priority=self.priority,
+                             enqueued_at=self.enqueued_at)
+        return JobRecord(id=self.id, queue=self.queue, payload=self.payload,
+                         headers=dict(d.headers or {}), status=self.status,
+                         attempts=self.attempts, max_attempts=self.max_attempts,
+                         priority=self.priority, enqueued_at=self.enqueued_at,
+                         run_at=d.run_at, claimed_at=d.claimed_at,
+                         lease_expires_at=d.lease_expires_at, completed_at=d.completed_at,
+                         failed_at=d.failed_at, last_error=d.last_error,
+                         dedup_key=d.dedup_key, cancel_requested=d.cancel_requested)
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r}, queue={self.queue!r}, status={self.status.value})"

@@ -1,0 +1,512 @@
+"""The queue's in-memory state: a pure, deterministic state machine.
+
+Events in (events.py: the same objects the log stores), indexes updated; snapshots out and
+in. No clock, no lock, no I/O: every time value arrives inside an event, so replaying the
+log rebuilds exactly the state the writer had. :meth:`State.apply` dispatches on the
+event's type; applying a valid event never fails. Validation of caller input happens in
+the queue before an event is made.
+
+Indexes, all independent of history:
+
+- per queue and priority, a :class:`Lane` of pending jobs in enqueue order: a deque of the
+  jobs as they were enqueued (sequence numbers only grow, so appending keeps it ordered)
+  and a small heap of jobs made pending again (retried, released, promoted, requeued).
+  Claim looks at the heads of the lanes in priority order: O(priorities + log n), FIFO
+  within a priority, and one reference per pending job;
+- one heap of scheduled jobs by ``run_at`` and one of leases by expiry;
+- per queue, heaps of retained done and dead jobs by completion / failure time (for the
+  retention sweeps) and an ordered index of dead jobs for paging;
+- per queue, the dedup keys of pending and scheduled jobs.
+
+Indexes are lazy: an entry is valid only while the job still matches it, and stale entries
+are dropped when they surface. A job may have two entries in its lane (say, claimed and
+retried before its first entry surfaced); both sit at its place in enqueue order and either
+takes it, so that is harmless.
+
+``live_bytes`` estimates the size of a snapshot of the state: per job ``JOB_BYTES`` plus its
+payload, header names and values, dedup key and last error (string lengths in characters),
+and per KV entry its key and value. It grows with enqueues and KV writes and shrinks when
+jobs are dropped (acked without retention, cancelled, purged) and KV keys deleted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import CorruptionError
+from ..records import JobStatus
+from . import events as ev
+from . import snapshot as snap
+from .jobs import Job, JobDetail
+
+PENDING = JobStatus.PENDING
+SCHEDULED = JobStatus.SCHEDULED
+CLAIMED = JobStatus.CLAIMED
+DONE = JobStatus.DONE
+DEAD = JobStatus.DEAD
+
+JOB_BYTES = snap.JOB_BYTES
+KV_ENTRY_BYTES = 4  # the two lengths of a KV entry in a snapshot
+
+
+def job_size(job: Job) -> int:
+    """One job's share of ``State.live_bytes``."""
+    n = JOB_BYTES + len(job.payload)
+    d = job.detail
+    if d is not None:
+        if d.headers:
+            n += sum(len(k) + len(v) + 2 for k, v in d.headers.items())
+        if d.dedup_key is not None:
+            n += len(d.dedup_key) + 1
+        if d.last_error is not None:
+            n += len(d.last_error) + 2
+    return n
+
+
+class Lane:
+    """The pending jobs of one queue and one priority, in enqueue order."""
+
+    __slots__ = ("fresh", "returned")
+
+    def __init__(self) -> None:
+        self.fresh: deque[Job] = deque()  # appended in sequence order
+        self.returned: list[tuple[int, str]] = []  # heap of (seq, id): pending again
+
+
+class QueueIndex:
+    """Indexes and counters of one named queue."""
+
+    __slots__ = ("counts", "dead", "dead_heap", "dedup", "done_heap", "done_total", "lanes",
+                 "name", "priorities")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lanes: dict[int, Lane] = {}
+        self.priorities: list[int] = []  # the keys of ``lanes``, sorted
+        self.dedup: dict[str, str] = {}
+        self.counts = {PENDING: 0, SCHEDULED: 0, CLAIMED: 0, DONE: 0, DEAD: 0}
+        self.done_total = 0
+        self.done_heap: list[tuple[float, str]] = []  # retained done jobs by completed_at
+        self.dead_heap: list[tuple[float, str]] = []  # dead jobs by failed_at
+        self.dead: list[tuple[int, str]] = []  # dead jobs by enqueue seq, for paging
+
+    def lane(self, priority: int) -> Lane:
+        lane = self.lanes.get(priority)
+        if lane is None:
+            lane = self.lanes[priority] = Lane()
+            bisect.insort(self.priorities, priority)
+        return lane
+
+
+class State:
+    """Everything the queue knows, rebuilt from snapshot + events."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+        self.queues: dict[str, QueueIndex] = {}
+        self.scheduled: list[tuple[float, int, str]] = []  # (run_at, seq, id)
+        self.leases: list[tuple[float, str, int]] = []  # (expires_at, id, attempts)
+        self.kv: dict[bytes, bytes] = {}
+        self.next_seq = 1
+        self.live_bytes = 0  # estimated size of a snapshot (see the module docstring)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def queue(self, name: str) -> QueueIndex:
+        index = self.queues.get(name)
+        if index is None:
+            index = self.queues[name] = QueueIndex(name)
+        return index
+
+    def peek_pending(self, queue: str) -> Job | None:
+        """The job a claim on ``queue`` would take, dropping stale entries on the way."""
+        index = self.queues.get(queue)
+        if index is None:
+            return None
+        jobs = self.jobs
+        for priority in index.priorities:
+            lane = index.lanes[priority]
+            fresh = lane.fresh
+            while fresh:
+                job = fresh[0]
+                if job.status is PENDING and jobs.get(job.id) is job:
+                    break
+                fresh.popleft()
+            returned = lane.returned
+            while returned:
+                seq, job_id = returned[0]
+                other = jobs.get(job_id)
+                if other is not None and other.status is PENDING and other.seq == seq:
+                    if not fresh or seq < fresh[0].seq:
+                        return other
+                    break
+                heapq.heappop(returned)
+            if fresh:
+                return fresh[0]
+        return None
+
+    def due_scheduled(self, now: float) -> list[Job]:
+        """Take the scheduled jobs whose ``run_at`` has passed, oldest first."""
+        out = []
+        heap = self.scheduled
+        while heap and heap[0][0] <= now:
+            run_at, _, job_id = heapq.heappop(heap)
+            job = self.jobs.get(job_id)
+            if job is not None and job.status is SCHEDULED and job.run_at == run_at:
+                out.append(job)
+        return out
+
+    def next_due(self) -> float | None:
+        """The earliest ``run_at`` among scheduled jobs (may be a stale entry: a hint)."""
+        return self.scheduled[0][0] if self.scheduled else None
+
+    def expired_leases(self, now: float) -> list[Job]:
+        """The claimed jobs whose lease ended at or before ``now`` (taken from the heap)."""
+        out = []
+        taken: set[str] = set()
+        heap = self.leases
+        while heap and heap[0][0] <= now:
+            expires, job_id, attempts = heapq.heappop(heap)
+            job = self.jobs.get(job_id)
+            # Two entries can be identical (a renewal to the same expiry, or a claim after
+            # requeue_dead_job at the same clock reading): each job is taken once.
+            if job is not None and job.status is CLAIMED and job.attempts == attempts \
+                    and job.lease_expires_at == expires and job_id not in taken:
+                taken.add(job_id)
+                out.append(job)
+        return out
+
+    def sweepable(self, queue: str, done_before: float | None,
+                  dead_before: float | None) -> list[str]:
+        """Ids of retained done jobs completed, and dead jobs failed, before the cut-offs."""
+        index = self.queues.get(queue)
+        if index is None:
+            return []
+        out = []
+        for heap, cutoff, status in ((index.done_heap, done_before, DONE),
+                                     (index.dead_heap, dead_before, DEAD)):
+            if cutoff is None:
+                continue
+            while heap and heap[0][0] <= cutoff:
+                at, job_id = heapq.heappop(heap)
+                job = self.jobs.get(job_id)
+                if job is not None and job.status is status and \
+                        (job.completed_at if status is DONE else job.failed_at) == at:
+                    out.append(job_id)
+        return out
+
+    def dead_page(self, queue: str, after_seq: int | None, limit: int) -> list[Job]:
+        """Up to ``limit`` dead jobs of ``queue`` in enqueue order, after ``after_seq``."""
+        index = self.queues.get(queue)
+        if index is None:
+            return []
+        start = 0 if after_seq is None else bisect.bisect_right(index.dead, (after_seq, "\U0010ffff"))
+        return [self.jobs[job_id] for _, job_id in index.dead[start:start + limit]]
+
+    def claimed_jobs(self) -> list[Job]:
+        return [j for j in self.jobs.values() if j.status is CLAIMED]
+
+    # -- applying events -------------------------------------------------------------------
+
+    def apply(self, event: ev.Event) -> None:
+        """Apply one event (see events.py for what each one means)."""
+        _APPLY[type(event)](self, event)
+
+    def apply_record(self, data: bytes) -> None:
+        """Apply one record read back from the log (raises ``CorruptionError`` if bad)."""
+        event = ev.decode(data)
+        _APPLY[type(event)](self, event)
+
+    def _enqueued(self, e: ev.Enqueued) -> None:
+        index = self.queue(e.queue)
+        jobs = self.jobs
+        seq = self.next_seq
+        at = e.at
+        queue = e.queue
+        specs = e.specs
+        if specs is None:
+            # The common case: every job pending, with the event's priority and attempts.
+            lane = index.lane(e.priority)
+            fresh = lane.fresh
+            priority = e.priority
+            max_attempts = e.max_attempts
+            size = 0
+            for job_id, payload in zip(e.ids, e.payloads):
+                if job_id in jobs:
+                    raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
+                job = jobs[job_id] = Job(job_id, queue, payload, priority=priority,
+                                         max_attempts=max_attempts, seq=seq, enqueued_at=at)
+                fresh.append(job)
+                size += len(payload)
+                seq += 1
+            n = seq - self.next_seq
+            index.counts[PENDING] += n
+            self.live_bytes += size + n * JOB_BYTES
+        else:
+            for job_id, payload, spec in zip(e.ids, e.payloads, specs):
+                if job_id in jobs:
+                    raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
+                if spec is None:
+                    job = Job(job_id, queue, payload, priority=e.priority,
+                              max_attempts=e.max_attempts, seq=seq, enqueued_at=at)
+                else:
+                    job = Job(job_id, queue, payload, priority=spec.priority,
+                              max_attempts=spec.max_attempts, seq=seq, enqueued_at=at)
+                    if spec.headers or spec.dedup_key is not None:
+                        d = job.detail = JobDetail()
+                        d.headers = dict(spec.headers) if spec.headers else None
+                        d.dedup_key = spec.dedup_key
+                        if spec.dedup_key is not None:
+                            index.dedup[spec.dedup_key] = job_id
+                jobs[job_id] = job
+                self.live_bytes += job_size(job)
+                if spec is not None and spec.run_at is not None:
+                    job.status = SCHEDULED
+                    job.more().run_at = spec.run_at
+                    heapq.heappush(self.scheduled, (spec.run_at, seq, job_id))
+                    index.counts[SCHEDULED] += 1
+                else:
+                    index.lane(job.priority).fresh.append(job)
+                    index.counts[PENDING] += 1
+                seq += 1
+        self.next_seq = seq
+        for key, value in e.kv:
+            self._kv_put(key, value)
+
+    def _claimed(self, e: ev.Claimed) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None:
+            return
+        self._release_dedup(job)
+        self._set_status(job, CLAIMED)
+        job.attempts = e.attempts
+        d = job.more()
+        d.claimed_at = e.at
+        d.lease_expires_at = expires = e.at + e.lease
+        d.run_at = None
+        heapq.heappush(self.leases, (expires, job.id, e.attempts))
+
+    def _renewed(self, e: ev.Renewed) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.status is not CLAIMED:
+            return
+        job.more().lease_expires_at = e.expires
+        heapq.heappush(self.leases, (e.expires, job.id, job.attempts))
+
+    def _acked(self, e: ev.Acked) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None:
+            return
+        index = self.queue(job.queue)
+        index.done_total += 1
+        if e.at is not None:
+            d = job.more()
+            d.lease_expires_at = None
+            d.completed_at = e.at
+            self._set_status(job, DONE)
+            heapq.heappush(index.done_heap, (e.at, job.id))
+        else:
+            self._forget(job)
+
+    def _failed(self, e: ev.Failed) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None:
+            return
+        d = job.more()
+        old = d.last_error
+        if old is not None:
+            self.live_bytes -= len(old) + 2
+        if e.error is not None:
+            self.live_bytes += len(e.error) + 2
+        d.last_error = e.error
+        d.lease_expires_at = None
+        if e.to == ev.TO_DEAD:
+            d.failed_at = e.at
+            self._set_status(job, DEAD)
+            index = self.queue(job.queue)
+            bisect.insort(index.dead, (job.seq, job.id))
+            assert e.at is not None
+            heapq.heappush(index.dead_heap, (e.at, job.id))
+        elif e.to == ev.TO_SCHEDULED:
+            assert e.run_at is not None
+            self._set_status(job, SCHEDULED)
+            d.run_at = e.run_at
+            heapq.heappush(self.scheduled, (e.run_at, job.seq, job.id))
+        else:
+            self._make_pending(job)
+
+    def _cancelled(self, e: ev.Cancelled) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None:
+            return
+        if job.status is PENDING or job.status is SCHEDULED:
+            self._forget(job)
+        elif job.status is CLAIMED:
+            job.more().cancel_requested = True
+
+    def _dead_requeued(self, e: ev.DeadRequeued) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.status is not DEAD:
+            return
+        job.attempts = 0
+        d = job.more()
+        d.failed_at = None
+        d.claimed_at = None
+        d.cancel_requested = False
+        self._make_pending(job)
+
+    def _promoted(self, e: ev.Promoted) -> None:
+        for job_id in e.job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.status is SCHEDULED:
+                self._make_pending(job)
+
+    def _purged(self, e: ev.Purged) -> None:
+        for job_id in e.job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and (job.status is DONE or job.status is DEAD):
+                self._forget(job)
+
+    def _released(self, e: ev.Released) -> None:
+        for job_id in e.job_ids:
+            job = self.jobs.get(job_id)
+            if job is not None and job.status is CLAIMED:
+                d = job.more()
+                d.lease_expires_at = None
+                d.claimed_at = None
+                self._make_pending(job)
+
+    def _kv_deleted(self, e: ev.KvDeleted) -> None:
+        for key in e.keys:
+            old = self.kv.pop(key, None)
+            if old is not None:
+                self.live_bytes -= len(key) + len(old) + KV_ENTRY_BYTES
+
+    # -- helpers of the transitions --------------------------------------------------------
+
+    def _set_status(self, job: Job, status: JobStatus) -> None:
+        index = self.queue(job.queue)
+        counts = index.counts
+        old = job.status
+        counts[old] -= 1
+        counts[status] += 1
+        job.status = status
+        if old is DEAD and status is not DEAD:
+            self._unindex_dead(index, job)
+
+    def _make_pending(self, job: Job) -> None:
+        self._set_status(job, PENDING)
+        if job.detail is not None:
+            job.detail.run_at = None
+        lane = self.queue(job.queue).lane(job.priority)
+        heapq.heappush(lane.returned, (job.seq, job.id))
+
+    def _release_dedup(self, job: Job) -> None:
+        key = job.dedup_key
+        if key is not None:
+            dedup = self.queue(job.queue).dedup
+            if dedup.get(key) == job.id:
+                del dedup[key]
+
+    def _forget(self, job: Job) -> None:
+        """Drop a job entirely."""
+        index = self.queue(job.queue)
+        index.counts[job.status] -= 1
+        if job.status is DEAD:
+            self._unindex_dead(index, job)
+        self._release_dedup(job)
+        self.live_bytes -= job_size(job)
+        del self.jobs[job.id]
+
+    @staticmethod
+    def _unindex_dead(index: QueueIndex, job: Job) -> None:
+        dead = index.dead
+        i = bisect.bisect_left(dead, (job.seq, job.id))
+        if i < len(dead) and dead[i] == (job.seq, job.id):
+            del dead[i]
+
+    def _kv_put(self, key: bytes, value: bytes) -> None:
+        kv = self.kv
+        old = kv.get(key)
+        if old is None:
+            self.live_bytes += len(key) + len(value) + KV_ENTRY_BYTES
+        else:
+            self.live_bytes += len(value) - len(old)
+        kv[key] = value
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
+        queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
+        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv)
+
+    @classmethod
+    def restore(cls, data: bytes) -> State:
+        """The state a snapshot describes (raises ``CorruptionError`` if it is malformed)."""
+        next_seq, queues, decoded, kv = snap.decode(data)
+        state = cls()
+        state.next_seq = next_seq
+        for name, done_total, dedup in queues:
+            index = state.queue(name)
+            index.done_total = done_total
+            index.dedup = dedup
+        jobs = state.jobs
+        size = 0
+        pending: list[Job] = []
+        for job in decoded:
+            if job.id in jobs:
+                raise CorruptionError(f"snapshot lists job {job.id!r} twice")
+            jobs[job.id] = job
+            size += job_size(job)
+            index = state.queues[job.queue]
+            status = job.status
+            index.counts[status] += 1
+            if status is PENDING:
+                pending.append(job)
+            elif status is SCHEDULED:
+                state.scheduled.append((job.run_at, job.seq, job.id))  # type: ignore[arg-type]
+            elif status is CLAIMED:
+                state.leases.append((job.lease_expires_at, job.id, job.attempts))  # type: ignore[arg-type]
+            elif status is DONE:
+                index.done_heap.append((job.completed_at, job.id))  # type: ignore[arg-type]
+            else:
+                index.dead.append((job.seq, job.id))
+                index.dead_heap.append((job.failed_at, job.id))  # type: ignore[arg-type]
+        pending.sort(key=_seq_of)
+        for job in pending:
+            state.queues[job.queue].lane(job.priority).fresh.append(job)
+        heapq.heapify(state.scheduled)
+        heapq.heapify(state.leases)
+        for index in state.queues.values():
+            heapq.heapify(index.done_heap)
+            heapq.heapify(index.dead_heap)
+            index.dead.sort()
+        state.kv = kv
+        for key, value in kv.items():
+            size += len(key) + len(value) + KV_ENTRY_BYTES
+        state.live_bytes = size
+        return state
+
+
+def _seq_of(job: Job) -> int:
+    return job.seq
+
+
+_APPLY: dict[type[Any], Callable[[State, Any], None]] = {
+    ev.Enqueued: State._enqueued,
+    ev.Claimed: State._claimed,
+    ev.Renewed: State._renewed,
+    ev.Acked: State._acked,
+    ev.Failed: State._failed,
+    ev.Cancelled: State._cancelled,
+    ev.DeadRequeued: State._dead_requeued,
+    ev.Promoted: State._promoted,
+    ev.Purged: State._purged,
+    ev.Released: State._released,
+    ev.KvDeleted: State._kv_deleted,
+}

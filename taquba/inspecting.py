@@ -1,0 +1,158 @@
+"""Looking at jobs and operating on them: the inspecting side of
+:class:`~taquba.queue.Queue`, and the background ticks (reaper sweep, scheduler).
+
+Functions of the queue handle ``q`` (the methods of ``Queue`` call them after their
+``QueueClosed`` check); the ones named ``*_locked`` expect ``q._lock`` held. Reads look at
+the in-memory state under the lock; every change goes through ``q._commit(event)``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import arguments
+from .config import check_job_id, check_queue_name
+from .consuming import fail_locked, promote_due_locked
+from .core import events as ev
+from .errors import InvalidArgument, JobNotFound
+from .records import CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+_TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
+
+promote_locked = promote_due_locked
+
+
+def get_job(q: Queue, job_id: str) -> JobRecord | None:
+    check_job_id(job_id)
+    with q._lock:
+        q._ensure_open()
+        job = q._state.jobs.get(job_id)
+        return None if job is None else job.record()
+
+
+def stats(q: Queue, queue: str) -> QueueStats:
+    check_queue_name(queue)
+    with q._lock:
+        q._ensure_open()
+        index = q._state.queues.get(queue)
+        if index is None:
+            return QueueStats(queue=queue)
+        c = index.counts
+        return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
+                          scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
+                          done=index.done_total, dead=c[JobStatus.DEAD])
+
+
+def list_queues(q: Queue) -> list[str]:
+    with q._lock:
+        q._ensure_open()
+        return sorted(q._state.queues)
+
+
+def dead_jobs(q: Queue, queue: str, after: str | None, limit: int) -> list[JobRecord]:
+    check_queue_name(queue)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
+        raise InvalidArgument(f"limit must be an int in 1..10000, got {limit!r}")
+    if after is not None:
+        check_job_id(after, "after")
+    with q._lock:
+        q._ensure_open()
+        after_seq = None
+        if after is not None:
+            ref = q._state.jobs.get(after)
+            if ref is None:
+                raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
+            after_seq = ref.seq
+        return [j.record() for j in q._state.dead_page(queue, after_seq, limit)]
+
+
+def requeue_dead_job(q: Queue, job_id: str) -> None:
+    check_job_id(job_id)
+    with q._lock:
+        q._check_open_locked()
+        job = q._state.jobs.get(job_id)
+        if job is None or job.status is not JobStatus.DEAD:
+            state = "unknown" if job is None else job.status.value
+            raise JobNotFound(f"job {job_id!r} is not dead (it is {state})")
+        batch = q._commit(ev.DeadRequeued(job_id))
+        q._wake_claimers_locked(job.queue)
+        q._wait_locked(batch)
+
+
+def cancel(q: Queue, job_id: str) -> CancelOutcome:
+    check_job_id(job_id)
+    with q._lock:
+        q._check_open_locked()
+        job = q._state.jobs.get(job_id)
+        if job is None or job.status in _TERMINAL:
+            return CancelOutcome.NOT_FOUND
+        if job.status is JobStatus.CLAIMED:
+            if not job.cancel_requested:
+                batch = q._commit(ev.Cancelled(job_id))
+                claim = q._claims.get(job_id)
+                if claim is not None:
+                    claim.cancel_requested.set()
+                q._wait_locked(batch)
+            return CancelOutcome.REQUESTED
+        batch = q._commit(ev.Cancelled(job_id))
+        q._finished_locked(job_id, batch, WaitOutcome(WaitStatus.NOT_FOUND))
+        q._wait_locked(batch)
+        return CancelOutcome.REMOVED
+
+
+def wait_for_completion(q: Queue, job_id: str, timeout: Any) -> WaitOutcome:
+    check_job_id(job_id)
+    seconds = arguments.wait_seconds(timeout, "timeout")
+    deadline = time.monotonic() + seconds
+    with q._lock:
+        q._ensure_open()
+        job = q._state.jobs.get(job_id)
+        if job is None:
+            return WaitOutcome(WaitStatus.NOT_FOUND)
+        if job.status in _TERMINAL:
+            return WaitOutcome(WaitStatus.COMPLETED, job.record())
+        q._waiters[job_id] = q._waiters.get(job_id, 0) + 1
+        try:
+            while job_id not in q._final:
+                q._ensure_open()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return WaitOutcome(WaitStatus.TIMED_OUT)
+                q._completion.wait(min(left, 3600.0))
+            batch, outcome = q._final[job_id]
+            q._wait_locked(batch)
+            return outcome
+        finally:
+            q._waiters[job_id] -= 1
+            if not q._waiters[job_id]:
+                del q._waiters[job_id]
+                q._final.pop(job_id, None)
+
+
+def reap(q: Queue) -> int:
+    """Requeue (or dead-letter) jobs whose lease expired and sweep retention."""
+    with q._lock:
+        q._check_open_locked()
+        now = q._now()
+        state = q._state
+        expired = state.expired_leases(now)
+        for job in expired:
+            if job.cancel_requested:
+                fail_locked(q, job, now, "cancelled: lease expired", dead=True)
+            else:
+                fail_locked(q, job, now, "lease expired", dead=job.attempts >= job.max_attempts)
+        purge: list[str] = []
+        for name in list(state.queues):
+            cfg = q._config(name)
+            done_before = math.inf if cfg.keep_done is None else now - float(cfg.keep_done)  # type: ignore[arg-type]
+            dead_before = None if cfg.dead_retention is None else \
+                now - float(cfg.dead_retention)  # type: ignore[arg-type]
+            purge += state.sweepable(name, done_before, dead_before)
+        if purge:
+            q._commit(ev.Purged(purge))
+        return len(expired)

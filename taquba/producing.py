@@ -1,0 +1,119 @@
+"""The producing side of :class:`~taquba.queue.Queue`: enqueues.
+
+Functions of the queue handle ``q`` (the methods of ``Queue`` call them after checking
+what they can without the lock); the ones named ``*_locked`` expect ``q._lock`` held.
+Every enqueue is one ``Enqueued`` event through ``q._commit``, and returns once it is
+durable.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import arguments
+from .committer import Batch
+from .config import EnqueueOptions, check_queue_name
+from .core import events as ev
+from .errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+
+def enqueue_batch(q: Queue, queue: str, data: list[bytes]) -> list[str]:
+    """Enqueue ``data`` (checked payloads, at least one) as one record; their new ids."""
+    n = len(data)
+    cfg = q._config(queue)
+    q._lock.acquire()
+    try:
+        q._check_open_locked()
+        now = q._now()
+        job_ids = q._ids.new_many(now, n)
+        if not q._state.jobs.keys().isdisjoint(job_ids):
+            job_ids = fresh_ids_locked(q, job_ids, now)
+        batch = q._commit(ev.Enqueued(queue, now, job_ids, data, cfg.default_priority,
+                                      cfg.max_attempts))
+        q._wake_claimers_locked(queue, n)
+    except BaseException:
+        q._lock.release()
+        raise
+    q._wait(batch)
+    return job_ids
+
+
+def fresh_ids_locked(q: Queue, job_ids: list[str], now: float) -> list[str]:
+    """``job_ids`` with those already in use (a caller's chosen ids) replaced."""
+    jobs = q._state.jobs
+    out = []
+    for job_id in job_ids:
+        while job_id in jobs:
+            job_id = q._ids.new(now)
+        out.append(job_id)
+    return out
+
+
+def enqueue_one(q: Queue, queue: str, payload: object, opts: EnqueueOptions,
+                kv: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
+    """Enqueue one job (and ``kv``); return its id and whether it is new (no dedup hit)."""
+    check_queue_name(queue)
+    data = arguments.payload_bytes(payload, "payload")
+    dedup_key = opts.dedup_key
+    if dedup_key is not None:
+        try:
+            dedup_key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgument(f"EnqueueOptions.dedup_key is not valid UTF-8: "
+                                  f"{dedup_key[:40]!r}") from None
+    cfg = q._config(queue)
+    priority = cfg.default_priority if opts.priority is None else opts.priority
+    max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
+    lock = q._lock
+    lock.acquire()
+    try:
+        job_id, new, batch = enqueue_one_locked(q, queue, data, opts, priority, max_attempts,
+                                                kv)
+    except BaseException:
+        lock.release()
+        raise
+    q._wait(batch)
+    return job_id, new
+
+
+def enqueue_one_locked(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
+                       max_attempts: int, kv: list[tuple[bytes, bytes]]
+                       ) -> tuple[str, bool, Batch]:
+    """The locked part of an enqueue: (id, is new, batch to wait for)."""
+    q._check_open_locked()
+    state = q._state
+    now = q._now()
+    dedup_key = opts.dedup_key
+    if dedup_key is not None:
+        index = state.queues.get(queue)
+        existing = None if index is None else index.dedup.get(dedup_key)
+        if existing is not None:
+            # A dedup hit: what we point at must be durable.
+            return existing, False, q.committer.latest_locked()
+    job_id = opts.job_id
+    if job_id is not None:
+        if job_id in state.jobs:
+            raise InvalidArgument(f"job_id {job_id!r} is already in use")
+    else:
+        job_id = q._ids.new(now)
+        while job_id in state.jobs:
+            job_id = q._ids.new(now)
+    run_at: float | None = None
+    if opts.run_at is not None:
+        run_at = float(opts.run_at)  # type: ignore[arg-type]
+    elif opts.delay:
+        run_at = now + float(opts.delay)  # type: ignore[arg-type]
+    if run_at is not None and run_at <= now:
+        run_at = None
+    specs = None
+    if run_at is not None or dedup_key is not None or opts.headers:
+        specs = [ev.JobSpec(priority, max_attempts, run_at, dedup_key,
+                            dict(opts.headers) if opts.headers else None)]
+    batch = q._commit(ev.Enqueued(queue, now, [job_id], [data], priority, max_attempts,
+                                  specs, kv))
+    if run_at is None:
+        q._wake_claimers_locked(queue)
+    return job_id, True, batch
