@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from .common import RESULTS_DIR, BenchError, emit
+from .common import REPO_DIR, RESULTS_DIR, SOURCE_ENV, BenchError, emit
 from .config import SCENARIOS, make_config
 from .systems import ALL_SYSTEMS, available
 
@@ -66,6 +66,23 @@ def parser() -> argparse.ArgumentParser:
                         "and benchmarks/results/latest.json")
     r.add_argument("--check-targets", action="store_true",
                    help="exit with status 3 when a target is missed")
+
+    ab = sub.add_parser("ab", help="A/B: taquba from two source trees, interleaved")
+    ab.add_argument("a", help="tree A (the baseline), e.g. a worktree of main")
+    ab.add_argument("b", nargs="?", default=REPO_DIR,
+                    help="tree B (default: the tree of this harness)")
+    ab.add_argument("--reps", type=int, default=5, help="interleaved repetitions (5)")
+    ab.add_argument("--n", type=int, default=20_000, help="jobs per throughput run (20000)")
+    ab.add_argument("--payloads", type=_ints, default=(64, 1024))
+    ab.add_argument("--threads", type=_ints, default=(1, 8))
+    ab.add_argument("--latency-rate", type=float, default=500.0)
+    ab.add_argument("--latency-duration", type=float, default=10.0)
+    ab.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_batch (1000)")
+    ab.add_argument("--batches", type=int, default=20)
+    ab.add_argument("--workdir", help="where stores are created (default benchmarks/results/work)")
+    ab.add_argument("--only", type=_csv, default=["throughput", "batch", "latency"],
+                    help="comma-separated subset of throughput,batch,latency")
+    ab.add_argument("--json", dest="json_path", help="also write the result here")
 
     rep = sub.add_parser("report", help="print the table of a results JSON file")
     rep.add_argument("path", nargs="?", default=os.path.join(RESULTS_DIR, "latest.json"))
@@ -162,8 +179,27 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ab(ns: argparse.Namespace) -> int:
+    from . import ab
+
+    workdir = os.path.abspath(ns.workdir or os.path.join(RESULTS_DIR, "work"))
+    os.makedirs(workdir, exist_ok=True)
+    result = ab.run(ns.a, ns.b, reps=ns.reps, n=ns.n, payloads=ns.payloads, threads=ns.threads,
+                    latency_rate=ns.latency_rate, latency_duration=ns.latency_duration,
+                    batch=ns.batch, batches=ns.batches, workdir=workdir, log=_log,
+                    only=tuple(ns.only))
+    if ns.json_path:
+        ab.save(result, ns.json_path)
+    print(ab.render(result))
+    return 0
+
+
 def cmd_child(ns: argparse.Namespace) -> int:
     import importlib
+
+    source = os.environ.get(SOURCE_ENV)
+    if source:  # an A/B run: taquba from another tree (see ab.py)
+        sys.path.insert(0, source)
 
     module, fn = CHILDREN[ns.scenario]
     mod = importlib.import_module(f"benchmarks.{module}")
@@ -189,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_run(ns)
         if ns.command == "child":
             return cmd_child(ns)
+        if ns.command == "ab":
+            return cmd_ab(ns)
         return cmd_report(ns)
     except BenchError as exc:
         _log(f"benchmark failed: {exc}")

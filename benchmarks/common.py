@@ -20,6 +20,7 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 RESULTS_DIR = os.path.join(BENCH_DIR, "results")
 RESULT_MARKER = "@@BENCH-RESULT@@ "
 QUEUE = "bench"
+SOURCE_ENV = "TAQUBA_BENCH_SOURCE"  # a child imports taquba from this tree (A/B runs)
 
 
 class BenchError(RuntimeError):

@@ -60,7 +60,7 @@ logger = logging.getLogger("taquba.committer")
 
 LINGER_FRACTION = 0.25
 MAX_LINGER = 0.005
-INLINE_GRACE = 0.005  # how long the thread leaves a batch nobody waits for to a caller
+INLINE_GRACE = 0.01  # how long the thread leaves a batch nobody waits for to a caller
 
 
 @dataclass
@@ -75,14 +75,16 @@ class CommitStats:
 class Batch:
     """The records of one write, and a ticket for their durability (like a ``Future``).
 
-    :meth:`wait` returns True once the batch is durable and raises once it has failed;
-    :meth:`set_result` and :meth:`set_exception` resolve it, once.
+    :meth:`wait` returns True once the batch is resolved; :meth:`set_result` and
+    :meth:`set_exception` resolve it, once. The owner (the committer) resolves, nudges and
+    calls :meth:`prepare_wait` under one lock, so the Condition is made only for a batch
+    somebody sleeps on: most batches on local disk are written by their only waiter.
     """
 
     __slots__ = ("_cond", "_done", "_error", "_nudged", "nbytes", "opened", "records")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond: threading.Condition | None = None
         self._done = False
         self._error: BaseException | None = None
         self._nudged = False
@@ -97,37 +99,54 @@ class Batch:
         """The failure that lost this batch, or None."""
         return self._error
 
+    def prepare_wait(self) -> None:
+        """Make the Condition a waiter sleeps on (under the owner's lock, before waiting)."""
+        if self._cond is None:
+            self._cond = threading.Condition(threading.Lock())
+
     def set_result(self) -> None:
         """Mark the batch durable and wake its waiters (one by one: see :meth:`wait`)."""
-        with self._cond:
-            self._done = True
-            self._cond.notify()
+        self._resolve(None)
 
     def set_exception(self, exc: BaseException) -> None:
         """Mark the batch lost to ``exc`` and wake its waiters."""
-        with self._cond:
+        self._resolve(exc)
+
+    def _resolve(self, exc: BaseException | None) -> None:
+        cond = self._cond
+        if cond is None:  # nobody waits
             self._error = exc
             self._done = True
-            self._cond.notify()
+            return
+        with cond:
+            self._error = exc
+            self._done = True
+            cond.notify()
 
     def nudge(self) -> None:
         """Wake one waiter, or the next to wait, without resolving: it is to write the batch."""
-        with self._cond:
+        cond = self._cond
+        if cond is None:
+            self._nudged = True
+            return
+        with cond:
             if not self._done:
                 self._nudged = True
-                self._cond.notify()
+                cond.notify()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the batch is resolved, ``timeout`` passes, or a nudge comes.
 
         Returns whether it is resolved (look at :meth:`error`). A waiter that returns
-        resolved wakes the next one.
+        resolved wakes the next one. Requires :meth:`prepare_wait` first.
         """
-        with self._cond:
+        cond = self._cond
+        assert cond is not None, "prepare_wait() first"
+        with cond:
             if not self._done and not self._nudged:
-                self._cond.wait(timeout)
+                cond.wait(timeout)
             if self._done:
-                self._cond.notify()
+                cond.notify()
                 return True
             self._nudged = False
             return False
@@ -294,6 +313,7 @@ class Committer:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return False
+                batch.prepare_wait()
                 lock.release()
                 held = False
                 if batch.wait(left):
@@ -454,7 +474,11 @@ class Committer:
                     self._checkpoint_locked()
                     continue
                 if self._writing:
-                    left = self._grace_left() if self.inline and self._pending else 0.0
+                    # Inline, a caller is writing: look again when the oldest pending batch
+                    # (or one that opens meanwhile) may need the thread.
+                    left = 0.0
+                    if self.inline and not self._stopping:
+                        left = self._grace_left() if self._pending else INLINE_GRACE
                     if left > 0:
                         self._work.wait(left)
                     else:

@@ -19,6 +19,7 @@ from . import arguments
 from .committer import Batch
 from .config import check_queue_name, to_seconds
 from .core import events as ev
+from .core.codec import id_key
 from .core.jobs import Job
 from .errors import ClaimLost, InvalidArgument
 from .records import Claim, JobStatus, WaitOutcome, WaitStatus
@@ -95,7 +96,7 @@ def claim_job_locked(q: Queue, job: Job, now: float, lease: float) -> Claim:
     """Claim ``job`` (pending) for ``lease`` seconds from ``now``."""
     attempts = job.attempts + 1
     job_id = job.id
-    key = ev.id_key(job_id)
+    key = id_key(job_id)
     q._commit(ev.Claimed(job_id, attempts, now, lease, key))
     # The state computed the expiry as now + lease too: the same float.
     detail = job.detail

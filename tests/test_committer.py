@@ -676,6 +676,7 @@ def test_a_batch_wakes_every_waiter_even_when_one_gives_up_first(mem_root):
     from taquba.committer import Batch
 
     batch = Batch()
+    batch.prepare_wait()
     woken: list[int] = []
 
     def waiter(i: int, timeout: float | None) -> None:
@@ -700,6 +701,7 @@ def test_a_nudge_wakes_one_waiter_without_resolving_the_batch() -> None:
 
     batch = Batch()
     batch.nudge()  # nobody waits yet: the next waiter takes it
+    batch.prepare_wait()
     assert batch.wait(30) is False and not batch.done()
     assert batch.wait(0.01) is False  # taken: the next wait times out
     batch.set_exception(RuntimeError("lost"))

@@ -17,7 +17,7 @@ from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig
 from taquba.core import events as ev
 from taquba.core import ids
 from taquba.core import snapshot as snap
-from taquba.core.codec import RECORD_FORMAT_VERSION as FORMAT_VERSION
+from taquba.core.codec import RECORD_FORMAT_VERSION
 from taquba.core.state import JOB_BYTES, State
 from taquba.errors import CorruptionError
 from taquba.records import JobStatus
@@ -137,7 +137,7 @@ SAMPLES = sample_records()
 @pytest.mark.parametrize(("record", "kind", "args"), [s[1:] for s in SAMPLES],
                          ids=[s[0] for s in SAMPLES])
 def test_every_record_round_trips_exactly(record: bytes, kind: int, args: ev.Event) -> None:
-    assert record[0] == FORMAT_VERSION << 4 | kind
+    assert record[0] == RECORD_FORMAT_VERSION << 4 | kind
     got = ev.decode(record)
     assert type(got) is type(args)
     assert view(got) == view(args)
@@ -245,7 +245,7 @@ def test_other_format_versions_and_unknown_kinds_are_rejected_by_name() -> None:
             ev.decode(bytes([version << 4 | ev.CLAIM]) + claim[1:])
     for kind in (0, 12, 13, 14, ev.SNAPSHOT):
         with pytest.raises(CorruptionError, match=f"unknown queue record kind {kind}"):
-            ev.decode(bytes([FORMAT_VERSION << 4 | kind]) + claim[1:])
+            ev.decode(bytes([RECORD_FORMAT_VERSION << 4 | kind]) + claim[1:])
     # The orjson records and snapshots of 0.1.0.dev0 began with the kind byte itself.
     with pytest.raises(CorruptionError, match=r"format version 0.*0\.1\.0\.dev0"):
         ev.decode(b"\x02\x00\x00\x00\x02{}")
@@ -261,26 +261,26 @@ def test_other_format_versions_and_unknown_kinds_are_rejected_by_name() -> None:
     ("claim-nan-time", ev.Claimed(A, 1, T0, 30.0).encode()[:19] + struct.pack(">d", math.nan)
      + ev.Claimed(A, 1, T0, 30.0).encode()[27:], "non-finite"),
     ("claim-bad-duration", ev.Claimed(A, 1, T0, 30.0).encode()[:-1] + b"\x03", "duration"),
-    ("fail-destination-3", bytes([FORMAT_VERSION << 4 | ev.FAIL, 0x06]) + bytes(16),
+    ("fail-destination-3", bytes([RECORD_FORMAT_VERSION << 4 | ev.FAIL, 0x06]) + bytes(16),
      "destination 3"),
-    ("ack-text-id-too-long", bytes([FORMAT_VERSION << 4 | ev.ACK, 0x01, 129]) + b"a" * 129,
+    ("ack-text-id-too-long", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 129]) + b"a" * 129,
      "id length"),
-    ("ack-text-id-bad-char", bytes([FORMAT_VERSION << 4 | ev.ACK, 0x01, 3]) + b"a b",
+    ("ack-text-id-bad-char", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 3]) + b"a b",
      "invalid job id"),
-    ("ack-text-id-empty", bytes([FORMAT_VERSION << 4 | ev.ACK, 0x01, 0]), "id length"),
-    ("promote-huge-count", bytes([FORMAT_VERSION << 4 | ev.PROMOTE, 0xFF, 0xFF, 0x03]),
+    ("ack-text-id-empty", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 0]), "id length"),
+    ("promote-huge-count", bytes([RECORD_FORMAT_VERSION << 4 | ev.PROMOTE, 0xFF, 0xFF, 0x03]),
      "exceeds"),
-    ("overlong-varint", bytes([FORMAT_VERSION << 4 | ev.KV_DELETE]) + b"\x80" * 11 + b"\x00",
+    ("overlong-varint", bytes([RECORD_FORMAT_VERSION << 4 | ev.KV_DELETE]) + b"\x80" * 11 + b"\x00",
      "overlong"),
-    ("enqueue-next-without-previous", bytes([FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
+    ("enqueue-next-without-previous", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
      + struct.pack(">d", T0) + b"\x02\x01\x00", "previous"),
-    ("enqueue-zero-jobs", bytes([FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
+    ("enqueue-zero-jobs", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
      + struct.pack(">d", T0) + b"\x00", "job count"),
-    ("enqueue-bad-utf8-queue", bytes([FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"\xff"
+    ("enqueue-bad-utf8-queue", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"\xff"
      + struct.pack(">d", T0) + b"\x02\x00" + bytes(16) + b"\x00", "UTF-8"),
-    ("enqueue-reserved-flag", bytes([FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
+    ("enqueue-reserved-flag", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
      + struct.pack(">d", T0) + b"\x02\x80" + bytes(16) + b"\x00", "unknown flags"),
-    ("enqueue-id-form-3", bytes([FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
+    ("enqueue-id-form-3", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
      + struct.pack(">d", T0) + b"\x02\x03\x00", "id form"),
 ])
 def test_malformed_fields_are_named(name: str, record: bytes, pattern: str) -> None:
@@ -298,14 +298,14 @@ def test_random_damage_raises_corruption_or_decodes_never_anything_else() -> Non
             for _ in range(rng.randrange(1, 4)):
                 data[rng.randrange(len(data))] = rng.randrange(256)
             if rng.random() < 0.3:
-                data[0] = FORMAT_VERSION << 4 | rng.randrange(16)
+                data[0] = RECORD_FORMAT_VERSION << 4 | rng.randrange(16)
             state = State()
             try:
                 state.apply_record(bytes(data))
             except CorruptionError:
                 pass
     for _ in range(3_000):
-        data = bytes([FORMAT_VERSION << 4 | rng.randrange(1, 12)]) + rng.randbytes(
+        data = bytes([RECORD_FORMAT_VERSION << 4 | rng.randrange(1, 12)]) + rng.randbytes(
             rng.randrange(0, 60))
         try:
             State().apply_record(data)

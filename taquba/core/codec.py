@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from ..errors import CorruptionError
 from . import ids
@@ -131,6 +131,44 @@ def put_dur(buf: bytearray, seconds: float) -> None:
             raise ValueError(f"duration {seconds!r} is not a finite non-negative number")
         buf.append(1)
         buf += pack_f64(seconds)
+
+
+# -- single-job records and id lists (events.py) ----------------------------------------
+
+F_TEXT_ID = 0x01  # a single-job record's flag: the id is stored as text
+
+
+def id_key(job_id: str) -> bytes | None:
+    """The 16 bytes a canonical id is stored as, or None for an id stored as text."""
+    value = ids.decode(job_id)
+    return None if value is None else value.to_bytes(16, "big")
+
+
+def single_head(kind: int, flags: int, job_id: str, key: bytes | None = None) -> bytearray:
+    """The head of a single-job record: tag, flags (with ``F_TEXT_ID`` as needed), the id."""
+    if key is None:
+        key = id_key(job_id)
+    if key is None:
+        buf = bytearray((tag(kind), flags | F_TEXT_ID))
+        buf += text_id(job_id)
+    else:
+        buf = bytearray((tag(kind), flags))
+        buf += key
+    return buf
+
+
+def single_id(r: Reader, flags: int) -> str:
+    """The id of a single-job record whose flags are ``flags``."""
+    return r.text_id() if flags & F_TEXT_ID else r.value_id()
+
+
+def id_list_record(kind: int, job_ids: Sequence[str]) -> bytes:
+    """A record of a list of ids: tag, count, each id with its form byte."""
+    buf = bytearray((tag(kind),))
+    put_uvarint(buf, len(job_ids))
+    for job_id in job_ids:
+        put_listed_id(buf, job_id)
+    return bytes(buf)
 
 
 # -- reading ---------------------------------------------------------------------------------

@@ -48,16 +48,20 @@ from typing import ClassVar
 from ..errors import CorruptionError
 from . import ids
 from .codec import (
+    F_TEXT_ID,
     Corrupt,
     Reader,
     check_tag,
+    id_key,
+    id_list_record,
     put_blob,
     put_dur,
     put_headers,
-    put_listed_id,
     put_str,
     put_time,
     put_uvarint,
+    single_head,
+    single_id,
     tag,
     text_id,
 )
@@ -103,8 +107,7 @@ J_DEDUP = 0x20
 J_HEADERS = 0x40
 _J_KNOWN = 0x7F
 
-# single-job record flags
-F_TEXT_ID = 0x01
+# single-job record flags (F_TEXT_ID, bit 0, is in codec.py)
 F_KEEP = 0x02  # ACK
 _FAIL_TO = 0x06  # FAIL: destination << 1
 F_ERROR = 0x08  # FAIL
@@ -116,37 +119,6 @@ _T_CLAIM = tag(CLAIM)
 _T_ACK = tag(ACK)
 _CLAIM_SHORT = struct.Struct(">BB16sBdB")  # tag, flags, id, attempts, claimed_at, dur
 _ACK_DROP = bytes((_T_ACK, 0))
-
-
-def id_key(job_id: str) -> bytes | None:
-    """The 16 bytes a canonical id is stored as, or None for an id stored as text."""
-    value = ids.decode(job_id)
-    return None if value is None else value.to_bytes(16, "big")
-
-
-def _one(kind: int, flags: int, job_id: str, key: bytes | None = None) -> bytearray:
-    """The head of a single-job record: tag, flags (with F_TEXT_ID as needed) and the id."""
-    if key is None:
-        key = id_key(job_id)
-    if key is None:
-        buf = bytearray((tag(kind), flags | F_TEXT_ID))
-        buf += text_id(job_id)
-    else:
-        buf = bytearray((tag(kind), flags))
-        buf += key
-    return buf
-
-
-def _one_id(r: Reader, flags: int) -> str:
-    return r.text_id() if flags & F_TEXT_ID else r.value_id()
-
-
-def _id_list(kind: int, job_ids: Sequence[str]) -> bytes:
-    buf = bytearray((tag(kind),))
-    put_uvarint(buf, len(job_ids))
-    for job_id in job_ids:
-        put_listed_id(buf, job_id)
-    return bytes(buf)
 
 
 class Event:
@@ -386,7 +358,7 @@ class Claimed(Event):
                 and at - at == 0.0:
             # The common case in one pack: canonical id, small attempts, whole-second lease.
             return _CLAIM_SHORT.pack(_T_CLAIM, 0, key, attempts, at, int(lease) << 1)
-        buf = _one(CLAIM, 0, self.job_id, key)
+        buf = single_head(CLAIM, 0, self.job_id, key)
         put_uvarint(buf, attempts)
         put_time(buf, at)
         put_dur(buf, lease)
@@ -394,7 +366,7 @@ class Claimed(Event):
 
     @classmethod
     def read(cls, r: Reader) -> Claimed:
-        job_id = _one_id(r, r.flags(F_TEXT_ID))
+        job_id = single_id(r, r.flags(F_TEXT_ID))
         attempts = r.positive("attempts")
         at = r.time()
         return cls(job_id, attempts, at, r.dur())
@@ -409,13 +381,13 @@ class Renewed(Event):
     expires: float
 
     def encode(self) -> bytes:
-        buf = _one(RENEW, 0, self.job_id)
+        buf = single_head(RENEW, 0, self.job_id)
         put_time(buf, self.expires)
         return bytes(buf)
 
     @classmethod
     def read(cls, r: Reader) -> Renewed:
-        return cls(_one_id(r, r.flags(F_TEXT_ID)), r.time())
+        return cls(single_id(r, r.flags(F_TEXT_ID)), r.time())
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,7 +407,7 @@ class Acked(Event):
         if self.keep != (self.at is not None):
             raise ValueError("an ack has a completion time exactly when the job is kept")
         if self.at is not None:
-            buf = _one(ACK, F_KEEP, self.job_id)
+            buf = single_head(ACK, F_KEEP, self.job_id)
             put_time(buf, self.at)
             return bytes(buf)
         key = self.key
@@ -443,12 +415,12 @@ class Acked(Event):
             key = id_key(self.job_id)
         if key is not None:
             return _ACK_DROP + key
-        return bytes(_one(ACK, 0, self.job_id))
+        return bytes(single_head(ACK, 0, self.job_id))
 
     @classmethod
     def read(cls, r: Reader) -> Acked:
         flags = r.flags(F_TEXT_ID | F_KEEP)
-        job_id = _one_id(r, flags)
+        job_id = single_id(r, flags)
         keep = bool(flags & F_KEEP)
         return cls(job_id, keep, r.time() if keep else None)
 
@@ -476,7 +448,7 @@ class Failed(Event):
             raise ValueError("run_at is given exactly when a failed job is scheduled")
         if (to == TO_DEAD) != (self.at is not None):
             raise ValueError("the failure time is given exactly when a failed job dies")
-        buf = _one(FAIL, to << 1 | (0 if self.error is None else F_ERROR), self.job_id)
+        buf = single_head(FAIL, to << 1 | (0 if self.error is None else F_ERROR), self.job_id)
         if self.at is not None:
             put_time(buf, self.at)
         elif self.run_at is not None:
@@ -491,7 +463,7 @@ class Failed(Event):
         to = (flags & _FAIL_TO) >> 1
         if to not in (TO_PENDING, TO_SCHEDULED, TO_DEAD):
             raise Corrupt(f"unknown destination {to}")
-        job_id = _one_id(r, flags)
+        job_id = single_id(r, flags)
         at = r.time() if to == TO_DEAD else None
         run_at = r.time() if to == TO_SCHEDULED else None
         error = r.text() if flags & F_ERROR else None
@@ -506,11 +478,11 @@ class Cancelled(Event):
     job_id: str
 
     def encode(self) -> bytes:
-        return bytes(_one(CANCEL, 0, self.job_id))
+        return bytes(single_head(CANCEL, 0, self.job_id))
 
     @classmethod
     def read(cls, r: Reader) -> Cancelled:
-        return cls(_one_id(r, r.flags(F_TEXT_ID)))
+        return cls(single_id(r, r.flags(F_TEXT_ID)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,11 +493,11 @@ class DeadRequeued(Event):
     job_id: str
 
     def encode(self) -> bytes:
-        return bytes(_one(REQUEUE_DEAD, 0, self.job_id))
+        return bytes(single_head(REQUEUE_DEAD, 0, self.job_id))
 
     @classmethod
     def read(cls, r: Reader) -> DeadRequeued:
-        return cls(_one_id(r, r.flags(F_TEXT_ID)))
+        return cls(single_id(r, r.flags(F_TEXT_ID)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +508,7 @@ class Promoted(Event):
     job_ids: Sequence[str]
 
     def encode(self) -> bytes:
-        return _id_list(PROMOTE, self.job_ids)
+        return id_list_record(PROMOTE, self.job_ids)
 
     @classmethod
     def read(cls, r: Reader) -> Promoted:
@@ -551,7 +523,7 @@ class Purged(Event):
     job_ids: Sequence[str]
 
     def encode(self) -> bytes:
-        return _id_list(PURGE, self.job_ids)
+        return id_list_record(PURGE, self.job_ids)
 
     @classmethod
     def read(cls, r: Reader) -> Purged:
@@ -566,7 +538,7 @@ class Released(Event):
     job_ids: Sequence[str]
 
     def encode(self) -> bytes:
-        return _id_list(RELEASE, self.job_ids)
+        return id_list_record(RELEASE, self.job_ids)
 
     @classmethod
     def read(cls, r: Reader) -> Released:

@@ -36,7 +36,7 @@ import orjson
 
 from ..errors import CorruptionError
 
-FORMAT_VERSION = 1
+OBJECT_FORMAT_VERSION = 1  # the framing of manifests, segments and checkpoints (records inside: core.codec)
 MAGIC_MANIFEST = b"TQMF"
 MAGIC_SEGMENT = b"TQSG"
 MAGIC_CHECKPOINT = b"TQCP"
@@ -50,7 +50,7 @@ MAX_FRAME = 2**32 - 1
 
 def _header(magic: bytes, fields: dict[str, Any]) -> bytes:
     body = orjson.dumps(fields)
-    return _PREFIX.pack(magic, FORMAT_VERSION, len(body), zlib.crc32(body)) + body
+    return _PREFIX.pack(magic, OBJECT_FORMAT_VERSION, len(body), zlib.crc32(body)) + body
 
 
 def frame(data: bytes) -> bytes:
@@ -87,9 +87,9 @@ def decode_header(name: str, magic: bytes, data: bytes | memoryview) -> tuple[di
     got_magic, version, hlen, hcrc = _PREFIX.unpack_from(view, 0)
     if got_magic != magic:
         raise CorruptionError(f"{name}: bad magic {bytes(got_magic)!r}, expected {magic!r}")
-    if version != FORMAT_VERSION:
+    if version != OBJECT_FORMAT_VERSION:
         raise CorruptionError(
-            f"{name}: format version {version} is not supported (this build reads {FORMAT_VERSION})"
+            f"{name}: format version {version} is not supported (this build reads {OBJECT_FORMAT_VERSION})"
         )
     pos = _PREFIX.size
     body = view[pos:pos + hlen]
