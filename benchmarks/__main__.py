@@ -22,6 +22,7 @@ CHILDREN = {
     "reopen": ("history", "child_reopen"),
     "rss": ("memory", "child_rss"),
     "rss_reopen": ("memory", "child_rss_reopen"),
+    "index_bytes": ("memory", "child_index_bytes"),
     "objectstore": ("objectstore", "child_objectstore"),
     "idle": ("idle", "child_idle"),
 }
@@ -80,8 +81,10 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--batch", type=int, default=1000, help="jobs per enqueue_batch (1000)")
     ab.add_argument("--batches", type=int, default=20)
     ab.add_argument("--workdir", help="where stores are created (default benchmarks/results/work)")
-    ab.add_argument("--only", type=_csv, default=["throughput", "batch", "latency"],
-                    help="comma-separated subset of throughput,batch,latency")
+    ab.add_argument("--memory-jobs", type=int, default=200_000,
+                    help="pending jobs for the index memory case (200000)")
+    ab.add_argument("--only", type=_csv, default=["throughput", "batch", "latency", "memory"],
+                    help="comma-separated subset of throughput,batch,latency,memory")
     ab.add_argument("--json", dest="json_path", help="also write the result here")
 
     rep = sub.add_parser("report", help="print the table of a results JSON file")
@@ -187,7 +190,7 @@ def cmd_ab(ns: argparse.Namespace) -> int:
     result = ab.run(ns.a, ns.b, reps=ns.reps, n=ns.n, payloads=ns.payloads, threads=ns.threads,
                     latency_rate=ns.latency_rate, latency_duration=ns.latency_duration,
                     batch=ns.batch, batches=ns.batches, workdir=workdir, log=_log,
-                    only=tuple(ns.only))
+                    only=tuple(ns.only), memory_jobs=ns.memory_jobs)
     if ns.json_path:
         ab.save(result, ns.json_path)
     print(ab.render(result))

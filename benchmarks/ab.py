@@ -8,7 +8,8 @@ repetitions, and ``B/A`` is the ratio of the medians (for latencies lower is bet
 ratio above 1 is a slowdown there and a speed-up elsewhere).
 
 Cases: the local throughput child (enqueue and claim+ack drain, per payload and thread
-count), ``enqueue_batch`` (one thread, jobs/s), and latency at a steady rate.
+count), ``enqueue_batch`` (one thread, jobs/s), latency at a steady rate, and the memory of
+the in-memory index per pending job (tracemalloc; once per tree).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import json
 import os
 from typing import Any
 
-from .common import SOURCE_ENV, median, run_child
+from .common import SOURCE_ENV, fresh_dir, median, remove_dir, run_child
 
-CASES = ("throughput", "batch", "latency")
+CASES = ("throughput", "batch", "latency", "memory")
 THROUGHPUT_KEYS = ("enqueue_ops", "drain_ops")
 LATENCY_KEYS = ("pickup_p50_ms", "done_p50_ms", "done_p99_ms")
 
@@ -31,7 +32,7 @@ def _child(scenario: str, args: dict[str, Any], source: str) -> dict[str, Any]:
 def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
         threads: tuple[int, ...], latency_rate: float, latency_duration: float,
         batch: int, batches: int, workdir: str, log: Any,
-        only: tuple[str, ...] = CASES) -> dict[str, Any]:
+        only: tuple[str, ...] = CASES, memory_jobs: int = 200_000) -> dict[str, Any]:
     trees = {"A": os.path.abspath(a), "B": os.path.abspath(b)}
     samples: dict[str, dict[str, list[float]]] = {}
 
@@ -65,6 +66,19 @@ def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
                 add(f"latency {key[:-3]} at {latency_rate:.0f}/s (ms)", side, r[key])
             log(f"  rep {rep + 1} {side} latency: done p50 {r['done_p50_ms']:.2f} ms "
                 f"p99 {r['done_p99_ms']:.2f} ms")
+    if "memory" in only:  # deterministic enough that one measurement each will do
+        for side in ("A", "B"):
+            d = fresh_dir(workdir, "index")
+            try:
+                r = _child("index_bytes", {"n": memory_jobs, "dir": d}, trees[side])
+            finally:
+                remove_dir(d)
+            add(f"index bytes per pending job, {memory_jobs} enqueued", side,
+                r["enqueued_bytes_per_job"])
+            add(f"index bytes per pending job beyond payload, {memory_jobs} reopened", side,
+                r["reopened_bytes_per_job_beyond_payload"])
+            log(f"  {side} index: {r['enqueued_bytes_per_job']:.0f} B/job enqueued, "
+                f"{r['reopened_bytes_per_job_beyond_payload']:.0f} B/job reopened")
     table = {case: {"A": median(v["A"]), "B": median(v["B"]), "A_runs": v["A"],
                     "B_runs": v["B"]} for case, v in samples.items()}
     for row in table.values():

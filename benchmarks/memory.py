@@ -66,6 +66,43 @@ def child_rss_reopen(args: dict[str, Any]) -> dict[str, Any]:
     return {"system": system, "base_rss": base, "peak_rss": peak, "growth": peak - base}
 
 
+def child_index_bytes(args: dict[str, Any]) -> dict[str, Any]:
+    """taquba's in-memory index per pending job, by tracemalloc (not RSS: no allocator noise).
+
+    Enqueues ``n`` jobs of 64 B through ``enqueue_batch`` (1,000 a call, one shared payload
+    object, as the RSS scenario does), and measures the memory the queue holds afterwards
+    beyond what it held before; then reopens the store in the same process and measures the
+    memory of the replayed state, minus the 64 B of each payload (which replay reads into
+    an object of its own).
+    """
+    import gc
+    import tracemalloc
+
+    from .systems import queue_class
+
+    n = int(args["n"])
+    payload = make_payload(64)
+    queue = queue_class()
+    q = queue.open(args["dir"])
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for left in range(n, 0, -1000):
+        q.enqueue_batch("bench", [payload] * min(1000, left))
+    gc.collect()
+    enqueued = tracemalloc.get_traced_memory()[0] - base
+    q.close()
+    gc.collect()
+    base = tracemalloc.get_traced_memory()[0]
+    q = queue.open(args["dir"])
+    gc.collect()
+    reopened = tracemalloc.get_traced_memory()[0] - base
+    q.close()
+    tracemalloc.stop()
+    return {"n": n, "enqueued_bytes_per_job": enqueued / n,
+            "reopened_bytes_per_job_beyond_payload": reopened / n - 64}
+
+
 def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     res: dict[str, Any] = {}
     for system in systems:

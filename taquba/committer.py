@@ -52,6 +52,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import FencedError, QueueBroken, QueueClosed, StorageError
 from .log import Log
@@ -189,6 +190,13 @@ class Committer:
         self._idle = False  # the thread sleeps until woken
         self._awaits_write = False  # the thread sleeps until the write in flight ends
         self._closed = False
+        # Combining ("submit many"): callers that queue items for one caller to apply.
+        self._round_lock = threading.Lock()
+        self._items: list[Any] = []
+        self._round = Batch()  # resolved once the items queued in it are durable
+        self._round_filled = threading.Condition(self._round_lock)
+        self._round_target = 1 << 30  # items the next round waits for (see "Gathering")
+        self._combiner = threading.Lock()
         self.stats = CommitStats()
         self._thread = threading.Thread(target=self._run, name="taquba-committer", daemon=True)
         self._thread.start()
@@ -348,6 +356,93 @@ class Committer:
             self.lock.release()
             raise
         self.wait(batch)
+
+    # -- combining: submit many ------------------------------------------------------------
+    #
+    # A round gathers like a batch: it waits briefly (the linger of the last write) for as
+    # many items as the last round and those queued during it together.
+    #
+    # With many threads, taking the state lock in turn costs each caller hand-offs of the
+    # lock and of the interpreter. Instead a caller may queue an item: whichever caller
+    # combines takes every queued item, applies them all in one lock hold (``apply``, which
+    # submits their records, sharing records where it can) and waits for their durability
+    # once; the others sleep on the round their item joined, a Batch resolved when it is
+    # durable. A round resolves only after its items were applied and written.
+
+    def combine(self, item: Any, apply: Callable[[list[Any]], Batch | None]) -> None:
+        """Queue ``item`` for ``apply`` and return once it has been applied and is durable.
+
+        ``apply(items)`` is called with the state lock held, in queue order, and returns
+        the batch of the last record it submitted (None if it submitted none). It reports
+        per-item results and errors on the items themselves. Raises what waiting on that
+        batch raises (a storage failure), as :meth:`wait` does.
+        """
+        with self._round_lock:
+            self._items.append(item)
+            if len(self._items) == self._round_target:
+                self._round_filled.notify()
+            joined = self._round
+            joined.prepare_wait()
+        while True:
+            if joined.done():  # applied and written by another caller's round
+                error = joined.error()
+                if error is not None:
+                    raise self.error_for(error, own=True)
+                return
+            if self._combiner.acquire(False):
+                try:
+                    batch = self._combine_round(apply, joined)
+                finally:
+                    self._combiner.release()
+                    with self._round_lock:
+                        if self._items:  # queued meanwhile: one of them combines next
+                            self._round.nudge()
+                if batch is not None:
+                    error = batch.error()
+                    if error is not None:
+                        raise self.error_for(error, own=True)
+                    return
+            elif joined.wait():
+                error = joined.error()
+                if error is not None:
+                    raise self.error_for(error, own=True)
+                return
+
+    def _combine_round(self, apply: Callable[[list[Any]], Batch | None],
+                       joined: Batch) -> Batch | None:
+        """Apply and write the queued items; the batch of ``joined``'s items if they were
+        among them (else None: the caller's round is still to come)."""
+        with self._round_lock:
+            if len(self._items) < self._round_target and self._linger > 0:
+                # The callers the last round released are on their way back: a moment.
+                self._round_filled.wait(self._linger)
+            items, self._items = self._items, []
+            done, self._round = self._round, Batch()
+        if not items:
+            return None
+        last: Batch | None = None
+        try:
+            self.lock.acquire()
+            try:
+                last = apply(items)
+            except BaseException:
+                self.lock.release()
+                raise
+            if last is not None:
+                self.wait(last, gather=False)
+            else:
+                self.lock.release()
+        except BaseException as exc:
+            lost = last.error() if last is not None and last.error() is not None else exc
+            with self._round_lock:
+                done._resolve(lost)
+            if done is joined:
+                return done  # the caller raises the failure as its own
+            raise
+        with self._round_lock:
+            done._resolve(None if last is None else last.error())
+            self._round_target = len(items) + len(self._items)
+        return done if done is joined else None
 
     # -- writing -------------------------------------------------------------------------
 

@@ -274,6 +274,12 @@ class EnqueueOptions:
     headers: Mapping[str, str] | None = None
     job_id: str | None = None
 
+    def is_plain(self) -> bool:
+        """Whether these options ask for nothing beyond the queue's defaults and a
+        caller-given priority or attempt limit: no schedule, dedup key, headers or id."""
+        return self.run_at is None and not self.delay and self.dedup_key is None \
+            and not self.headers and self.job_id is None
+
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if self.priority is not None:

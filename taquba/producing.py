@@ -52,9 +52,61 @@ def fresh_ids_locked(q: Queue, job_ids: list[str], now: float) -> list[str]:
     return out
 
 
+class PlainEnqueue:
+    """An enqueue without options, handed to whichever caller combines (see
+    ``Committer.combine``): its result or error is set when it is applied."""
+
+    __slots__ = ("error", "job_id", "max_attempts", "payload", "priority", "queue")
+
+    def __init__(self, queue: str, payload: bytes, priority: int, max_attempts: int) -> None:
+        self.queue = queue
+        self.payload = payload
+        self.priority = priority
+        self.max_attempts = max_attempts
+        self.job_id = ""
+        self.error: BaseException | None = None
+
+
+def apply_plain_locked(q: Queue, items: list[PlainEnqueue]) -> Batch | None:
+    """Apply combined enqueues in order; those of one queue in a row share one record."""
+    last = None
+    start = 0
+    while start < len(items):
+        first = items[start]
+        end = start + 1
+        while end < len(items) and (items[end].queue, items[end].priority,
+                                    items[end].max_attempts) == \
+                (first.queue, first.priority, first.max_attempts):
+            end += 1
+        group = items[start:end]
+        start = end
+        try:
+            q._check_open_locked()
+            now = q._now()
+            job_ids = q._ids.new_many(now, len(group))
+            if not q._state.jobs.keys().isdisjoint(job_ids):
+                job_ids = fresh_ids_locked(q, job_ids, now)
+            last = q._commit(ev.Enqueued(first.queue, now, job_ids,
+                                         [item.payload for item in group], first.priority,
+                                         first.max_attempts))
+        except Exception as exc:
+            for item in group:
+                item.error = exc
+            continue
+        for item, job_id in zip(group, job_ids):
+            item.job_id = job_id
+        q._wake_claimers_locked(first.queue, len(group))
+    return last
+
+
 def enqueue_one(q: Queue, queue: str, payload: object, opts: EnqueueOptions,
                 kv: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
-    """Enqueue one job (and ``kv``); return its id and whether it is new (no dedup hit)."""
+    """Enqueue one job (and ``kv``); return its id and whether it is new (no dedup hit).
+
+    While other enqueues are under way, an enqueue without options is combined with them
+    (``Committer.combine``): one caller applies all that are waiting in one lock hold and
+    one record, and waits for their durability once.
+    """
     check_queue_name(queue)
     data = arguments.payload_bytes(payload, "payload")
     dedup_key = opts.dedup_key
@@ -67,6 +119,24 @@ def enqueue_one(q: Queue, queue: str, payload: object, opts: EnqueueOptions,
     cfg = q._config(queue)
     priority = cfg.default_priority if opts.priority is None else opts.priority
     max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
+    if kv or not opts.is_plain() or not q.committer.inline:
+        return _enqueue_alone(q, queue, data, opts, priority, max_attempts, kv)
+    active = q._enqueuers
+    active.append(None)  # deque appends and pops are atomic: len() counts the callers
+    try:
+        if len(active) == 1:
+            return _enqueue_alone(q, queue, data, opts, priority, max_attempts, kv)
+        item = PlainEnqueue(queue, data, priority, max_attempts)
+        q.committer.combine(item, lambda items: apply_plain_locked(q, items))
+        if item.error is not None:
+            raise item.error
+        return item.job_id, True
+    finally:
+        active.pop()
+
+
+def _enqueue_alone(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
+                   max_attempts: int, kv: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
     lock = q._lock
     lock.acquire()
     try:

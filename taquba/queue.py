@@ -20,6 +20,7 @@ inspecting.py (looking at jobs, operating on them, the background ticks).
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -81,6 +82,7 @@ class Queue:
         self._waiters: dict[str, int] = {}
         self._claims: dict[str, Claim] = {}
         self._closed = False
+        self._enqueuers: collections.deque[None] = collections.deque()  # enqueues under way
         self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
                                    max_batch_bytes=options.max_batch_bytes,
                                    live_bytes=lambda: self._state.live_bytes)

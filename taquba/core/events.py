@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import NamedTuple, Union
 
 from ..errors import CorruptionError
 from . import ids
@@ -121,22 +121,6 @@ _CLAIM_SHORT = struct.Struct(">BB16sBdB")  # tag, flags, id, attempts, claimed_a
 _ACK_DROP = bytes((_T_ACK, 0))
 
 
-class Event:
-    """A state change. Subclasses are frozen, slotted dataclasses with a ``KIND`` tag."""
-
-    __slots__ = ()
-    KIND: ClassVar[int]
-
-    def encode(self) -> bytes:
-        """This event as one log record (raises ``ValueError`` for a value no record holds)."""
-        raise NotImplementedError
-
-    @classmethod
-    def read(cls, r: Reader) -> Event:
-        """The event whose fields follow the tag in ``r`` (raises ``Corrupt``)."""
-        raise NotImplementedError
-
-
 @dataclass(frozen=True, slots=True)
 class JobSpec:
     """The options of one enqueued job that the event's common values do not cover."""
@@ -148,8 +132,7 @@ class JobSpec:
     headers: Mapping[str, str] | None = None  # None or non-empty
 
 
-@dataclass(frozen=True, slots=True)
-class Enqueued(Event):
+class Enqueued(NamedTuple):
     """New jobs of ``queue`` at ``at``, numbered in order by the state; then KV writes.
 
     Job ``i`` is ``ids[i]`` with ``payloads[i]``. With ``specs`` None every job has the
@@ -158,7 +141,6 @@ class Enqueued(Event):
     Otherwise ``specs[i]`` gives job ``i``'s own options, or None for the common ones.
     """
 
-    KIND: ClassVar[int] = ENQUEUE
     queue: str
     at: float
     ids: Sequence[str]
@@ -334,20 +316,18 @@ class Enqueued(Event):
         return cls(queue, at, job_ids, payloads, priority, max_attempts, specs, kv)
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed(Event):
+class Claimed(NamedTuple):
     """Attempt ``attempts`` of a job starts at ``at`` under a lease of ``lease`` seconds.
 
     The state computes the expiry as ``at + lease``, the same float the queue computes.
     ``key`` may carry ``id_key(job_id)`` when the caller has it already (not compared).
     """
 
-    KIND: ClassVar[int] = CLAIM
     job_id: str
     attempts: int
     at: float
     lease: float
-    key: bytes | None = field(default=None, compare=False, repr=False)
+    key: bytes | None = None
 
     def encode(self) -> bytes:
         key = self.key
@@ -372,11 +352,9 @@ class Claimed(Event):
         return cls(job_id, attempts, at, r.dur())
 
 
-@dataclass(frozen=True, slots=True)
-class Renewed(Event):
+class Renewed(NamedTuple):
     """The lease of a claimed job now ends at ``expires``."""
 
-    KIND: ClassVar[int] = RENEW
     job_id: str
     expires: float
 
@@ -390,18 +368,16 @@ class Renewed(Event):
         return cls(single_id(r, r.flags(F_TEXT_ID)), r.time())
 
 
-@dataclass(frozen=True, slots=True)
-class Acked(Event):
+class Acked(NamedTuple):
     """A claimed job is done: retained as done at ``at`` if ``keep``, else dropped.
 
     ``at`` is given exactly when ``keep`` (a dropped job's completion is never seen).
     """
 
-    KIND: ClassVar[int] = ACK
     job_id: str
     keep: bool
     at: float | None = None
-    key: bytes | None = field(default=None, compare=False, repr=False)
+    key: bytes | None = None
 
     def encode(self) -> bytes:
         if self.keep != (self.at is not None):
@@ -425,15 +401,13 @@ class Acked(Event):
         return cls(job_id, keep, r.time() if keep else None)
 
 
-@dataclass(frozen=True, slots=True)
-class Failed(Event):
+class Failed(NamedTuple):
     """An attempt failed with ``error``: the job goes to ``to``.
 
     ``to`` is TO_PENDING, TO_SCHEDULED (``run_at`` given) or TO_DEAD (``at``, the failure
     time, given); the other time is None.
     """
 
-    KIND: ClassVar[int] = FAIL
     job_id: str
     to: int
     at: float | None = None
@@ -470,11 +444,9 @@ class Failed(Event):
         return cls(job_id, to, at, run_at, error)
 
 
-@dataclass(frozen=True, slots=True)
-class Cancelled(Event):
+class Cancelled(NamedTuple):
     """A pending or scheduled job is removed; a claimed one is asked to stop."""
 
-    KIND: ClassVar[int] = CANCEL
     job_id: str
 
     def encode(self) -> bytes:
@@ -485,11 +457,9 @@ class Cancelled(Event):
         return cls(single_id(r, r.flags(F_TEXT_ID)))
 
 
-@dataclass(frozen=True, slots=True)
-class DeadRequeued(Event):
+class DeadRequeued(NamedTuple):
     """A dead job goes back to pending with its attempts reset."""
 
-    KIND: ClassVar[int] = REQUEUE_DEAD
     job_id: str
 
     def encode(self) -> bytes:
@@ -500,11 +470,9 @@ class DeadRequeued(Event):
         return cls(single_id(r, r.flags(F_TEXT_ID)))
 
 
-@dataclass(frozen=True, slots=True)
-class Promoted(Event):
+class Promoted(NamedTuple):
     """Scheduled jobs whose time has come become pending."""
 
-    KIND: ClassVar[int] = PROMOTE
     job_ids: Sequence[str]
 
     def encode(self) -> bytes:
@@ -515,11 +483,9 @@ class Promoted(Event):
         return cls(r.id_list())
 
 
-@dataclass(frozen=True, slots=True)
-class Purged(Event):
+class Purged(NamedTuple):
     """Retained done and dead jobs past their retention are dropped."""
 
-    KIND: ClassVar[int] = PURGE
     job_ids: Sequence[str]
 
     def encode(self) -> bytes:
@@ -530,11 +496,9 @@ class Purged(Event):
         return cls(r.id_list())
 
 
-@dataclass(frozen=True, slots=True)
-class Released(Event):
+class Released(NamedTuple):
     """Claimed jobs go back to pending without a failure (their holder is gone)."""
 
-    KIND: ClassVar[int] = RELEASE
     job_ids: Sequence[str]
 
     def encode(self) -> bytes:
@@ -545,11 +509,9 @@ class Released(Event):
         return cls(r.id_list())
 
 
-@dataclass(frozen=True, slots=True)
-class KvDeleted(Event):
+class KvDeleted(NamedTuple):
     """Keys leave the KV namespace (absent keys are fine)."""
 
-    KIND: ClassVar[int] = KV_DELETE
     keys: Sequence[bytes]
 
     def encode(self) -> bytes:
@@ -564,10 +526,17 @@ class KvDeleted(Event):
         return cls([r.blob() for _ in range(r.count(1))])
 
 
-EVENT_TYPES: tuple[type[Event], ...] = (
-    Enqueued, Claimed, Renewed, Acked, Failed, Cancelled, DeadRequeued, Promoted, Purged,
-    KvDeleted, Released)
-_READERS: dict[int, Callable[[Reader], Event]] = {tag(c.KIND): c.read for c in EVENT_TYPES}
+# Any event: what State.apply takes and decode returns.
+Event = Union[Enqueued, Claimed, Renewed, Acked, Failed, Cancelled, DeadRequeued,  # noqa: UP007
+              Promoted, Purged, KvDeleted, Released]
+# The record kind of each event type.
+KIND_OF: dict[type[Event], int] = {
+    Enqueued: ENQUEUE, Claimed: CLAIM, Renewed: RENEW, Acked: ACK, Failed: FAIL,
+    Cancelled: CANCEL, DeadRequeued: REQUEUE_DEAD, Promoted: PROMOTE, Purged: PURGE,
+    KvDeleted: KV_DELETE, Released: RELEASE}
+EVENT_TYPES: tuple[type[Event], ...] = tuple(KIND_OF)
+_READERS: dict[int, Callable[[Reader], Event]] = {
+    tag(kind): cls.read for cls, kind in KIND_OF.items()}
 
 
 def decode(data: bytes) -> Event:
