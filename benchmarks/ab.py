@@ -48,6 +48,9 @@ def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
                                               "n": n, "workdir": workdir}, trees[side])
                     for key in THROUGHPUT_KEYS:
                         add(f"{key.split('_')[0]} {size} B x{t} (ops/s)", side, r[key])
+                    for key in ("enqueue_cpu_us", "drain_cpu_us"):
+                        if key in r:  # (a harness that did not measure it)
+                            add(f"{key.split('_')[0]} {size} B x{t} (CPU us/job)", side, r[key])
                     log(f"  rep {rep + 1} {side} {size:5d} B x{t}: enqueue "
                         f"{r['enqueue_ops']:8.0f}/s drain {r['drain_ops']:8.0f}/s")
         for side in order if "batch" in only else ():

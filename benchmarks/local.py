@@ -92,7 +92,9 @@ def child_throughput(args: dict[str, Any]) -> dict[str, Any]:
                 for _ in range(shares[i]):
                     enqueue(payload)
 
+            cpu = time.process_time()
             enq_s, _ = run_threads(threads, produce, "producer")
+            enq_cpu = time.process_time() - cpu
 
             counts = [0] * threads
 
@@ -107,7 +109,9 @@ def child_throughput(args: dict[str, Any]) -> dict[str, Any]:
                     got += 1
                 counts[i] = got
 
+            cpu = time.process_time()
             drain_s, _ = run_threads(threads, drain, "worker")
+            drain_cpu = time.process_time() - cpu
             drained = sum(counts)
             left = s.claim()
         finally:
@@ -118,7 +122,10 @@ def child_throughput(args: dict[str, Any]) -> dict[str, Any]:
         raise BenchError(f"{system}: enqueued {n}, drained {drained}, left over {left is not None}")
     return {"system": system, "payload": size, "threads": threads, "n": n,
             "enqueue_s": enq_s, "drain_s": drain_s,
-            "enqueue_ops": n / enq_s, "drain_ops": n / drain_s}
+            "enqueue_ops": n / enq_s, "drain_ops": n / drain_s,
+            # CPU of the whole process (all threads, kernel included) per job: less
+            # sensitive than the rates to how long the disk takes to fsync.
+            "enqueue_cpu_us": 1e6 * enq_cpu / n, "drain_cpu_us": 1e6 * drain_cpu / n}
 
 
 def child_batch(args: dict[str, Any]) -> dict[str, Any]:

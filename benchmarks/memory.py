@@ -92,6 +92,7 @@ def child_index_bytes(args: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     enqueued = tracemalloc.get_traced_memory()[0] - base
     q.close()
+    del q
     gc.collect()
     base = tracemalloc.get_traced_memory()[0]
     q = queue.open(args["dir"])
