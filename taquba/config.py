@@ -198,6 +198,11 @@ class OpenOptions:
       (one ``fdatasync`` each) until it holds this many bytes; 0 writes every commit as a
       file of its own (two fsyncs). Object stores always write one object per commit.
     - ``storage_retries`` / ``storage_retry_delay``: bounded retries of transient storage errors.
+    - ``storage_retry_budget``: the most time one storage call may take, retries included
+      (plus one second per 8 MiB it moves); an unreachable backend then raises
+      ``TransientStorageError`` within it. For a cloud URL the library's own retries are
+      turned off and its connect/read timeouts fit this budget, unless ``storage_options``
+      sets them.
     """
 
     reaper_interval: Duration = 5.0
@@ -213,6 +218,7 @@ class OpenOptions:
     storage_retries: int = 6
     storage_retry_delay: Duration = 0.05
     background_threads: bool = True
+    storage_retry_budget: Duration = 10.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -253,6 +259,9 @@ class OpenOptions:
         set_(self, "storage_retry_delay", to_seconds(self.storage_retry_delay,
                                                      "OpenOptions.storage_retry_delay",
                                                      error=ConfigError))
+        set_(self, "storage_retry_budget", to_seconds(self.storage_retry_budget,
+                                                      "OpenOptions.storage_retry_budget",
+                                                      allow_zero=False, error=ConfigError))
         if not isinstance(self.background_threads, bool):
             raise ConfigError(
                 f"OpenOptions.background_threads must be a bool, got {self.background_threads!r}"

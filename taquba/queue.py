@@ -169,7 +169,8 @@ class Queue:
             raise ConfigError(f"options must be an OpenOptions, got {type(options).__name__}")
         store = open_store(location, path, storage_options=storage_options,
                            retries=options.storage_retries,
-                           retry_delay=float(options.storage_retry_delay))  # type: ignore[arg-type]
+                           retry_delay=float(options.storage_retry_delay),  # type: ignore[arg-type]
+                           retry_budget=float(options.storage_retry_budget))  # type: ignore[arg-type]
         holder = [State()]
 
         def on_snapshot(data: bytes) -> None:

@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 DEFAULT_RETRY_BUDGET = 10.0
 MIN_ATTEMPT_SECONDS = 0.05
-TRANSFER_FLOOR_BYTES_PER_S = 1 << 20
+TRANSFER_FLOOR_BYTES_PER_S = 8 << 20
 
 
 @dataclass
@@ -103,7 +103,7 @@ class Store(ABC):
     Retries are bounded twice: at most ``retries`` retries, and within ``retry_budget``
     seconds from the start of the call (no attempt starts and no backoff is slept past it).
     An attempt on an asynchronous fsspec filesystem is also cut off once the budget is
-    spent, with an allowance of one second per MiB it is known to transfer; so an
+    spent, with an allowance of one second per 8 MiB it may transfer; so an
     unreachable backend surfaces as :class:`TransientStorageError` within the budget.
     """
 
@@ -261,7 +261,7 @@ class AttemptBudget:
 
     def wall(self, transfer_bytes: int = 0) -> float:
         """How long one request may run: the budget left (at least a moment), plus one
-        second per MiB it is known to move, so a slow but working transfer is not cut."""
+        second per 8 MiB it may move, so a slow but working transfer is not cut."""
         return max(self.left(), MIN_ATTEMPT_SECONDS) + transfer_bytes / TRANSFER_FLOOR_BYTES_PER_S
 
 

@@ -8,8 +8,9 @@ instead:
 - put-if-absent: one conditional PUT (S3 ``If-None-Match: *``, GCS ``ifGenerationMatch=0``
   in one multipart upload, Azure ``If-None-Match: *``; Azure blobs past the SDK's single-put
   size are staged in blocks, each block counted);
-- read: ranged GETs of at most ``range_bytes``; a whole object is read from offset 0 until
-  a GET comes back short, so an object smaller than ``range_bytes`` costs one GET;
+- read: ranged GETs of at most ``range_bytes``; a whole object is read from offset 0 in
+  ranges of 8 MiB, then twice as much each time, until a GET comes back short, so an object
+  under 8 MiB (a manifest, a segment) costs one GET;
 - list: one request per page of the listing API (1,000 keys on S3 and GCS, 5,000 on Azure);
 - delete: S3 one ``DeleteObjects`` per 1,000 keys; GCS and Azure one DELETE per key.
 
@@ -72,6 +73,7 @@ class CloudStore(FsspecStore):
     atomic_create = True
     container_word = "bucket"
     range_bytes = 64 << 20
+    first_get_bytes = 8 << 20
 
     def __init__(self, fs: Any, root: str, *, configured: bool = False, **kwargs: Any) -> None:
         super().__init__(fs, root, **kwargs)
@@ -81,12 +83,6 @@ class CloudStore(FsspecStore):
     def _key(self, key: str) -> str:
         """The object name of ``key`` inside the bucket."""
         return f"{self.prefix}/{key}" if self.prefix else key
-
-    def _run(self, coro_fn: Any, *args: Any, transfer: int = 0, **kwargs: Any) -> Any:
-        from fsspec.asyn import sync
-
-        wall = self._attempt_budget().wall(transfer)
-        return sync(self.fs.loop, coro_fn, *args, timeout=wall, **kwargs)
 
     def _missing_container(self, exc: BaseException | None = None) -> PermanentStorageError:
         err = PermanentStorageError(
@@ -101,13 +97,14 @@ class CloudStore(FsspecStore):
 
     def _raw_get(self, key: str) -> bytes:
         parts: list[bytes] = []
-        offset = 0
+        offset, size = 0, self.first_get_bytes
         while True:
-            part = self._raw_get_range(key, offset, offset + self.range_bytes)
+            part = self._raw_get_range(key, offset, offset + size)
             parts.append(part)
             offset += len(part)
-            if len(part) < self.range_bytes:
+            if len(part) < size:
                 return b"".join(parts)
+            size = min(size * 2, self.range_bytes)
 
     def _raw_get_range(self, key: str, start: int, end: int) -> bytes:
         parts: list[bytes] = []

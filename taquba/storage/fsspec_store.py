@@ -58,10 +58,19 @@ class FsspecStore(Store):
         runs under :meth:`AttemptBudget.wall` and is cancelled when that passes."""
         if not self._is_async:
             return getattr(self.fs, method)(*args, **kwargs)
+        return self._run(getattr(self.fs, "_" + method), *args, transfer=transfer, **kwargs)
+
+    def _run(self, coro_fn: Any, *args: Any, transfer: int = 0, **kwargs: Any) -> Any:
+        """Run ``coro_fn(*args, **kwargs)`` on the filesystem's event loop, cancelled once
+        :meth:`AttemptBudget.wall` passes (then a ``TimeoutError``, which is transient)."""
         from fsspec.asyn import sync
+        from fsspec.exceptions import FSTimeoutError
 
         wall = self._attempt_budget().wall(transfer)
-        return sync(self.fs.loop, getattr(self.fs, "_" + method), *args, timeout=wall, **kwargs)
+        try:
+            return sync(self.fs.loop, coro_fn, *args, timeout=wall, **kwargs)
+        except FSTimeoutError as exc:
+            raise TimeoutError(f"no answer within {wall:.2f} s") from exc
 
     def _raw_put_if_absent(self, key: str, data: bytes) -> None:
         self._count(puts=1, bytes_written=len(data))
