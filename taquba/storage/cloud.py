@@ -74,6 +74,7 @@ class CloudStore(FsspecStore):
     container_word = "bucket"
     range_bytes = 64 << 20
     first_get_bytes = 8 << 20
+    list_page_size = 1000
 
     def __init__(self, fs: Any, root: str, *, configured: bool = False, **kwargs: Any) -> None:
         super().__init__(fs, root, **kwargs)
@@ -152,7 +153,8 @@ class S3Store(CloudStore):
             kw = {"ContinuationToken": token} if token else {}
             try:
                 page = self._run(self.fs._call_s3, "list_objects_v2", Bucket=self.bucket,
-                                 Prefix=prefix, Delimiter="/", MaxKeys=1000, **kw)
+                                 Prefix=prefix, Delimiter="/", MaxKeys=self.list_page_size,
+                                 **kw)
             except FileNotFoundError as exc:  # a listing finds nothing, it never fails so
                 raise self._missing_container(exc) from exc
             except Exception as exc:
@@ -201,7 +203,7 @@ class GcsStore(CloudStore):
             self._count(lists=1)
             try:
                 page = self._run(self.fs._call, "GET", "b/{}/o", self.bucket, delimiter="/",
-                                 prefix=prefix, maxResults=1000, pageToken=token,
+                                 prefix=prefix, maxResults=self.list_page_size, pageToken=token,
                                  json_out=True)
             except FileNotFoundError as exc:  # a listing finds nothing, it never 404s
                 raise self._missing_container(exc) from exc
@@ -224,6 +226,7 @@ class GcsStore(CloudStore):
 class AzureStore(CloudStore):
     container_word = "container"
     range_bytes = 32 << 20  # the SDK's single-GET size: one request per range
+    list_page_size = 5000
 
     def _options(self) -> dict[str, Any]:
         """Per-request options: the adlfs timeouts, and no SDK retries when configured."""
@@ -271,6 +274,7 @@ class AzureStore(CloudStore):
 
         async def walk() -> None:
             pages = self._container().walk_blobs(name_starts_with=prefix, delimiter="/",
+                                                 results_per_page=self.list_page_size,
                                                  **self._options()).by_page()
             self._count(lists=1)
             async for page in pages:
