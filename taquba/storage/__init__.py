@@ -34,6 +34,12 @@ def _known_protocols() -> set[str]:
     return set(known_implementations) | set(_EXTRAS) | {"file", "memory", "local"}
 
 
+def _example(protocol: str) -> str:
+    """What follows ``protocol://`` in a well-formed URL, for error messages."""
+    extra = _EXTRAS.get(protocol.lower())
+    return "path" if extra is None else ("container/path" if extra == "azure" else "bucket/path")
+
+
 def _check_location(location: str) -> None:
     """Reject what looks like a URL but is not one (it would become a local directory)."""
     if "::" in location:
@@ -42,20 +48,19 @@ def _check_location(location: str) -> None:
     if "://" not in location:
         if scheme and len(scheme.group(1)) > 1 and scheme.group(1).lower() in _known_protocols():
             name = scheme.group(1)
-            raise ConfigError(f"malformed URL {location!r}: a {name} URL is written "
-                              f"{name}://bucket/path")
+            raise ConfigError(f"malformed URL {location!r}: write {name}://{_example(name)}")
         first = location.split("/", 1)[0].lower()
         if location[len(first):].startswith("//") and first in _EXTRAS:
-            raise ConfigError(f"malformed URL {location!r}: did you mean {first}:// ? "
-                              f"(a local path cannot start with {first}//)")
+            raise ConfigError(f"malformed URL {location!r}: a ':' is missing, write "
+                              f"{first}://{_example(first)}")
         return
     protocol, rest = location.split("://", 1)
     if protocol.lower() in _EXTRAS:
         bucket = rest.split("/", 1)[0]
-        word = "container" if _EXTRAS[protocol.lower()] == "azure" else "bucket"
         if bucket in ("", ".", ".."):
-            raise ConfigError(f"malformed URL {location!r}: it names no {word} "
-                              f"(write {protocol}://{word}/path)")
+            word = _example(protocol).split("/")[0]
+            raise ConfigError(f"malformed URL {location!r}: it names no {word}, write "
+                              f"{protocol}://{_example(protocol)}")
 
 
 def _missing_extra(location: str, protocol: str, exc: BaseException) -> ConfigError:
