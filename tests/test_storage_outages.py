@@ -3,7 +3,7 @@
 An endpoint that refuses connections, one that accepts them and never answers, and an
 emulator stopped under an open store must each raise ``TransientStorageError`` within the
 budget (plus a generous slack for a slow machine: before the budget existed, the retries of
-taquba, s3fs and botocore stacked up to 47–58 s). These are bounds on a failure path, not
+taquba, s3fs and botocore stacked up to 47-58 s). These are bounds on a failure path, not
 speed measurements. The budget logic itself is checked with a fake clock.
 """
 

@@ -150,7 +150,7 @@ class S3Store(CloudStore):
         token: str | None = None
         while True:
             self._count(lists=1)
-            kw = {"ContinuationToken": token} if token else {}
+            kw: dict[str, Any] = {"ContinuationToken": token} if token else {}
             try:
                 page = self._run(self.fs._call_s3, "list_objects_v2", Bucket=self.bucket,
                                  Prefix=prefix, Delimiter="/", MaxKeys=self.list_page_size,
