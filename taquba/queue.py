@@ -150,8 +150,8 @@ def _payload(value: object, name: str) -> bytes:
 
 
 def _wait_seconds(value: object, name: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value) \
-            and value > 0:
+    """A wait: a duration, or ``math.inf`` for no limit."""
+    if isinstance(value, float) and value == math.inf:
         return math.inf
     return to_seconds(value, name)
 
