@@ -605,7 +605,7 @@ def test_a_clock_returning_no_time_raises_config_error_and_changes_nothing(
     for name, call in CLOCKED_CALLS:
         clock.now = value  # type: ignore[assignment]
         try:
-            with pytest.raises(ConfigError, match="OpenOptions.clock returned") as info:
+            with pytest.raises(ConfigError, match=r"OpenOptions\.clock returned") as info:
                 call(env)
             assert type(info.value) is ConfigError, (name, info.value)
         finally:
