@@ -9,6 +9,10 @@ One process owns a queue (a second one opening the same location takes it over),
 the app as a single process: no reloader, one gunicorn worker (``gunicorn -w 1 --threads 8
 'flask_app:create_app()'``), and call ``app.extensions["taquba"].stop()`` from the server's
 exit hook. ``atexit`` is the fallback for a plain interpreter exit.
+
+If the worker loop dies — another process opened the same queue and took it over
+(``FencedError``), or the storage failed for good (``QueueBroken``) — the process exits with
+status 1 so that its supervisor restarts it, instead of serving on with a dead queue.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -41,20 +47,41 @@ def send_welcome_email(claim: Claim) -> None:
     log.info("sent welcome email to %s (job %s)", message["email"], claim.id)
 
 
-class BackgroundWorker:
-    """The app's queue and the thread running ``run_worker_concurrent`` on it."""
+def exit_process(exc: BaseException) -> None:
+    """What happens by default when the worker loop dies: the whole process exits with 1."""
+    log.critical("the taquba worker stopped (%s: %s); exiting so that the process is "
+                 "restarted", type(exc).__name__, exc)
+    sys.stderr.flush()
+    os._exit(1)  # from a background thread: sys.exit would only end this thread
 
-    def __init__(self, location: str, *, concurrency: int = 4) -> None:
+
+class BackgroundWorker:
+    """The app's queue and the thread running ``run_worker_concurrent`` on it.
+
+    ``on_failure`` is called with the exception that ended the worker loop (default:
+    :func:`exit_process`).
+    """
+
+    def __init__(self, location: str, *, concurrency: int = 4,
+                 on_failure: Callable[[BaseException], None] = exit_process) -> None:
         config = QueueConfig(keep_done=3600)  # keep finished jobs an hour for the status view
         self.queue = Queue.open(location, options=OpenOptions(default_queue_config=config))
         self.shutdown = threading.Event()
-        self.thread = threading.Thread(
-            target=run_worker_concurrent, args=(self.queue, QUEUE, send_welcome_email),
-            kwargs={"concurrency": concurrency, "shutdown": self.shutdown,
-                    "poll_interval": 0.5},
-            name="taquba-worker-loop", daemon=True)
+        self.concurrency = concurrency
+        self.on_failure = on_failure
+        self.thread = threading.Thread(target=self._work, name="taquba-worker-loop",
+                                       daemon=True)
         self.thread.start()
         atexit.register(self.stop)
+
+    def _work(self) -> None:
+        try:
+            run_worker_concurrent(self.queue, QUEUE, send_welcome_email,
+                                  concurrency=self.concurrency, shutdown=self.shutdown,
+                                  poll_interval=0.5)
+        except BaseException as exc:  # FencedError, QueueBroken, a handler's SystemExit...
+            if not self.shutdown.is_set():
+                self.on_failure(exc)
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop claiming, let running jobs finish, close the queue. True if all finished."""
@@ -68,11 +95,12 @@ class BackgroundWorker:
         return finished
 
 
-def create_app(queue_location: str | None = None) -> Flask:
+def create_app(queue_location: str | None = None, *,
+               on_worker_failure: Callable[[BaseException], None] = exit_process) -> Flask:
     """Open the queue at ``queue_location`` and start its worker; the app's views enqueue."""
     app = Flask(__name__)
     location = queue_location or os.environ.get("TAQUBA_LOCATION", "./data/flask-queue")
-    worker = BackgroundWorker(location)
+    worker = BackgroundWorker(location, on_failure=on_worker_failure)
     app.extensions["taquba"] = worker
 
     @app.post("/signups")

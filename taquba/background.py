@@ -1,9 +1,9 @@
-"""The reaper and the scheduler: daemon threads around public tick functions.
+"""The reaper, the scheduler and the fence check: daemon threads around public ticks.
 
 Each loop is ``while not stop.wait(interval): tick()``. The ticks themselves live on the
-queue (``reap_now`` and ``promote_scheduled_now``), so tests call them directly with a
-manual clock instead of sleeping. A tick that fails is logged and retried at the next
-interval; a closed or broken queue ends the loop.
+queue (``reap_now``, ``promote_scheduled_now`` and ``check_fence_now``), so tests call them
+directly with a manual clock instead of sleeping. A tick that fails is logged and retried at
+the next interval; a closed, broken or fenced queue ends the loop.
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ class Loop:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop_event.wait(self.interval):
+        # Event.wait refuses timeouts past TIMEOUT_MAX (about 292 years on Linux).
+        interval = min(self.interval, threading.TIMEOUT_MAX)
+        while not self.stop_event.wait(interval):
             try:
                 self.tick()
             except (QueueClosed, QueueBroken):
@@ -48,12 +50,16 @@ class Loop:
 
 
 class Background:
-    """The reaper and scheduler of one queue handle."""
+    """The reaper, the scheduler and (given an interval) the fence check of one queue handle."""
 
     def __init__(self, *, reap: Callable[[], object], reaper_interval: float,
-                 promote: Callable[[], object], scheduler_interval: float) -> None:
+                 promote: Callable[[], object], scheduler_interval: float,
+                 check_fence: Callable[[], object] | None = None,
+                 fence_check_interval: float | None = None) -> None:
         self.loops = [Loop("taquba-reaper", reaper_interval, reap),
                       Loop("taquba-scheduler", scheduler_interval, promote)]
+        if check_fence is not None and fence_check_interval is not None:
+            self.loops.append(Loop("taquba-fence-check", fence_check_interval, check_fence))
 
     def start(self) -> None:
         for loop in self.loops:

@@ -13,6 +13,16 @@ Rules this module keeps:
 - ``enqueue*``, ``ack``, ``nack``, ``dead_letter``, ``cancel``, ``requeue_dead_job`` and
   ``kv_delete`` return only once their event is durable. ``claim``, ``renew_lease`` and the
   background ticks do not wait: losing one only causes a redelivery or a repeated tick.
+- A read reports only durable state: ``get_job``, ``stats``, ``list_queues``, ``dead_jobs``,
+  ``kv_get``, ``wait_for_completion`` (and ``cancel``'s ``NOT_FOUND``) wait until every event
+  applied before them is durable, except claims and lease renewals, whose loss only causes a
+  redelivery. If that write fails they raise its error, as the writer's caller does.
+- A handle serves only the process that opened it. In a child forked from that process every
+  call raises ``QueueBroken`` before taking any lock (another thread of the parent may have
+  held one at the fork), and nothing of the child writes, flushes or deletes the parent's
+  objects; ``close`` in the child only marks the handle closed.
+- Once the handle knows it has been fenced (a write lost to a newer writer, or
+  ``check_fence_now`` saw a newer manifest), every call raises ``FencedError``, reads included.
 """
 
 from __future__ import annotations
@@ -20,8 +30,10 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -44,9 +56,11 @@ from .config import (
 from .errors import (
     ClaimLost,
     ConfigError,
+    FencedError,
     InvalidArgument,
     JobNotFound,
     KvValueTooLarge,
+    QueueBroken,
     QueueClosed,
     exception_text,
 )
@@ -72,6 +86,23 @@ MAX_ERROR_CHARS = 16 * 1024
 MAX_CLAIM_BATCH = 10_000
 _TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
 _PLAIN = EnqueueOptions()
+_MAX_WAIT = 3600.0  # longest single sleep; longer waits loop (Lock.acquire caps timeouts)
+
+# Every open handle of this process, so that a forked child can disown them all at once.
+# A dict of weak references: adding and removing are single atomic operations.
+_LIVE: dict[int, weakref.ref[Queue]] = {}
+
+
+def _disown_after_fork() -> None:
+    """In a forked child: every handle inherited from the parent refuses every call."""
+    for ref in list(_LIVE.values()):
+        q = ref()
+        if q is not None:
+            q._forked_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_disown_after_fork)
 
 
 def _error_text(error: object) -> str:
@@ -119,10 +150,24 @@ def _payload(value: object, name: str) -> bytes:
 
 
 def _wait_seconds(value: object, name: str) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value) \
-            and value > 0:
+    """A wait: a duration, or ``math.inf`` for no limit."""
+    if isinstance(value, float) and value == math.inf:
         return math.inf
     return to_seconds(value, name)
+
+
+def _clock_seconds(value: object) -> float:
+    """A clock's reading that is not a plain float, as epoch seconds (``ConfigError`` if none)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            pass
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:40] + "..."
+    raise ConfigError(f"OpenOptions.clock returned {text} ({type(value).__name__}), not epoch "
+                      "seconds as a finite float or int")
 
 
 class Queue:
@@ -142,6 +187,13 @@ class Queue:
         self._waiters: dict[str, int] = {}
         self._claims: dict[str, Claim] = {}
         self._closed = False
+        self._pid = os.getpid()
+        self._forked = False  # this is a child forked from the process that opened the handle
+        self._fenced: FencedError | None = None  # the fence check saw a newer writer
+        self._refuse = False  # closed, forked or fenced: every call raises (see _ensure_open)
+        # The ticket of the last event a read may report: every event but claims and lease
+        # renewals. Reads wait until it is durable (see the module docstring).
+        self._reported = 0
         self._requests: collections.deque[_Request] = collections.deque()
         self._enqueuers: collections.deque[None] = collections.deque()  # calls under way
         self._combiner = threading.Lock()
@@ -155,7 +207,12 @@ class Queue:
         self._background = Background(
             reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
-            scheduler_interval=float(options.scheduler_interval))  # type: ignore[arg-type]
+            scheduler_interval=float(options.scheduler_interval),  # type: ignore[arg-type]
+            check_fence=self.check_fence_now,
+            fence_check_interval=None if options.fence_check_interval is None
+            else float(options.fence_check_interval))  # type: ignore[arg-type]
+        key = id(self)
+        _LIVE[key] = weakref.ref(self, lambda _, key=key: _LIVE.pop(key, None))  # type: ignore[misc]
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -222,23 +279,56 @@ class Queue:
         self.close()
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop the background threads, write what is pending, close the log. Idempotent."""
+        """Stop the background threads, write what is pending, close the log. Idempotent.
+
+        In a process forked from the one that opened the handle, ``close`` writes nothing
+        and takes no lock: it only marks this copy of the handle closed.
+        """
+        if timeout is not None:
+            timeout = min(to_seconds(timeout, "timeout"), threading.TIMEOUT_MAX)
+        if self._forked:
+            self._closed = self._refuse = True
+            return
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            for cond in self._claim_conds.values():
-                cond.notify_all()
-            self._completion.notify_all()
+            self._closed = self._refuse = True
+            self._wake_all_locked()
+        _LIVE.pop(id(self), None)
         self._background.stop(timeout)
         if not self.committer.close(timeout):
             logger.warning("taquba committer did not stop within %s s", timeout)
         self.store.close()
 
+    def _wake_all_locked(self) -> None:
+        for cond in self._claim_conds.values():
+            cond.notify_all()
+        self._completion.notify_all()
+
+    def _forked_in_child(self) -> None:
+        """Called in a forked child (no other thread runs): refuse everything, touch nothing."""
+        self._forked = self._refuse = True
+
     def _ensure_open(self) -> None:
-        """Calls after ``close`` raise ``QueueClosed`` before looking at their arguments."""
+        """Every call starts here: a closed, forked or fenced handle refuses at once, before
+        looking at the arguments or taking a lock."""
+        if self._refuse:
+            raise self._refusal()
+
+    def _refusal(self) -> Exception:
         if self._closed:
-            raise QueueClosed("the queue is closed")
+            return QueueClosed("the queue is closed")
+        if self._forked:
+            return QueueBroken(
+                f"this Queue was opened by process {self._pid} and cannot be used in process "
+                f"{os.getpid()}, which was forked from it: a forked child must never write "
+                "its parent's queue. To submit jobs from this process, open a taquba Producer "
+                "in it (or a new Queue, which takes the queue over from the parent)")
+        fenced = self._fenced
+        assert fenced is not None
+        err = FencedError(str(fenced))
+        err.__cause__ = fenced
+        return err
 
     @property
     def closed(self) -> bool:
@@ -253,20 +343,39 @@ class Queue:
     def _config(self, queue: str) -> QueueConfig:
         return self.options.config_for(queue)
 
-    def _commit_locked(self, record: bytes, apply: Callable[..., None], *args: Any) -> int:
+    def _commit_locked(self, record: bytes, apply: Callable[..., None], *args: Any,
+                       reported: bool = True) -> int:
         """Apply one event and queue its record for the log; return its durability ticket.
 
         ``record`` is the event encoded (events.py) from the same ``args`` that ``apply``
         (a ``State.on_*`` method) takes, so replaying the record rebuilds this change. It is
         encoded before anything changes: an encoding error leaves the state untouched.
+        ``reported=False`` (claims, renewals) lets reads go ahead of the record's write.
         """
         committer = self.committer
         committer.check_writable_locked()
         apply(*args)
-        return committer.submit_locked(record)
+        ticket = committer.submit_locked(record)
+        if reported:
+            self._reported = ticket
+        return ticket
 
     def _wait_durable_locked(self, ticket: int) -> None:
         self.committer.wait_locked(ticket)
+
+    def _wait_reported_locked(self, deadline: float = math.inf) -> bool:
+        """Wait until every event a read may report is durable (lock held; released while
+        waiting). False if ``deadline`` (``time.monotonic()``) passed first; raises the
+        write's error if it failed."""
+        ticket = self._reported
+        committer = self.committer
+        while committer.durable_upto < ticket:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            committer.wait_locked(ticket, min(left, _MAX_WAIT))
+            self._check_open_locked()
+        return True
 
     def _claim_cond(self, queue: str) -> threading.Condition:
         cond = self._claim_conds.get(queue)
@@ -297,7 +406,9 @@ class Queue:
         return job
 
     def _now(self) -> float:
-        now = float(self._clock())
+        now = self._clock()
+        if type(now) is not float:
+            now = _clock_seconds(now)
         if now - now != 0.0:  # NaN or infinite: no record could hold it
             raise ConfigError(f"OpenOptions.clock returned {now!r}, not a finite time")
         return now
@@ -624,9 +735,10 @@ class Queue:
         self._ensure_open()
         data = self._kv_key(key)
         with self._lock:
-            if self._closed:
-                raise QueueClosed("the queue is closed")
-            return self._state.kv.get(data)
+            self._check_open_locked()
+            value = self._state.kv.get(data)
+            self._wait_reported_locked()
+            return value
 
     def kv_delete(self, key: Buffer) -> None:
         """Delete ``key`` from the caller's KV namespace (durably). Missing keys are fine."""
@@ -688,9 +800,13 @@ class Queue:
                 waiting = self._claim_waiting
                 waiting[queue] = waiting.get(queue, 0) + 1
                 try:
-                    self._claim_cond(queue).wait(min(left, 3600.0))
+                    self._claim_cond(queue).wait(min(left, _MAX_WAIT))
                 finally:
-                    waiting[queue] -= 1
+                    if waiting[queue] == 1:  # the last waiter: drop the queue's condition
+                        del waiting[queue]
+                        del self._claim_conds[queue]
+                    else:
+                        waiting[queue] -= 1
             claims: list[Claim] = []
             while job is not None:
                 claims.append(self._claim_job_locked(job, now, lease_s))
@@ -708,7 +824,7 @@ class Queue:
         job_id = job.id
         key = ev.id_key(job_id)
         self._commit_locked(ev.encode_claim(job_id, attempts, now, lease, key),
-                            self._state.on_claim, job_id, attempts, now, lease)
+                            self._state.on_claim, job_id, attempts, now, lease, reported=False)
         # The state computed the expiry as now + lease too: the same float.
         claim = Claim._of(job.values(), now + lease, attempts, key)
         if job.cancel_requested:  # requested while a previous process held the job
@@ -766,6 +882,29 @@ class Queue:
             ticket = self._fail_locked(job, self._now(), text, dead=True)
             self._wait_durable_locked(ticket)
 
+    def release(self, claim: Claim, reason: str = "released") -> None:
+        """Give the claimed job back: pending again at once, with ``reason`` as its last error.
+
+        Unlike ``nack`` there is no backoff and the job never goes dead for it: the attempt
+        stays counted in ``attempts`` (as a crash's would), so a released job may later run
+        more than ``max_attempts`` times in all. A job whose cancellation was requested goes
+        to the dead set instead, as any ending attempt of it would. The worker loops release
+        the job whose handler raised ``KeyboardInterrupt``, ``SystemExit`` or another
+        ``BaseException`` that is not an ``Exception``.
+        """
+        self._ensure_open()
+        if not isinstance(reason, str):
+            raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
+        text = _error_text(reason)
+        with self._lock:
+            job = self._current_job_locked(claim, "release")
+            now = self._now()
+            if job.cancel_requested:
+                ticket = self._fail_locked(job, now, f"cancelled: {text}", dead=True)
+            else:
+                ticket = self._fail_locked(job, now, text, dead=False)
+            self._wait_durable_locked(ticket)
+
     def _fail_locked(self, job: Job, now: float, error: str, *, dead: bool,
                      run_at: float | None = None) -> int:
         if dead:
@@ -792,7 +931,7 @@ class Queue:
             job = self._current_job_locked(claim, "renew the lease of")
             expires = self._now() + seconds
             self._commit_locked(ev.encode_renew(job.id, expires), self._state.on_renew, job.id,
-                                expires)
+                                expires, reported=False)
             claim.lease_expires_at = expires
 
     # -- inspecting and operating ----------------------------------------------------------
@@ -801,28 +940,36 @@ class Queue:
         self._ensure_open()
         check_job_id(job_id)
         with self._lock:
-            self._ensure_open()
+            self._check_open_locked()
             job = self._state.jobs.get(job_id)
-            return None if job is None else job.record()
+            record = None if job is None else job.record()
+            self._wait_reported_locked()
+            return record
 
     def stats(self, queue: str) -> QueueStats:
         self._ensure_open()
         check_queue_name(queue)
         with self._lock:
-            self._ensure_open()
+            self._check_open_locked()
             index = self._state.queues.get(queue)
             if index is None:
-                return QueueStats(queue=queue)
-            c = index.counts
-            return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
-                              scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
-                              done=index.done_total, dead=c[JobStatus.DEAD])
+                stats = QueueStats(queue=queue)
+            else:
+                c = index.counts
+                stats = QueueStats(queue=queue, pending=c[JobStatus.PENDING],
+                                   scheduled=c[JobStatus.SCHEDULED],
+                                   claimed=c[JobStatus.CLAIMED], done=index.done_total,
+                                   dead=c[JobStatus.DEAD])
+            self._wait_reported_locked()
+            return stats
 
     def list_queues(self) -> list[str]:
         self._ensure_open()
         with self._lock:
-            self._ensure_open()
-            return sorted(self._state.queues)
+            self._check_open_locked()
+            names = sorted(self._state.queues)
+            self._wait_reported_locked()
+            return names
 
     def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
                   ) -> list[JobRecord]:
@@ -834,14 +981,16 @@ class Queue:
         if after is not None:
             check_job_id(after, "after")
         with self._lock:
-            self._ensure_open()
+            self._check_open_locked()
             after_seq = None
             if after is not None:
                 ref = self._state.jobs.get(after)
                 if ref is None:
                     raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
                 after_seq = ref.seq
-            return [j.record() for j in self._state.dead_page(queue, after_seq, limit)]
+            page = [j.record() for j in self._state.dead_page(queue, after_seq, limit)]
+            self._wait_reported_locked()
+            return page
 
     def requeue_dead_job(self, job_id: str) -> None:
         """Move a dead job back to pending with its attempts reset."""
@@ -866,6 +1015,7 @@ class Queue:
             self._check_open_locked()
             job = self._state.jobs.get(job_id)
             if job is None or job.status in _TERMINAL:
+                self._wait_reported_locked()  # report "gone" or "finished" once it is durable
                 return CancelOutcome.NOT_FOUND
             if job.status is JobStatus.CLAIMED:
                 if not job.cancel_requested:
@@ -888,22 +1038,29 @@ class Queue:
         seconds = _wait_seconds(timeout, "timeout")
         deadline = time.monotonic() + seconds
         with self._lock:
-            self._ensure_open()
+            self._check_open_locked()
             job = self._state.jobs.get(job_id)
-            if job is None:
-                return WaitOutcome(WaitStatus.NOT_FOUND)
-            if job.status in _TERMINAL:
-                return WaitOutcome(WaitStatus.COMPLETED, job.record())
+            if job is None or job.status in _TERMINAL:
+                # Finished (or gone) already: report it once that is durable.
+                outcome = WaitOutcome(WaitStatus.NOT_FOUND) if job is None else \
+                    WaitOutcome(WaitStatus.COMPLETED, job.record())
+                if not self._wait_reported_locked(deadline):
+                    return WaitOutcome(WaitStatus.TIMED_OUT)
+                return outcome
             self._waiters[job_id] = self._waiters.get(job_id, 0) + 1
             try:
                 while job_id not in self._final:
-                    self._ensure_open()
+                    self._check_open_locked()
                     left = deadline - time.monotonic()
                     if left <= 0:
                         return WaitOutcome(WaitStatus.TIMED_OUT)
-                    self._completion.wait(min(left, 3600.0))
+                    self._completion.wait(min(left, _MAX_WAIT))
                 ticket, outcome = self._final[job_id]
-                self._wait_durable_locked(ticket)
+                while self.committer.durable_upto < ticket:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return WaitOutcome(WaitStatus.TIMED_OUT)
+                    self.committer.wait_locked(ticket, min(left, _MAX_WAIT))
                 return outcome
             finally:
                 self._waiters[job_id] -= 1
@@ -918,6 +1075,7 @@ class Queue:
 
         Returns how many expired claims were moved.
         """
+        self._ensure_open()
         with self._lock:
             self._check_open_locked()
             now = self._now()
@@ -941,9 +1099,35 @@ class Queue:
 
     def promote_scheduled_now(self) -> int:
         """Move scheduled jobs whose time has come to pending; returns how many."""
+        self._ensure_open()
         with self._lock:
             self._check_open_locked()
             return self._promote_locked(self._now())
+
+    def check_fence_now(self) -> None:
+        """Ask the storage, with one small request, whether another process has opened this
+        root since this handle did; if so raise ``FencedError``, here and from every later call.
+
+        The background thread ``taquba-fence-check`` calls this every
+        ``OpenOptions.fence_check_interval`` seconds; a handle learns it was fenced at its
+        next write anyway, so this is what tells an idle or read-only handle.
+        """
+        self._ensure_open()
+        with self._lock:
+            self._check_open_locked()
+        check = getattr(self.committer.log, "check_fenced", None)
+        if check is None:
+            return
+        try:
+            check()
+        except FencedError as exc:
+            with self._lock:
+                if self._fenced is None:
+                    logger.error("taquba: this handle has been fenced off: %s", exc)
+                    self._fenced = exc
+                    self._refuse = True
+                    self._wake_all_locked()
+            raise
 
     def _promote_locked(self, now: float) -> int:
         due = self._state.due_scheduled(now)

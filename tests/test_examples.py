@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from taquba import JobStatus, QueueClosed, WaitStatus
+from taquba import FencedError, JobStatus, QueueClosed, WaitStatus
 from taquba.queue import Queue
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -97,6 +97,34 @@ def test_sigterm_stops_the_worker_script_with_every_claimed_job_settled(
         assert stats.pending == total - len(started)  # no job was claimed and left unsettled
 
 
+def test_worker_script_exits_non_zero_when_another_process_takes_the_queue_over(
+        tmp_path: Path) -> None:
+    """A supervisor must see the failure: before, the worker loop died in its thread and the
+    script still exited 0."""
+    root = tmp_path / "q"
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "worker_script.py"), "--data", str(root),
+             "--forever", "--jobs", "2", "--seconds", "5", "--fence-check-interval", "0.2"],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            while not (line := proc.stdout.readline()).startswith("started "):
+                assert line, "the script ended before any job started"
+            with Queue.open(str(root)):  # a second process opens the same queue
+                out = proc.stdout.read()
+                proc.wait(WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "failed: FencedError" in out, (out, stderr[-3000:])
+    assert "the worker loop stopped: FencedError" in stderr
+
+
 # --------------------------------------------------------------------------- Flask
 
 
@@ -125,6 +153,22 @@ def test_flask_app_enqueues_through_a_request_and_shuts_down(tmp_path: Path) -> 
     with pytest.raises(QueueClosed):
         worker.queue.enqueue(flask_app.QUEUE, b"late")
     assert worker.stop(timeout=WAIT)  # idempotent
+
+
+def test_flask_app_reports_a_dead_worker_loop(tmp_path: Path) -> None:
+    """By default the process exits 1 when the worker loop dies; here the hook records it."""
+    flask_app = load_example("flask_app")
+    failures: list[BaseException] = []
+    app = flask_app.create_app(str(tmp_path / "q"), on_worker_failure=failures.append)
+    worker = app.extensions["taquba"]
+    try:
+        with Queue.open(str(tmp_path / "q")), pytest.raises(FencedError):
+            worker.queue.check_fence_now()  # what its fence-check thread does every 30 s
+        worker.thread.join(WAIT)
+        assert not worker.thread.is_alive()
+        assert [type(f) for f in failures] == [FencedError]
+    finally:
+        worker.stop(timeout=WAIT)
 
 
 # --------------------------------------------------------------------------- Django

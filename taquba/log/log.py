@@ -539,6 +539,32 @@ class Log:
         if self._cleaner is not None:
             self._cleaner.close(timeout)
 
+    # -- TEMPORARY: check_fenced, a stand-in to be replaced by the log's own version -------
+
+    def check_fenced(self) -> None:
+        """Raise :class:`FencedError` if a newer manifest than this writer's exists.
+
+        One listing of ``manifest/``. Safe beside this writer's own checkpoint: a newer
+        manifest that carries this writer's nonce is its own, written a moment ago.
+        """
+        if self._broken is not None:
+            self._check_writable()
+        own = self.manifest_n
+        newest = self._newest_manifest()
+        if newest <= max(own, self.manifest_n):
+            return
+        if newest == self.manifest_n + 1:
+            try:
+                fields = self._read_manifest(newest)
+            except ObjectNotFound:
+                fields = {}
+            if fields.get("nonce") == self.nonce:
+                return  # this writer's checkpoint manifest, not yet recorded as current
+        raise self._fail(FencedError(
+            f"{self.store.description}: manifest {_seq_name(newest)} is newer than this "
+            f"handle's {_seq_name(self.manifest_n)}; another process has opened this root "
+            "and this handle has been fenced off"))
+
 
 
 

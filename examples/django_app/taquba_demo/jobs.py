@@ -1,12 +1,20 @@
-"""The process-wide queue, its background worker, and the job handler."""
+"""The process-wide queue, its background worker, and the job handler.
+
+If the worker loop dies — another process opened the same queue and took it over
+(``FencedError``), or the storage failed for good (``QueueBroken``) — the process exits with
+status 1 so that its supervisor restarts it (see ``exit_process``).
+"""
 
 from __future__ import annotations
 
 import atexit
 import json
 import logging
+import os
+import sys
 import threading
 import time
+from collections.abc import Callable
 
 from taquba import Claim, OpenOptions, Queue, QueueConfig
 from taquba.worker import PermanentFailure, run_worker_concurrent
@@ -29,8 +37,28 @@ def build_report(claim: Claim) -> None:
     log.info("built the %s report (job %s)", request["kind"], claim.id)
 
 
-def start(location: str, *, queue: str, concurrency: int = 4) -> None:
-    """Open the queue and start the worker thread (once per process)."""
+def exit_process(exc: BaseException) -> None:
+    """What happens by default when the worker loop dies: the whole process exits with 1."""
+    log.critical("the taquba worker stopped (%s: %s); exiting so that the process is "
+                 "restarted", type(exc).__name__, exc)
+    sys.stderr.flush()
+    os._exit(1)  # from a background thread: sys.exit would only end this thread
+
+
+def _work(queue: Queue, name: str, concurrency: int,
+          on_failure: Callable[[BaseException], None]) -> None:
+    try:
+        run_worker_concurrent(queue, name, build_report, concurrency=concurrency,
+                              shutdown=_shutdown, poll_interval=0.5)
+    except BaseException as exc:  # FencedError, QueueBroken, a handler's SystemExit...
+        if not _shutdown.is_set():
+            on_failure(exc)
+
+
+def start(location: str, *, queue: str, concurrency: int = 4,
+          on_failure: Callable[[BaseException], None] = exit_process) -> None:
+    """Open the queue and start the worker thread (once per process). ``on_failure`` is
+    called with the exception that ended the worker loop."""
     global _queue, _queue_name, _thread
     with _lock:
         if _queue is not None:
@@ -40,8 +68,7 @@ def start(location: str, *, queue: str, concurrency: int = 4) -> None:
         _queue_name = queue
         _shutdown.clear()
         _thread = threading.Thread(
-            target=run_worker_concurrent, args=(_queue, queue, build_report),
-            kwargs={"concurrency": concurrency, "shutdown": _shutdown, "poll_interval": 0.5},
+            target=_work, args=(_queue, queue, concurrency, on_failure),
             name="taquba-worker-loop", daemon=True)
         _thread.start()
     atexit.register(stop)
