@@ -21,6 +21,7 @@ from taquba.errors import CorruptionError, FencedError, QueueBroken
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
 from taquba.log.format import (
     MAGIC_MANIFEST,
+    SECTOR,
     MAGIC_SEGMENT,
     decode,
     decode_blocks,
@@ -95,11 +96,11 @@ def test_replay_returns_every_record_in_order(backend_root):
 
     _, seen3 = open_log(backend_root.store())
     assert seen3.records == [*flat(BATCHES), b"gen 2"]
-    # Segments are contiguous: the five batches, the second open's fence, gen 2 and the
-    # third open's fence. The first open replayed nothing, so it skipped its own fence (1)
-    # at once; each open deletes the manifest versions before its own.
+    # What is left: the five batches and gen 2. Each open's fence is recorded as holding
+    # nothing (or skipped, as the first open replayed nothing) and deleted, and each open
+    # deletes the manifest versions before its own.
     reader = backend_root.store()
-    assert seqs(reader) == list(range(2, 10))
+    assert seqs(reader) == [2, 3, 4, 5, 6, 8]
     assert len(reader.list_dir(MANIFEST_DIR)) == 1
 
 
@@ -125,11 +126,11 @@ def test_replay_after_checkpoints_is_snapshot_then_later_records(backend_root):
     log2, seen = open_log(backend_root.store())
     assert seen.snapshots == [b"one|two|three|four|five|six"]
     assert seen.records == [b"seven", b"eight", b"nine"]
-    # What the checkpoints cover is gone, fences included: one checkpoint, and under
-    # segments/ only the two batches after it plus the second open's fence.
+    # What the checkpoints cover is gone, and fences go at once: one checkpoint, and under
+    # segments/ only the two batches after it.
     reader = backend_root.store()
     assert len(reader.list_dir(CHECKPOINT_DIR)) == 1
-    assert len(seqs(reader)) == 3
+    assert len(seqs(reader)) == 2
     assert len(reader.list_dir(MANIFEST_DIR)) == 1
     assert log2.replay_from == seq + 1
 
@@ -543,9 +544,8 @@ def test_appended_commits_share_one_segment_and_replay_in_order(tmp_path):
     log2.append([b"gen 2"])
     _, seen = open_appending(tmp_path)
     assert seen.records == [*flat(BATCHES), b"gen 2"]
-    # the shared segment, 2nd fence, gen 2's segment, 3rd fence (the 1st open skipped its
-    # own fence: it replayed nothing)
-    assert seqs(open_store(str(tmp_path))) == [2, 3, 4, 5]
+    # the shared segment and gen 2's segment: the fences (1, 3, 5) are gone
+    assert seqs(open_store(str(tmp_path))) == [2, 4]
 
 
 def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
@@ -562,8 +562,8 @@ def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
     assert seen.snapshots == [b"ten"] and seen.records == [b"after"]
 
 
-@pytest.mark.parametrize("cut", [1, 15, 17, 30])
-def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, cut):
+@pytest.mark.parametrize("sectors", [1, 2])
+def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, sectors):
     log, _ = open_appending(tmp_path)
     log.append([b"one"])
     log.append([b"two", b"three"])
@@ -571,18 +571,36 @@ def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, cut
     [segment] = _block_segments(tmp_path)
     end = _data_end(segment)
     # A crash in the middle of appending the next block to a file with no space reserved
-    # (where posix_fallocate is not supported, writes extend the file).
-    segment.write_bytes(segment.read_bytes()[:end] + encode_block([b"four", b"five" * 10])[:cut])
+    # (where posix_fallocate is not supported, writes extend the file): the size it leaves
+    # covers whole sectors written.
+    block = encode_block([b"four", b"five" * 400])
+    cut = (end // SECTOR + sectors) * SECTOR - end
+    segment.write_bytes(segment.read_bytes()[:end] + block[:cut])
     size = segment.stat().st_size
     log2, seen = open_appending(tmp_path)
     assert seen.records == [b"one", b"two", b"three"]
     log2.append([b"six"])
     log2.close()
-    # The torn tail now sits before an opener's fence: still accepted, every later reopen.
+    # That open recorded where the segment's blocks end: the torn tail is never read again.
     for _ in range(2):
         _, seen = open_appending(tmp_path)
         assert seen.records == [b"one", b"two", b"three", b"six"]
     assert segment.stat().st_size == size and _data_end(segment) == end  # nothing rewrote it
+
+
+@pytest.mark.parametrize("cut", [1, 15, 17, 30, 600])
+def test_a_last_block_cut_off_a_sector_boundary_is_corruption(tmp_path, cut):
+    """No file system leaves a file ending inside a sector it wrote: that is damage."""
+    log, _ = open_appending(tmp_path)
+    log.append([b"one"])
+    crash(log)
+    [segment] = _block_segments(tmp_path)
+    end = _data_end(segment)
+    assert (end + cut) % SECTOR
+    block = encode_block([b"two", b"three" * 400])
+    segment.write_bytes(segment.read_bytes()[:end] + block[:cut])
+    with pytest.raises(CorruptionError, match=rf"{segment.name}: damaged block at byte {end}"):
+        open_appending(tmp_path)
 
 
 def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_path):
@@ -700,7 +718,7 @@ def test_an_opener_waits_for_an_append_in_progress_and_replays_it(tmp_path):
     opener.join(30)
     assert result and result[0].records == [b"before", b"in flight"]
     with pytest.raises(FencedError):
-        old.append([b"late"])
+        old.check_fenced()
     _, seen = open_appending(tmp_path)
     assert seen.records == [b"before", b"in flight"]
 

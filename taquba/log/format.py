@@ -187,15 +187,17 @@ def _all_zero(view: memoryview, start: int, stop: int) -> bool:
     return not view[start:stop].tobytes().strip(b"\0")
 
 
-def decode_blocks(name: str, data: bytes | memoryview, pos: int, base: int = 0
-                  ) -> tuple[list[bytes], int, bool]:
+def decode_blocks(name: str, data: bytes | memoryview, pos: int, base: int = 0, *,
+                  judge: bool = True) -> tuple[list[bytes], int, bool]:
     """Records of the blocks from byte ``pos`` on: ``(records, end of the last complete
     block, whether a torn block follows it)``; ``base`` is the object offset of ``data[0]``.
 
     After the last complete block comes either nothing but zeros (space not used yet), or a
     block torn by an interrupted append (see "The torn-tail rule"); anything else raises
     :class:`CorruptionError`. Whether a torn block is acceptable where it is, only the log
-    can say.
+    can say. Bytes read while an append may be in progress (``judge`` false) are not judged:
+    whatever follows the complete blocks is reported as torn, for a later read under the
+    append lock to settle.
     """
     view = memoryview(data)
     end = len(view)
@@ -205,7 +207,8 @@ def decode_blocks(name: str, data: bytes | memoryview, pos: int, base: int = 0
         if block is None:
             if _all_zero(view, pos, end):
                 return records, pos, False
-            check_interrupted_append(name, view, pos, base)
+            if judge:
+                check_interrupted_append(name, view, pos, base)
             return records, pos, True
         frames, pos = block
         records += frames

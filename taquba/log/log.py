@@ -79,6 +79,7 @@ from .manifest import (
     parse_seq,
     segment_key,
     seq_name,
+    void_ranges,
 )
 
 _OPEN_ATTEMPTS = 20
@@ -131,6 +132,8 @@ class Log:
         self.segments_written = 0
         self.checkpoints_written = 0
         self._settled: dict[int, int] = {}  # ends recorded by the version replay started from
+        self._void: tuple[tuple[int, int], ...] = ()  # void ranges of this handle's version
+        self._empty: set[int] = set()  # segments from replay_from on known to hold nothing
         self._legacy = False  # that version predates recorded ends
         self._ends: dict[int, int] = {}  # where each appended segment's blocks end, known now
         self._recorded: dict[int, int] | None = None  # the ends in this handle's version
@@ -188,6 +191,7 @@ class Log:
             self._legacy = manifest.ends is None
             self._settled = dict(manifest.ends or {})
             self._recorded = manifest.ends
+            self._void = manifest.void
             # Every older version goes before anything else is deleted (FENCING.md, step 2):
             # a displaced writer's read-back fails from now on.
             self.store.delete([manifest_key(m) for m in numbers])
@@ -233,7 +237,10 @@ class Log:
             torn = False
             end = recorded
         else:
-            records, end, torn = decode_blocks(name, data, pos)
+            # Its writer may be appending right now: what follows the complete blocks is
+            # judged once read under the append lock, or when a later segment shows that
+            # nothing may follow them (see _follow).
+            records, end, torn = decode_blocks(name, data, pos, judge=False)
         if not records:
             # The first block is published with the header, whole or not at all.
             raise CorruptionError(f"{name}: the first block is missing or truncated")
@@ -265,6 +272,12 @@ class Log:
         rest is read under the append lock, which the fence makes final.
         """
         records, tail = self._parse_segment(seq, data)
+        self._follow(tail, records, on_record, recheck=recheck)
+
+    def _follow(self, tail: _Tail, records: list[bytes], on_record: Callable[[bytes], None],
+                *, recheck: bool = False) -> None:
+        """Apply the records of segment ``tail.seq``, which follows ``self._tail``."""
+        seq = tail.seq
         prev = self._tail
         name = f"{self.store.description}/{SEGMENT_DIR}"
         if prev is not None and prev.blocks and not prev.settled and (recheck or not records):
@@ -288,32 +301,45 @@ class Log:
         self._replayed += len(records)
         if tail.blocks:
             self._ends[seq] = tail.end
+        elif not records:
+            self._empty.add(seq)
         for r in records:
             on_record(r)
         self._tail = tail
 
     def _replay_segments(self, on_record: Callable[[bytes], None]) -> list[int]:
-        """Replay every segment from ``replay_from`` on; return the ones listed below it."""
+        """Replay every segment from ``replay_from`` on; return the ones listed that are
+        garbage (below it, or void)."""
         seqs = sorted(s for s in (parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR))
                       if s is not None)
-        below = [s for s in seqs if s < self.replay_from]
-        live = seqs[len(below):]
-        expected = self.replay_from
-        for s in live:
-            if s != expected:
+        void = Manifest(None, self.replay_from, None, self._void)
+        garbage = [s for s in seqs if s < self.replay_from or void.is_void(s)]
+        present = {s for s in seqs if s >= self.replay_from}
+        top = max([*present, *(last for _, last in self._void)], default=self.replay_from - 1)
+        for s in range(self.replay_from, top + 1):
+            if s not in present and not void.is_void(s):
+                later = min(p for p in present if p > s)
                 raise CorruptionError(f"{self.store.description}/{SEGMENT_DIR}: segment "
-                                      f"{seq_name(expected)} is missing but {seq_name(s)} exists")
-            expected += 1
+                                      f"{seq_name(s)} is missing but {seq_name(later)} exists")
+        live = [s for s in range(self.replay_from, top + 1) if not void.is_void(s)]
+        fetched: Any = map(self._get_segment, live)
+        pool = None
         if len(live) > 1 and not self.store.supports_append:
             # Object stores: fetch ahead in parallel, apply strictly in order.
-            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay") as pool:
-                for s, data in zip(live, pool.map(self._get_segment, live)):
-                    self._apply_segment(s, data, on_record)
-        else:
-            for s in live:
-                self._apply_segment(s, self._get_segment(s), on_record)
-        self.next_seq = expected
-        return below
+            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay")
+            fetched = pool.map(self._get_segment, live)
+        try:
+            data = iter(fetched)
+            for s in range(self.replay_from, top + 1):
+                if void.is_void(s):  # recorded as holding nothing: not read
+                    self._follow(_Tail(s, 0, False, False, "", True), [], on_record)
+                else:
+                    self._apply_segment(s, next(data), on_record)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        self.next_seq = top + 1
+        return garbage
 
     def _fence(self, on_record: Callable[[bytes], None]) -> None:
         for _ in range(_FENCE_ATTEMPTS):
@@ -328,6 +354,7 @@ class Log:
                 self.next_seq += 1
                 continue
             self.bytes_since_checkpoint += len(data)
+            self._empty.add(self.next_seq)
             self.next_seq += 1
             prev = self._tail
             if prev is not None and prev.blocks and not prev.settled:
@@ -340,18 +367,20 @@ class Log:
         raise self._fenced("could not fence the segment space")
 
     def _settle(self, below: list[int]) -> None:
-        """Record where the replayed appended segments end (and skip the fences if nothing
-        was replayed since the checkpoint), then delete what the log no longer needs."""
+        """Record where the replayed appended segments end and which segments hold nothing
+        (the fences: skipped outright if no record was replayed since the checkpoint), then
+        delete what the log no longer needs, fences included."""
         garbage = [segment_key(s) for s in below]
         replay_from = self.replay_from
-        if self._replayed == 0:  # only fences since the checkpoint: skip them
-            garbage += [segment_key(s) for s in range(replay_from, self.next_seq)]
+        empty = {s for s in self._empty if s >= replay_from}
+        if self._replayed == 0:
             replay_from = self.next_seq
+        void = void_ranges({s for s in empty if s >= replay_from})
         ends = {s: e for s, e in self._ends.items() if s >= replay_from}
-        if replay_from != self.replay_from or ends != self._recorded:
-            garbage += self._publish_manifest(self.checkpoint_name, replay_from, ends)
-            if self._replayed == 0:
-                self.bytes_since_checkpoint = self.segments_since_checkpoint = 0
+        garbage += self._publish_manifest(self.checkpoint_name, replay_from, ends, void)
+        garbage += [segment_key(s) for s in sorted(empty)]  # recorded as void, or covered
+        if self._replayed == 0:
+            self.bytes_since_checkpoint = self.segments_since_checkpoint = 0
         if isinstance(self.store, LocalStore):
             for d in (SEGMENT_DIR, CHECKPOINT_DIR, MANIFEST_DIR):
                 self.store.remove_temp_files(d)
@@ -391,11 +420,13 @@ class Log:
         return exc
 
     def _publish_manifest(self, checkpoint: str | None, replay_from: int,
-                          ends: dict[int, int]) -> list[str]:
+                          ends: dict[int, int],
+                          void: tuple[tuple[int, int], ...] = ()) -> list[str]:
         """Write the next manifest version and confirm it is the newest; return the keys of
         the older versions listed (now garbage). Breaks the log on any failure."""
         n = self.manifest_n + 1
-        data = encode_manifest(self.epoch, self.nonce, Manifest(checkpoint, replay_from, ends))
+        data = encode_manifest(self.epoch, self.nonce,
+                               Manifest(checkpoint, replay_from, ends, void))
         try:
             self.store.put_if_absent(manifest_key(n), data)
         except ObjectExists as exc:
@@ -416,13 +447,14 @@ class Log:
         self.checkpoint_name, self.replay_from = checkpoint, replay_from
         self._ends = dict(ends)
         self._recorded = dict(ends)
+        self._void = void
         return [manifest_key(m) for m in numbers if m < n]
 
-    def _confirm_owner(self, seq: int) -> None:
-        """After a write to segment ``seq``: read back this handle's manifest version
-        (FENCING.md). If it is gone, another process has taken over: the log is fenced, and
-        the write counts as acknowledged only if it lies where every open replays, at or
-        after the newest version's ``replay_from``."""
+    def _confirm_owner(self, seq: int, end: int | None = None) -> None:
+        """After a write to segment ``seq`` (an appended block: ending at byte ``end``), read
+        back this handle's manifest version (FENCING.md). If it is gone, another process has
+        taken over: the log is fenced, and the write stands only if it lies where every
+        open replays, according to the newest version."""
         n, expected = self._own
         try:
             data: bytes | None = self.store.get(manifest_key(n))
@@ -434,22 +466,24 @@ class Log:
             return
         fenced = self._fenced(f"manifest {seq_name(n)} of this handle is gone or replaced")
         try:
-            replay_from = self._newest_replay_from()
+            newest = self._newest_manifest()
         except StorageError as exc:
             raise self._fenced(f"manifest {seq_name(n)} of this handle is gone or replaced, "
                                f"and the newest could not be read; segment {seq_name(seq)}, "
                                "written meanwhile, may still be replayed") from exc
-        if seq >= replay_from:
-            return  # written before the new writer's fence: it replays it (FENCING.md)
-        raise fenced
+        recorded = (newest.ends or {}).get(seq)
+        if seq < newest.replay_from or newest.is_void(seq) or (
+                end is not None and recorded is not None and end > recorded):
+            raise fenced
+        # Written before the new writer's fence: it replays this write (FENCING.md).
 
-    def _newest_replay_from(self) -> int:
+    def _newest_manifest(self) -> Manifest:
         for _ in range(_OPEN_ATTEMPTS):
             numbers = self._manifest_numbers()
             if not numbers:
                 break
             try:
-                return self._read_manifest(numbers[-1]).replay_from
+                return self._read_manifest(numbers[-1])
             except ObjectNotFound:
                 continue  # replaced meanwhile: look again
         raise StorageError(f"{self.store.description}: no readable manifest version")
@@ -490,7 +524,7 @@ class Log:
                 if appender.size + len(block) <= self.segment_max_bytes and \
                         len(block) <= MAX_APPENDED_BLOCK:
                     seq = self._append_block(appender, block)
-                    self._confirm_owner(seq)
+                    self._confirm_owner(seq, appender.size)
                     return seq
             self._close_appender()  # the next segment takes this commit
         seq = self.next_seq
@@ -515,7 +549,7 @@ class Log:
         self.bytes_since_checkpoint += len(data)
         self.segments_written += 1
         self.segments_since_checkpoint += 1
-        self._confirm_owner(seq)
+        self._confirm_owner(seq, len(data) if self._appender is not None else None)
         return seq
 
     def _append_block(self, appender: Appender, block: bytes) -> int:
@@ -621,7 +655,8 @@ class Log:
                     self._confirm_owner(self.next_seq - 1)
                     if self._broken is None:  # a displaced handle writes no version
                         self._collector.submit(self._publish_manifest(
-                            self.checkpoint_name, self.replay_from, dict(self._ends)))
+                            self.checkpoint_name, self.replay_from, dict(self._ends),
+                            self._void))
                 except (StorageError, QueueBroken):
                     pass  # the next open settles the segment instead
         self._closed = True

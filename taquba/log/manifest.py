@@ -10,6 +10,9 @@ A manifest version is an object ``manifest/<n:020d>`` with no frames, whose head
 - ``ends`` (absent in roots written before it existed): for appended segments from
   ``replay_from`` on that a close or a later open has settled, where their blocks end. Such
   a segment is read only up to there and must hold whole, intact blocks up to there.
+- ``void`` (optional): ranges ``[first, last]`` of segment numbers from ``replay_from`` on
+  that hold nothing (openers' fences). They are not read, and may be absent or hold
+  anything: once a version records them, their objects are deleted.
 
 The highest ``n`` is the current version. Any damage to it is :class:`CorruptionError`.
 """
@@ -51,6 +54,21 @@ class Manifest:
     checkpoint: str | None
     replay_from: int
     ends: dict[int, int] | None  # None: written by a version that did not record ends
+    void: tuple[tuple[int, int], ...] = ()  # sorted, disjoint, inclusive ranges
+
+    def is_void(self, seq: int) -> bool:
+        return any(first <= seq <= last for first, last in self.void)
+
+
+def void_ranges(seqs: set[int]) -> tuple[tuple[int, int], ...]:
+    """``seqs`` as sorted, disjoint, inclusive ranges."""
+    ranges: list[tuple[int, int]] = []
+    for s in sorted(seqs):
+        if ranges and ranges[-1][1] == s - 1:
+            ranges[-1] = (ranges[-1][0], s)
+        else:
+            ranges.append((s, s))
+    return tuple(ranges)
 
 
 def encode_manifest(epoch: int, nonce: str, manifest: Manifest) -> bytes:
@@ -58,6 +76,8 @@ def encode_manifest(epoch: int, nonce: str, manifest: Manifest) -> bytes:
                               "replay_from": manifest.replay_from, "created_at": time.time()}
     if manifest.ends is not None:
         fields["ends"] = {seq_name(s): e for s, e in sorted(manifest.ends.items())}
+    if manifest.void:
+        fields["void"] = [list(r) for r in manifest.void]
     return encode(MAGIC_MANIFEST, fields)
 
 
@@ -81,4 +101,14 @@ def decode_manifest(name: str, data: bytes) -> Manifest:
             if seq is None or not isinstance(end, int) or isinstance(end, bool) or end < 0:
                 raise CorruptionError(f"{name}: manifest has an invalid end {key!r}: {end!r}")
             ends[seq] = end
-    return Manifest(checkpoint, replay_from, ends)
+    raw_void = fields.get("void", [])
+    void: list[tuple[int, int]] = []
+    if not isinstance(raw_void, list):
+        raise CorruptionError(f"{name}: manifest void is not a list")
+    for r in raw_void:
+        if not (isinstance(r, list) and len(r) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) for x in r)
+                and replay_from <= r[0] <= r[1] and (not void or void[-1][1] < r[0] - 1)):
+            raise CorruptionError(f"{name}: manifest has an invalid void range {r!r}")
+        void.append((r[0], r[1]))
+    return Manifest(checkpoint, replay_from, ends, tuple(void))
