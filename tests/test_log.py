@@ -21,8 +21,8 @@ from taquba.errors import CorruptionError, FencedError, QueueBroken
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
 from taquba.log.format import (
     MAGIC_MANIFEST,
-    SECTOR,
     MAGIC_SEGMENT,
+    SECTOR,
     decode,
     decode_blocks,
     decode_header,
