@@ -96,11 +96,11 @@ def test_replay_returns_every_record_in_order(backend_root):
 
     _, seen3 = open_log(backend_root.store())
     assert seen3.records == [*flat(BATCHES), b"gen 2"]
-    # What is left: the five batches and gen 2. Each open's fence is recorded as holding
-    # nothing (or skipped, as the first open replayed nothing) and deleted, and each open
-    # deletes the manifest versions before its own.
+    # What is left: the five batches, gen 2 and the third open's fence. Each open deletes
+    # the fence of the one before (recorded as holding nothing, or skipped: the first open
+    # replayed nothing) and the manifest versions before its own.
     reader = backend_root.store()
-    assert seqs(reader) == [2, 3, 4, 5, 6, 8]
+    assert seqs(reader) == [2, 3, 4, 5, 6, 8, 9]
     assert len(reader.list_dir(MANIFEST_DIR)) == 1
 
 
@@ -126,11 +126,11 @@ def test_replay_after_checkpoints_is_snapshot_then_later_records(backend_root):
     log2, seen = open_log(backend_root.store())
     assert seen.snapshots == [b"one|two|three|four|five|six"]
     assert seen.records == [b"seven", b"eight", b"nine"]
-    # What the checkpoints cover is gone, and fences go at once: one checkpoint, and under
-    # segments/ only the two batches after it.
+    # What the checkpoints cover is gone, and so are fences but the newest: one checkpoint,
+    # and under segments/ only the two batches after it and the second open's fence.
     reader = backend_root.store()
     assert len(reader.list_dir(CHECKPOINT_DIR)) == 1
-    assert len(seqs(reader)) == 2
+    assert len(seqs(reader)) == 3
     assert len(reader.list_dir(MANIFEST_DIR)) == 1
     assert log2.replay_from == seq + 1
 
@@ -494,9 +494,8 @@ def test_background_cleanup_deletes_covered_segments_by_close(fast_backend_root)
         seq = log.append([b"%d" % i])
     log.checkpoint(b"state", seq)
     log.close()
-    # nothing is left under segments/: the open skipped its fence, the checkpoint covers
-    # the rest
-    assert seqs(store) == []
+    # only the open's own fence is left under segments/: the checkpoint covers the rest
+    assert seqs(store) == [1]
 
 
 # -- appended segments (local disk) ---------------------------------------------------------
@@ -544,8 +543,8 @@ def test_appended_commits_share_one_segment_and_replay_in_order(tmp_path):
     log2.append([b"gen 2"])
     _, seen = open_appending(tmp_path)
     assert seen.records == [*flat(BATCHES), b"gen 2"]
-    # the shared segment and gen 2's segment: the fences (1, 3, 5) are gone
-    assert seqs(open_store(str(tmp_path))) == [2, 4]
+    # the shared segment, gen 2's segment and the newest fence: the others (1, 3) are gone
+    assert seqs(open_store(str(tmp_path))) == [2, 4, 5]
 
 
 def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):

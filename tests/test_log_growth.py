@@ -32,6 +32,10 @@ from taquba.storage import RequestCounts, Store, open_store
 DIRS = (MANIFEST_DIR, SEGMENT_DIR, CHECKPOINT_DIR)
 
 
+def objects(store: Store) -> dict[str, list[str]]:
+    return {d: store.list_dir(d) for d in DIRS}
+
+
 def object_count(store: Store) -> int:
     return sum(len(store.list_dir(d)) for d in DIRS)
 
@@ -115,21 +119,29 @@ def test_a_displaced_appending_writer_stays_fenced_after_its_segment_is_deleted(
 
 
 def check_displaced(root: BackendRoot, segment_max_bytes: int) -> None:
+    """``old`` is displaced by ``mid``, ``mid`` by ``new``, which checkpoints: the fence that
+    stopped ``old`` is gone, so its next write is not refused, yet it is no commit."""
     store = root.store()
     old, _ = open_log(root.store(), segment_max_bytes=segment_max_bytes)
     old.append([b"old 1"])
     old.append([b"old 2"])
     fence = old.next_seq  # the key the old writer would take next
+    mid, _ = open_log(root.store(), segment_max_bytes=segment_max_bytes)
+    assert f"{fence:020d}" in store.list_dir(SEGMENT_DIR)  # mid keeps its own fence
     new, seen = open_log(root.store(), segment_max_bytes=segment_max_bytes)
     assert seen.records == [b"old 1", b"old 2"]
     seq = new.append([b"new 1"])
     new.checkpoint(b"old 1|old 2|new 1", seq)
-    assert f"{fence:020d}" not in store.list_dir(SEGMENT_DIR)  # the fence is gone
+    assert f"{fence:020d}" not in store.list_dir(SEGMENT_DIR)  # that fence is gone
 
     with pytest.raises(FencedError):
         old.append([b"never acknowledged"])  # lands at a freed key, or in a deleted file
     with pytest.raises(FencedError):
         old.append([b"again"])
+    before = objects(store)
+    with pytest.raises(FencedError):
+        mid.append([b"never written"])  # new still keeps the fence that stops mid
+    assert objects(store) == before
     new.append([b"new 2"])
     new.close()
     _, seen = open_log(root.store(), segment_max_bytes=segment_max_bytes)
@@ -139,11 +151,11 @@ def check_displaced(root: BackendRoot, segment_max_bytes: int) -> None:
 
 
 def test_a_displaced_appending_writer_cannot_extend_a_settled_segment(tmp_path):
-    """Its fence is recorded as holding nothing and deleted at the opener's settle, so the
-    old writer's append is no longer refused; the version recording where the segment ends
-    makes it fail all the same."""
+    """Once the fence that stopped it is deleted, the old writer's append is no longer
+    refused; the version recording where the segment ends makes it fail all the same."""
     old, _ = open_log(open_store(str(tmp_path)), segment_max_bytes=8 << 20)
     old.append([b"old 1"])
+    open_log(open_store(str(tmp_path)), segment_max_bytes=8 << 20)
     new, seen = open_log(open_store(str(tmp_path)), segment_max_bytes=8 << 20)
     assert seen.records == [b"old 1"]
     assert f"{old.next_seq:020d}" not in open_store(str(tmp_path)).list_dir(SEGMENT_DIR)
@@ -156,12 +168,14 @@ def test_a_displaced_appending_writer_cannot_extend_a_settled_segment(tmp_path):
 
 
 def test_a_displaced_writer_whose_fence_was_recorded_void_is_fenced(fast_backend_root):
-    """The opener replayed records, so it cannot skip its fence: it records it as holding
-    nothing and deletes it. The old writer's next put lands there and must not count."""
+    """Records were replayed, so no open could skip the fences: the next owner records the
+    previous one's fence as holding nothing and deletes it. The writer that fence stopped
+    writes there next, and that must not count."""
     store = fast_backend_root.store()
     old, _ = open_log(fast_backend_root.store())
     old.append([b"old 1"])
     fence = old.next_seq
+    open_log(fast_backend_root.store())
     new, _ = open_log(fast_backend_root.store())
     assert new.replay_from < fence and f"{fence:020d}" not in store.list_dir(SEGMENT_DIR)
     with pytest.raises(FencedError):
@@ -280,10 +294,12 @@ def test_leftovers_of_a_failed_cleanup_go_with_the_next_checkpoint():
         seq = log.append([b"%d" % i])
     fs.fail("delete", PermissionError, times=1)
     log.checkpoint(b"first", seq)
-    assert len(store.list_dir(SEGMENT_DIR)) == 5  # nothing could be deleted
+    assert len(store.list_dir(SEGMENT_DIR)) == 6  # nothing could be deleted (+ the fence)
     seq = log.append([b"5"])
     log.checkpoint(b"second", seq)
-    assert store.list_dir(SEGMENT_DIR) == [] and len(store.list_dir(CHECKPOINT_DIR)) == 1
+    # what is left: the open's own fence, one checkpoint, one manifest version
+    assert store.list_dir(SEGMENT_DIR) == [f"{1:020d}"]
+    assert len(store.list_dir(CHECKPOINT_DIR)) == 1
     assert len(store.list_dir(MANIFEST_DIR)) == 1
 
 
@@ -328,7 +344,8 @@ def test_a_root_written_with_permanent_fences_opens_and_sheds_them(fast_backend_
     assert seen.snapshots == [b"snap"] and seen.records == [b"a", b"b", b"c"]
     names = {d: store.list_dir(d) for d in DIRS}
     assert len(names[MANIFEST_DIR]) == 1 and len(names[CHECKPOINT_DIR]) == 1
-    assert names[SEGMENT_DIR] == [f"{4:020d}", f"{6:020d}"]  # the fences are gone
+    # the old fences are gone; the open's own (7) stays while it owns the root
+    assert names[SEGMENT_DIR] == [f"{4:020d}", f"{6:020d}", f"{7:020d}"]
     log, seen = open_log(fast_backend_root.store())
     assert seen.snapshots == [b"snap"] and seen.records == [b"a", b"b", b"c"]
     log.append([b"d"])

@@ -16,10 +16,13 @@ Invariants (the argument for the first three is in FENCING.md):
   manifest version still there, byte for byte. A displaced writer therefore loses a
   put-if-absent or finds its version gone: it raises :class:`FencedError` and writes nothing
   more; nothing it acknowledged is lost, because every later open replays every segment.
-- **Nothing accumulates.** Fences are ordinary segments: deleted once covered, like the
-  rest. An open that replays no record moves ``replay_from`` past the fences at once. A
-  root holds one manifest version, one checkpoint and the segments since, so an open costs
-  a constant number of requests however many opens came before. Whatever a crash left
+- **Nothing accumulates.** Fences are ordinary segments: an open records those in its
+  replay range as void (never read again) or, if it replayed no record, moves
+  ``replay_from`` past them, and deletes them. It keeps only its own fence, for as long as
+  it owns the root, so that the writer it displaced finds out without writing anything; the
+  next owner deletes it. A root holds one manifest version, one checkpoint, the segments
+  since and that fence, so an open costs a constant number of requests however many opens
+  came before. Whatever a crash left
   (segments below ``replay_from``, unnamed checkpoints, older versions) the next open
   deletes, and a failed deletion is retried with the next checkpoint's.
 - **Durable order.** A checkpoint object is written first, the manifest version that names
@@ -50,7 +53,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CorruptionError, FencedError, QueueBroken, StorageError
@@ -62,9 +64,6 @@ from .format import (
     MAX_APPENDED_BLOCK,
     decode,
     decode_blocks,
-    decode_blocks_exact,
-    decode_frames,
-    decode_header,
     encode,
     encode_block,
 )
@@ -81,21 +80,11 @@ from .manifest import (
     seq_name,
     void_ranges,
 )
+from .policy import checkpoint_due
+from .segments import Tail, parse_segment
 
 _OPEN_ATTEMPTS = 20
 _FENCE_ATTEMPTS = 10_000
-
-
-@dataclass
-class _Tail:
-    """How far replay has read one segment."""
-
-    seq: int
-    end: int  # bytes consumed (for blocks: the end of the last complete block)
-    torn: bool  # an incomplete block followed, when it was read
-    blocks: bool  # an appendable segment
-    nonce: str  # its writer
-    settled: bool  # it cannot grow: whole, or its end is recorded in the manifest
 
 
 class Log:
@@ -113,7 +102,7 @@ class Log:
         self.segment_max_bytes = segment_max_bytes if store.supports_append else 0
         self._appender: Appender | None = None
         self._appender_seq = 0
-        self._tail: _Tail | None = None
+        self._tail: Tail | None = None
         self.checkpoint_min_bytes = checkpoint_min_bytes
         self.checkpoint_ratio = checkpoint_ratio
         self.checkpoint_max_segments = checkpoint_max_segments
@@ -134,10 +123,11 @@ class Log:
         self._settled: dict[int, int] = {}  # ends recorded by the version replay started from
         self._void: tuple[tuple[int, int], ...] = ()  # void ranges of this handle's version
         self._empty: set[int] = set()  # segments from replay_from on known to hold nothing
+        self._own_fence = 0  # kept while this handle owns the root (see "Nothing accumulates")
         self._legacy = False  # that version predates recorded ends
         self._ends: dict[int, int] = {}  # where each appended segment's blocks end, known now
         self._recorded: dict[int, int] | None = None  # the ends in this handle's version
-        self._torn: _Tail | None = None  # a segment ending mid-block, followed by fences only
+        self._torn: Tail | None = None  # a segment ending mid-block, followed by fences only
         self._replayed = 0  # records replayed since the checkpoint
         self._broken: BaseException | None = None
         self._closed = False
@@ -221,32 +211,11 @@ class Log:
             return self.store.get_range(segment_key(seq), 0, end)
         return self.store.get(segment_key(seq))
 
-    def _parse_segment(self, seq: int, data: bytes) -> tuple[list[bytes], _Tail]:
-        name = f"{self.store.description}/{segment_key(seq)}"
-        fields, pos = decode_header(name, MAGIC_SEGMENT, data)
-        nonce = str(fields.get("nonce"))
-        if not fields.get("blocks"):
-            frames = decode_frames(name, memoryview(data), pos, len(data))
-            if fields.get("count") != len(frames):
-                raise CorruptionError(f"{name}: header says {fields.get('count')} frames, "
-                                      f"found {len(frames)}")
-            return frames, _Tail(seq, len(data), False, False, nonce, True)
-        recorded = self._settled.get(seq)
-        if recorded is not None:
-            records = decode_blocks_exact(name, data, pos, recorded)
-            torn = False
-            end = recorded
-        else:
-            # Its writer may be appending right now: what follows the complete blocks is
-            # judged once read under the append lock, or when a later segment shows that
-            # nothing may follow them (see _follow).
-            records, end, torn = decode_blocks(name, data, pos, judge=False)
-        if not records:
-            # The first block is published with the header, whole or not at all.
-            raise CorruptionError(f"{name}: the first block is missing or truncated")
-        return records, _Tail(seq, end, torn, True, nonce, recorded is not None)
+    def _parse_segment(self, seq: int, data: bytes) -> tuple[list[bytes], Tail]:
+        return parse_segment(f"{self.store.description}/{segment_key(seq)}", seq, data,
+                             self._settled.get(seq))
 
-    def _read_rest(self, tail: _Tail, *, locked: bool) -> list[bytes]:
+    def _read_rest(self, tail: Tail, *, locked: bool) -> list[bytes]:
         """Records appended to ``tail``'s segment after it was read; updates ``tail``."""
         key = segment_key(tail.seq)
         if locked and self.store.supports_append:
@@ -274,7 +243,7 @@ class Log:
         records, tail = self._parse_segment(seq, data)
         self._follow(tail, records, on_record, recheck=recheck)
 
-    def _follow(self, tail: _Tail, records: list[bytes], on_record: Callable[[bytes], None],
+    def _follow(self, tail: Tail, records: list[bytes], on_record: Callable[[bytes], None],
                 *, recheck: bool = False) -> None:
         """Apply the records of segment ``tail.seq``, which follows ``self._tail``."""
         seq = tail.seq
@@ -332,7 +301,7 @@ class Log:
             data = iter(fetched)
             for s in range(self.replay_from, top + 1):
                 if void.is_void(s):  # recorded as holding nothing: not read
-                    self._follow(_Tail(s, 0, False, False, "", True), [], on_record)
+                    self._follow(Tail(s, 0, False, False, "", True), [], on_record)
                 else:
                     self._apply_segment(s, next(data), on_record)
         finally:
@@ -355,6 +324,7 @@ class Log:
                 continue
             self.bytes_since_checkpoint += len(data)
             self._empty.add(self.next_seq)
+            self._own_fence = self.next_seq
             self.next_seq += 1
             prev = self._tail
             if prev is not None and prev.blocks and not prev.settled:
@@ -378,7 +348,8 @@ class Log:
         void = void_ranges({s for s in empty if s >= replay_from})
         ends = {s: e for s, e in self._ends.items() if s >= replay_from}
         garbage += self._publish_manifest(self.checkpoint_name, replay_from, ends, void)
-        garbage += [segment_key(s) for s in sorted(empty)]  # recorded as void, or covered
+        # recorded as void, or covered; this handle's own fence stays
+        garbage += [segment_key(s) for s in sorted(empty - {self._own_fence})]
         if self._replayed == 0:
             self.bytes_since_checkpoint = self.segments_since_checkpoint = 0
         if isinstance(self.store, LocalStore):
@@ -574,34 +545,8 @@ class Log:
             appender.close()
 
     def checkpoint_due(self, live_bytes: int | None = None) -> bool:
-        """Whether the next batch should carry a checkpoint.
-
-        Given ``live_bytes``, the caller's estimate of what a snapshot would hold now: once
-        what a reopen would read (the last snapshot plus the log since) exceeds it by more
-        than ``max(checkpoint_min_bytes, checkpoint_ratio * live)`` of superseded bytes. A
-        backlog that is still live is not copied again, and a reopen reads at most about
-        ``(1 + ratio)`` times the live state plus the floor. Without it: once the log since
-        the last checkpoint outgrows ``max(floor, ratio * the last snapshot)``. Either way,
-        past ``checkpoint_max_segments`` segments only the log outgrowing the last snapshot
-        is required, which bounds the objects a reopen reads.
-        """
-        if self.segments_since_checkpoint >= self.checkpoint_max_segments and \
-                self.bytes_since_checkpoint > self.last_snapshot_size:
-            return True
-        if live_bytes is not None:
-            if self.live_at_checkpoint > 0:
-                # Calibrate the estimate against what the last snapshot really took.
-                live = live_bytes * self.last_snapshot_size / self.live_at_checkpoint
-            else:
-                live = live_bytes
-            superseded = self.last_snapshot_size + self.bytes_since_checkpoint - live
-            return superseded > max(self.checkpoint_min_bytes, self.checkpoint_ratio * live)
-        proportional = int(self.checkpoint_ratio * self.last_snapshot_size)
-        if self.segments_since_checkpoint >= self.checkpoint_max_segments:
-            # Many small segments: reopening costs a request each, so compact as soon as
-            # the log outgrows the live state even below the byte floor.
-            return self.bytes_since_checkpoint > proportional
-        return self.bytes_since_checkpoint > max(self.checkpoint_min_bytes, proportional)
+        """Whether the next batch should carry a checkpoint (see :func:`checkpoint_due`)."""
+        return checkpoint_due(self, live_bytes)
 
     def checkpoint(self, snapshot: bytes, seq: int, live_bytes: int = 0) -> None:
         """Record ``snapshot`` as the state after segment ``seq`` and drop what it covers.
@@ -637,7 +582,7 @@ class Log:
         # up behind it.
         if old_checkpoint is not None:
             garbage.append(f"{CHECKPOINT_DIR}/{old_checkpoint}")
-        garbage += [segment_key(s) for s in range(old_from, seq + 1)]
+        garbage += [segment_key(s) for s in range(old_from, seq + 1) if s != self._own_fence]
         self._collector.submit(garbage)
 
     @property
