@@ -79,7 +79,7 @@ class SegmentReader:
                 if fields.get("blocks"):
                     # Being appended to: a block may be half-written as we read.
                     self.growing.add(name)
-                    records = decode_blocks(key, data, pos)[0]
+                    records = decode_blocks(key, data, pos, judge=False)[0]
                 else:
                     records = decode(key, MAGIC_SEGMENT, data)[1]
                 self.segments[name] = records
