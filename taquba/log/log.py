@@ -464,8 +464,10 @@ class Log:
 
         One small read: this handle's manifest version, which an opener deletes right after
         claiming the root. Once fenced, the log is broken for good, exactly as if a write
-        had found out. A storage error propagates and leaves the log as it was. Safe to
-        call from any thread; does nothing on a closed log.
+        had found out, and every later call raises that error without a request (a log
+        broken by a storage failure raises :class:`QueueBroken`). A storage error during
+        the read propagates and leaves the log as it was. Safe to call from any thread
+        while the committer writes; does nothing on a closed log.
         """
         if self._closed:
             return
