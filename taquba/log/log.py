@@ -22,9 +22,9 @@ Invariants (the argument for the first three is in FENCING.md):
   it owns the root, so that the writer it displaced finds out without writing anything; the
   next owner deletes it. A root holds one manifest version, one checkpoint, the segments
   since and that fence, so an open costs a constant number of requests however many opens
-  came before. Whatever a crash left
-  (segments below ``replay_from``, unnamed checkpoints, older versions) the next open
-  deletes, and a failed deletion is retried with the next checkpoint's.
+  came before. Whatever a crash left (segments below ``replay_from``, unnamed checkpoints,
+  older versions) the next open deletes, and a failed deletion is retried with the next
+  checkpoint's.
 - **Durable order.** A checkpoint object is written first, the manifest version that names
   it second (and confirmed newest by a listing), and only then are the segments, checkpoint
   and version it supersedes deleted.
