@@ -92,6 +92,29 @@ def test_opens_of_appended_segments_leave_no_objects_either(tmp_path, since):
     check_opens(local_root(tmp_path / "root"), since, 8 << 20, 300)
 
 
+def test_opens_delete_only_what_is_there():
+    """Fences recorded as void stay in the manifest until a checkpoint, but an open deletes
+    only objects it listed: the keys it deletes do not grow with the opens before it."""
+    fs = FaultyFileSystem(fsspec.filesystem("memory"))
+    deleted: list[int] = []
+    rm = fs.rm
+
+    def counting_rm(path, recursive=False, maxdepth=None):  # type: ignore[no-untyped-def]
+        deleted.append(len(path) if isinstance(path, list) else 1)
+        rm(path, recursive=recursive, maxdepth=maxdepth)
+
+    fs.rm = counting_rm  # type: ignore[method-assign]
+    log, _ = open_log(open_store(fs, path="/opens"))
+    log.append([b"a record since the (absent) checkpoint"])
+    log.close()
+    per_open = []
+    for _ in range(100):
+        deleted.clear()
+        open_log(open_store(fs, path="/opens"))[0].close()
+        per_open.append(sum(deleted))
+    assert set(per_open[1:]) == {per_open[1]} and per_open[1] <= 4, per_open
+
+
 def test_queue_opens_keep_the_root_small(tmp_path):
     opts = OpenOptions(background_threads=False)
     with Queue.open(str(tmp_path), options=opts) as q:

@@ -122,6 +122,7 @@ class Log:
         self.checkpoints_written = 0
         self._settled: dict[int, int] = {}  # ends recorded by the version replay started from
         self._void: tuple[tuple[int, int], ...] = ()  # void ranges of this handle's version
+        self._claimed_void: tuple[tuple[int, int], ...] = ()  # those replay started from
         self._empty: set[int] = set()  # segments from replay_from on known to hold nothing
         self._own_fence = 0  # kept while this handle owns the root (see "Nothing accumulates")
         self._legacy = False  # that version predates recorded ends
@@ -181,7 +182,7 @@ class Log:
             self._legacy = manifest.ends is None
             self._settled = dict(manifest.ends or {})
             self._recorded = manifest.ends
-            self._void = manifest.void
+            self._void = self._claimed_void = manifest.void
             # Every older version goes before anything else is deleted (FENCING.md, step 2):
             # a displaced writer's read-back fails from now on.
             self.store.delete([manifest_key(m) for m in numbers])
@@ -348,8 +349,11 @@ class Log:
         void = void_ranges({s for s in empty if s >= replay_from})
         ends = {s: e for s, e in self._ends.items() if s >= replay_from}
         garbage += self._publish_manifest(self.checkpoint_name, replay_from, ends, void)
-        # recorded as void, or covered; this handle's own fence stays
-        garbage += [segment_key(s) for s in sorted(empty - {self._own_fence})]
+        # Fences read in this replay, now recorded as void or covered (those recorded void
+        # before were listed with the garbage already); this handle's own fence stays.
+        old_void = Manifest(None, 1, None, self._claimed_void)
+        garbage += [segment_key(s) for s in sorted(empty - {self._own_fence})
+                    if not old_void.is_void(s)]
         if self._replayed == 0:
             self.bytes_since_checkpoint = self.segments_since_checkpoint = 0
         if isinstance(self.store, LocalStore):
