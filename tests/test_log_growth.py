@@ -17,7 +17,7 @@ from faulty import FaultyFileSystem
 from test_log import open_log
 
 from taquba import OpenOptions, Queue
-from taquba.errors import FencedError, StorageError
+from taquba.errors import CorruptionError, FencedError, StorageError
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR
 from taquba.log.format import (
     MAGIC_CHECKPOINT,
@@ -208,6 +208,19 @@ def test_a_displaced_writer_whose_fence_was_recorded_void_is_fenced(fast_backend
     _, seen = open_log(fast_backend_root.store())
     assert seen.records == [b"old 1", b"new 1"]
     assert f"{fence:020d}" not in store.list_dir(SEGMENT_DIR)  # that open deleted it
+
+
+def test_a_missing_segment_before_recorded_fences_is_corruption(fast_backend_root):
+    """The manifest says fences were written after it: the segment was not the newest."""
+    log, _ = open_log(fast_backend_root.store())
+    log.append([b"one"])
+    seq = log.append([b"two"])
+    log.close()
+    open_log(fast_backend_root.store())  # records its fence as void (records came before)
+    store = fast_backend_root.store()
+    store.delete([key(seq), key(seq + 1)])  # the newest data segment, and the fence after it
+    with pytest.raises(CorruptionError, match=f"{seq:020d} is missing"):
+        open_log(fast_backend_root.store())
 
 
 def test_writers_taking_over_from_each_other_never_both_acknowledge(fast_backend_root):

@@ -288,9 +288,10 @@ class Log:
         top = max([*present, *(last for _, last in self._void)], default=self.replay_from - 1)
         for s in range(self.replay_from, top + 1):
             if s not in present and not void.is_void(s):
-                later = min(p for p in present if p > s)
+                later = min([p for p in present if p > s] or [top])
                 raise CorruptionError(f"{self.store.description}/{SEGMENT_DIR}: segment "
-                                      f"{seq_name(s)} is missing but {seq_name(later)} exists")
+                                      f"{seq_name(s)} is missing but {seq_name(later)} "
+                                      f"{'exists' if later in present else 'was written'}")
         live = [s for s in range(self.replay_from, top + 1) if not void.is_void(s)]
         fetched: Any = map(self._get_segment, live)
         pool = None
