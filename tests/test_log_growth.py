@@ -223,6 +223,17 @@ def test_a_missing_segment_before_recorded_fences_is_corruption(fast_backend_roo
         open_log(fast_backend_root.store())
 
 
+def test_the_newest_segment_missing_after_a_clean_close_is_corruption(fast_backend_root):
+    """A close records the last segment written, so even the newest cannot vanish unseen."""
+    log, _ = open_log(fast_backend_root.store())
+    log.append([b"one"])
+    seq = log.append([b"two"])
+    log.close()
+    fast_backend_root.store().delete([key(seq)])
+    with pytest.raises(CorruptionError, match=f"{seq:020d} is missing"):
+        open_log(fast_backend_root.store())
+
+
 def test_writers_taking_over_from_each_other_never_both_acknowledge(fast_backend_root):
     """Three writers, each opened over the last, all still alive; the newest checkpoints
     everything away. Every acknowledged record is replayed; every refused one is not."""

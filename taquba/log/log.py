@@ -123,6 +123,7 @@ class Log:
         self._settled: dict[int, int] = {}  # ends recorded by the version replay started from
         self._void: tuple[tuple[int, int], ...] = ()  # void ranges of this handle's version
         self._claimed_void: tuple[tuple[int, int], ...] = ()  # those replay started from
+        self._through = 0  # the last segment this handle's version says was written
         self._empty: set[int] = set()  # segments from replay_from on known to hold nothing
         self._own_fence = 0  # kept while this handle owns the root (see "Nothing accumulates")
         self._legacy = False  # that version predates recorded ends
@@ -183,6 +184,7 @@ class Log:
             self._settled = dict(manifest.ends or {})
             self._recorded = manifest.ends
             self._void = self._claimed_void = manifest.void
+            self._through = manifest.through
             # Every older version goes before anything else is deleted (FENCING.md, step 2):
             # a displaced writer's read-back fails from now on.
             self.store.delete([manifest_key(m) for m in numbers])
@@ -285,7 +287,9 @@ class Log:
         void = Manifest(None, self.replay_from, None, self._void)
         garbage = [s for s in seqs if s < self.replay_from or void.is_void(s)]
         present = {s for s in seqs if s >= self.replay_from}
-        top = max([*present, *(last for _, last in self._void)], default=self.replay_from - 1)
+        top = max([*present, *(last for _, last in self._void), self._through],
+                  default=self.replay_from - 1)
+        top = max(top, self.replay_from - 1)
         for s in range(self.replay_from, top + 1):
             if s not in present and not void.is_void(s):
                 later = min([p for p in present if p > s] or [top])
@@ -398,11 +402,12 @@ class Log:
     def _publish_manifest(self, checkpoint: str | None, replay_from: int,
                           ends: dict[int, int],
                           void: tuple[tuple[int, int], ...] = ()) -> list[str]:
+        through = self.next_seq - 1
         """Write the next manifest version and confirm it is the newest; return the keys of
         the older versions listed (now garbage). Breaks the log on any failure."""
         n = self.manifest_n + 1
         data = encode_manifest(self.epoch, self.nonce,
-                               Manifest(checkpoint, replay_from, ends, void))
+                               Manifest(checkpoint, replay_from, ends, void, through))
         try:
             self.store.put_if_absent(manifest_key(n), data)
         except ObjectExists as exc:
@@ -424,6 +429,7 @@ class Log:
         self._ends = dict(ends)
         self._recorded = dict(ends)
         self._void = void
+        self._through = through
         return [manifest_key(m) for m in numbers if m < n]
 
     def _confirm_owner(self, seq: int, end: int | None = None) -> None:
@@ -597,12 +603,14 @@ class Log:
         return self._broken
 
     def close(self, timeout: float | None = 30.0) -> None:
-        """Stop writing: record where the current appended segment ends (so it can never
-        pass for torn), and wait (up to ``timeout``) for pending deletions."""
+        """Stop writing: record the last segment written and where the current appended
+        segment ends (so neither can go missing or pass for torn unnoticed), and wait (up
+        to ``timeout``) for pending deletions."""
         if not self._closed and self._broken is None:
             if self._appender is not None:
                 self._ends[self._appender_seq] = self._appender.size
-            if self._recorded is not None and self._ends != self._recorded:
+            if self._recorded is not None and (self._ends != self._recorded
+                                               or self._through != self.next_seq - 1):
                 try:
                     self._confirm_owner(self.next_seq - 1)
                     if self._broken is None:  # a displaced handle writes no version

@@ -13,6 +13,9 @@ A manifest version is an object ``manifest/<n:020d>`` with no frames, whose head
 - ``void`` (optional): ranges ``[first, last]`` of segment numbers from ``replay_from`` on
   that hold nothing (openers' fences). They are not read, and may be absent or hold
   anything: once a version records them, their objects are deleted.
+- ``through`` (optional): the last segment written when the version was; every segment from
+  ``replay_from`` up to it must be there (unless void), so even the newest one cannot go
+  missing unnoticed once a close or an open has recorded it.
 
 The highest ``n`` is the current version. Any damage to it is :class:`CorruptionError`.
 """
@@ -55,6 +58,7 @@ class Manifest:
     replay_from: int
     ends: dict[int, int] | None  # None: written by a version that did not record ends
     void: tuple[tuple[int, int], ...] = ()  # sorted, disjoint, inclusive ranges
+    through: int = 0  # the last segment written when this version was
 
     def is_void(self, seq: int) -> bool:
         return any(first <= seq <= last for first, last in self.void)
@@ -78,6 +82,8 @@ def encode_manifest(epoch: int, nonce: str, manifest: Manifest) -> bytes:
         fields["ends"] = {seq_name(s): e for s, e in sorted(manifest.ends.items())}
     if manifest.void:
         fields["void"] = [list(r) for r in manifest.void]
+    if manifest.through:
+        fields["through"] = manifest.through
     return encode(MAGIC_MANIFEST, fields)
 
 
@@ -111,4 +117,7 @@ def decode_manifest(name: str, data: bytes) -> Manifest:
                 and replay_from <= r[0] <= r[1] and (not void or void[-1][1] < r[0] - 1)):
             raise CorruptionError(f"{name}: manifest has an invalid void range {r!r}")
         void.append((r[0], r[1]))
-    return Manifest(checkpoint, replay_from, ends, tuple(void))
+    through = fields.get("through", 0)
+    if not isinstance(through, int) or isinstance(through, bool) or through < 0:
+        raise CorruptionError(f"{name}: manifest has an invalid through {through!r}")
+    return Manifest(checkpoint, replay_from, ends, tuple(void), through)
