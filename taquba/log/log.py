@@ -44,7 +44,8 @@ Invariants (the argument for the first three is in FENCING.md):
   clean close or the next open has settled a segment, the manifest records where its blocks
   end, and from then on it must hold whole, intact blocks up to there: any damage in it is
   :class:`CorruptionError` naming the object and offset. A segment its own writer followed
-  with another one is never torn either.
+  with another one is never torn either. Each version also records the last segment
+  written, so a segment missing up to there is corruption, the newest one included.
 - The log speaks opaque bytes: records in, records out, snapshots in, snapshots out.
 """
 
