@@ -28,11 +28,8 @@ Invariants (the argument for the first three is in FENCING.md):
 - **Durable order.** A checkpoint object is written first, the manifest version that names
   it second (and confirmed newest by a listing), and only then are the segments, checkpoint
   and version it supersedes deleted.
-- **Bounded replay.** A checkpoint is due once what a reopen would read (the last snapshot
-  and the segments since) holds more than ``max(min_bytes, ratio * live state)`` superseded
-  bytes, given the caller's estimate of its live state (otherwise: once the segments since
-  exceed ``max(min_bytes, ratio * size of the last snapshot)``): reopening reads O(live
-  state) bytes, and checkpoints never cost more than a constant factor of the log itself.
+- **Bounded replay.** Checkpoints follow the live state (policy.py): reopening reads
+  O(live state) bytes, and checkpoints cost a constant factor of the log itself.
 - **Appended segments** (local disk): a commit appends one block to the current segment
   (one ``fdatasync``) until it reaches ``segment_max_bytes``, then starts the next with a
   whole put-if-absent. An append checks, under the file's lock, that the next segment number
@@ -53,7 +50,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..errors import CorruptionError, FencedError, QueueBroken, StorageError
@@ -64,7 +60,6 @@ from .format import (
     MAGIC_SEGMENT,
     MAX_APPENDED_BLOCK,
     decode,
-    decode_blocks,
     encode,
     encode_block,
 )
@@ -82,7 +77,7 @@ from .manifest import (
     void_ranges,
 )
 from .policy import checkpoint_due
-from .segments import Tail, parse_segment
+from .replay import Replay
 
 _OPEN_ATTEMPTS = 20
 _FENCE_ATTEMPTS = 10_000
@@ -103,7 +98,6 @@ class Log:
         self.segment_max_bytes = segment_max_bytes if store.supports_append else 0
         self._appender: Appender | None = None
         self._appender_seq = 0
-        self._tail: Tail | None = None
         self.checkpoint_min_bytes = checkpoint_min_bytes
         self.checkpoint_ratio = checkpoint_ratio
         self.checkpoint_max_segments = checkpoint_max_segments
@@ -121,17 +115,11 @@ class Log:
         self.live_at_checkpoint = 0  # the caller's live estimate when it was taken
         self.segments_written = 0
         self.checkpoints_written = 0
-        self._settled: dict[int, int] = {}  # ends recorded by the version replay started from
         self._void: tuple[tuple[int, int], ...] = ()  # void ranges of this handle's version
-        self._claimed_void: tuple[tuple[int, int], ...] = ()  # those replay started from
         self._through = 0  # the last segment this handle's version says was written
-        self._empty: set[int] = set()  # segments from replay_from on known to hold nothing
         self._own_fence = 0  # kept while this handle owns the root (see "Nothing accumulates")
-        self._legacy = False  # that version predates recorded ends
         self._ends: dict[int, int] = {}  # where each appended segment's blocks end, known now
         self._recorded: dict[int, int] | None = None  # the ends in this handle's version
-        self._torn: Tail | None = None  # a segment ending mid-block, followed by fences only
-        self._replayed = 0  # records replayed since the checkpoint
         self._broken: BaseException | None = None
         self._closed = False
 
@@ -148,21 +136,22 @@ class Log:
         """Claim the writer epoch, replay checkpoint and segments, fence the segment space,
         then settle what was replayed and delete what is no longer needed."""
         log = cls(store, **kwargs)
-        log._claim_epoch()
+        manifest = log._claim_epoch()
         if log.checkpoint_name is not None:
             snapshot = log._read_checkpoint(log.checkpoint_name)
             log.last_snapshot_size = len(snapshot)
             on_snapshot(snapshot)
-        below = log._replay_segments(on_record)
-        log._fence(on_record)
-        log._settle(below)
+        replay = Replay(store, manifest, on_record)
+        below = replay.run()
+        log._fence(replay)
+        log._settle(replay, below)
         return log
 
     def _manifest_numbers(self) -> list[int]:
         return sorted(n for n in (parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR))
                       if n is not None)
 
-    def _claim_epoch(self) -> None:
+    def _claim_epoch(self) -> Manifest:
         for _ in range(_OPEN_ATTEMPTS):
             numbers = self._manifest_numbers()
             current = numbers[-1] if numbers else 0
@@ -181,15 +170,13 @@ class Log:
             self.epoch = n
             self._own = (n, data)
             self.checkpoint_name, self.replay_from = manifest.checkpoint, manifest.replay_from
-            self._legacy = manifest.ends is None
-            self._settled = dict(manifest.ends or {})
             self._recorded = manifest.ends
-            self._void = self._claimed_void = manifest.void
+            self._void = manifest.void
             self._through = manifest.through
             # Every older version goes before anything else is deleted (FENCING.md, step 2):
             # a displaced writer's read-back fails from now on.
             self.store.delete([manifest_key(m) for m in numbers])
-            return
+            return manifest
         raise self._fenced(f"could not claim the writer epoch after {_OPEN_ATTEMPTS} attempts; "
                            "other processes keep opening this root")
 
@@ -209,159 +196,42 @@ class Log:
             raise CorruptionError(f"{self.store.description}/{key}: expected one snapshot frame")
         return frames[0]
 
-    def _get_segment(self, seq: int) -> bytes:
-        end = self._settled.get(seq)
-        if end is not None:
-            return self.store.get_range(segment_key(seq), 0, end)
-        return self.store.get(segment_key(seq))
-
-    def _parse_segment(self, seq: int, data: bytes) -> tuple[list[bytes], Tail]:
-        return parse_segment(f"{self.store.description}/{segment_key(seq)}", seq, data,
-                             self._settled.get(seq))
-
-    def _read_rest(self, tail: Tail, *, locked: bool) -> list[bytes]:
-        """Records appended to ``tail``'s segment after it was read; updates ``tail``."""
-        key = segment_key(tail.seq)
-        if locked and self.store.supports_append:
-            rest = self.store.read_from_locked(key, tail.end)
-        else:
-            rest = self.store.get_range(key, tail.end, 2**62)
-        records, end, torn = decode_blocks(f"{self.store.description}/{key}", rest, 0,
-                                           base=tail.end)
-        self.bytes_since_checkpoint += end
-        tail.end += end
-        tail.torn = torn
-        self._ends[tail.seq] = tail.end
-        self._replayed += len(records)
-        return records
-
-    def _apply_segment(self, seq: int, data: bytes, on_record: Callable[[bytes], None], *,
-                       recheck: bool = False) -> None:
-        """Apply segment ``seq`` (its bytes as read), after the one before it.
-
-        The segment before may have grown since it was read unless ``seq`` was already listed
-        when it was read and was started by its writer: a writer starts a segment only after
-        its last append. Otherwise (``recheck``, or ``seq`` is an opener's empty fence) its
-        rest is read under the append lock, which the fence makes final.
-        """
-        records, tail = self._parse_segment(seq, data)
-        self._follow(tail, records, on_record, recheck=recheck)
-
-    def _follow(self, tail: Tail, records: list[bytes], on_record: Callable[[bytes], None],
-                *, recheck: bool = False) -> None:
-        """Apply the records of segment ``tail.seq``, which follows ``self._tail``."""
-        seq = tail.seq
-        prev = self._tail
-        name = f"{self.store.description}/{SEGMENT_DIR}"
-        if prev is not None and prev.blocks and not prev.settled and (recheck or not records):
-            for r in self._read_rest(prev, locked=True):
-                on_record(r)
-        if prev is not None and prev.torn:
-            # Only an opener's fence may follow a segment that ends mid-block: its writer
-            # starts a new segment only after its last append succeeded.
-            if records or tail.nonce == prev.nonce:
-                raise CorruptionError(
-                    f"{name}/{seq_name(prev.seq)}: ends in an incomplete block at byte "
-                    f"{prev.end}, yet segment {seq_name(seq)} follows it")
-            self._torn = prev
-        torn = self._torn
-        if records and torn is not None and torn.torn and not self._legacy:
-            raise CorruptionError(
-                f"{name}/{seq_name(torn.seq)}: ends in an incomplete block at byte "
-                f"{torn.end}, yet segment {seq_name(seq)} holds records written after it")
-        self.bytes_since_checkpoint += tail.end
-        self.segments_since_checkpoint += 1
-        self._replayed += len(records)
-        if tail.blocks:
-            self._ends[seq] = tail.end
-        elif not records:
-            self._empty.add(seq)
-        for r in records:
-            on_record(r)
-        self._tail = tail
-
-    def _replay_segments(self, on_record: Callable[[bytes], None]) -> list[int]:
-        """Replay every segment from ``replay_from`` on; return the ones listed that are
-        garbage (below it, or void)."""
-        seqs = sorted(s for s in (parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR))
-                      if s is not None)
-        void = Manifest(None, self.replay_from, None, self._void)
-        garbage = [s for s in seqs if s < self.replay_from or void.is_void(s)]
-        present = {s for s in seqs if s >= self.replay_from}
-        top = max([*present, *(last for _, last in self._void), self._through],
-                  default=self.replay_from - 1)
-        top = max(top, self.replay_from - 1)
-        for s in range(self.replay_from, top + 1):
-            if s not in present and not void.is_void(s):
-                later = min([p for p in present if p > s] or [top])
-                raise CorruptionError(f"{self.store.description}/{SEGMENT_DIR}: segment "
-                                      f"{seq_name(s)} is missing but {seq_name(later)} "
-                                      f"{'exists' if later in present else 'was written'}")
-        live = [s for s in range(self.replay_from, top + 1) if not void.is_void(s)]
-        fetched: Any = map(self._get_segment, live)
-        pool = None
-        if len(live) > 1 and not self.store.supports_append:
-            # Object stores: fetch ahead in parallel, apply strictly in order.
-            pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay")
-            fetched = pool.map(self._get_segment, live)
-        try:
-            data = iter(fetched)
-            for s in range(self.replay_from, top + 1):
-                if void.is_void(s):  # recorded as holding nothing: not read
-                    self._follow(Tail(s, 0, False, False, "", True), [], on_record)
-                else:
-                    self._apply_segment(s, next(data), on_record)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        self.next_seq = top + 1
-        return garbage
-
-    def _fence(self, on_record: Callable[[bytes], None]) -> None:
+    def _fence(self, replay: Replay) -> None:
         for _ in range(_FENCE_ATTEMPTS):
-            data = self._segment_bytes(self.next_seq, ())
+            seq = replay.next_seq
+            data = self._segment_bytes(seq, ())
             try:
-                self.store.put_if_absent(segment_key(self.next_seq), data)
+                self.store.put_if_absent(segment_key(seq), data)
             except ObjectExists:
                 # The previous writer committed this one before noticing us: replay it.
-                seq = self.next_seq
-                self._apply_segment(seq, self.store.get(segment_key(seq)), on_record,
-                                    recheck=True)
-                self.next_seq += 1
+                replay.apply(seq, self.store.get(segment_key(seq)), recheck=True)
+                replay.next_seq = seq + 1
                 continue
-            self.bytes_since_checkpoint += len(data)
-            self._empty.add(self.next_seq)
-            self._own_fence = self.next_seq
-            self.next_seq += 1
-            prev = self._tail
-            if prev is not None and prev.blocks and not prev.settled:
-                # Our fence is in place: what the displaced writer appended until now is all
-                # it ever will (see "Appended segments").
-                for r in self._read_rest(prev, locked=True):
-                    on_record(r)
-            self._tail = None
+            replay.fenced(seq, len(data))
+            self._own_fence = seq
             return
         raise self._fenced("could not fence the segment space")
 
-    def _settle(self, below: list[int]) -> None:
+    def _settle(self, replay: Replay, below: list[int]) -> None:
         """Record where the replayed appended segments end and which segments hold nothing
         (the fences: skipped outright if no record was replayed since the checkpoint), then
         delete what the log no longer needs, fences included."""
+        self.next_seq = replay.next_seq
         garbage = [segment_key(s) for s in below]
         replay_from = self.replay_from
-        empty = {s for s in self._empty if s >= replay_from}
-        if self._replayed == 0:
+        empty = {s for s in replay.empty if s >= replay_from}
+        if replay.records == 0:
             replay_from = self.next_seq
+        else:
+            self.bytes_since_checkpoint = replay.bytes
+            self.segments_since_checkpoint = replay.segments
         void = void_ranges({s for s in empty if s >= replay_from})
-        ends = {s: e for s, e in self._ends.items() if s >= replay_from}
+        ends = {s: e for s, e in replay.ends.items() if s >= replay_from}
         garbage += self._publish_manifest(self.checkpoint_name, replay_from, ends, void)
         # Fences read in this replay, now recorded as void or covered (those recorded void
         # before were listed with the garbage already); this handle's own fence stays.
-        old_void = Manifest(None, 1, None, self._claimed_void)
         garbage += [segment_key(s) for s in sorted(empty - {self._own_fence})
-                    if not old_void.is_void(s)]
-        if self._replayed == 0:
-            self.bytes_since_checkpoint = self.segments_since_checkpoint = 0
+                    if not replay.manifest.is_void(s)]
         if isinstance(self.store, LocalStore):
             for d in (SEGMENT_DIR, CHECKPOINT_DIR, MANIFEST_DIR):
                 self.store.remove_temp_files(d)

@@ -1,4 +1,11 @@
-"""When to write a checkpoint: the bound that keeps a reopen O(live state)."""
+"""When to write a checkpoint: the bound that keeps a reopen O(live state).
+
+A checkpoint is due once what a reopen would read (the last snapshot and the segments since)
+holds more than ``max(min_bytes, ratio * live state)`` superseded bytes, given the caller's
+estimate of its live state (otherwise: once the segments since exceed ``max(min_bytes,
+ratio * size of the last snapshot)``): reopening reads O(live state) bytes, and checkpoints
+never cost more than a constant factor of the log itself.
+"""
 
 from __future__ import annotations
 
