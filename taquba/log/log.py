@@ -53,7 +53,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import CorruptionError, FencedError, QueueBroken, StorageError
-from ..storage import Appender, LocalStore, ObjectExists, ObjectNotFound, Store
+from ..storage import Appender, ObjectExists, ObjectNotFound, Store
 from .cleanup import Collector
 from .format import (
     MAGIC_CHECKPOINT,
@@ -95,7 +95,7 @@ class Log:
                  background_cleanup: bool = False,
                  segment_max_bytes: int = 8 * 1024 * 1024) -> None:
         self.store = store
-        self.segment_max_bytes = segment_max_bytes if store.supports_append else 0
+        self.segment_max_bytes = segment_max_bytes if store.appendable else 0
         self._appender: Appender | None = None
         self._appender_seq = 0
         self.checkpoint_min_bytes = checkpoint_min_bytes
@@ -232,7 +232,7 @@ class Log:
         # before were listed with the garbage already); this handle's own fence stays.
         garbage += [segment_key(s) for s in sorted(empty - {self._own_fence})
                     if not replay.manifest.is_void(s)]
-        if isinstance(self.store, LocalStore):
+        if self.store.leaves_temp_files:
             for d in (SEGMENT_DIR, CHECKPOINT_DIR, MANIFEST_DIR):
                 self.store.remove_temp_files(d)
         try:

@@ -97,7 +97,7 @@ class Replay:
         live = [s for s in range(first, top + 1) if not void.is_void(s)]
         pool = None
         fetched: Iterator[bytes] = map(self._get, live)
-        if len(live) > 1 and not self.store.supports_append:
+        if len(live) > 1 and self.store.remote:
             # Object stores: fetch ahead in parallel, apply strictly in order.
             pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-replay")
             fetched = pool.map(self._get, live)
@@ -145,7 +145,7 @@ class Replay:
         if prev is None or not prev.blocks or prev.settled:
             return
         key = segment_key(prev.seq)
-        rest = self.store.read_from_locked(key, prev.end) if self.store.supports_append \
+        rest = self.store.read_from_locked(key, prev.end) if self.store.appendable \
             else self.store.get_range(key, prev.end, 2**62)
         records, end, torn = decode_blocks(f"{self.store.description}/{key}", rest, 0,
                                            base=prev.end)
