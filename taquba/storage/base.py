@@ -76,6 +76,8 @@ class Store(ABC):
     """A root on some filesystem holding immutable objects addressed by ``dir/name`` keys."""
 
     supports_append = False
+    #: Requests cost next to nothing (local disk, memory): poll freely instead of backing off.
+    cheap_requests = False
 
     def __init__(self, description: str, *, retries: int = 6, retry_delay: float = 0.05) -> None:
         self.description = description

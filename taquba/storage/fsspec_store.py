@@ -30,6 +30,7 @@ class FsspecStore(Store):
         from fsspec.implementations.memory import MemoryFileSystem
 
         self._create_lock = _MEMORY_CREATE_LOCK if isinstance(fs, MemoryFileSystem) else None
+        self.cheap_requests = isinstance(fs, MemoryFileSystem)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{key}" if self.root else key

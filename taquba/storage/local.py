@@ -132,6 +132,7 @@ class LocalAppender(Appender):
 
 class LocalStore(Store):
     supports_append = CAN_APPEND
+    cheap_requests = True
 
     def __init__(self, root: str, *, fsync: bool = True, **kwargs: object) -> None:
         root = os.path.abspath(os.fspath(root))
@@ -234,8 +235,9 @@ class LocalStore(Store):
 
     def _raw_get_range(self, key: str, start: int, end: int) -> bytes:
         with open(self._path(key), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(start)
-            return f.read(max(0, end - start))
+            return f.read(max(0, min(end, size) - start))
 
     def _raw_list(self, directory: str) -> list[str]:
         try:

@@ -1,0 +1,129 @@
+"""The owner's side of the inbox: finding submissions and collecting what was applied.
+
+``Queue.intake_now`` drives one round: :meth:`InboxPoller.poll` lists ``inbox/`` once and
+reads the objects above each producer's high-water mark (in parallel on object stores),
+the queue applies each as one event under its lock and waits until those are durable,
+and only then :meth:`InboxPoller.collect` deletes the objects (see ``taquba.inbox`` for why
+this is exactly once).
+
+:class:`IntakePace` decides how long to wait between rounds: on stores where a listing
+costs nothing (local disk, memory) a short fixed interval, so submissions are taken in
+almost at once; on object stores a fast interval while submissions flow, doubling on
+every empty round up to a ceiling, so an idle queue costs at most ``3600 / ceiling``
+listings an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from .errors import CorruptionError, StorageError
+from .inbox import INBOX_DIR, Submission, decode_object, parse_name
+from .storage import ObjectNotFound, Store
+
+logger = logging.getLogger("taquba.intake")
+
+MAX_OBJECTS_PER_ROUND = 1000
+LOCAL_INTERVAL = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class InboxObject:
+    """One inbox object read by a poll."""
+
+    key: str
+    producer: str
+    seq: int
+    submissions: list[Submission]
+
+
+@dataclass(slots=True)
+class Poll:
+    """What one listing found."""
+
+    fresh: list[InboxObject]  # to apply, in producer then seq order
+    leftovers: list[str]  # keys at or below their producer's mark: delete only
+    producers: set[str]  # every producer with an object listed
+    more: bool  # more objects waited than one round takes
+
+
+class InboxPoller:
+    """Reads the inbox of one store for its owner."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.parallel = not store.cheap_requests
+
+    def poll(self, marks: Mapping[str, int]) -> Poll:
+        """List the inbox and read the objects above ``marks`` (producer -> last seq)."""
+        names = self.store.list_dir(INBOX_DIR)
+        wanted: list[tuple[str, int, str]] = []
+        leftovers: list[str] = []
+        producers: set[str] = set()
+        for name in names:
+            parsed = parse_name(name)
+            if parsed is None:
+                continue  # a temporary file or something foreign: not ours to touch
+            producer, seq = parsed
+            producers.add(producer)
+            key = f"{INBOX_DIR}/{name}"
+            if seq <= marks.get(producer, -1):
+                leftovers.append(key)
+            else:
+                wanted.append((producer, seq, key))
+        wanted.sort()
+        more = len(wanted) > MAX_OBJECTS_PER_ROUND
+        wanted = wanted[:MAX_OBJECTS_PER_ROUND]
+        keys = [key for _, _, key in wanted]
+        if self.parallel and len(keys) > 1:
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-intake") as pool:
+                blobs = list(pool.map(self._get, keys))
+        else:
+            blobs = [self._get(key) for key in keys]
+        fresh: list[InboxObject] = []
+        for (producer, seq, key), data in zip(wanted, blobs):
+            if data is None:
+                continue  # deleted meanwhile: an earlier owner took it in
+            name = f"{self.store.description}/{key}"
+            got_producer, got_seq, subs = decode_object(name, data)
+            if (got_producer, got_seq) != (producer, seq):
+                raise CorruptionError(f"{name}: holds producer {got_producer} seq {got_seq}")
+            fresh.append(InboxObject(key, producer, seq, subs))
+        return Poll(fresh, leftovers, producers, more)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self.store.get(key)
+        except ObjectNotFound:
+            return None
+
+    def collect(self, keys: list[str]) -> None:
+        """Delete inbox objects that are applied (their events durable) or leftovers."""
+        if not keys:
+            return
+        try:
+            self.store.delete(keys)
+        except StorageError as exc:
+            # Harmless: they are at or below their marks, so the next round deletes them.
+            logger.warning("could not delete %d applied inbox object(s): %s", len(keys), exc)
+
+
+class IntakePace:
+    """The wait before the next intake round (see the module docstring)."""
+
+    def __init__(self, store: Store, busy: float, idle: float) -> None:
+        self.adaptive = not store.cheap_requests
+        self.busy = busy if self.adaptive else min(busy, LOCAL_INTERVAL)
+        self.idle = idle if self.adaptive else self.busy
+        self.current = self.busy
+
+    def after(self, found: bool) -> float:
+        """The next interval, given whether the last round found submissions."""
+        if found or not self.adaptive:
+            self.current = self.busy
+        else:
+            self.current = min(self.idle, self.current * 2)
+        return self.current
