@@ -1,4 +1,4 @@
-"""The reaper and the scheduler: daemon threads around public tick functions.
+"""The reaper, the scheduler and the intake: daemon threads around public tick functions.
 
 Each loop is ``while not stop.wait(interval): tick()``. The ticks themselves live on the
 queue (``reap_now`` and ``promote_scheduled_now``), so tests call them directly with a
@@ -20,10 +20,12 @@ logger = logging.getLogger("taquba.background")
 class Loop:
     """One daemon thread calling ``tick`` every ``interval`` seconds until stopped."""
 
-    def __init__(self, name: str, interval: float, tick: Callable[[], object]) -> None:
+    def __init__(self, name: str, interval: float, tick: Callable[[], object], *,
+                 paced: bool = False) -> None:
         self.name = name
         self.interval = interval
         self.tick = tick
+        self.paced = paced  # the tick returns the interval before the next one
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -31,9 +33,12 @@ class Loop:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop_event.wait(self.interval):
+        interval = self.interval
+        while not self.stop_event.wait(interval):
             try:
-                self.tick()
+                result = self.tick()
+                if self.paced:
+                    interval = float(result)  # type: ignore[arg-type]
             except (QueueClosed, QueueBroken):
                 return
             except Exception:
@@ -51,9 +56,13 @@ class Background:
     """The reaper and scheduler of one queue handle."""
 
     def __init__(self, *, reap: Callable[[], object], reaper_interval: float,
-                 promote: Callable[[], object], scheduler_interval: float) -> None:
+                 promote: Callable[[], object], scheduler_interval: float,
+                 intake: Callable[[], float] | None = None, intake_interval: float = 0.0
+                 ) -> None:
         self.loops = [Loop("taquba-reaper", reaper_interval, reap),
                       Loop("taquba-scheduler", scheduler_interval, promote)]
+        if intake is not None:
+            self.loops.append(Loop("taquba-intake", intake_interval, intake, paced=True))
 
     def start(self) -> None:
         for loop in self.loops:

@@ -20,9 +20,15 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
+from . import events as ev
 from .errors import CorruptionError, StorageError
 from .inbox import INBOX_DIR, Submission, decode_object, parse_name
 from .storage import ObjectNotFound, Store
+
+if TYPE_CHECKING:
+    from .queue import Queue
 
 logger = logging.getLogger("taquba.intake")
 
@@ -127,3 +133,60 @@ class IntakePace:
         else:
             self.current = min(self.idle, self.current * 2)
         return self.current
+
+
+class OwnerIntake:
+    """One queue's intake: rounds of poll, apply, wait until durable, collect.
+
+    It works on the queue's internals under the queue's lock, as its own methods do.
+    """
+
+    def __init__(self, queue: Queue, busy: float, idle: float | None) -> None:
+        self.queue = queue
+        self.enabled = idle is not None
+        self.poller = InboxPoller(queue.store)
+        self.pace = IntakePace(queue.store, busy, idle if idle is not None else busy)
+
+    def tick(self) -> float:
+        """One round from the background loop; returns the wait before the next."""
+        try:
+            found = self.round()
+        except StorageError as exc:
+            logger.warning("inbox intake failed (retrying): %s", exc)
+            found = 0
+        return self.pace.after(found > 0)
+
+    def round(self) -> int:
+        """Take in what is in the inbox now; return how many submissions were applied."""
+        if not self.enabled:
+            return 0
+        q = self.queue
+        with q._lock:
+            q._check_open_locked()
+            marks = {p: seq for p, (seq, _) in q._state.inbox_marks.items()}
+        poll = self.poller.poll(marks)
+        applied = 0
+        done: list[str] = list(poll.leftovers)
+        with q._lock:
+            q._check_open_locked()
+            now = q._now()
+            ticket = 0
+            for obj in poll.fresh:
+                mark = q._state.inbox_marks.get(obj.producer)
+                if mark is not None and obj.seq <= mark[0]:
+                    done.append(obj.key)  # taken in by this owner since the listing
+                    continue
+                ticket, n = q._intake_object_locked(obj.producer, obj.seq, obj.submissions,
+                                                    now)
+                applied += n
+                done.append(obj.key)
+            retention = float(q.options.inbox_retention)  # type: ignore[arg-type]
+            quiet = [p for p, (_, at) in q._state.inbox_marks.items()
+                     if at < now - retention and p not in poll.producers]
+            if quiet:
+                ticket = q._commit_locked(ev.encode_inbox_forget(quiet),
+                                          q._state.on_inbox_forget, quiet)
+            if ticket:
+                q._wait_durable_locked(ticket)
+        self.poller.collect(done)
+        return applied

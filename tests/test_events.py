@@ -378,7 +378,7 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s = State()
     s.on_enqueue("jobs", T0, [job(A)])
     data = s.snapshot()
-    _, queues, _, kv = snap.decode(data)
+    _, queues, _, kv, _ = snap.decode(data)
     twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues],
                         [s.jobs[A], s.jobs[A]], kv)
     with pytest.raises(CorruptionError, match="twice"):
