@@ -262,7 +262,10 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Row], dict[bytes, byt
             kv[key] = r.blob()
         marks: dict[str, tuple[int, float]] = {}
         if r.pos < r.end:
-            for _ in range(r.count(10)):
+            n = r.count(10)
+            if not n:
+                raise Corrupt(f"trailing bytes after the KV entries at byte {r.pos - 1}")
+            for _ in range(n):
                 producer = r.text()
                 seq = r.uvarint()
                 marks[producer] = (seq, r.time())
