@@ -238,6 +238,18 @@ class OpenOptions:
       costs an idle queue 3600 / 30 = 120 requests an hour; ``None`` turns the check off.
       It runs with the other background threads (``background_threads``); without them,
       call :meth:`taquba.Queue.check_fence_now`.
+
+    Intake of submissions from :class:`~taquba.Producer` processes (see ``taquba.inbox``):
+
+    - ``inbox_interval``: on object stores, the longest wait between two looks at the
+      inbox, reached by doubling from ``inbox_busy_interval`` while nothing arrives; so an
+      idle queue lists its inbox at most ``3600 / inbox_interval`` times an hour (360 at the
+      default 10 s) and a submission to an idle queue waits at most this long. ``None``
+      turns intake off. On local disk and memory the inbox is looked at every 5 ms
+      (a directory listing costs next to nothing), so submissions arrive almost at once.
+    - ``inbox_busy_interval``: the wait between looks while submissions flow (object stores).
+    - ``inbox_retention``: a producer's high-water mark is forgotten once it has submitted
+      nothing for this long (default 7 days), which bounds the state.
     """
 
     reaper_interval: Duration = 5.0
@@ -255,9 +267,22 @@ class OpenOptions:
     background_threads: bool = True
     storage_retry_budget: Duration = 10.0
     fence_check_interval: Duration | None = 30.0
+    inbox_interval: Duration | None = 10.0
+    inbox_busy_interval: Duration = 0.25
+    inbox_retention: Duration = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.inbox_interval is not None:
+            set_(self, "inbox_interval", to_seconds(self.inbox_interval,
+                                                    "OpenOptions.inbox_interval",
+                                                    allow_zero=False, error=ConfigError))
+        set_(self, "inbox_busy_interval", to_seconds(self.inbox_busy_interval,
+                                                     "OpenOptions.inbox_busy_interval",
+                                                     allow_zero=False, error=ConfigError))
+        set_(self, "inbox_retention", to_seconds(self.inbox_retention,
+                                                 "OpenOptions.inbox_retention",
+                                                 allow_zero=False, error=ConfigError))
         set_(self, "reaper_interval", to_seconds(self.reaper_interval, "OpenOptions.reaper_interval",
                                                  allow_zero=False, error=ConfigError))
         set_(self, "scheduler_interval", to_seconds(self.scheduler_interval,

@@ -66,12 +66,15 @@ PROMOTE = 8
 PURGE = 9
 KV_DELETE = 10
 RELEASE = 11
+INTAKE = 12
+INBOX_FORGET = 13
 SNAPSHOT = 15  # see snapshot.py
 
 KIND_NAMES = {
     ENQUEUE: "enqueue", CLAIM: "claim", RENEW: "renew", ACK: "ack", FAIL: "fail",
     CANCEL: "cancel", REQUEUE_DEAD: "requeue_dead", PROMOTE: "promote", PURGE: "purge",
-    KV_DELETE: "kv_delete", RELEASE: "release", SNAPSHOT: "snapshot",
+    KV_DELETE: "kv_delete", RELEASE: "release", INTAKE: "intake",
+    INBOX_FORGET: "inbox_forget", SNAPSHOT: "snapshot",
 }
 
 # Where a failed attempt sends the job (FAIL records).
@@ -119,6 +122,8 @@ _T_PROMOTE = tag(PROMOTE)
 _T_PURGE = tag(PURGE)
 _T_KV_DELETE = tag(KV_DELETE)
 _T_RELEASE = tag(RELEASE)
+_T_INTAKE = tag(INTAKE)
+_T_INBOX_FORGET = tag(INBOX_FORGET)
 _CLAIM_SHORT = struct.Struct(">BB16sBdB")  # tag, flags, id, attempts, claimed_at, dur
 _ACK_DROP = bytes((_T_ACK, 0))
 
@@ -363,6 +368,31 @@ def encode_kv_delete(keys: Sequence[bytes]) -> bytes:
     return bytes(buf)
 
 
+def encode_intake(producer: str, seq: int, at: float, records: Sequence[bytes]) -> bytes:
+    """INTAKE: one inbox object taken in: its events (ordinary records, applied in order)
+    and the producer's new high-water mark, in one record so they commit together::
+
+        tag | str producer | uvarint seq | f64 at | uvarint n | n x bytes record
+    """
+    buf = bytearray((_T_INTAKE,))
+    put_str(buf, producer)
+    put_uvarint(buf, seq)
+    put_time(buf, at)
+    put_uvarint(buf, len(records))
+    for record in records:
+        put_blob(buf, record)
+    return bytes(buf)
+
+
+def encode_inbox_forget(producers: Sequence[str]) -> bytes:
+    """INBOX_FORGET: drop the marks of quiet producers: tag | uvarint n | n x str producer"""
+    buf = bytearray((_T_INBOX_FORGET,))
+    put_uvarint(buf, len(producers))
+    for producer in producers:
+        put_str(buf, producer)
+    return bytes(buf)
+
+
 # -- decoding --------------------------------------------------------------------------------
 
 
@@ -465,10 +495,28 @@ def _d_kv_delete(r: Reader) -> tuple[Any, ...]:
     return ([r.blob() for _ in range(r.count(1))],)
 
 
+def _d_intake(r: Reader) -> tuple[Any, ...]:
+    producer = r.text()
+    if not producer:
+        raise Corrupt("empty producer id")
+    seq = r.uvarint()
+    at = r.time()
+    records = [r.blob() for _ in range(r.count(1))]
+    for record in records:
+        if not record or record[0] in (_T_INTAKE, _T_INBOX_FORGET):
+            raise Corrupt("an intake holds an empty or nested intake record")
+    return producer, seq, at, records
+
+
+def _d_inbox_forget(r: Reader) -> tuple[Any, ...]:
+    return ([r.text() for _ in range(r.count(1))],)
+
+
 _DECODERS: dict[int, Callable[[Reader], tuple[Any, ...]]] = {
     _T_ENQUEUE: _d_enqueue, _T_CLAIM: _d_claim, _T_RENEW: _d_renew, _T_ACK: _d_ack,
     _T_FAIL: _d_fail, _T_CANCEL: _d_one, _T_REQUEUE_DEAD: _d_one, _T_PROMOTE: _d_ids,
     _T_PURGE: _d_ids, _T_RELEASE: _d_ids, _T_KV_DELETE: _d_kv_delete,
+    _T_INTAKE: _d_intake, _T_INBOX_FORGET: _d_inbox_forget,
 }
 
 

@@ -65,6 +65,8 @@ from .errors import (
     exception_text,
 )
 from .ids import IdGenerator
+from .inbox import Submission, SubmitCancel, SubmitEnqueue
+from .intake import OwnerIntake
 from .log import Log
 from .records import (
     CancelOutcome,
@@ -204,13 +206,18 @@ class Queue:
                                    max_batch_bytes=options.max_batch_bytes,
                                    live_bytes=lambda: self._state.live_bytes)
         self._combining = self.committer.inline
+        self._intake = OwnerIntake(
+            self, float(options.inbox_busy_interval),  # type: ignore[arg-type]
+            None if options.inbox_interval is None else float(options.inbox_interval))  # type: ignore[arg-type]
         self._background = Background(
             reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
             scheduler_interval=float(options.scheduler_interval),  # type: ignore[arg-type]
             check_fence=self.check_fence_now,
             fence_check_interval=None if options.fence_check_interval is None
-            else float(options.fence_check_interval))  # type: ignore[arg-type]
+            else float(options.fence_check_interval),  # type: ignore[arg-type]
+            intake=self._intake.tick if self._intake.enabled else None,
+            intake_interval=self._intake.pace.busy)
         key = id(self)
         _LIVE[key] = weakref.ref(self, lambda _, key=key: _LIVE.pop(key, None))  # type: ignore[misc]
 
@@ -1067,6 +1074,105 @@ class Queue:
                 if not self._waiters[job_id]:
                     del self._waiters[job_id]
                     self._final.pop(job_id, None)
+
+    # -- intake from producers ---------------------------------------------------------------
+
+    def intake_now(self) -> int:
+        """Take in what :class:`~taquba.Producer` processes submitted, now.
+
+        Each inbox object is applied as one durable event together with its producer's
+        high-water mark, then deleted, so every submission takes effect exactly once (see
+        ``taquba.inbox``). The intake thread calls this every ``OpenOptions.inbox_interval``
+        or sooner; tests call it directly. Returns how many submissions were applied
+        (enqueues that hit a dedup key, cancels of unknown jobs and the like count too).
+        Returns 0 when intake is turned off (``inbox_interval=None``).
+
+        Raises:
+            QueueClosed, QueueBroken, FencedError: as every call.
+            StorageError: the inbox could not be read or the intake not made durable.
+        """
+        self._ensure_open()
+        return self._intake.round()
+
+    def inbox_marks(self) -> dict[str, int]:
+        """Each producer id with the last inbox ``seq`` taken in from it (for inspection)."""
+        with self._lock:
+            self._ensure_open()
+            return {p: seq for p, (seq, _) in self._state.inbox_marks.items()}
+
+    def _intake_object_locked(self, producer: str, seq: int, subs: Sequence[Submission],
+                              now: float) -> tuple[int, int]:
+        """Apply one inbox object as one INTAKE record: (its ticket, submissions applied)."""
+        self.committer.check_writable_locked()
+        state = self._state
+        records: list[bytes] = []
+        wake: dict[str, int] = {}
+        removed: list[str] = []
+        for sub in subs:
+            if isinstance(sub, SubmitEnqueue):
+                record = self._intake_enqueue_locked(sub, now)
+                if record is None:
+                    continue
+                records.append(record)
+                if sub.run_at is None or sub.run_at <= now:
+                    wake[sub.queue] = wake.get(sub.queue, 0) + len(sub.job_ids)
+                continue
+            job = state.jobs.get(sub.job_id)
+            if job is None:
+                continue
+            if isinstance(sub, SubmitCancel):
+                if job.status in _TERMINAL or job.cancel_requested:
+                    continue
+                records.append(ev.encode_cancel(job.id))
+                if job.status is JobStatus.CLAIMED:
+                    claim = self._claims.get(job.id)
+                    if claim is not None:
+                        claim.cancel_requested.set()
+                else:
+                    removed.append(job.id)
+                state.on_cancel(job.id)
+            elif job.status is JobStatus.DEAD:
+                records.append(ev.encode_requeue_dead(job.id))
+                state.on_requeue_dead(job.id)
+                wake[job.queue] = wake.get(job.queue, 0) + 1
+        ticket = self._commit_locked(ev.encode_intake(producer, seq, now, records),
+                                     self._set_mark_locked, producer, seq, now)
+        for job_id in removed:
+            self._finished_locked(job_id, ticket, WaitOutcome(WaitStatus.NOT_FOUND))
+        for name, n in wake.items():
+            self._wake_claimers_locked(name, n)
+        return ticket, len(subs)
+
+    def _set_mark_locked(self, producer: str, seq: int, now: float) -> None:
+        state = self._state
+        state.on_intake(producer, seq, now, ())
+
+    def _intake_enqueue_locked(self, sub: SubmitEnqueue, now: float) -> bytes | None:
+        """Apply one submitted enqueue; its record, or None when it creates nothing."""
+        state = self._state
+        queue = sub.queue
+        try:
+            check_queue_name(queue)
+        except InvalidArgument:
+            logger.warning("inbox: dropped a submission with a bad queue name %r", queue)
+            return None
+        if sub.dedup_key is not None:
+            index = state.queues.get(queue)
+            if index is not None and sub.dedup_key in index.dedup:
+                return None  # a dedup hit: no job
+        if any(job_id in state.jobs for job_id in sub.job_ids):
+            logger.warning("inbox: dropped a submission to %r whose job id is in use", queue)
+            return None
+        cfg = self._config(queue)
+        priority = cfg.default_priority if sub.priority is None else sub.priority
+        max_attempts = cfg.max_attempts if sub.max_attempts is None else sub.max_attempts
+        run_at = sub.run_at if sub.run_at is not None and sub.run_at > now else None
+        headers = sub.headers or None
+        jobs = [(job_id, payload, priority, max_attempts, run_at, sub.dedup_key, headers)
+                for job_id, payload in zip(sub.job_ids, sub.payloads)]
+        record = ev.encode_enqueue(queue, now, jobs, ())
+        state.on_enqueue(queue, now, jobs, ())
+        return record
 
     # -- background ticks --------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ DEAD = JobStatus.DEAD
 
 JOB_BYTES = snap.JOB_BYTES
 KV_ENTRY_BYTES = 4  # the two lengths of a KV entry in a snapshot
+MARK_BYTES = 12  # an inbox mark's seq and time besides its producer id
 
 
 class Job:
@@ -135,6 +136,8 @@ class State:
         self.kv: dict[bytes, bytes] = {}
         self.next_seq = 1
         self.live_bytes = 0  # estimated size of a snapshot (see the module docstring)
+        # producer id -> (last inbox seq taken in, when): see taquba.inbox
+        self.inbox_marks: dict[str, tuple[int, float]] = {}
 
     # -- queries -------------------------------------------------------------------------
 
@@ -446,17 +449,32 @@ class State:
                 job.claimed_at = None
                 self._make_pending(job)
 
+    def on_intake(self, producer: str, seq: int, at: float, records: Sequence[bytes]) -> None:
+        """An inbox object taken in: its events in order, then the producer's mark."""
+        for record in records:
+            self.apply_bytes(record)
+        if producer not in self.inbox_marks:
+            self.live_bytes += MARK_BYTES + len(producer)
+        self.inbox_marks[producer] = (seq, at)
+
+    def on_inbox_forget(self, producers: Sequence[str]) -> None:
+        for producer in producers:
+            if self.inbox_marks.pop(producer, None) is not None:
+                self.live_bytes -= MARK_BYTES + len(producer)
+
     # -- snapshots -----------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
         """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
         queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
-        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv)
+        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv,
+                           self.inbox_marks)
 
     @classmethod
     def restore(cls, data: bytes) -> State:
-        next_seq, queues, rows, kv = snap.decode(data)
+        next_seq, queues, rows, kv, marks = snap.decode(data)
         state = cls()
+        state.inbox_marks = marks
         state.next_seq = next_seq
         for name, done_total, dedup in queues:
             index = state.queue(name)
@@ -494,6 +512,7 @@ class State:
         state.kv = kv
         for key, value in kv.items():
             size += len(key) + len(value) + KV_ENTRY_BYTES
+        size += sum(MARK_BYTES + len(p) for p in marks)
         state.live_bytes = size
         return state
 
@@ -510,4 +529,6 @@ _HANDLERS: dict[int, Callable[..., None]] = {
     ev.PURGE: State.on_purge,
     ev.KV_DELETE: State.on_kv_delete,
     ev.RELEASE: State.on_release,
+    ev.INTAKE: State.on_intake,
+    ev.INBOX_FORGET: State.on_inbox_forget,
 }

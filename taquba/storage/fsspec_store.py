@@ -101,6 +101,14 @@ class FsspecStore(Store):
 
     def _raw_list(self, directory: str) -> list[str]:
         self._count(lists=1)
+        if self._create_lock is None:
+            return self._list(directory)
+        # fsspec's memory listing reads entries one by one and fails (KeyError) when one
+        # is deleted meanwhile: list and delete under the lock that guards creates.
+        with self._create_lock:
+            return self._list(directory)
+
+    def _list(self, directory: str) -> list[str]:
         path = self._path(directory)
         try:
             entries = self._call("ls", path, detail=True, refresh=True)
@@ -119,6 +127,13 @@ class FsspecStore(Store):
 
     def _raw_delete(self, keys: list[str]) -> None:
         self._count(deletes=1)
+        if self._create_lock is None:
+            self._delete(keys)
+            return
+        with self._create_lock:
+            self._delete(keys)
+
+    def _delete(self, keys: list[str]) -> None:
         paths = [self._path(k) for k in keys]
         try:
             self._call("rm", paths)

@@ -242,8 +242,9 @@ class LocalStore(Store):
     def _raw_get_range(self, key: str, start: int, end: int) -> bytes:
         self._count(gets=1)
         with open(self._path(key), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(start)
-            data = f.read(max(0, end - start))
+            data = f.read(max(0, min(end, size) - start))
         self._count(bytes_read=len(data))
         return data
 
