@@ -420,3 +420,17 @@ def test_an_old_root_with_a_torn_tail_before_a_later_session_still_opens(tmp_pat
         log.close()
     [manifest] = store.list_dir(MANIFEST_DIR)
     assert b'"ends"' in store.get(f"{MANIFEST_DIR}/{manifest}")
+
+
+def test_a_manifest_number_past_63_bits_is_corruption(tmp_path: Path) -> None:
+    """A name under manifest/ that no version of this library writes is reported, not a
+    raw TypeError from the encoder."""
+    from taquba import CorruptionError, Queue
+
+    root = tmp_path / "q"
+    with Queue.open(str(root)) as q:
+        q.enqueue("a", b"x")
+    (newest,) = sorted((root / "manifest").iterdir())[-1:]
+    newest.rename(root / "manifest" / ("9" * 20))
+    with pytest.raises(CorruptionError, match="manifest number past"):
+        Queue.open(str(root))

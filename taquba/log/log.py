@@ -66,6 +66,7 @@ from .format import (
 from .manifest import (
     CHECKPOINT_DIR,
     MANIFEST_DIR,
+    MAX_MANIFEST_NUMBER,
     SEGMENT_DIR,
     Manifest,
     decode_manifest,
@@ -162,6 +163,11 @@ class Log:
                 except ObjectNotFound:
                     continue  # a writer removed it after creating a newer one: look again
             n = current + 1
+            if n >= MAX_MANIFEST_NUMBER:
+                raise CorruptionError(
+                    f"{self.store.description}/{manifest_key(current)}: a manifest number past "
+                    f"{MAX_MANIFEST_NUMBER - 1} cannot be a version this library wrote (a "
+                    "foreign or damaged name under manifest/)")
             data = encode_manifest(n, self.nonce, manifest)
             try:
                 self.store.put_if_absent(manifest_key(n), data)

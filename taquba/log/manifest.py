@@ -32,6 +32,7 @@ from .format import MAGIC_MANIFEST, decode, encode
 MANIFEST_DIR = "manifest"
 SEGMENT_DIR = "segments"
 CHECKPOINT_DIR = "checkpoints"
+MAX_MANIFEST_NUMBER = 2**63  # versions are numbered below it (the header stores 64-bit ints)
 
 
 def seq_name(seq: int) -> str:
