@@ -823,7 +823,7 @@ def test_appending_without_reserved_space_extends_the_file(tmp_path, monkeypatch
 
 def test_a_store_that_cannot_append_writes_one_object_per_commit(tmp_path, monkeypatch):
     """Windows has no flock: the log falls back to publishing every commit whole."""
-    monkeypatch.setattr(LocalStore, "supports_append", False)
+    monkeypatch.setattr(LocalStore, "appendable", False)
     log, _ = open_appending(tmp_path)
     assert [log.append([b"a"]), log.append([b"b"])] == [2, 3]
     assert _block_segments(tmp_path) == []
