@@ -7,6 +7,11 @@ SIGTERM or SIGINT (Ctrl-C) asks the worker to stop: nothing new is claimed, the 
 running finish and are settled, the queue is closed, and the script exits 0. If they do not
 finish within ``--grace`` seconds the script exits 1 at once; those jobs are delivered again
 the next time the queue is opened (delivery is at-least-once). A second signal exits at once.
+
+If the worker loop dies — another process opened the same queue and took it over
+(``FencedError``, noticed within ``--fence-check-interval`` seconds even when idle), or the
+storage failed for good (``QueueBroken``) — the script exits 1, so that a supervisor sees the
+failure instead of a clean exit.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import threading
 import time
 from types import FrameType
 
-from taquba import Claim, Queue, WaitStatus
+from taquba import Claim, OpenOptions, Queue, QueueBroken, QueueClosed, WaitStatus
 from taquba.worker import PermanentFailure, run_worker_concurrent
 
 QUEUE = "thumbnails"
@@ -58,19 +63,22 @@ def produce(q: Queue, count: int, seconds: float, shutdown: threading.Event,
         image = f"photo-{i:03d}.png" if i % 10 != 9 else f"notes-{i:03d}.txt"
         return json.dumps({"image": image, "seconds": seconds}).encode()
 
-    ids = q.enqueue_batch(QUEUE, [payload(i) for i in range(count)])  # all or nothing
-    say(f"enqueued {len(ids)} jobs")
-    if forever:
-        i = count
-        while not shutdown.wait(max(seconds, 0.1)):
-            q.enqueue(QUEUE, payload(i))
-            i += 1
-        return
-    for job_id in ids:
-        while not shutdown.is_set():
-            if q.wait_for_completion(job_id, timeout=0.5).status != WaitStatus.TIMED_OUT:
-                break
-    shutdown.set()  # every job is finished: end the demo
+    try:
+        ids = q.enqueue_batch(QUEUE, [payload(i) for i in range(count)])  # all or nothing
+        say(f"enqueued {len(ids)} jobs")
+        if forever:
+            i = count
+            while not shutdown.wait(max(seconds, 0.1)):
+                q.enqueue(QUEUE, payload(i))
+                i += 1
+            return
+        for job_id in ids:
+            while not shutdown.is_set():
+                if q.wait_for_completion(job_id, timeout=0.5).status != WaitStatus.TIMED_OUT:
+                    break
+    except (QueueBroken, QueueClosed) as exc:  # the worker loop reports it; just stop
+        log.info("producer stopped: %s", type(exc).__name__)
+    shutdown.set()  # every job is finished (or the queue is gone): end the demo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds to let running jobs finish after a signal (default 30)")
     parser.add_argument("--forever", action="store_true",
                         help="keep producing until SIGTERM/SIGINT instead of a finite demo")
+    parser.add_argument("--fence-check-interval", type=float, default=30.0,
+                        help="seconds between checks that no other process took the queue "
+                             "over (default 30)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: "
                                                    "%(message)s")
@@ -101,11 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     say(f"queue at {data}")
-    with Queue.open(data) as q:
-        worker = threading.Thread(
-            target=run_worker_concurrent, args=(q, QUEUE, make_thumbnail),
-            kwargs={"concurrency": args.concurrency, "shutdown": shutdown, "poll_interval": 0.5},
-            name="worker-loop")
+    failure: list[BaseException] = []
+
+    def work(q: Queue) -> None:
+        try:
+            run_worker_concurrent(q, QUEUE, make_thumbnail, concurrency=args.concurrency,
+                                  shutdown=shutdown, poll_interval=0.5)
+        except BaseException as exc:  # FencedError, QueueBroken, a handler's SystemExit...
+            failure.append(exc)
+            log.error("the worker loop stopped: %s: %s", type(exc).__name__, exc)
+
+    options = OpenOptions(fence_check_interval=args.fence_check_interval)
+    with Queue.open(data, options=options) as q:
+        worker = threading.Thread(target=work, args=(q,), name="worker-loop")
         producer = threading.Thread(target=produce, name="producer", daemon=True,
                                     args=(q, args.jobs, args.seconds, shutdown, args.forever))
         worker.start()
@@ -118,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             log.error("jobs still running after %.0fs; exiting without them", args.grace)
             os._exit(1)
         producer.join(5.0)  # it stops producing once shutdown is set
+        if failure:  # the queue is gone (fenced, broken): say so with the exit status
+            say(f"failed: {type(failure[0]).__name__}")
+            return 1
         stats = q.stats(QUEUE)
     say(f"stopped: {stats.done} done, {stats.dead} dead, {stats.pending} pending, "
         f"{stats.claimed} claimed")

@@ -28,7 +28,9 @@ from .errors import (
     TaqubaError,
     TransientStorageError,
 )
+from .producer import Producer
 from .queue import Queue
+from .reader import QueueNotFound, QueueReader
 from .records import (
     CancelOutcome,
     Claim,
@@ -64,10 +66,13 @@ __all__ = [
     "OpenOptions",
     "PermanentFailure",
     "PermanentStorageError",
+    "Producer",
     "Queue",
     "QueueBroken",
     "QueueClosed",
     "QueueConfig",
+    "QueueNotFound",
+    "QueueReader",
     "QueueStats",
     "StorageError",
     "TaqubaError",

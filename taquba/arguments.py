@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 
 from .config import MAX_KV_KEY_SIZE, MAX_KV_VALUE_SIZE, MAX_PAYLOAD_SIZE, to_bytes, to_seconds
-from .errors import InvalidArgument, KvValueTooLarge, exception_text
+from .errors import ConfigError, InvalidArgument, KvValueTooLarge, exception_text
 
 MAX_ERROR_CHARS = 16 * 1024
 
@@ -47,10 +47,23 @@ def payload_bytes(value: object, name: str) -> bytes:
 
 def wait_seconds(value: object, name: str) -> float:
     """A duration to wait: seconds or a ``timedelta``, or ``math.inf`` for no limit."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isinf(value) \
-            and value > 0:
+    if isinstance(value, float) and value == math.inf:
         return math.inf
     return to_seconds(value, name)
+
+
+def clock_seconds(value: object) -> float:
+    """A clock's reading that is not a plain float, as epoch seconds (``ConfigError`` if none)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            pass
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:40] + "..."
+    raise ConfigError(f"OpenOptions.clock returned {text} ({type(value).__name__}), not epoch "
+                      "seconds as a finite float or int")
 
 
 def kv_key(key: object) -> bytes:

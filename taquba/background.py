@@ -1,9 +1,9 @@
-"""The reaper and the scheduler: daemon threads around public tick functions.
+"""The reaper, the scheduler, the fence check and the intake: daemon threads around public ticks.
 
 Each loop is ``while not stop.wait(interval): tick()``. The ticks themselves live on the
-queue (``reap_now`` and ``promote_scheduled_now``), so tests call them directly with a
-manual clock instead of sleeping. A tick that fails is logged and retried at the next
-interval; a closed or broken queue ends the loop.
+queue (``reap_now``, ``promote_scheduled_now``, ``check_fence_now`` and ``intake_now``), so tests call them
+directly with a manual clock instead of sleeping. A tick that fails is logged and retried at
+the next interval; a closed, broken or fenced queue ends the loop.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ logger = logging.getLogger("taquba.background")
 class Loop:
     """One daemon thread calling ``tick`` every ``interval`` seconds until stopped."""
 
-    def __init__(self, name: str, interval: float, tick: Callable[[], object]) -> None:
+    def __init__(self, name: str, interval: float, tick: Callable[[], object], *,
+                 paced: bool = False) -> None:
         self.name = name
         self.interval = interval
         self.tick = tick
+        self.paced = paced  # the tick returns the interval before the next one
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -31,9 +33,13 @@ class Loop:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self.stop_event.wait(self.interval):
+        # Event.wait refuses timeouts past TIMEOUT_MAX (about 292 years on Linux).
+        interval = min(self.interval, threading.TIMEOUT_MAX)
+        while not self.stop_event.wait(interval):
             try:
-                self.tick()
+                result = self.tick()
+                if self.paced:
+                    interval = float(result)  # type: ignore[arg-type]
             except (QueueClosed, QueueBroken):
                 return
             except Exception:
@@ -48,12 +54,20 @@ class Loop:
 
 
 class Background:
-    """The reaper and scheduler of one queue handle."""
+    """The reaper, the scheduler and (given an interval) the fence check of one queue handle."""
 
     def __init__(self, *, reap: Callable[[], object], reaper_interval: float,
-                 promote: Callable[[], object], scheduler_interval: float) -> None:
+                 promote: Callable[[], object], scheduler_interval: float,
+                 check_fence: Callable[[], object] | None = None,
+                 fence_check_interval: float | None = None,
+                 intake: Callable[[], float] | None = None, intake_interval: float = 0.0
+                 ) -> None:
         self.loops = [Loop("taquba-reaper", reaper_interval, reap),
                       Loop("taquba-scheduler", scheduler_interval, promote)]
+        if check_fence is not None and fence_check_interval is not None:
+            self.loops.append(Loop("taquba-fence-check", fence_check_interval, check_fence))
+        if intake is not None:
+            self.loops.append(Loop("taquba-intake", intake_interval, intake, paced=True))
 
     def start(self) -> None:
         for loop in self.loops:

@@ -34,49 +34,71 @@ PointInTime = float | int | datetime
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
+def _show(value: object) -> str:
+    """``repr(value)``, shortened: a message names a bad value without pasting 400 digits."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+
+
+def _finite_float(value: int | float) -> float | None:
+    """``value`` as a float, or None when it is infinite, NaN or too large for a float."""
+    try:
+        seconds = float(value)
+    except OverflowError:  # an int beyond ~1.8e308
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
 def to_seconds(value: object, name: str, *, allow_zero: bool = True,
                error: type[Exception] = InvalidArgument) -> float:
     """Convert a duration (seconds or ``timedelta``) to finite, non-negative float seconds."""
+    seconds: float | None
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
+        seconds = _finite_float(value)
     else:
-        raise error(f"{name} must be seconds (int/float) or a timedelta, got {value!r}")
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise error(f"{name} must be a finite duration, got {value!r}")
+        raise error(f"{name} must be seconds (int/float) or a timedelta, got {_show(value)}")
+    if seconds is None:
+        raise error(f"{name} must be a finite duration, got {_show(value)}")
     if seconds < 0 or (seconds == 0 and not allow_zero):
-        raise error(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+        raise error(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {_show(value)}")
     return seconds
 
 
 def to_epoch(value: object, name: str) -> float:
     """Convert a point in time (epoch seconds or an aware ``datetime``) to epoch seconds."""
     if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
+        try:
+            aware = value.tzinfo is not None and value.utcoffset() is not None
+            seconds = value.timestamp() if aware else None
+        except (ValueError, OverflowError, TypeError) as exc:  # a tzinfo or date out of range
+            raise InvalidArgument(f"{name} cannot be converted to epoch seconds: {value!r} "
+                                  f"({exc})") from None
+        if seconds is None:
             raise InvalidArgument(f"{name} must be an aware datetime (with tzinfo), got {value!r}")
-        return value.timestamp()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-        if math.isnan(seconds) or math.isinf(seconds) or seconds < 0:
-            raise InvalidArgument(f"{name} must be finite epoch seconds >= 0, got {value!r}")
         return seconds
-    raise InvalidArgument(f"{name} must be epoch seconds or an aware datetime, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        finite = _finite_float(value)
+        if finite is None or finite < 0:
+            raise InvalidArgument(f"{name} must be finite epoch seconds >= 0, got {_show(value)}")
+        return finite
+    raise InvalidArgument(f"{name} must be epoch seconds or an aware datetime, got {_show(value)}")
 
 
 def check_priority(value: object, name: str = "priority",
                    error: type[Exception] = InvalidArgument) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise error(f"{name} must be an int in 0..{MAX_PRIORITY}, got {value!r}")
+        raise error(f"{name} must be an int in 0..{MAX_PRIORITY}, got {_show(value)}")
     if not 0 <= value <= MAX_PRIORITY:
-        raise error(f"{name} must be in 0..{MAX_PRIORITY}, got {value!r}")
+        raise error(f"{name} must be in 0..{MAX_PRIORITY}, got {_show(value)}")
     return value
 
 
 def check_max_attempts(value: object, name: str = "max_attempts",
                        error: type[Exception] = InvalidArgument) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > 2**31:
-        raise error(f"{name} must be an int >= 1, got {value!r}")
+        raise error(f"{name} must be an int in 1..{2**31}, got {_show(value)}")
     return value
 
 
@@ -107,10 +129,15 @@ def check_job_id(job_id: object, name: str = "job_id") -> str:
 
 
 def to_bytes(value: object, name: str) -> bytes:
+    """A private copy of a buffer: later changes to a bytearray or memoryview do not reach it."""
     if isinstance(value, bytes):
         return value
     if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+        try:
+            return bytes(value)
+        except ValueError:  # the memoryview was released
+            raise InvalidArgument(f"{name} is a released memoryview; pass the data itself "
+                                  "or a live view of it") from None
     raise InvalidArgument(
         f"{name} must be bytes, bytearray or memoryview, got {type(value).__name__}"
     )
@@ -198,6 +225,31 @@ class OpenOptions:
       (one ``fdatasync`` each) until it holds this many bytes; 0 writes every commit as a
       file of its own (two fsyncs). Object stores always write one object per commit.
     - ``storage_retries`` / ``storage_retry_delay``: bounded retries of transient storage errors.
+    - ``storage_retry_budget``: the most time one storage call may take, retries included
+      (plus one second per 8 MiB it moves); an unreachable backend then raises
+      ``TransientStorageError`` within it. For a cloud URL the library's own retries are
+      turned off and its connect/read timeouts fit this budget, unless ``storage_options``
+      sets them.
+    - ``fence_check_interval``: how often (seconds) an open queue asks the storage, with one
+      small request, whether another process has opened the same root since (and so taken
+      it over). Once it has, every call on this handle raises ``FencedError``, reads
+      included, and the worker loops stop and re-raise it. A handle finds out at its next
+      write anyway; the check is for handles that are idle or only read. The default, 30 s,
+      costs an idle queue 3600 / 30 = 120 requests an hour; ``None`` turns the check off.
+      It runs with the other background threads (``background_threads``); without them,
+      call :meth:`taquba.Queue.check_fence_now`.
+
+    Intake of submissions from :class:`~taquba.Producer` processes (see ``taquba.inbox``):
+
+    - ``inbox_interval``: on object stores, the longest wait between two looks at the
+      inbox, reached by doubling from ``inbox_busy_interval`` while nothing arrives; so an
+      idle queue lists its inbox at most ``3600 / inbox_interval`` times an hour (360 at the
+      default 10 s) and a submission to an idle queue waits at most this long. ``None``
+      turns intake off. On local disk and memory the inbox is looked at every 5 ms
+      (a directory listing costs next to nothing), so submissions arrive almost at once.
+    - ``inbox_busy_interval``: the wait between looks while submissions flow (object stores).
+    - ``inbox_retention``: a producer's high-water mark is forgotten once it has submitted
+      nothing for this long (default 7 days), which bounds the state.
     """
 
     reaper_interval: Duration = 5.0
@@ -213,9 +265,24 @@ class OpenOptions:
     storage_retries: int = 6
     storage_retry_delay: Duration = 0.05
     background_threads: bool = True
+    storage_retry_budget: Duration = 10.0
+    fence_check_interval: Duration | None = 30.0
+    inbox_interval: Duration | None = 10.0
+    inbox_busy_interval: Duration = 0.25
+    inbox_retention: Duration = 7 * 24 * 3600.0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.inbox_interval is not None:
+            set_(self, "inbox_interval", to_seconds(self.inbox_interval,
+                                                    "OpenOptions.inbox_interval",
+                                                    allow_zero=False, error=ConfigError))
+        set_(self, "inbox_busy_interval", to_seconds(self.inbox_busy_interval,
+                                                     "OpenOptions.inbox_busy_interval",
+                                                     allow_zero=False, error=ConfigError))
+        set_(self, "inbox_retention", to_seconds(self.inbox_retention,
+                                                 "OpenOptions.inbox_retention",
+                                                 allow_zero=False, error=ConfigError))
         set_(self, "reaper_interval", to_seconds(self.reaper_interval, "OpenOptions.reaper_interval",
                                                  allow_zero=False, error=ConfigError))
         set_(self, "scheduler_interval", to_seconds(self.scheduler_interval,
@@ -240,19 +307,28 @@ class OpenOptions:
         for name in ("max_batch_bytes", "checkpoint_min_bytes", "checkpoint_max_segments"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"OpenOptions.{name} must be a positive int, got {v!r}")
+                raise ConfigError(f"OpenOptions.{name} must be a positive int, got {_show(v)}")
         v = self.segment_max_bytes
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"OpenOptions.segment_max_bytes must be an int >= 0, got {v!r}")
+            raise ConfigError(f"OpenOptions.segment_max_bytes must be an int >= 0, got {_show(v)}")
         r = self.checkpoint_ratio
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
-            raise ConfigError(f"OpenOptions.checkpoint_ratio must be a positive number, got {r!r}")
+        if not isinstance(r, (int, float)) or isinstance(r, bool) or _finite_float(r) is None \
+                or r <= 0:
+            raise ConfigError(f"OpenOptions.checkpoint_ratio must be a positive finite number, "
+                              f"got {_show(r)}")
         v = self.storage_retries
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-            raise ConfigError(f"OpenOptions.storage_retries must be an int >= 0, got {v!r}")
+            raise ConfigError(f"OpenOptions.storage_retries must be an int >= 0, got {_show(v)}")
         set_(self, "storage_retry_delay", to_seconds(self.storage_retry_delay,
                                                      "OpenOptions.storage_retry_delay",
                                                      error=ConfigError))
+        set_(self, "storage_retry_budget", to_seconds(self.storage_retry_budget,
+                                                      "OpenOptions.storage_retry_budget",
+                                                      allow_zero=False, error=ConfigError))
+        if self.fence_check_interval is not None:
+            set_(self, "fence_check_interval", to_seconds(
+                self.fence_check_interval, "OpenOptions.fence_check_interval", allow_zero=False,
+                error=ConfigError))
         if not isinstance(self.background_threads, bool):
             raise ConfigError(
                 f"OpenOptions.background_threads must be a bool, got {self.background_threads!r}"

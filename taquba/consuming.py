@@ -64,7 +64,11 @@ def claim(q: Queue, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Cl
             try:
                 q._claim_cond(queue).wait(min(left, 3600.0))
             finally:
-                waiting[queue] -= 1
+                if waiting[queue] == 1:  # the last waiter: drop the queue's condition
+                    del waiting[queue]
+                    del q._claim_conds[queue]
+                else:
+                    waiting[queue] -= 1
         claims: list[Claim] = []
         while job is not None:
             claims.append(claim_job_locked(q, job, now, lease_s))
@@ -97,7 +101,7 @@ def claim_job_locked(q: Queue, job: Job, now: float, lease: float) -> Claim:
     attempts = job.attempts + 1
     job_id = job.id
     key = id_key(job_id)
-    q._commit(ev.Claimed(job_id, attempts, now, lease, key))
+    q._commit(ev.Claimed(job_id, attempts, now, lease, key), reported=False)
     # The state computed the expiry as now + lease too: the same float.
     detail = job.detail
     assert detail is not None
@@ -166,6 +170,18 @@ def dead_letter(q: Queue, claim: Claim, text: str) -> None:
         q._wait_locked(fail_locked(q, job, q._now(), text, dead=True))
 
 
+def release(q: Queue, claim: Claim, text: str) -> None:
+    """Give the job of ``claim`` back at once with ``text`` (dead if cancel was requested)."""
+    with q._lock:
+        job = current_job_locked(q, claim, "release")
+        now = q._now()
+        if job.cancel_requested:
+            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True)
+        else:
+            batch = fail_locked(q, job, now, text, dead=False)
+        q._wait_locked(batch)
+
+
 def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
                 run_at: float | None = None) -> Batch:
     """End the current attempt of ``job`` with ``error``: dead, scheduled or pending."""
@@ -190,7 +206,7 @@ def renew_lease(q: Queue, claim: Claim, extension: Any) -> None:
     with q._lock:
         job = current_job_locked(q, claim, "renew the lease of")
         expires = q._now() + seconds
-        q._commit(ev.Renewed(job.id, expires))
+        q._commit(ev.Renewed(job.id, expires), reported=False)
         claim.lease_expires_at = expires
 
 

@@ -8,21 +8,25 @@ the in-memory state under the lock; every change goes through ``q._commit(event)
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import arguments
+from . import arguments, views
 from .config import check_job_id, check_queue_name
 from .consuming import fail_locked, promote_due_locked
 from .core import events as ev
-from .errors import InvalidArgument, JobNotFound
+from .errors import FencedError, JobNotFound
 from .records import CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
 
 if TYPE_CHECKING:
     from .queue import Queue
 
+logger = logging.getLogger("taquba.queue")
+
 _TERMINAL = (JobStatus.DONE, JobStatus.DEAD)
+_MAX_WAIT = 3600.0  # longest single sleep; longer waits loop
 
 promote_locked = promote_due_locked
 
@@ -30,45 +34,36 @@ promote_locked = promote_due_locked
 def get_job(q: Queue, job_id: str) -> JobRecord | None:
     check_job_id(job_id)
     with q._lock:
-        q._ensure_open()
-        job = q._state.jobs.get(job_id)
-        return None if job is None else job.record()
+        q._check_open_locked()
+        record = views.job_record(q._state, job_id)
+        q._wait_reported_locked()
+        return record
 
 
 def stats(q: Queue, queue: str) -> QueueStats:
     check_queue_name(queue)
     with q._lock:
-        q._ensure_open()
-        index = q._state.queues.get(queue)
-        if index is None:
-            return QueueStats(queue=queue)
-        c = index.counts
-        return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
-                          scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
-                          done=index.done_total, dead=c[JobStatus.DEAD])
+        q._check_open_locked()
+        result = views.queue_stats(q._state, queue)
+        q._wait_reported_locked()
+        return result
 
 
 def list_queues(q: Queue) -> list[str]:
     with q._lock:
-        q._ensure_open()
-        return sorted(q._state.queues)
+        q._check_open_locked()
+        names = sorted(q._state.queues)
+        q._wait_reported_locked()
+        return names
 
 
 def dead_jobs(q: Queue, queue: str, after: str | None, limit: int) -> list[JobRecord]:
-    check_queue_name(queue)
-    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 10_000:
-        raise InvalidArgument(f"limit must be an int in 1..10000, got {limit!r}")
-    if after is not None:
-        check_job_id(after, "after")
+    views.check_page(queue, after, limit)
     with q._lock:
-        q._ensure_open()
-        after_seq = None
-        if after is not None:
-            ref = q._state.jobs.get(after)
-            if ref is None:
-                raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
-            after_seq = ref.seq
-        return [j.record() for j in q._state.dead_page(queue, after_seq, limit)]
+        q._check_open_locked()
+        page = views.dead_page(q._state, queue, after, limit)
+        q._wait_reported_locked()
+        return page
 
 
 def requeue_dead_job(q: Queue, job_id: str) -> None:
@@ -90,6 +85,7 @@ def cancel(q: Queue, job_id: str) -> CancelOutcome:
         q._check_open_locked()
         job = q._state.jobs.get(job_id)
         if job is None or job.status in _TERMINAL:
+            q._wait_reported_locked()  # report "gone" or "finished" once it is durable
             return CancelOutcome.NOT_FOUND
         if job.status is JobStatus.CLAIMED:
             if not job.cancel_requested:
@@ -110,22 +106,32 @@ def wait_for_completion(q: Queue, job_id: str, timeout: Any) -> WaitOutcome:
     seconds = arguments.wait_seconds(timeout, "timeout")
     deadline = time.monotonic() + seconds
     with q._lock:
-        q._ensure_open()
+        q._check_open_locked()
         job = q._state.jobs.get(job_id)
-        if job is None:
-            return WaitOutcome(WaitStatus.NOT_FOUND)
-        if job.status in _TERMINAL:
-            return WaitOutcome(WaitStatus.COMPLETED, job.record())
+        if job is None or job.status in _TERMINAL:
+            # Finished (or gone) already: report it once that is durable.
+            outcome = WaitOutcome(WaitStatus.NOT_FOUND) if job is None else \
+                WaitOutcome(WaitStatus.COMPLETED, job.record())
+            if not q._wait_reported_locked(deadline):
+                return WaitOutcome(WaitStatus.TIMED_OUT)
+            return outcome
         q._waiters[job_id] = q._waiters.get(job_id, 0) + 1
         try:
             while job_id not in q._final:
-                q._ensure_open()
+                q._check_open_locked()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return WaitOutcome(WaitStatus.TIMED_OUT)
-                q._completion.wait(min(left, 3600.0))
+                q._completion.wait(min(left, _MAX_WAIT))
             batch, outcome = q._final[job_id]
-            q._wait_locked(batch)
+            while not batch.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return WaitOutcome(WaitStatus.TIMED_OUT)
+                q.committer.wait_locked(batch, min(left, _MAX_WAIT))
+            error = batch.error()
+            if error is not None:
+                raise q.committer.error_for(error, own=True)
             return outcome
         finally:
             q._waiters[job_id] -= 1
@@ -156,3 +162,22 @@ def reap(q: Queue) -> int:
         if purge:
             q._commit(ev.Purged(purge))
         return len(expired)
+
+
+def check_fence(q: Queue) -> None:
+    """Ask the log whether a newer writer exists; if so, the handle refuses from now on."""
+    with q._lock:
+        q._check_open_locked()
+    check = getattr(q.committer.log, "check_fenced", None)
+    if check is None:
+        return
+    try:
+        check()
+    except FencedError as exc:
+        with q._lock:
+            if q._fenced is None:
+                logger.error("taquba: this handle has been fenced off: %s", exc)
+                q._fenced = exc
+                q._refuse = True
+                q._wake_all_locked()
+        raise

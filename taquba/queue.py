@@ -12,36 +12,44 @@ Rules this module keeps:
 - ``enqueue*``, ``ack``, ``nack``, ``dead_letter``, ``cancel``, ``requeue_dead_job`` and
   ``kv_delete`` return only once their event is durable. ``claim``, ``renew_lease`` and the
   background ticks do not wait: losing one only causes a redelivery or a repeated tick.
+- A read reports only durable state: ``get_job``, ``stats``, ``list_queues``, ``dead_jobs``,
+  ``kv_get``, ``wait_for_completion`` (and ``cancel``'s ``NOT_FOUND``) wait until every event
+  applied before them is durable, except claims and lease renewals, whose loss only causes a
+  redelivery. If that write fails they raise its error, as the writer's caller does.
+- A handle serves only the process that opened it. In a child forked from that process every
+  call raises ``QueueBroken`` before taking any lock (another thread of the parent may have
+  held one at the fork), and nothing of the child writes, flushes or deletes the parent's
+  objects; ``close`` in the child only marks the handle closed.
+- Once the handle knows it has been fenced (a write lost to a newer writer, or
+  ``check_fence_now`` saw a newer manifest), every call raises ``FencedError``, reads included.
 
-This module holds the handle, the mutation path and the public methods; their work is
-done by concern in producing.py (enqueues), consuming.py (claims and settling them) and
-inspecting.py (looking at jobs, operating on them, the background ticks).
+This module holds the public methods; the lock, the mutation path and the refusals are in
+handle.py (the base class), and the work is done by concern in producing.py (enqueues), consuming.py (claims and settling them),
+inspecting.py (looking at jobs, operating on them, the background ticks) and intake.py
+(taking in what producers submitted).
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import arguments, consuming, inspecting, producing
+from . import arguments, consuming, inspecting, intake, producing
 from .background import Background
-from .committer import Batch, Committer
 from .config import (
     MAX_PAYLOAD_SIZE,
     Buffer,
     EnqueueOptions,
     OpenOptions,
-    QueueConfig,
     check_queue_name,
+    to_seconds,
 )
 from .core import events as ev
-from .core.ids import IdGenerator
 from .core.state import State
-from .errors import ConfigError, InvalidArgument, QueueClosed
+from .errors import ConfigError, InvalidArgument
+from .handle import Handle, register, unregister
 from .log import Log
 from .records import (
     CancelOutcome,
@@ -60,7 +68,7 @@ MAX_CLAIM_BATCH = consuming.MAX_CLAIM_BATCH
 _PLAIN = EnqueueOptions()
 
 
-class Queue:
+class Queue(Handle):
     """A durable task queue on one fsspec root. Open it with :meth:`Queue.open`.
 
     One handle per root and process; it is thread-safe. Every method raises
@@ -69,27 +77,20 @@ class Queue:
     """
 
     def __init__(self, store: Store, options: OpenOptions, *, _log: Log, _state: State) -> None:
-        self.store = store
-        self.options = options
-        self._clock: Callable[[], float] = options.clock or time.time
-        self._lock = threading.Lock()
-        self._state = _state
-        self._ids = IdGenerator()
-        self._claim_conds: dict[str, threading.Condition] = {}
-        self._claim_waiting: dict[str, int] = {}  # claims asleep in each queue's condition
-        self._completion = threading.Condition(self._lock)
-        self._final: dict[str, tuple[Batch, WaitOutcome]] = {}
-        self._waiters: dict[str, int] = {}
-        self._claims: dict[str, Claim] = {}
-        self._closed = False
-        self._enqueuers: collections.deque[None] = collections.deque()  # enqueues under way
-        self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
-                                   max_batch_bytes=options.max_batch_bytes,
-                                   live_bytes=lambda: self._state.live_bytes)
+        super().__init__(store, options, _log, _state)
+        self._intake = intake.OwnerIntake(
+            self, float(options.inbox_busy_interval),  # type: ignore[arg-type]
+            None if options.inbox_interval is None else float(options.inbox_interval))  # type: ignore[arg-type]
         self._background = Background(
             reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
-            scheduler_interval=float(options.scheduler_interval))  # type: ignore[arg-type]
+            scheduler_interval=float(options.scheduler_interval),  # type: ignore[arg-type]
+            check_fence=self.check_fence_now,
+            fence_check_interval=None if options.fence_check_interval is None
+            else float(options.fence_check_interval),  # type: ignore[arg-type]
+            intake=self._intake.tick if self._intake.enabled else None,
+            intake_interval=self._intake.pace.busy)
+        register(self)
 
     # -- opening and closing -------------------------------------------------------------
 
@@ -123,7 +124,8 @@ class Queue:
             raise ConfigError(f"options must be an OpenOptions, got {type(options).__name__}")
         store = open_store(location, path, storage_options=storage_options,
                            retries=options.storage_retries,
-                           retry_delay=float(options.storage_retry_delay))  # type: ignore[arg-type]
+                           retry_delay=float(options.storage_retry_delay),  # type: ignore[arg-type]
+                           retry_budget=float(options.storage_retry_budget))  # type: ignore[arg-type]
         holder = [State()]
 
         def on_snapshot(data: bytes) -> None:
@@ -159,83 +161,25 @@ class Queue:
         Every record submitted before ``close`` is written before it returns (unless the
         committer fails to stop within ``timeout``, which is logged). Waiting claims and
         completion waits wake up and raise ``QueueClosed``; so does every later call.
+
+        In a process forked from the one that opened the handle, ``close`` writes nothing
+        and takes no lock: it only marks this copy of the handle closed.
         """
+        if timeout is not None:
+            timeout = min(to_seconds(timeout, "timeout"), threading.TIMEOUT_MAX)
+        if self._forked:
+            self._closed = self._refuse = True
+            return
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
-            for cond in self._claim_conds.values():
-                cond.notify_all()
-            self._completion.notify_all()
+            self._closed = self._refuse = True
+            self._wake_all_locked()
+        unregister(self)
         self._background.stop(timeout)
         if not self.committer.close(timeout):
             logger.warning("taquba committer did not stop within %s s", timeout)
         self.store.close()
-
-    def _ensure_open(self) -> None:
-        """Calls after ``close`` raise ``QueueClosed`` before looking at their arguments."""
-        if self._closed:
-            raise QueueClosed("the queue is closed")
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._closed
-
-    # -- the mutation path (lock held) -----------------------------------------------------
-
-    def _check_open_locked(self) -> None:
-        """The one "usable?" check of a call that changes state: raises ``QueueClosed``,
-        ``FencedError`` or ``QueueBroken`` (see ``Committer.check_usable_locked``)."""
-        self._ensure_open()
-        self.committer.check_usable_locked()
-
-    def _commit(self, event: ev.Event) -> Batch:
-        """Make ``event`` happen: validate, encode, apply, submit. Lock held.
-
-        The event is encoded before anything changes, so an event no record can hold
-        (``ValueError``) leaves the state untouched. Returns the batch to wait on for
-        durability.
-        """
-        committer = self.committer
-        committer.check_usable_locked()
-        record = event.encode()
-        self._state.apply(event)
-        return committer.submit_locked(record)
-
-    def _wait(self, batch: Batch) -> None:
-        """Wait until ``batch`` is durable; the lock is held on entry and released."""
-        self.committer.wait(batch)
-
-    def _wait_locked(self, batch: Batch) -> None:
-        """Wait until ``batch`` is durable; the lock is held on entry and on return."""
-        self.committer.wait_locked(batch)
-
-    def _config(self, queue: str) -> QueueConfig:
-        return self.options.config_for(queue)
-
-    def _claim_cond(self, queue: str) -> threading.Condition:
-        cond = self._claim_conds.get(queue)
-        if cond is None:
-            cond = self._claim_conds[queue] = threading.Condition(self._lock)
-        return cond
-
-    def _wake_claimers_locked(self, queue: str, n: int = 1) -> None:
-        cond = self._claim_conds.get(queue)
-        if cond is not None:
-            cond.notify(n)
-
-    def _finished_locked(self, job_id: str, batch: Batch, outcome: WaitOutcome) -> None:
-        """Tell the completion waiters of ``job_id`` (if any) how it ended."""
-        if job_id in self._waiters:
-            self._final[job_id] = (batch, outcome)
-            self._completion.notify_all()
-
-    def _now(self) -> float:
-        now = float(self._clock())
-        if now - now != 0.0:  # NaN or infinite: no record could hold it
-            raise ConfigError(f"OpenOptions.clock returned {now!r}, not a finite time")
-        return now
 
     # -- producing -------------------------------------------------------------------------
 
@@ -357,8 +301,10 @@ class Queue:
         self._ensure_open()
         data = arguments.kv_key(key)
         with self._lock:
-            self._ensure_open()
-            return self._state.kv.get(data)
+            self._check_open_locked()
+            value = self._state.kv.get(data)
+            self._wait_reported_locked()
+            return value
 
     def kv_delete(self, key: Buffer) -> None:
         """Delete ``key`` from the KV namespace. A missing key is not an error.
@@ -465,6 +411,24 @@ class Queue:
         self._ensure_open()
         consuming.renew_lease(self, claim, extension)
 
+    def release(self, claim: Claim, reason: str = "released") -> None:
+        """Give the claimed job back: pending again at once, with ``reason`` as its last error.
+
+        Unlike ``nack`` there is no backoff and the job never goes dead for it: the attempt
+        stays counted in ``attempts`` (as a crash's would), so a released job may later run
+        more than ``max_attempts`` times in all. A job whose cancellation was requested goes
+        to the dead set instead, as any ending attempt of it would. The worker loops release
+        the job whose handler raised ``KeyboardInterrupt``, ``SystemExit`` or another
+        ``BaseException`` that is not an ``Exception``.
+
+        Raises ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or
+        ``StorageError`` as :meth:`ack` does. Durability: returns once it is durable.
+        """
+        self._ensure_open()
+        if not isinstance(reason, str):
+            raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
+        consuming.release(self, claim, arguments.error_text(reason))
+
     # -- inspecting and operating (inspecting.py) -------------------------------------------
 
     def get_job(self, job_id: str) -> JobRecord | None:
@@ -557,6 +521,7 @@ class Queue:
         The reaper thread calls this every ``reaper_interval``; tests call it with a manual
         clock. Returns how many expired claims were moved. Not waited for durably.
         """
+        self._ensure_open()
         return inspecting.reap(self)
 
     def promote_scheduled_now(self) -> int:
@@ -565,9 +530,47 @@ class Queue:
         The scheduler thread calls this every ``scheduler_interval`` (claims also promote
         due jobs of their queue first). Not waited for durably.
         """
+        self._ensure_open()
         with self._lock:
             self._check_open_locked()
             return inspecting.promote_locked(self, self._now())
+
+    def check_fence_now(self) -> None:
+        """Ask the storage, with one small request, whether another process has opened this
+        root since this handle did; if so raise ``FencedError``, here and from every later call.
+
+        The background thread ``taquba-fence-check`` calls this every
+        ``OpenOptions.fence_check_interval`` seconds; a handle learns it was fenced at its
+        next write anyway, so this is what tells an idle or read-only handle.
+        """
+        self._ensure_open()
+        inspecting.check_fence(self)
+
+    # -- intake from producers (intake.py) ----------------------------------------------------
+
+    def intake_now(self) -> int:
+        """Take in what :class:`~taquba.Producer` processes submitted, now.
+
+        Each inbox object is applied as one durable event together with its producer's
+        high-water mark, then deleted, so every submission takes effect exactly once (see
+        ``taquba.inbox``). The intake thread calls this every ``OpenOptions.inbox_interval``
+        or sooner; tests call it directly. Returns how many submissions were applied
+        (enqueues that hit a dedup key, cancels of unknown jobs and the like count too).
+        Returns 0 when intake is turned off (``inbox_interval=None``).
+
+        Raises:
+            QueueClosed, QueueBroken, FencedError: as every call.
+            StorageError: the inbox could not be read or the intake not made durable.
+        """
+        self._ensure_open()
+        return self._intake.round()
+
+    def inbox_marks(self) -> dict[str, int]:
+        """Each producer id with the last inbox ``seq`` taken in from it (for inspection)."""
+        self._ensure_open()
+        with self._lock:
+            self._ensure_open()
+            return {p: seq for p, (seq, _) in self._state.inbox_marks.items()}
 
     def __repr__(self) -> str:
         return f"Queue({self.store.description!r}{', closed' if self._closed else ''})"

@@ -13,6 +13,16 @@ Rules this module keeps:
   and is settled before the loop returns.
 - A failing settlement (``ClaimLost`` because the job was cancelled or reaped, a storage
   error, ...) is logged and the loop goes on.
+- A handler that raises a ``BaseException`` that is not an ``Exception``
+  (``KeyboardInterrupt``, ``SystemExit``, ...) gives its job back and stops the loop, the same
+  way in both loops: the job is released (:meth:`Queue.release`: pending again at once, no
+  backoff, never dead for it, ``last_error`` "interrupted: <type>"), nothing new is claimed,
+  every other job in flight runs to the end and is settled, and then the loop re-raises that
+  exception.
+- A queue that can no longer be used ends the loop the same way: once the handle is closed,
+  broken or fenced (``QueueClosed``, ``QueueBroken``, ``FencedError``, which an idle handle
+  learns from its fence check), the loop stops claiming, lets the jobs in flight finish, and
+  re-raises, so a supervisor sees the process fail and can restart it.
 - Every in-flight claim has its lease renewed by one ``taquba-lease-renewer`` thread at half
   the lease it was granted, so a handler may run longer than the lease.
 - The queue process is the single writer. With an out-of-process executor (a
@@ -44,6 +54,7 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 logger = logging.getLogger("taquba.worker")
+_MAX_WAIT = 3600.0  # longest single sleep (longer timeouts overflow Lock.acquire)
 
 __all__ = [
     "Handler",
@@ -165,6 +176,20 @@ def _run_remote(handler: Handler, job: JobView) -> _Outcome:
     return outcome
 
 
+def _interrupted(exc: BaseException) -> str:
+    return f"interrupted: {type(exc).__name__} {exc}".strip()
+
+
+def _release(q: Queue, claim: Claim, exc: BaseException) -> None:
+    """Give back the job whose handler raised ``exc`` (not an Exception); log, never raise."""
+    try:
+        q.release(claim, _interrupted(exc))
+    except Exception:
+        logger.exception("could not release job %s after %s", claim.id, type(exc).__name__)
+    else:
+        logger.warning("job %s released: its handler raised %s", claim.id, type(exc).__name__)
+
+
 def _settle(q: Queue, claim: Claim, outcome: _Outcome) -> None:
     """Settle ``claim`` as ``outcome`` says; log (never raise) when the settlement fails."""
     verb = {"ack": "ack", "dead": "dead-letter", "nack": "nack"}[outcome.kind]
@@ -256,7 +281,7 @@ class _LeaseRenewer:
                 return due
             wake = min((lease.due for lease in self._leases.values()
                         if lease.due != float("inf")), default=None)
-            self._cond.wait(None if wake is None else wake - now)
+            self._cond.wait(None if wake is None else min(wake - now, _MAX_WAIT))
         return []
 
     def _run(self) -> None:
@@ -307,7 +332,7 @@ def _check_common(queue: str, handler: Handler, poll_interval: Duration) -> floa
     check_queue_name(queue)
     if inspect.iscoroutinefunction(_resolve(handler)):
         raise InvalidArgument(f"handler {handler!r} is async; handlers must be synchronous")
-    return to_seconds(poll_interval, "poll_interval", allow_zero=False)
+    return min(to_seconds(poll_interval, "poll_interval", allow_zero=False), _MAX_WAIT)
 
 
 def run_worker(q: Queue, queue: str, handler: Handler, *, shutdown: threading.Event,
@@ -315,7 +340,8 @@ def run_worker(q: Queue, queue: str, handler: Handler, *, shutdown: threading.Ev
     """Process jobs of ``queue`` one at a time, in the calling thread, until ``shutdown`` is set.
 
     The job being processed when ``shutdown`` is set finishes and is settled first. Raises
-    ``QueueClosed`` / ``QueueBroken`` when the queue can no longer be used.
+    ``QueueClosed`` / ``QueueBroken`` / ``FencedError`` when the queue can no longer be used,
+    and re-raises a handler's ``KeyboardInterrupt`` or ``SystemExit`` after releasing its job.
     """
     poll = _check_common(queue, handler, poll_interval)
     renewer = _LeaseRenewer(q)
@@ -356,7 +382,7 @@ def _process_local(q: Queue, handler: Handler, claim: Claim, renewer: _LeaseRene
         outcome = _call(handler, claim)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: give the job back, re-raise
         renewer.remove(claim)
-        _settle(q, claim, _Outcome("nack", f"interrupted: {type(exc).__name__} {exc}".strip()))
+        _release(q, claim, exc)
         raise
     renewer.remove(claim)
     _log_outcome(claim, outcome)
@@ -433,12 +459,23 @@ class _ConcurrentRunner:
             while self.in_flight:
                 self.cond.wait()
 
+    def _stop_with(self, exc: BaseException) -> None:
+        """Stop claiming; ``run`` re-raises ``exc`` (the first such) once the drain is over."""
+        with self.cond:
+            if self.fatal is None:
+                self.fatal = exc
+            self.cond.notify_all()
+
     def _process(self, claim: Claim) -> None:
         try:
             if self.executor is None:
                 _process_local(self.q, self.handler, claim, self.renewer)
             else:
                 self._process_on_executor(claim, self.executor)
+        except BaseException as exc:  # the handler's KeyboardInterrupt, SystemExit, ...
+            logger.warning("worker on queue %r stops: job %s raised %s", self.queue, claim.id,
+                           type(exc).__name__)
+            self._stop_with(exc)
         finally:
             with self.cond:
                 self.in_flight -= 1
@@ -461,9 +498,13 @@ class _ConcurrentRunner:
             return
         try:
             outcome = future.result()
-        except BaseException as exc:  # the executor failed (worker died, unpicklable, ...)
+        except Exception as exc:  # the executor failed (worker died, unpicklable, ...)
             outcome = _Outcome("nack", exception_text(exc), exc,
                                "".join(traceback.format_exception(exc)))
+        except BaseException as exc:  # the handler's KeyboardInterrupt, SystemExit, ...
+            self.renewer.remove(claim)
+            _release(self.q, claim, exc)
+            raise
         finally:
             self.renewer.remove(claim)
         if not isinstance(outcome, _Outcome):
@@ -486,7 +527,9 @@ def run_worker_concurrent(q: Queue, queue: str, handler: Handler, *, concurrency
     ``ProcessPoolExecutor``, a Dask ``client.get_executor()``) gets a picklable
     :class:`JobView`, and the queue process settles the job when the future resolves. The
     executor is not shut down here. On shutdown, claiming stops and every job in flight is
-    finished and settled before this returns.
+    finished and settled before this returns. A handler's ``KeyboardInterrupt`` or
+    ``SystemExit`` (its job released), or a closed, broken or fenced queue, stops claiming the
+    same way, and is re-raised once the jobs in flight are settled.
     """
     poll = _check_common(queue, handler, poll_interval)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:

@@ -16,6 +16,9 @@ Modes:
 - ``race``: like ``crash`` (without checkpoints) until the first append fails; each thread
   prints ``error <ExceptionType>`` and stops, then the main thread tries three more appends
   and prints ``after <types> <requests made by them>``.
+- ``cleanup``: append 60 records, one segment each, then checkpoint; the deletion of what
+  the checkpoint covers stops halfway (``deleting <n>`` once n objects are gone) and hangs
+  there until the parent kills the process.
 """
 
 from __future__ import annotations
@@ -169,6 +172,29 @@ def race(root: BackendRoot) -> None:
     committer.close(timeout=30)
 
 
+def cleanup(root: BackendRoot) -> None:
+    store = root.store()
+    chain = Chain()
+    log = Log.open(store, on_snapshot=chain.on_snapshot, on_record=chain.on_record,
+                   segment_max_bytes=0)
+    seq = 0
+    for _ in range(60):
+        i = chain.next_id
+        chain.add(i)
+        seq = log.append([record(i)])
+    real_delete = store._raw_delete
+
+    def delete_half_then_hang(keys: list[str]) -> None:
+        real_delete(keys[:len(keys) // 2])
+        emit(f"deleting {len(keys) // 2}")
+        threading.Event().wait()  # until killed
+
+    store._raw_delete = delete_half_then_hang  # type: ignore[method-assign]
+    emit(f"ready {seq}")
+    log.checkpoint(chain.snapshot(), seq)
+
+
 if __name__ == "__main__":
     mode, root_json = sys.argv[1], sys.argv[2]
-    {"crash": crash, "idle": idle, "race": race}[mode](BackendRoot.from_json(root_json))
+    {"crash": crash, "idle": idle, "race": race, "cleanup": cleanup}[mode](
+        BackendRoot.from_json(root_json))

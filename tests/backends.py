@@ -200,6 +200,8 @@ class MotoS3(Emulator):
         fs, _ = self.root().filesystem()
         try:
             fs.mkdir(BUCKET)
+        except FileExistsError:
+            pass  # moto's state is per process: a second server here shares the bucket
         except Exception as exc:
             raise EmulatorUnavailable(f"moto: cannot create bucket: {exc!r}") from exc
 

@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import fsspec
@@ -153,6 +153,32 @@ add("enqueue_batch-single-bytes", lambda e: e.q.enqueue_batch(Q, b"abc"), Invali
 add("enqueue_batch-not-iterable", lambda e: e.q.enqueue_batch(Q, 5), InvalidArgument,
     "payloads")
 
+
+def released(data: bytes = b"gone") -> memoryview:
+    view = memoryview(bytearray(data))
+    view.release()
+    return view
+
+
+add("enqueue-payload-released-memoryview", lambda e: e.q.enqueue(Q, released()),
+    InvalidArgument, "released memoryview")
+add("enqueue_with-payload-released-memoryview",
+    lambda e: e.q.enqueue_with(Q, released(), EnqueueOptions()), InvalidArgument,
+    "released memoryview")
+add("enqueue_with_kv-payload-released-memoryview",
+    lambda e: e.q.enqueue_with_kv(Q, released(), {b"fresh": b"v"}), InvalidArgument,
+    "released memoryview")
+add("enqueue_batch-item-released-memoryview",
+    lambda e: e.q.enqueue_batch(Q, [b"ok", released()]), InvalidArgument,
+    r"payloads\[1\] is a released memoryview")
+add("kv-value-released-memoryview",
+    lambda e: e.q.enqueue_with_kv(Q, b"x", {b"fresh": released()}), InvalidArgument,
+    "KV value is a released memoryview")
+add("kv_get-released-memoryview", lambda e: e.q.kv_get(released(b"key")), InvalidArgument,
+    "KV key is a released memoryview")
+add("kv_delete-released-memoryview", lambda e: e.q.kv_delete(released(b"key")),
+    InvalidArgument, "KV key is a released memoryview")
+
 # queue names
 BAD_NAMES: list[tuple[str, object]] = [
     ("empty", ""), ("256-utf8-bytes", "é" * 128), ("256-ascii", "x" * 256), ("int", 5),
@@ -173,9 +199,11 @@ for label, name in BAD_NAMES:
         add(f"{call}-queue-{label}", fn, InvalidArgument, "queue name")
 
 # durations
+HUGE = 10**400  # an int no float can hold
 BAD_DURATIONS: list[tuple[str, object]] = [
     ("negative", -1), ("nan", NAN), ("inf", INF), ("str", "5"), ("bool", True),
-    ("negative-timedelta", timedelta(seconds=-1)),
+    ("negative-timedelta", timedelta(seconds=-1)), ("huge-int", HUGE),
+    ("huge-negative-int", -HUGE), ("negative-inf", -INF),
 ]
 for label, value in BAD_DURATIONS:
     add(f"claim-lease-{label}", lambda e, v=value: e.q.claim(Q, v), InvalidArgument, "lease")
@@ -192,10 +220,21 @@ for label, value in BAD_DURATIONS:
             InvalidArgument, "wait")
         add(f"wait_for_completion-timeout-{label}",
             lambda e, v=value: e.q.wait_for_completion(e.pending, v), InvalidArgument, "timeout")
+    add(f"close-timeout-{label}", lambda e, v=value: e.q.close(v), InvalidArgument, "timeout")
 add("claim-lease-zero", lambda e: e.q.claim(Q, 0), InvalidArgument, "lease")
 add("renew_lease-zero", lambda e: e.q.renew_lease(e.claim, 0.0), InvalidArgument, "extension")
 
 # points in time
+
+class _OffsetTooLarge(tzinfo):
+    """A tzinfo whose offset ``datetime`` itself refuses."""
+
+    def utcoffset(self, dt: datetime | None) -> timedelta:
+        return timedelta(days=3)
+
+    def dst(self, dt: datetime | None) -> timedelta:
+        return timedelta(0)
+
 add("run_at-and-delay", lambda e: e.q.enqueue(Q, b"x", run_at=T0 + 5, delay=5),
     InvalidArgument, "run_at and delay")
 add("run_at-and-delay-zero", lambda e: e.q.enqueue(Q, b"x", run_at=T0 + 5, delay=0),
@@ -203,20 +242,22 @@ add("run_at-and-delay-zero", lambda e: e.q.enqueue(Q, b"x", run_at=T0 + 5, delay
 add("run_at-naive-datetime", lambda e: e.q.enqueue(Q, b"x", run_at=datetime(2030, 1, 1)),
     InvalidArgument, "aware")
 for label, value in [("nan", NAN), ("inf", INF), ("negative", -1.0), ("str", "tomorrow"),
-                     ("bool", True), ("timedelta", timedelta(seconds=5))]:
+                     ("bool", True), ("timedelta", timedelta(seconds=5)), ("huge-int", HUGE),
+                     ("bad-tzinfo", datetime(2030, 1, 1, tzinfo=_OffsetTooLarge()))]:
     add(f"run_at-{label}", lambda e, v=value: e.q.enqueue(Q, b"x", run_at=v), InvalidArgument,
         "run_at")
 
 # priorities and other enqueue options
 for label, value in [("negative", -1), ("too-big", 2**32), ("bool", True), ("float", 1.5),
-                     ("str", "1")]:
+                     ("str", "1"), ("huge-int", HUGE)]:
     add(f"priority-{label}", lambda e, v=value: e.q.enqueue(Q, b"x", priority=v),
         InvalidArgument, "priority")
     add(f"enqueue_with_kv-priority-{label}",
         lambda e, v=value: e.q.enqueue_with_kv(Q, b"x", {b"fresh": b"v"},
                                                EnqueueOptions(priority=v)),
         InvalidArgument, "priority")
-for label, value in [("zero", 0), ("negative", -3), ("bool", True), ("float", 2.0)]:
+for label, value in [("zero", 0), ("negative", -3), ("bool", True), ("float", 2.0),
+                     ("huge-int", HUGE)]:
     add(f"max_attempts-{label}", lambda e, v=value: e.q.enqueue(Q, b"x", max_attempts=v),
         InvalidArgument, "max_attempts")
 for label, value in [("empty", ""), ("int", 5), ("too-long", "k" * 1025)]:
@@ -297,11 +338,11 @@ add("requeue_dead_job-claimed", lambda e: e.q.requeue_dead_job(e.claim.id), JobN
 add("dead_jobs-after-unknown", lambda e: e.q.dead_jobs(Q, after="no-such-job"), JobNotFound,
     "after")
 for label, value in [("zero", 0), ("negative", -1), ("bool", True), ("str", "5"),
-                     ("too-big", 10_001)]:
+                     ("too-big", 10_001), ("huge-int", HUGE)]:
     add(f"dead_jobs-limit-{label}", lambda e, v=value: e.q.dead_jobs(Q, limit=v),
         InvalidArgument, "limit")
 for label, value in [("zero", 0), ("negative", -1), ("bool", True), ("float", 2.0),
-                     ("too-big", 10_001), ("none", None)]:
+                     ("too-big", 10_001), ("none", None), ("huge-int", HUGE)]:
     add(f"claim_batch-max_jobs-{label}", lambda e, v=value: e.q.claim_batch(Q, v),
         InvalidArgument, "max_jobs")
 
@@ -377,6 +418,30 @@ CONFIGS: list[tuple[str, Callable[[], object], str]] = [
     ("storage_retries-negative", lambda: OpenOptions(storage_retries=-1), "storage_retries"),
     ("storage_retry_delay-negative", lambda: OpenOptions(storage_retry_delay=-1),
      "storage_retry_delay"),
+    ("lease-huge-int", lambda: QueueConfig(lease=HUGE), "lease"),
+    ("max_attempts-huge-int", lambda: QueueConfig(max_attempts=HUGE), "max_attempts"),
+    ("retry_backoff_base-huge-int", lambda: QueueConfig(retry_backoff_base=HUGE),
+     "retry_backoff_base"),
+    ("retry_backoff_max-huge-int", lambda: QueueConfig(retry_backoff_max=-HUGE),
+     "retry_backoff_max"),
+    ("keep_done-huge-int", lambda: QueueConfig(keep_done=HUGE), "keep_done"),
+    ("dead_retention-huge-int", lambda: QueueConfig(dead_retention=HUGE), "dead_retention"),
+    ("reaper_interval-huge-int", lambda: OpenOptions(reaper_interval=HUGE), "reaper_interval"),
+    ("scheduler_interval-huge-int", lambda: OpenOptions(scheduler_interval=HUGE),
+     "scheduler_interval"),
+    ("checkpoint_ratio-huge-int", lambda: OpenOptions(checkpoint_ratio=HUGE),
+     "checkpoint_ratio"),
+    ("checkpoint_ratio-inf", lambda: OpenOptions(checkpoint_ratio=INF), "checkpoint_ratio"),
+    ("storage_retry_delay-huge-int", lambda: OpenOptions(storage_retry_delay=HUGE),
+     "storage_retry_delay"),
+    ("fence_check_interval-zero", lambda: OpenOptions(fence_check_interval=0),
+     "fence_check_interval"),
+    ("fence_check_interval-nan", lambda: OpenOptions(fence_check_interval=NAN),
+     "fence_check_interval"),
+    ("fence_check_interval-str", lambda: OpenOptions(fence_check_interval="30"),
+     "fence_check_interval"),
+    ("fence_check_interval-huge-int", lambda: OpenOptions(fence_check_interval=HUGE),
+     "fence_check_interval"),
     ("open-options-dict", lambda: Queue.open("memory://never-created", options={}), "options"),
     ("open-location-empty", lambda: Queue.open(""), "location"),
     ("open-location-int", lambda: Queue.open(5), "location"),
@@ -505,3 +570,117 @@ def test_every_call_after_close_raises_queue_closed(fast_backend_root: Any, call
     with Queue.open(e.root.location, storage_options=e.root.storage_options,
                     options=options(ManualClock())) as q2:
         assert view(q2, e, as_reopened=True) == before
+
+
+# --------------------------------------------------------------------------- a bad clock
+
+BAD_CLOCK_VALUES: list[tuple[str, object]] = [
+    ("str", "1700000000"), ("none", None), ("nan", NAN), ("inf", INF), ("huge-int", HUGE),
+    ("bool", True), ("list", [T0]),
+]
+CLOCKED_CALLS: list[tuple[str, Call]] = [
+    ("enqueue", lambda e: e.q.enqueue(Q, b"x")),
+    ("enqueue-delay", lambda e: e.q.enqueue(Q, b"x", delay=5)),
+    ("enqueue_batch", lambda e: e.q.enqueue_batch(Q, [b"x", b"y"])),
+    ("enqueue_with_kv", lambda e: e.q.enqueue_with_kv(Q, b"x", {b"fresh": b"v"})),
+    ("claim", lambda e: e.q.claim(Q)),
+    ("nack", lambda e: e.q.nack(e.claim, "e")),
+    ("dead_letter", lambda e: e.q.dead_letter(e.claim, "r")),
+    ("release", lambda e: e.q.release(e.claim, "r")),
+    ("renew_lease", lambda e: e.q.renew_lease(e.claim, 5)),
+    ("ack", lambda e: e.q.ack(e.claim)),
+    ("reap_now", lambda e: e.q.reap_now()),
+    ("promote_scheduled_now", lambda e: e.q.promote_scheduled_now()),
+]
+
+
+@pytest.mark.parametrize(("label", "value"), BAD_CLOCK_VALUES, ids=[c[0] for c in BAD_CLOCK_VALUES])
+def test_a_clock_returning_no_time_raises_config_error_and_changes_nothing(
+        env: Env, label: str, value: object) -> None:
+    q = env.q
+    clock = q._clock
+    assert isinstance(clock, ManualClock)
+    before = view(q, env)
+    submitted = q.committer.submitted
+    for name, call in CLOCKED_CALLS:
+        clock.now = value  # type: ignore[assignment]
+        try:
+            with pytest.raises(ConfigError, match=r"OpenOptions\.clock returned") as info:
+                call(env)
+            assert type(info.value) is ConfigError, (name, info.value)
+        finally:
+            clock.now = T0
+        assert view(q, env) == before, name
+        assert q.committer.submitted == submitted, f"{name}: a record was logged"
+    q.ack(env.claim)  # the handle is still usable once the clock is
+    assert q.stats(Q).done == before[1][Q].done + 1
+
+
+def test_an_int_clock_is_accepted(env: Env) -> None:
+    clock = env.q._clock
+    assert isinstance(clock, ManualClock)
+    clock.now = int(T0) + 10  # type: ignore[assignment]
+    job = env.q.enqueue(Q, b"int clock")
+    assert env.q.get_job(job).enqueued_at == T0 + 10  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- extreme but valid
+
+
+def test_extreme_but_finite_durations_and_times_work_and_reopen(fast_backend_root: Any) -> None:
+    """The largest durations and times the API accepts are stored and read back whole."""
+    root = fast_backend_root
+    open_q = lambda: Queue.open(root.location, storage_options=root.storage_options,  # noqa: E731
+                                options=options(ManualClock()))
+    longest = timedelta.max
+    last_day = datetime.max.replace(tzinfo=timezone.utc)
+    with open_q() as q:
+        far = q.enqueue(Q, b"far", delay=longest)
+        farther = q.enqueue(Q, b"farther", run_at=last_day)
+        largest = q.enqueue(Q, b"largest float", delay=1.7976931348623157e308)
+        held = q.enqueue(Q, b"held", priority=0)
+        c = q.claim(Q, lease=longest, wait=longest)
+        assert c is not None and c.id == held
+        q.renew_lease(c, 1e308)
+        assert q.wait_for_completion(far, 0).status is WaitStatus.TIMED_OUT
+        assert q.claim(Q, wait=1e-9) is None  # the rest are scheduled far ahead
+        expected = {far: T0 + longest.total_seconds(), farther: last_day.timestamp(),
+                    largest: T0 + 1.7976931348623157e308}
+        assert {j: q.get_job(j).run_at for j in expected} == expected  # type: ignore[union-attr]
+        q.close(timeout=longest)
+    with open_q() as q:
+        assert {j: q.get_job(j).run_at for j in expected} == expected  # type: ignore[union-attr]
+        assert q.stats(Q).scheduled == 3
+
+
+# --------------------------------------------------------------------------- buffers
+
+
+def test_a_buffer_changed_after_the_call_does_not_change_what_was_stored(
+        fast_backend_root: Any) -> None:
+    root = fast_backend_root
+    open_q = lambda: Queue.open(root.location, storage_options=root.storage_options,  # noqa: E731
+                                options=options(ManualClock()))
+    with open_q() as q:
+        payload = bytearray(b"payload")
+        one = q.enqueue(Q, payload)
+        key, value = bytearray(b"key-1"), bytearray(b"value-1")
+        two = q.enqueue_with_kv(Q, memoryview(payload), {bytes(key): value}).id
+        items = [bytearray(b"batch-0"), memoryview(bytearray(b"batch-1"))]
+        three, four = q.enqueue_batch(Q, items)
+        payload[:] = b"changed"
+        value[:] = b"changed"
+        items[0][:] = b"changed"
+        items[1][:] = b"changed"
+
+        def check(q: Queue) -> None:
+            got = {j: q.get_job(j).payload for j in (one, two, three, four)}  # type: ignore[union-attr]
+            assert got == {one: b"payload", two: b"payload", three: b"batch-0",
+                           four: b"batch-1"}
+            assert q.kv_get(b"key-1") == b"value-1"
+            assert q.kv_get(bytearray(b"key-1")) == b"value-1"
+            assert q.kv_get(memoryview(b"key-1")) == b"value-1"
+
+        check(q)
+    with open_q() as q:
+        check(q)

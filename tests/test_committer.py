@@ -78,7 +78,7 @@ class SegmentReader:
                 if fields.get("blocks"):
                     # Being appended to: a block may be half-written as we read.
                     self.growing.add(name)
-                    records = decode_blocks(key, data, pos)[0]
+                    records = decode_blocks(key, data, pos, judge=False)[0]
                 else:
                     records = decode(key, MAGIC_SEGMENT, data)[1]
                 self.segments[name] = records
@@ -387,10 +387,12 @@ def test_a_put_whose_response_was_lost_succeeds_once(faulty, directory):
     assert len(seen.snapshots) == 1
     assert seen.snapshots[0].split(b",") + seen.records == state
     # Nothing was written twice under another number: one epoch claim, one fence, one
-    # segment per record, one manifest per checkpoint.
+    # segment per record; manifests: the claim, the one that skipped the open's fence (the
+    # open replayed nothing), one per checkpoint, and at close one recording the segments
+    # written since the last one.
     assert log.epoch == 1
     assert log.next_seq == 1 + 1 + len(state)
-    assert log.manifest_n == 1 + committer.stats.checkpoints_written
+    assert log.manifest_n == 2 + committer.stats.checkpoints_written + 1
 
 
 def test_a_lost_put_response_never_duplicates_a_record(faulty):
@@ -466,6 +468,7 @@ def test_a_failed_checkpoint_breaks_the_handle_after_its_batch_is_durable(faulty
     log, _ = open_log(store, checkpoint_min_bytes=1)
     committer = Committer(log, snapshot=lambda: b"snapshot")
     faulty.fs.fail("put", PermissionError, match=under(CHECKPOINT_DIR), times=None)
+    committer.append(b"first")  # an empty log: no checkpoint due yet
     committer.append(b"durable")  # its segment is written; the checkpoint after it fails
     # The failure lands right after that append returned: the next call either waits and
     # gets the failure's own error, or finds the handle already broken.
@@ -477,7 +480,7 @@ def test_a_failed_checkpoint_breaks_the_handle_after_its_batch_is_durable(faulty
     assert committer.close(timeout=30)
     seen = faulty.replay()
     assert seen.snapshots == []
-    assert seen.records == [b"durable"]
+    assert seen.records == [b"first", b"durable"]
 
 
 def test_failed_deletes_after_a_checkpoint_leave_garbage_not_damage(faulty):
@@ -527,11 +530,12 @@ def test_a_failing_snapshot_breaks_the_handle_instead_of_hanging_its_waiters(fas
         raise RuntimeError("snapshot bug")
 
     committer = Committer(log, snapshot=snapshot)
+    committer.append(b"first")  # an empty log: no checkpoint due yet
     outcome: list[BaseException | None] = []
 
     def append() -> None:
         try:
-            committer.append(b"r")  # the open's fence already made a checkpoint due
+            committer.append(b"r")  # the first record made a checkpoint due
             outcome.append(None)
         except BaseException as exc:
             outcome.append(exc)

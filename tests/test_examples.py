@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 
-from taquba import JobStatus, QueueClosed, WaitStatus
+from taquba import JobStatus
 from taquba.queue import Queue
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -97,98 +95,32 @@ def test_sigterm_stops_the_worker_script_with_every_claimed_job_settled(
         assert stats.pending == total - len(started)  # no job was claimed and left unsettled
 
 
-# --------------------------------------------------------------------------- Flask
-
-
-def test_flask_app_enqueues_through_a_request_and_shuts_down(tmp_path: Path) -> None:
-    flask_app = load_example("flask_app")
-    app = flask_app.create_app(str(tmp_path / "q"))
-    worker = app.extensions["taquba"]
-    client = app.test_client()
-    try:
-        response = client.post("/signups", json={"email": "ada@example.com"})
-        assert response.status_code == 202, response.get_data(as_text=True)
-        job_id = response.get_json()["job_id"]
-        outcome = worker.queue.wait_for_completion(job_id, WAIT)
-        assert outcome.status == WaitStatus.COMPLETED
-        status = client.get(f"/jobs/{job_id}").get_json()
-        assert status["status"] == "done" and status["attempts"] == 1
-
-        bad = client.post("/signups", json={"email": "not-an-address"}).get_json()["job_id"]
-        assert worker.queue.wait_for_completion(bad, WAIT).status == WaitStatus.COMPLETED
-        assert client.get(f"/jobs/{bad}").get_json()["status"] == "dead"
-        assert client.post("/signups", json={}).status_code == 400
-        assert client.get("/jobs/no-such-job").status_code == 404
-    finally:
-        assert worker.stop(timeout=WAIT)
-    assert not worker.thread.is_alive()
-    with pytest.raises(QueueClosed):
-        worker.queue.enqueue(flask_app.QUEUE, b"late")
-    assert worker.stop(timeout=WAIT)  # idempotent
-
-
-# --------------------------------------------------------------------------- Django
-
-
-@pytest.fixture(scope="module")
-def django_jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    pytest.importorskip("django")
-    import django
-    from django.conf import settings
-
-    if settings.configured:
-        pytest.skip("Django settings were configured elsewhere in this process")
-    sys.path.insert(0, str(EXAMPLES / "django_app"))
-    try:
-        settings.configure(
-            DEBUG=False,
-            SECRET_KEY="test",
-            ALLOWED_HOSTS=["testserver"],
-            INSTALLED_APPS=["taquba_demo.apps.TaqubaDemoConfig"],
-            MIDDLEWARE=[],
-            ROOT_URLCONF="taquba_demo.urls",
-            DATABASES={},
-            USE_TZ=True,
-            TAQUBA_LOCATION=str(tmp_path_factory.mktemp("django") / "q"),
-            TAQUBA_QUEUE="reports",
-            TAQUBA_CONCURRENCY=2,
-            TAQUBA_AUTOSTART=True,
-        )
-        django.setup()  # the AppConfig's ready() opens the queue and starts the worker
-        from taquba_demo import jobs
-
-        yield jobs
-        assert jobs.stop(timeout=WAIT)
-    finally:
-        sys.path.remove(str(EXAMPLES / "django_app"))
-
-
-def test_django_app_enqueues_through_a_request(django_jobs: Any) -> None:
-    from django.test import Client
-
-    client = Client()
-    response = client.post("/reports/", data={"kind": "daily"}, content_type="application/json")
-    assert response.status_code == 202, response.content
-    job_id = response.json()["job_id"]
-    queue = django_jobs.get_queue()
-    assert queue.wait_for_completion(job_id, WAIT).status == WaitStatus.COMPLETED
-    status = client.get(f"/jobs/{job_id}/").json()
-    assert status["status"] == "done" and status["attempts"] == 1
-
-    bad = client.post("/reports/", data={"kind": "yearly"},
-                      content_type="application/json").json()["job_id"]
-    assert queue.wait_for_completion(bad, WAIT).status == WaitStatus.COMPLETED
-    assert client.get(f"/jobs/{bad}/").json()["status"] == "dead"
-    assert client.post("/reports/", data={}, content_type="application/json").status_code == 400
-
-
-def test_django_app_shuts_down_cleanly(django_jobs: Any) -> None:
-    queue = django_jobs.get_queue()
-    assert django_jobs.stop(timeout=WAIT)
-    with pytest.raises(QueueClosed):
-        queue.enqueue("reports", b"late")
-    with pytest.raises(RuntimeError):
-        django_jobs.get_queue()
+def test_worker_script_exits_non_zero_when_another_process_takes_the_queue_over(
+        tmp_path: Path) -> None:
+    """A supervisor must see the failure: before, the worker loop died in its thread and the
+    script still exited 0."""
+    root = tmp_path / "q"
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "worker_script.py"), "--data", str(root),
+             "--forever", "--jobs", "2", "--seconds", "5", "--fence-check-interval", "0.2"],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+        try:
+            assert proc.stdout is not None
+            while not (line := proc.stdout.readline()).startswith("started "):
+                assert line, "the script ended before any job started"
+            with Queue.open(str(root)):  # a second process opens the same queue
+                out = proc.stdout.read()
+                proc.wait(WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    assert proc.returncode == 1, stderr[-3000:]
+    assert "failed: FencedError" in out, (out, stderr[-3000:])
+    assert "the worker loop stopped: FencedError" in stderr
 
 
 # --------------------------------------------------------------------------- Dask

@@ -1,4 +1,8 @@
-"""An idle queue makes no storage requests at all, even with its background threads busy.
+"""An idle queue makes no storage requests at all, even with its background threads busy,
+apart from its fence check (one request per ``OpenOptions.fence_check_interval``, 30 s by
+default; see tests/test_queue_fence_check.py) and its look at the inbox for producers'
+submissions (one listing per ``OpenOptions.inbox_interval`` when idle on object stores, 10 s
+by default; tests/test_intake_pace.py), both turned off here.
 
 On object storage every request costs money and latency, so the reaper and the scheduler
 must decide from the in-memory index alone that nothing is due. The queue is opened over
@@ -118,7 +122,8 @@ def test_idle_queue_makes_no_storage_requests(counted: tuple[Any, str], setup: S
     fs, root = counted
     clock = CountingClock()
     options = OpenOptions(reaper_interval=0.05, scheduler_interval=0.05, clock=clock,
-                          default_queue_config=QueueConfig(lease=3600, keep_done=86400))
+                          default_queue_config=QueueConfig(lease=3600, keep_done=86400),
+                          fence_check_interval=None, inbox_interval=None)
     q = Queue.open(fs, path=root, options=options)
     try:
         setup(q)
@@ -143,7 +148,8 @@ def test_idle_after_reopen_makes_no_storage_requests(counted: tuple[Any, str]) -
     """Reopening a root with history (a released claim, scheduled jobs) also goes quiet."""
     fs, root = counted
     options = OpenOptions(reaper_interval=0.05, scheduler_interval=0.05,
-                          default_queue_config=QueueConfig(lease=3600))
+                          default_queue_config=QueueConfig(lease=3600),
+                          fence_check_interval=None, inbox_interval=None)
     with Queue.open(fs, path=root, options=options) as q:
         _pending_and_scheduled(q)
         _claimed_far_lease(q)

@@ -22,13 +22,13 @@ from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
 from taquba.log.format import (
     MAGIC_MANIFEST,
     MAGIC_SEGMENT,
+    SECTOR,
     decode,
     decode_blocks,
     decode_header,
     encode,
     encode_block,
 )
-from taquba.log.log import EPOCH_CHECK_EVERY
 from taquba.storage import LocalStore, Store, open_store
 
 DIRS = (MANIFEST_DIR, SEGMENT_DIR, CHECKPOINT_DIR)
@@ -96,11 +96,12 @@ def test_replay_returns_every_record_in_order(backend_root):
 
     _, seen3 = open_log(backend_root.store())
     assert seen3.records == [*flat(BATCHES), b"gen 2"]
-    # Segments are contiguous from 1: the first open's fence, the five batches, the second
-    # open's fence, gen 2 and the third open's fence.
+    # What is left: the five batches, gen 2 and the third open's fence. Each open deletes
+    # the fence of the one before (recorded as holding nothing, or skipped: the first open
+    # replayed nothing) and the manifest versions before its own.
     reader = backend_root.store()
-    assert seqs(reader) == list(range(1, 10))
-    assert len(reader.list_dir(MANIFEST_DIR)) == 3
+    assert seqs(reader) == [2, 3, 4, 5, 6, 8, 9]
+    assert len(reader.list_dir(MANIFEST_DIR)) == 1
 
 
 def test_replay_after_checkpoints_is_snapshot_then_later_records(backend_root):
@@ -125,11 +126,12 @@ def test_replay_after_checkpoints_is_snapshot_then_later_records(backend_root):
     log2, seen = open_log(backend_root.store())
     assert seen.snapshots == [b"one|two|three|four|five|six"]
     assert seen.records == [b"seven", b"eight", b"nine"]
-    # What the checkpoints cover is gone: one checkpoint, and under segments/ only the two
-    # batches after it plus the fences of the two opens (fences are never deleted).
+    # What the checkpoints cover is gone, and so are fences but the newest: one checkpoint,
+    # and under segments/ only the two batches after it and the second open's fence.
     reader = backend_root.store()
     assert len(reader.list_dir(CHECKPOINT_DIR)) == 1
-    assert len(seqs(reader)) == 4
+    assert len(seqs(reader)) == 3
+    assert len(reader.list_dir(MANIFEST_DIR)) == 1
     assert log2.replay_from == seq + 1
 
     # A checkpoint taken by the second handle replaces the first one.
@@ -240,25 +242,29 @@ def test_stale_checkpoint_cannot_reuse_a_pruned_manifest_number(fast_backend_roo
     assert seen.records == [b"r1", b"r2"]
 
 
-def test_busy_writer_yields_to_a_newer_epoch_within_a_bounded_number_of_commits(
-        fast_backend_root):
-    """An opener that has claimed the epoch but keeps losing the race for the next segment
-    number (simulated: its manifest exists, its fence does not) stops the old writer."""
+def test_busy_writer_stops_at_its_next_commit_once_an_opener_has_claimed(fast_backend_root):
+    """An opener that has claimed the epoch but not yet won the race for the next segment
+    number (simulated: its claim exists and the older versions are gone, its fence does
+    not) stops the old writer at once: the writer reads its version back after each
+    commit. The commit that found out lies where the opener replays: it stands."""
     old, _ = open_log(fast_backend_root.store())
     for i in range(10):
         old.append([b"%d" % i])
+    store = fast_backend_root.store()
     claim = encode(MAGIC_MANIFEST, {"epoch": old.manifest_n + 1, "nonce": "opener",
-                                    "checkpoint": None, "replay_from": 1})
-    fast_backend_root.store().put_if_absent(f"{MANIFEST_DIR}/{old.manifest_n + 1:020d}", claim)
-    more = 0
-    with pytest.raises(FencedError, match="newer"):
-        while True:
-            old.append([b"after the claim %d" % more])
-            more += 1
-    assert more < EPOCH_CHECK_EVERY
-    assert 10 + more == EPOCH_CHECK_EVERY  # it noticed at its first check after the claim
+                                    "checkpoint": None, "replay_from": old.replay_from,
+                                    "ends": {}})
+    store.put_if_absent(f"{MANIFEST_DIR}/{old.manifest_n + 1:020d}", claim)
+    store.delete([f"{MANIFEST_DIR}/{n}" for n in store.list_dir(MANIFEST_DIR)
+                  if int(n) <= old.manifest_n])
+    old.append([b"10"])  # acknowledged: an opener replays it
+    assert isinstance(old.broken, FencedError)
+    before = old.store.counts.copy()
+    with pytest.raises(FencedError, match="gone or replaced"):
+        old.append([b"never written"])
+    assert old.store.counts == before  # not even a request
     _, seen = open_log(fast_backend_root.store())
-    assert len(seen.records) == 10 + more  # everything it acknowledged is there
+    assert seen.records == [b"%d" % i for i in range(11)]
 
 
 # -- corruption (local disk: edit the objects in place) -------------------------------------
@@ -488,7 +494,7 @@ def test_background_cleanup_deletes_covered_segments_by_close(fast_backend_root)
         seq = log.append([b"%d" % i])
     log.checkpoint(b"state", seq)
     log.close()
-    # only the fence of the open is left under segments/
+    # only the open's own fence is left under segments/: the checkpoint covers the rest
     assert seqs(store) == [1]
 
 
@@ -498,6 +504,13 @@ def test_background_cleanup_deletes_covered_segments_by_close(fast_backend_root)
 def open_appending(root: Path, **kwargs: object) -> tuple[Log, Replayed]:
     kwargs.setdefault("segment_max_bytes", 8 << 20)
     return open_log(open_store(str(root)), **kwargs)
+
+
+def crash(log: Log) -> None:
+    """Leave ``log`` as a killed process would: not closed, so nothing settles where its
+    current segment ends (only its file descriptor is released)."""
+    if log._appender is not None:
+        log._appender.close()
 
 
 def _block_segments(root: Path) -> list[Path]:
@@ -530,8 +543,8 @@ def test_appended_commits_share_one_segment_and_replay_in_order(tmp_path):
     log2.append([b"gen 2"])
     _, seen = open_appending(tmp_path)
     assert seen.records == [*flat(BATCHES), b"gen 2"]
-    # the 1st open's fence, the shared segment, 2nd fence, gen 2's segment, 3rd fence
-    assert seqs(open_store(str(tmp_path))) == [1, 2, 3, 4, 5]
+    # the shared segment, gen 2's segment and the newest fence: the others (1, 3) are gone
+    assert seqs(open_store(str(tmp_path))) == [2, 4, 5]
 
 
 def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
@@ -548,27 +561,45 @@ def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
     assert seen.snapshots == [b"ten"] and seen.records == [b"after"]
 
 
-@pytest.mark.parametrize("cut", [1, 15, 17, 30])
-def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, cut):
+@pytest.mark.parametrize("sectors", [1, 2])
+def test_an_incomplete_last_block_is_dropped_as_never_acknowledged(tmp_path, sectors):
     log, _ = open_appending(tmp_path)
     log.append([b"one"])
     log.append([b"two", b"three"])
-    log.close()
+    crash(log)
     [segment] = _block_segments(tmp_path)
     end = _data_end(segment)
     # A crash in the middle of appending the next block to a file with no space reserved
-    # (where posix_fallocate is not supported, writes extend the file).
-    segment.write_bytes(segment.read_bytes()[:end] + encode_block([b"four", b"five" * 10])[:cut])
+    # (where posix_fallocate is not supported, writes extend the file): the size it leaves
+    # covers whole sectors written.
+    block = encode_block([b"four", b"five" * 400])
+    cut = (end // SECTOR + sectors) * SECTOR - end
+    segment.write_bytes(segment.read_bytes()[:end] + block[:cut])
     size = segment.stat().st_size
     log2, seen = open_appending(tmp_path)
     assert seen.records == [b"one", b"two", b"three"]
     log2.append([b"six"])
     log2.close()
-    # The torn tail now sits before an opener's fence: still accepted, every later reopen.
+    # That open recorded where the segment's blocks end: the torn tail is never read again.
     for _ in range(2):
         _, seen = open_appending(tmp_path)
         assert seen.records == [b"one", b"two", b"three", b"six"]
     assert segment.stat().st_size == size and _data_end(segment) == end  # nothing rewrote it
+
+
+@pytest.mark.parametrize("cut", [1, 15, 17, 30, 600])
+def test_a_last_block_cut_off_a_sector_boundary_is_corruption(tmp_path, cut):
+    """No file system leaves a file ending inside a sector it wrote: that is damage."""
+    log, _ = open_appending(tmp_path)
+    log.append([b"one"])
+    crash(log)
+    [segment] = _block_segments(tmp_path)
+    end = _data_end(segment)
+    assert (end + cut) % SECTOR
+    block = encode_block([b"two", b"three" * 400])
+    segment.write_bytes(segment.read_bytes()[:end] + block[:cut])
+    with pytest.raises(CorruptionError, match=rf"{segment.name}: damaged block at byte {end}"):
+        open_appending(tmp_path)
 
 
 def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_path):
@@ -576,7 +607,7 @@ def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_pat
     log.append([b"a" * 50])
     log.append([b"b" * 50])
     log.append([b"c" * 300])  # does not fit: a second segment, started by the same writer
-    log.close()
+    crash(log)
     first, _second = _block_segments(tmp_path)
     first.write_bytes(first.read_bytes()[:_data_end(first) - 10])
     with pytest.raises(CorruptionError) as info:
@@ -598,13 +629,15 @@ def test_a_damaged_complete_block_is_corruption_even_at_the_end(tmp_path, which)
 
 
 @pytest.mark.parametrize("lost", ["second sector", "first sector"])
-def test_a_block_torn_across_sectors_is_dropped_at_the_end_only(tmp_path, lost):
+@pytest.mark.parametrize("after", ["nothing", "a segment with records", "its writer's segment"])
+def test_a_block_torn_across_sectors_is_dropped_at_the_end_only(tmp_path, lost, after):
     """A crash can persist some sectors of a write and not others (unwritten ones read as
-    zeros in the reserved space)."""
-    log, _ = open_appending(tmp_path)
+    zeros in the reserved space). Only at the end of the log is that a torn append."""
+    root = tmp_path / "root"
+    log, _ = open_appending(root)
     log.append([b"kept"])
-    log.close()
-    [segment] = _block_segments(tmp_path)
+    crash(log)
+    [segment] = _block_segments(root)
     end = _data_end(segment)
     block = encode_block([bytes(range(256)) * 8])  # 2 KiB of non-zero bytes
     torn = bytearray(block)
@@ -614,25 +647,26 @@ def test_a_block_torn_across_sectors_is_dropped_at_the_end_only(tmp_path, lost):
     else:
         torn[:boundary] = bytes(boundary)
     _write_at(segment, end, bytes(torn))
-    _, seen = open_appending(tmp_path)
-    assert seen.records == [b"kept"]
-    # The same damage before a segment its writer started later cannot be a crash.
-    store = open_store(str(tmp_path))
+    if after == "nothing":
+        _, seen = open_appending(root)
+        assert seen.records == [b"kept"]
+        return
+    # The same damage before a later segment cannot be a crash: a writer starts a segment
+    # only once its last append is durable, and an opener records where a segment ends.
     next_seq = int(segment.name) + 1
-    data = encode(MAGIC_SEGMENT, {"epoch": 99, "nonce": "x", "seq": next_seq, "count": 0,
-                                  "blocks": True}) + encode_block([b"later"])
-    for p in (tmp_path / SEGMENT_DIR).iterdir():
-        if int(p.name) > int(segment.name):
-            p.unlink()
-    store.put_if_absent(f"{SEGMENT_DIR}/{next_seq:020d}", data)
+    nonce = "x" if after == "a segment with records" else log.nonce
+    records = [b"later"] if after == "a segment with records" else []
+    data = encode(MAGIC_SEGMENT, {"epoch": 99, "nonce": nonce, "seq": next_seq,
+                                  "count": len(records)}, records)
+    open_store(str(root)).put_if_absent(f"{SEGMENT_DIR}/{next_seq:020d}", data)
     with pytest.raises(CorruptionError, match=segment.name):
-        open_appending(tmp_path)
+        open_appending(root)
 
 
 def test_a_truncated_first_block_is_corruption(tmp_path):
     log, _ = open_appending(tmp_path)
     log.append([b"published whole" * 10])
-    log.close()
+    crash(log)
     [segment] = _block_segments(tmp_path)
     segment.write_bytes(segment.read_bytes()[:-20])
     with pytest.raises(CorruptionError, match="first block"):
@@ -683,34 +717,37 @@ def test_an_opener_waits_for_an_append_in_progress_and_replays_it(tmp_path):
     opener.join(30)
     assert result and result[0].records == [b"before", b"in flight"]
     with pytest.raises(FencedError):
-        old.append([b"late"])
+        old.check_fenced()
     _, seen = open_appending(tmp_path)
     assert seen.records == [b"before", b"in flight"]
 
 
-def test_an_opener_rereads_a_segment_the_old_writer_grew_and_left(tmp_path, monkeypatch):
-    """Listing, reading and fencing are not one step: the old writer keeps going between."""
+@pytest.mark.parametrize("size", [50, 150], ids=["grows it", "starts the next one"])
+def test_an_opener_rereads_a_segment_the_old_writer_grew_and_left(tmp_path, monkeypatch, size):
+    """Listing, reading and fencing are not one step: the old writer keeps going between.
+    What it writes after the opener's claim, before the fence, is replayed by the opener."""
     old, _ = open_appending(tmp_path, segment_max_bytes=300)
     old.append([b"a" * 100])
     real_get = LocalStore._raw_get
-    grown = []
+    late: list[int] = []
 
-    def get_then_write(self, key):  # the old writer commits right after each read
+    def get_then_write(self, key):  # the old writer commits right after the read
         data = real_get(self, key)
-        if key.startswith(SEGMENT_DIR) and not grown:
-            grown.append(key)
-            old.append([b"b" * 100])  # appended to the segment just read
-            old.append([b"c" * 100])  # does not fit: starts the next segment
+        if key.startswith(SEGMENT_DIR) and not late:
+            late.append(old.append([b"b" * size]))  # 50: fits that segment; 150: the next
         return data
 
     monkeypatch.setattr(LocalStore, "_raw_get", get_then_write)
     _, seen = open_appending(tmp_path, segment_max_bytes=300)
     monkeypatch.undo()
-    assert seen.records == [b"a" * 100, b"b" * 100, b"c" * 100]
-    with pytest.raises(FencedError):
+    # Acknowledged although the opener had claimed the root: it lands before the opener's
+    # fence, so the opener replays it; the old writer knows it is displaced from then on.
+    assert late and isinstance(old.broken, FencedError)
+    assert seen.records == [b"a" * 100, b"b" * size]
+    with pytest.raises(QueueBroken):
         old.append([b"d"])
     _, seen = open_appending(tmp_path)
-    assert seen.records == [b"a" * 100, b"b" * 100, b"c" * 100]
+    assert seen.records == [b"a" * 100, b"b" * size]
 
 
 def test_checkpoints_follow_superseded_bytes_when_the_caller_knows_the_live_size(tmp_path):
@@ -786,7 +823,7 @@ def test_appending_without_reserved_space_extends_the_file(tmp_path, monkeypatch
 
 def test_a_store_that_cannot_append_writes_one_object_per_commit(tmp_path, monkeypatch):
     """Windows has no flock: the log falls back to publishing every commit whole."""
-    monkeypatch.setattr(LocalStore, "supports_append", False)
+    monkeypatch.setattr(LocalStore, "appendable", False)
     log, _ = open_appending(tmp_path)
     assert [log.append([b"a"]), log.append([b"b"])] == [2, 3]
     assert _block_segments(tmp_path) == []

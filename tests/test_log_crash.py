@@ -28,6 +28,7 @@ from backends import BackendRoot, local_root
 import taquba
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
 from taquba.log.format import MAGIC_SEGMENT, decode
+from taquba.log.manifest import decode_manifest
 from taquba.storage import Store
 
 CHILD = str(Path(__file__).with_name("_log_child.py"))
@@ -259,3 +260,29 @@ def test_second_process_fences_a_busy_first_one(shared_root):
     key = f"{SEGMENT_DIR}/{segment_names[-1]}"
     fields, records = decode(key, MAGIC_SEGMENT, reader.get(key))
     assert records == [] and fields["epoch"] == log.epoch
+
+
+# -- a crash while a checkpoint deletes what it covers -----------------------------------------
+
+
+def test_sigkill_during_checkpoint_cleanup_leaves_leftovers_the_next_open_removes(disk_root):
+    child = Child.start("cleanup", disk_root)
+    last = int(child.wait_for("ready ").split()[1])
+    deleted = int(child.wait_for("deleting ").split()[1])
+    child.kill()
+    assert deleted > 0
+    store = disk_root.store()
+    [manifest] = store.list_dir(MANIFEST_DIR)
+    replay_from = decode_manifest(manifest, store.get(f"{MANIFEST_DIR}/{manifest}")).replay_from
+    assert replay_from == last + 1  # the checkpoint's version is durable ...
+    leftovers = [int(n) for n in store.list_dir(SEGMENT_DIR) if int(n) < replay_from]
+    assert len(leftovers) >= 20  # ... and half of what it covers is still there
+
+    log, chain = replay_chain(disk_root)
+    log.close()
+    assert chain.ranges == [[0, 59]] and chain.repeats == []
+    objects = all_objects(store)
+    # below replay_from only the opener's own fence is left, kept while it owns the root
+    assert [int(n) for n in objects[SEGMENT_DIR] if int(n) < log.replay_from] == \
+        [log.next_seq - 1]
+    assert len(objects[CHECKPOINT_DIR]) == 1 and len(objects[MANIFEST_DIR]) == 1

@@ -6,6 +6,7 @@ No storage and no threads: events are made by hand, applied, encoded and decoded
 from __future__ import annotations
 
 import math
+import struct
 
 import pytest
 from clock import T0
@@ -200,7 +201,46 @@ EXAMPLES: list[ev.Event] = [
     ev.Failed(A, ev.TO_SCHEDULED, None, T0, None), ev.Failed(A, ev.TO_PENDING),
     ev.Cancelled(A), ev.DeadRequeued("x"), ev.Promoted([A, "x"]), ev.Purged([]),
     ev.Released([B]), ev.KvDeleted([b"a", b""]),
+    ev.Intake("0123456789abcdef", 7, T0, [ev.Enqueued("q", T0, [A], [b"a"]), ev.Cancelled(A),
+                                          ev.DeadRequeued("x")]),
+    ev.Intake("p", 0, T0, []), ev.InboxForgot(["p", "0123456789abcdef"]),
 ]
+
+
+def test_intake_records_keep_the_layout_of_the_first_inbox_release() -> None:
+    """tag | str producer | uvarint seq | f64 at | uvarint n | n x bytes record, and
+    tag | uvarint n | n x str producer: roots written before the typed events stay readable."""
+    inner = ev.Cancelled(A).encode()
+    got = ev.Intake("pp", 300, T0, [ev.Cancelled(A)]).encode()
+    assert got == bytes([got[0]]) + b"\x02pp" + b"\xac\x02" + struct.pack(">d", T0) \
+        + b"\x01" + bytes([len(inner)]) + inner
+    assert got[0] & 0x0F == ev.INTAKE == 12
+    forgot = ev.InboxForgot(["a", "bc"]).encode()
+    assert forgot == bytes([forgot[0]]) + b"\x02\x01a\x02bc"
+    assert forgot[0] & 0x0F == ev.INBOX_FORGET == 13
+
+
+def test_an_intake_nested_in_an_intake_is_corruption() -> None:
+    nested = ev.InboxForgot(["p"]).encode()
+    data = bytearray(ev.Intake("p", 1, T0, []).encode())
+    data[-1] = 1
+    data += bytes([len(nested)]) + nested
+    with pytest.raises(CorruptionError, match="nested intake"):
+        ev.decode(bytes(data))
+
+
+def test_an_intake_applies_its_events_then_sets_the_mark_and_snapshots_keep_marks() -> None:
+    s = State()
+    s.apply(ev.Intake("p1", 4, T0, [ev.Enqueued("q", T0, [A, B], [b"a", b"b"]),
+                                    ev.Cancelled(A)]))
+    assert set(s.jobs) == {B} and s.inbox_marks == {"p1": (4, T0)}
+    s.apply(ev.Intake("p2", 0, T0 + 1, []))
+    before = s.live_bytes
+    r = State.restore(s.snapshot())
+    assert r.inbox_marks == {"p1": (4, T0), "p2": (0, T0 + 1)} and r.live_bytes == before
+    s.apply(ev.InboxForgot(["p1", "unknown"]))
+    assert s.inbox_marks == {"p2": (0, T0 + 1)}
+    assert State.restore(s.snapshot()).inbox_marks == {"p2": (0, T0 + 1)}
 
 
 def test_every_event_class_has_an_example() -> None:
@@ -213,7 +253,7 @@ def test_each_event_class_round_trips(event: ev.Event) -> None:
     got = ev.decode(record)
     assert type(got) is type(event)
     assert got.encode() == record
-    if not isinstance(event, ev.Enqueued):
+    if not isinstance(event, (ev.Enqueued, ev.Intake)):  # sequences may come back as lists
         assert got == event
 
 

@@ -574,3 +574,37 @@ def test_injected_delay_is_applied_to_every_request(
     faulty_store.list_dir("d")
     assert time.monotonic() - start >= 0.06
     assert (faulty.count("put"), faulty.count("get"), faulty.count("list")) == (1, 1, 1)
+
+
+# -- capabilities ----------------------------------------------------------------------------
+
+
+EXPECTED_CAPABILITIES = {
+    # backend: (appendable, atomic_create, shared_across_processes, remote, leaves_temp_files)
+    "memory": (False, True, False, False, False),
+    "local": (sys.platform != "win32", True, True, False, True),
+    "s3": (False, True, True, True, False),
+    "gcs": (False, True, True, True, False),
+    "azure": (False, True, True, True, False),
+}
+
+
+def test_capabilities_say_what_each_backend_can_do(store: Store,
+                                                   backend_root: BackendRoot) -> None:
+    got = (store.appendable, store.atomic_create, store.shared_across_processes,
+           store.remote, store.leaves_temp_files)
+    assert got == EXPECTED_CAPABILITIES[backend_root.name]
+    assert store.supports_append == store.appendable  # the older name
+    if not store.appendable:
+        with pytest.raises(NotImplementedError):
+            store.create_appendable("segments/1", b"x")
+    if not store.leaves_temp_files:
+        assert store.remove_temp_files("segments") == 0
+
+
+def test_a_filesystem_taquba_does_not_know_makes_no_atomicity_claim() -> None:
+    import fsspec
+
+    store = open_store(FaultyFileSystem(fsspec.filesystem("memory")), path="/unknown")
+    assert store.atomic_create is False
+    assert store.remote is True

@@ -560,3 +560,77 @@ def dask_client() -> Iterator[Any]:
 
 def test_dask_executor(q: Queue, dask_client: Any) -> None:
     run_on_executor(q, dask_client.get_executor(), other_process=False)
+
+
+# --------------------------------------------------------------------------- BaseException rule
+
+
+def test_system_exit_in_run_worker_releases_the_job_and_propagates(q: Queue) -> None:
+    def handler(claim: Claim) -> None:
+        raise SystemExit(3)
+
+    job = q.enqueue(QUEUE, b"x", max_attempts=1)  # a nack would make it dead; a release not
+    with pytest.raises(SystemExit):
+        run_worker(q, QUEUE, handler, shutdown=threading.Event(), poll_interval=POLL)
+    record = q.get_job(job)
+    assert record is not None and record.status == JobStatus.PENDING and record.attempts == 1
+    assert record.last_error == "interrupted: SystemExit 3"
+    assert record.run_at is None  # no backoff: it can be claimed at once
+    c = q.claim(QUEUE)
+    assert c is not None and c.id == job and c.attempts == 2
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("on_executor", [False, True], ids=["worker-threads", "thread-pool"])
+def test_an_interrupted_handler_stops_run_worker_concurrent_after_the_others_settle(
+        q: Queue, interrupt: type[BaseException], on_executor: bool) -> None:
+    slow_started, slow_may_finish = threading.Event(), threading.Event()
+
+    def handler(claim: Claim) -> None:
+        if claim.payload == b"slow":
+            slow_started.set()
+            assert slow_may_finish.wait(WAIT)
+        elif claim.payload == b"interrupt":
+            assert slow_started.wait(WAIT)
+            raise interrupt
+
+    slow = q.enqueue(QUEUE, b"slow", priority=0)
+    interrupted = q.enqueue(QUEUE, b"interrupt", priority=1, max_attempts=1)
+    later = [q.enqueue(QUEUE, b"later", priority=2) for _ in range(5)]
+    shutdown = threading.Event()
+    errors: list[BaseException] = []
+    executor = ThreadPoolExecutor(max_workers=2) if on_executor else None
+
+    def loop() -> None:
+        try:
+            run_worker_concurrent(q, QUEUE, handler, concurrency=2, shutdown=shutdown,
+                                  poll_interval=POLL, executor=executor)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + WAIT
+        while (q.get_job(interrupted).last_error or "") == "":  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the interrupted job was never given back"
+            time.sleep(0.01)
+        assert thread.is_alive(), "the loop ended while a job was still running"
+        assert not errors
+        slow_may_finish.set()
+        thread.join(WAIT)
+        assert not thread.is_alive(), "the loop went on after the interrupt"
+    finally:
+        slow_may_finish.set()
+        shutdown.set()
+        thread.join(WAIT)
+        if executor is not None:
+            executor.shutdown()
+    assert len(errors) == 1 and type(errors[0]) is interrupt, errors
+    assert q.get_job(slow).status == JobStatus.DONE  # type: ignore[union-attr]
+    record = q.get_job(interrupted)
+    assert record is not None and record.status == JobStatus.PENDING and record.attempts == 1
+    assert record.last_error == f"interrupted: {interrupt.__name__}"
+    for job in later:  # nothing was claimed after the interrupt
+        r = q.get_job(job)
+        assert r is not None and (r.status, r.attempts) == (JobStatus.PENDING, 0)

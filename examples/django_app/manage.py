@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Django's command-line utility for the taquba demo project.
 
-    python examples/django_app/manage.py runserver --noreload
+    python examples/django_app/manage.py runjobs &     # the one process that owns the queue
+    python examples/django_app/manage.py runserver     # web processes: submit and look up
 """
 
 import os

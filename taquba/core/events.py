@@ -27,6 +27,9 @@ present only when its flag is set::
     CANCEL, REQUEUE_DEAD     tag | u8 flags | id
     PROMOTE, PURGE, RELEASE  tag | uvarint n | n x id (each with its leading form byte)
     KV_DELETE  tag | uvarint n | n x bytes key
+    INTAKE     tag | str producer | uvarint seq | f64 at | uvarint n | n x bytes record
+               (ordinary records, applied in order, then the producer's mark is set)
+    INBOX_FORGET  tag | uvarint n | n x str producer
 
 In the single-job records, flag F_TEXT_ID says the id is stored as text. Unknown flag
 bits are corruption.
@@ -41,12 +44,10 @@ of them is ever visible).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Union
 
 from ..errors import CorruptionError
-from . import ids
 from .codec import (
     F_TEXT_ID,
     Corrupt,
@@ -56,17 +57,26 @@ from .codec import (
     id_list_record,
     put_blob,
     put_dur,
-    put_headers,
     put_str,
     put_time,
     put_uvarint,
     single_head,
     single_id,
     tag,
-    text_id,
 )
 
-ENQUEUE = 1
+# The ENQUEUE event and its format constants live in enqueue.py; they are part of this API.
+from .enqueue import DEFAULT_MAX_ATTEMPTS as DEFAULT_MAX_ATTEMPTS
+from .enqueue import DEFAULT_PRIORITY as DEFAULT_PRIORITY
+from .enqueue import ENQUEUE as ENQUEUE
+from .enqueue import J_DEDUP as J_DEDUP
+from .enqueue import J_HEADERS as J_HEADERS
+from .enqueue import J_MAX_ATTEMPTS as J_MAX_ATTEMPTS
+from .enqueue import J_PRIORITY as J_PRIORITY
+from .enqueue import J_RUN_AT as J_RUN_AT
+from .enqueue import Enqueued as Enqueued
+from .enqueue import JobSpec as JobSpec
+
 CLAIM = 2
 RENEW = 3
 ACK = 4
@@ -77,12 +87,15 @@ PROMOTE = 8
 PURGE = 9
 KV_DELETE = 10
 RELEASE = 11
+INTAKE = 12
+INBOX_FORGET = 13
 SNAPSHOT = 15  # see snapshot.py
 
 KIND_NAMES = {  # for messages
     ENQUEUE: "enqueue", CLAIM: "claim", RENEW: "renew", ACK: "ack", FAIL: "fail",
     CANCEL: "cancel", REQUEUE_DEAD: "requeue_dead", PROMOTE: "promote", PURGE: "purge",
-    KV_DELETE: "kv_delete", RELEASE: "release", SNAPSHOT: "snapshot",
+    KV_DELETE: "kv_delete", RELEASE: "release", INTAKE: "intake",
+    INBOX_FORGET: "inbox_forget", SNAPSHOT: "snapshot",
 }
 
 # Where a failed attempt sends the job (FAIL records).
@@ -90,230 +103,19 @@ TO_PENDING = 0
 TO_SCHEDULED = 1
 TO_DEAD = 2
 
-# What an enqueued job gets when its record leaves the field out. These belong to the
-# format, not to any configuration: changing a QueueConfig never changes a replay.
-DEFAULT_PRIORITY = 1000
-DEFAULT_MAX_ATTEMPTS = 3
-
-# ENQUEUE job flags
-_ID_VALUE = 0
-_ID_NEXT = 1
-_ID_TEXT = 2
-_ID_FORM = 0x03
-J_PRIORITY = 0x04
-J_MAX_ATTEMPTS = 0x08
-J_RUN_AT = 0x10
-J_DEDUP = 0x20
-J_HEADERS = 0x40
-_J_KNOWN = 0x7F
-
 # single-job record flags (F_TEXT_ID, bit 0, is in codec.py)
 F_KEEP = 0x02  # ACK
 _FAIL_TO = 0x06  # FAIL: destination << 1
 F_ERROR = 0x08  # FAIL
 
-_MAX_ID_VALUE = (1 << 128) - 1
 
 _T_ENQUEUE = tag(ENQUEUE)
 _T_CLAIM = tag(CLAIM)
 _T_ACK = tag(ACK)
+_T_INTAKE = tag(INTAKE)
+_T_INBOX_FORGET = tag(INBOX_FORGET)
 _CLAIM_SHORT = struct.Struct(">BB16sBdB")  # tag, flags, id, attempts, claimed_at, dur
 _ACK_DROP = bytes((_T_ACK, 0))
-
-
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """The options of one enqueued job that the event's common values do not cover."""
-
-    priority: int = DEFAULT_PRIORITY
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    run_at: float | None = None  # scheduled: not claimable before
-    dedup_key: str | None = None
-    headers: Mapping[str, str] | None = None  # None or non-empty
-
-
-class Enqueued(NamedTuple):
-    """New jobs of ``queue`` at ``at``, numbered in order by the state; then KV writes.
-
-    Job ``i`` is ``ids[i]`` with ``payloads[i]``. With ``specs`` None every job has the
-    event's ``priority`` and ``max_attempts`` and nothing else (``enqueue_batch``, and
-    plain enqueues made together): the common case, encoded and applied on a fast path.
-    Otherwise ``specs[i]`` gives job ``i``'s own options, or None for the common ones.
-    """
-
-    queue: str
-    at: float
-    ids: Sequence[str]
-    payloads: Sequence[bytes]
-    priority: int = DEFAULT_PRIORITY
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    specs: Sequence[JobSpec | None] | None = None
-    kv: Sequence[tuple[bytes, bytes]] = ()
-
-    def encode(self) -> bytes:
-        n = len(self.ids)
-        if n < 1:
-            raise ValueError("an enqueue record holds at least one job")
-        if len(self.payloads) != n or (self.specs is not None and len(self.specs) != n):
-            raise ValueError(f"{n} ids for {len(self.payloads)} payloads")
-        buf = bytearray((tag(ENQUEUE),))
-        put_str(buf, self.queue)
-        put_time(buf, self.at)
-        put_uvarint(buf, n << 1 | bool(self.kv))
-        parts: list[bytes | bytearray] = [buf]
-        append = parts.append
-        common = 0  # the flags and fields of a job without a spec
-        extra = bytearray()
-        if self.priority != DEFAULT_PRIORITY:
-            common |= J_PRIORITY
-            put_uvarint(extra, self.priority)
-        if self.max_attempts != DEFAULT_MAX_ATTEMPTS:
-            common |= J_MAX_ATTEMPTS
-            put_uvarint(extra, self.max_attempts)
-        specs = self.specs
-        decode_id = ids.decode
-        tails = ids.TAILS
-        # Before a plain job's payload: bytes that depend only on the payload's length when
-        # its id is the one after the previous job's (a generated batch), made once a length.
-        next_heads: dict[int, bytes] = {}
-        head = ""  # the first 24 digits of the previous id, if it is canonical
-        prev = -2  # the value of the previous id, if it is canonical
-        for i, (job_id, payload) in enumerate(zip(self.ids, self.payloads)):
-            spec = None if specs is None else specs[i]
-            low = (prev + 1) & 0xFF
-            if spec is None and low and head and job_id[24:] == tails[low] \
-                    and job_id[:24] == head and len(job_id) == 26:
-                # The next value, recognised from the text without decoding it (ids.py).
-                prev += 1
-                size = len(payload)
-                h = next_heads.get(size)
-                if h is None:
-                    b = bytearray((common | _ID_NEXT,))
-                    b += extra
-                    put_uvarint(b, size)
-                    h = next_heads[size] = bytes(b)
-                append(h)
-                append(payload)  # copied once, by the join
-                continue
-            value = decode_id(job_id)
-            if value is None:
-                flags = _ID_TEXT
-            elif value == prev + 1:
-                flags = _ID_NEXT
-            else:
-                flags = _ID_VALUE
-            b = bytearray()
-            if spec is None:
-                b.append(flags | common)
-                fields = extra
-            else:
-                fields = bytearray()
-                if spec.priority != DEFAULT_PRIORITY:
-                    flags |= J_PRIORITY
-                    put_uvarint(fields, spec.priority)
-                if spec.max_attempts != DEFAULT_MAX_ATTEMPTS:
-                    flags |= J_MAX_ATTEMPTS
-                    put_uvarint(fields, spec.max_attempts)
-                if spec.run_at is not None:
-                    flags |= J_RUN_AT
-                    put_time(fields, spec.run_at)
-                if spec.dedup_key is not None:
-                    flags |= J_DEDUP
-                    put_str(fields, spec.dedup_key)
-                if spec.headers:
-                    flags |= J_HEADERS
-                    put_headers(fields, spec.headers)
-                b.append(flags)
-            if value is None:
-                b += text_id(job_id)
-                prev = -2
-                head = ""
-            else:
-                if flags & _ID_FORM == _ID_VALUE:
-                    b += value.to_bytes(16, "big")
-                prev = value
-                head = job_id[:24]
-            b += fields
-            put_uvarint(b, len(payload))
-            append(b)
-            append(payload)
-        if self.kv:
-            b = bytearray()
-            put_uvarint(b, len(self.kv))
-            for key, val in self.kv:
-                put_blob(b, key)
-                put_blob(b, val)
-            append(b)
-        return b"".join(parts)
-
-    @classmethod
-    def read(cls, r: Reader) -> Enqueued:
-        queue = r.text()
-        if not queue:
-            raise Corrupt("empty queue name")
-        at = r.time()
-        head = r.uvarint()
-        count = head >> 1
-        if count < 1 or count * 2 > r.end - r.pos:
-            raise Corrupt(f"bad job count {count}")
-        job_ids: list[str] = []
-        payloads: list[bytes] = []
-        specs: list[JobSpec | None] | None = None
-        common: tuple[int, int] | None = None
-        prev = -2
-        text = ""
-        successor = ids.successor
-        for i in range(count):
-            flags = r.flags(_J_KNOWN)
-            form = flags & _ID_FORM
-            if form == _ID_NEXT:
-                if prev < 0:
-                    raise Corrupt("an id given as 'previous + 1' follows no canonical id")
-                prev += 1
-                if prev > _MAX_ID_VALUE:
-                    raise Corrupt("job id value out of range")
-                job_id = text = successor(text, prev)
-            elif form == _ID_VALUE:
-                prev = r.id_value()
-                job_id = text = ids.encode(prev)
-            elif form == _ID_TEXT:
-                job_id = r.text_id()
-                prev = -2
-            else:
-                raise Corrupt(f"unknown job id form {form}")
-            priority = r.u32("priority") if flags & J_PRIORITY else DEFAULT_PRIORITY
-            max_attempts = r.positive("max_attempts") if flags & J_MAX_ATTEMPTS \
-                else DEFAULT_MAX_ATTEMPTS
-            spec = None
-            if flags & (J_RUN_AT | J_DEDUP | J_HEADERS):
-                run_at = r.time() if flags & J_RUN_AT else None
-                dedup_key = r.text() if flags & J_DEDUP else None
-                if dedup_key == "":
-                    raise Corrupt("empty dedup key")
-                headers = r.headers() if flags & J_HEADERS else None
-                if headers is not None and not headers:
-                    raise Corrupt("empty headers present")
-                spec = JobSpec(priority, max_attempts, run_at, dedup_key, headers)
-            elif common is None:
-                common = (priority, max_attempts)
-            elif common != (priority, max_attempts):
-                spec = JobSpec(priority, max_attempts)
-            if spec is not None and specs is None:
-                specs = [None] * i
-            if specs is not None:
-                specs.append(spec)
-            job_ids.append(job_id)
-            payloads.append(r.blob())
-        kv: list[tuple[bytes, bytes]] = []
-        if head & 1:
-            n = r.count(2)
-            if n < 1:
-                raise Corrupt("empty KV writes present")
-            for _ in range(n):
-                key = r.blob()
-                kv.append((key, r.blob()))
-        priority, max_attempts = common or (DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS)
-        return cls(queue, at, job_ids, payloads, priority, max_attempts, specs, kv)
 
 
 class Claimed(NamedTuple):
@@ -526,14 +328,72 @@ class KvDeleted(NamedTuple):
         return cls([r.blob() for _ in range(r.count(1))])
 
 
+# An event an inbox submission can hold (inside an Intake).
+Submitted = Union[Enqueued, Cancelled, DeadRequeued]  # noqa: UP007
+
+
+class Intake(NamedTuple):
+    """One inbox object taken in: its ``events`` in order, then ``producer``'s mark
+    becomes ``(seq, at)``; in one record so that they commit together."""
+
+    producer: str
+    seq: int
+    at: float
+    events: Sequence[Event]
+
+    def encode(self) -> bytes:
+        buf = bytearray((tag(INTAKE),))
+        put_str(buf, self.producer)
+        put_uvarint(buf, self.seq)
+        put_time(buf, self.at)
+        put_uvarint(buf, len(self.events))
+        for event in self.events:
+            if isinstance(event, (Intake, InboxForgot)):
+                raise ValueError("an intake cannot hold an intake or inbox-forget event")
+            put_blob(buf, event.encode())
+        return bytes(buf)
+
+    @classmethod
+    def read(cls, r: Reader) -> Intake:
+        producer = r.text()
+        if not producer:
+            raise Corrupt("empty producer id")
+        seq = r.uvarint()
+        at = r.time()
+        records = [r.blob() for _ in range(r.count(1))]
+        inner: list[Event] = []
+        for record in records:
+            if not record or record[0] in (_T_INTAKE, _T_INBOX_FORGET):
+                raise Corrupt("an intake holds an empty or nested intake record")
+            inner.append(decode(record))
+        return cls(producer, seq, at, inner)
+
+
+class InboxForgot(NamedTuple):
+    """The marks of producers gone quiet are dropped."""
+
+    producers: Sequence[str]
+
+    def encode(self) -> bytes:
+        buf = bytearray((tag(INBOX_FORGET),))
+        put_uvarint(buf, len(self.producers))
+        for producer in self.producers:
+            put_str(buf, producer)
+        return bytes(buf)
+
+    @classmethod
+    def read(cls, r: Reader) -> InboxForgot:
+        return cls([r.text() for _ in range(r.count(1))])
+
+
 # Any event: what State.apply takes and decode returns.
 Event = Union[Enqueued, Claimed, Renewed, Acked, Failed, Cancelled, DeadRequeued,  # noqa: UP007
-              Promoted, Purged, KvDeleted, Released]
+              Promoted, Purged, KvDeleted, Released, Intake, InboxForgot]
 # The record kind of each event type.
 KIND_OF: dict[type[Event], int] = {
     Enqueued: ENQUEUE, Claimed: CLAIM, Renewed: RENEW, Acked: ACK, Failed: FAIL,
     Cancelled: CANCEL, DeadRequeued: REQUEUE_DEAD, Promoted: PROMOTE, Purged: PURGE,
-    KvDeleted: KV_DELETE, Released: RELEASE}
+    KvDeleted: KV_DELETE, Released: RELEASE, Intake: INTAKE, InboxForgot: INBOX_FORGET}
 EVENT_TYPES: tuple[type[Event], ...] = tuple(KIND_OF)
 _READERS: dict[int, Callable[[Reader], Event]] = {
     tag(kind): cls.read for cls, kind in KIND_OF.items()}

@@ -39,6 +39,7 @@ from .codec import (
     put_headers,
     put_listed_id,
     put_str,
+    put_time,
     put_uvarint,
     tag,
     text_id,
@@ -81,7 +82,8 @@ QueueRow = tuple[str, int, dict[str, str]]
 
 
 def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
-           jobs: Collection[Job], kv: Mapping[bytes, bytes]) -> bytes:
+           jobs: Collection[Job], kv: Mapping[bytes, bytes],
+           marks: Mapping[str, tuple[int, float]] | None = None) -> bytes:
     """The whole state. Every job's queue must be among ``queues``.
 
     Everything is written into one buffer, so the peak memory is about twice the snapshot.
@@ -204,11 +206,18 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
     for kv_key, kv_value in kv.items():
         put_blob(buf, kv_key)
         put_blob(buf, kv_value)
+    if marks:  # absent in snapshots written before the inbox existed
+        put_uvarint(buf, len(marks))
+        for producer, (seq, at) in marks.items():
+            put_str(buf, producer)
+            put_uvarint(buf, seq)
+            put_time(buf, at)
     return bytes(buf)
 
 
-def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes]]:
-    """``(next_seq, queues, jobs, kv)`` of a snapshot made by :func:`encode`."""
+def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes],
+                                 dict[str, tuple[int, float]]]:
+    """``(next_seq, queues, jobs, kv, inbox marks)`` of a snapshot made by :func:`encode`."""
     t = check_tag(data)
     if t != _T_SNAPSHOT:
         raise CorruptionError(f"expected a snapshot, found a record of kind {t & 0x0F}")
@@ -235,12 +244,21 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
         for _ in range(r.count(2)):
             key = r.blob()
             kv[key] = r.blob()
+        marks: dict[str, tuple[int, float]] = {}
+        if r.pos < r.end:
+            n = r.count(10)
+            if not n:
+                raise Corrupt(f"trailing bytes after the KV entries at byte {r.pos - 1}")
+            for _ in range(n):
+                producer = r.text()
+                seq = r.uvarint()
+                marks[producer] = (seq, r.time())
         r.finish()
     except Corrupt as exc:
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): {exc}") from None
     except (IndexError, struct.error):  # a read past the end in _decode_jobs' fast paths
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): truncated") from None
-    return next_seq, queues, rows, kv
+    return next_seq, queues, rows, kv, marks
 
 
 def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Job]:

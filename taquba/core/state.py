@@ -51,6 +51,7 @@ DEAD = JobStatus.DEAD
 
 JOB_BYTES = snap.JOB_BYTES
 KV_ENTRY_BYTES = 4  # the two lengths of a KV entry in a snapshot
+MARK_BYTES = 12  # an inbox mark's seq and time besides its producer id
 
 
 def job_size(job: Job) -> int:
@@ -113,6 +114,8 @@ class State:
         self.kv: dict[bytes, bytes] = {}
         self.next_seq = 1
         self.live_bytes = 0  # estimated size of a snapshot (see the module docstring)
+        # producer id -> (last inbox seq taken in, when): see taquba.inbox
+        self.inbox_marks: dict[str, tuple[int, float]] = {}
 
     # -- queries -------------------------------------------------------------------------
 
@@ -386,6 +389,19 @@ class State:
             if old is not None:
                 self.live_bytes -= len(key) + len(old) + KV_ENTRY_BYTES
 
+    def _intake(self, e: ev.Intake) -> None:
+        """An inbox object taken in: its events in order, then the producer's mark."""
+        for event in e.events:
+            _APPLY[type(event)](self, event)
+        if e.producer not in self.inbox_marks:
+            self.live_bytes += MARK_BYTES + len(e.producer)
+        self.inbox_marks[e.producer] = (e.seq, e.at)
+
+    def _inbox_forgot(self, e: ev.InboxForgot) -> None:
+        for producer in e.producers:
+            if self.inbox_marks.pop(producer, None) is not None:
+                self.live_bytes -= MARK_BYTES + len(producer)
+
     # -- helpers of the transitions --------------------------------------------------------
 
     def _set_status(self, job: Job, status: JobStatus) -> None:
@@ -443,13 +459,15 @@ class State:
     def snapshot(self) -> bytes:
         """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
         queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
-        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv)
+        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv,
+                           self.inbox_marks)
 
     @classmethod
     def restore(cls, data: bytes) -> State:
         """The state a snapshot describes (raises ``CorruptionError`` if it is malformed)."""
-        next_seq, queues, decoded, kv = snap.decode(data)
+        next_seq, queues, decoded, kv, marks = snap.decode(data)
         state = cls()
+        state.inbox_marks = marks
         state.next_seq = next_seq
         for name, done_total, dedup in queues:
             index = state.queue(name)
@@ -489,6 +507,7 @@ class State:
         state.kv = kv
         for key, value in kv.items():
             size += len(key) + len(value) + KV_ENTRY_BYTES
+        size += sum(MARK_BYTES + len(p) for p in marks)
         state.live_bytes = size
         return state
 
@@ -509,4 +528,6 @@ _APPLY: dict[type[Any], Callable[[State, Any], None]] = {
     ev.Purged: State._purged,
     ev.Released: State._released,
     ev.KvDeleted: State._kv_deleted,
+    ev.Intake: State._intake,
+    ev.InboxForgot: State._inbox_forgot,
 }

@@ -1,5 +1,6 @@
-"""The log layer: manifest chain, segments and checkpoints over opaque bytes."""
+"""The log layer: manifest versions, segments and checkpoints over opaque bytes."""
 
-from .log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
+from .log import Log
+from .manifest import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR
 
 __all__ = ["CHECKPOINT_DIR", "MANIFEST_DIR", "SEGMENT_DIR", "Log"]

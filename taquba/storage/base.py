@@ -12,12 +12,14 @@ Rules every implementation keeps:
   subdirectories), sorted bytewise, with no temporary files.
 - ``get_range(key, start, end)`` returns bytes ``[start, end)`` clipped to the object, like
   a slice: an empty range, or one starting at or past the end, gives ``b""``.
-- Appending is optional (``supports_append``; local disk only): ``create_appendable`` publishes
+- Appending is optional (``appendable``; local disk only): ``create_appendable`` publishes
   an object whole like ``put_if_absent`` and returns an :class:`Appender` that adds bytes at
   its end, each append durable on return and refused once a given *fence* key exists;
   ``read_from_locked`` reads an appendable object's tail while no append is in progress.
-- Transient backend errors are retried with bounded exponential backoff; what is left is
-  raised as a :class:`~taquba.errors.StorageError` subclass with the cause kept.
+- Transient backend errors are retried with bounded exponential backoff within a total
+  retry budget per call; what is left is raised as a :class:`~taquba.errors.StorageError`
+  subclass with the cause kept. A missing bucket or container is a
+  :class:`~taquba.errors.PermanentStorageError` that names it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ from ..errors import StorageError, TransientStorageError
 from .errors import ObjectExists, ObjectNotFound, translate
 
 T = TypeVar("T")
+
+DEFAULT_RETRY_BUDGET = 10.0
+MIN_ATTEMPT_SECONDS = 0.05
+TRANSFER_FLOOR_BYTES_PER_S = 8 << 20
 
 
 @dataclass
@@ -73,17 +79,56 @@ class Appender(ABC):
 
 
 class Store(ABC):
-    """A root on some filesystem holding immutable objects addressed by ``dir/name`` keys."""
+    """A root on some filesystem holding immutable objects addressed by ``dir/name`` keys.
 
-    supports_append = False
+    Capabilities are class attributes that callers read instead of asking for a concrete
+    type:
 
-    def __init__(self, description: str, *, retries: int = 6, retry_delay: float = 0.05) -> None:
+    - ``appendable``: :meth:`create_appendable` and :meth:`read_from_locked` work (appended
+      blocks, each made durable with ``fdatasync``; local disk only). ``supports_append``
+      is the same flag under its older name.
+    - ``atomic_create``: :meth:`put_if_absent` has exactly one winner among concurrent
+      writers of a key (within ``shared_across_processes``).
+    - ``shared_across_processes``: other processes (and machines, for object stores) opening
+      the same location see the same objects; false for fsspec's in-process memory
+      filesystem.
+    - ``remote``: every request is a network round trip, so independent reads are worth
+      issuing in parallel.
+    - ``leaves_temp_files``: a writer that dies mid-put can leave temporary files behind,
+      which :meth:`remove_temp_files` collects once no other writer uses the root.
+
+    Every request a store sends is counted in :attr:`counts` (retries included): on object
+    stores one counted request is one HTTP request, as the server sees it.
+
+    Retries are bounded twice: at most ``retries`` retries, and within ``retry_budget``
+    seconds from the start of the call (no attempt starts and no backoff is slept past it).
+    An attempt on an asynchronous fsspec filesystem is also cut off once the budget is
+    spent, with an allowance of one second per 8 MiB it may transfer; so an
+    unreachable backend surfaces as :class:`TransientStorageError` within the budget.
+    """
+
+    appendable = False
+    atomic_create = True
+    shared_across_processes = True
+    remote = False
+    leaves_temp_files = False
+
+    def __init__(self, description: str, *, retries: int = 6, retry_delay: float = 0.05,
+                 retry_budget: float = DEFAULT_RETRY_BUDGET) -> None:
         self.description = description
         self.retries = retries
         self.retry_delay = retry_delay
+        self.retry_budget = retry_budget
         self.counts = RequestCounts()
         self._counts_lock = threading.Lock()
         self.sleep: Callable[[float], None] = time.sleep
+        self.monotonic: Callable[[], float] = time.monotonic
+        self._local = threading.local()
+
+    @property
+    def supports_append(self) -> bool:
+        """The older name of :attr:`appendable`."""
+        return self.appendable
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.description!r})"
@@ -93,7 +138,7 @@ class Store(ABC):
     def put_if_absent(self, key: str, data: bytes) -> None:
         """Create ``key`` holding ``data``; raise :class:`ObjectExists` if someone else has it."""
         try:
-            self._retry("put", key, lambda: self._count_put(key, data))
+            self._retry("put", key, lambda: self._raw_put_if_absent(key, data))
         except ObjectExists:
             try:
                 existing = self.get(key)
@@ -104,9 +149,7 @@ class Store(ABC):
             # Our own earlier attempt landed; its response was lost.
 
     def get(self, key: str) -> bytes:
-        data = self._retry("get", key, lambda: self._raw_get(key))
-        self._count(gets=1, bytes_read=len(data))
-        return data
+        return self._retry("get", key, lambda: self._raw_get(key))
 
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of ``key``, clipped to its length like a slice."""
@@ -116,14 +159,11 @@ class Store(ABC):
         if end <= start:
             # No request: backends disagree on empty ranges (S3 returns the whole object).
             return b""
-        data = self._retry("get", key, lambda: self._raw_get_range(key, start, end))
-        self._count(gets=1, bytes_read=len(data))
-        return data
+        return self._retry("get", key, lambda: self._raw_get_range(key, start, end))
 
     def list_dir(self, directory: str) -> list[str]:
         """Sorted names of the objects directly under ``directory`` (no trailing slash)."""
         names = self._retry("list", directory + "/", lambda: self._raw_list(directory))
-        self._count(lists=1)
         return sorted(names)
 
     def delete(self, keys: Iterable[str]) -> None:
@@ -133,7 +173,6 @@ class Store(ABC):
             return
         self._retry("delete", keys[0] if len(keys) == 1 else f"{len(keys)} objects",
                     lambda: self._raw_delete(keys))
-        self._count(deletes=1)
 
     def create_appendable(self, key: str, data: bytes, reserve: int = 0) -> Appender:
         """Create ``key`` holding ``data`` (as :meth:`put_if_absent`), open for appending;
@@ -145,10 +184,17 @@ class Store(ABC):
         """Bytes of ``key`` from ``start`` on, read while no :class:`Appender` is appending."""
         raise NotImplementedError(f"{type(self).__name__} cannot append")
 
+    def remove_temp_files(self, directory: str) -> int:
+        """Delete what crashed writers left in ``directory``; returns how many. Only stores
+        with ``leaves_temp_files`` leave any."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources held by the store."""
 
-    # -- backend hooks -------------------------------------------------------------------
+    # -- backend hooks: one attempt each, counting every request they send ---------------
+    #
+    # A hook that can bound its own run time reads :meth:`_attempt_budget`.
 
     @abstractmethod
     def _raw_put_if_absent(self, key: str, data: bytes) -> None: ...
@@ -167,27 +213,56 @@ class Store(ABC):
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _count_put(self, key: str, data: bytes) -> None:
-        self._count(puts=1, bytes_written=len(data))
-        self._raw_put_if_absent(key, data)
-
     def _count(self, **deltas: int) -> None:
         with self._counts_lock:
             for name, delta in deltas.items():
                 setattr(self.counts, name, getattr(self.counts, name) + delta)
 
+    def _attempt_budget(self) -> AttemptBudget:
+        """The budget of the call this thread is in (a fresh one outside any call)."""
+        budget: AttemptBudget | None = getattr(self._local, "budget", None)
+        if budget is None:
+            return AttemptBudget(self.monotonic() + self.retry_budget, self.monotonic)
+        return budget
+
     def _retry(self, op: str, what: str, fn: Callable[[], T]) -> T:
+        deadline = self.monotonic() + self.retry_budget
+        outer = getattr(self._local, "budget", None)
         attempt = 0
         while True:
+            self._local.budget = AttemptBudget(deadline, self.monotonic)
             try:
                 return fn()
             except Exception as exc:
                 err = translate(exc, op, f"{self.description}/{what}")
+            finally:
+                self._local.budget = outer
             if not isinstance(err, TransientStorageError) or attempt >= self.retries:
                 raise err
             delay = min(self.retry_delay * (2**attempt), 2.0)
             attempt += 1
+            if self.monotonic() + delay >= deadline:
+                spent = TransientStorageError(
+                    f"{err} (gave up after {attempt} attempts: the storage retry budget of "
+                    f"{self.retry_budget:g} s is spent)")
+                raise spent from err.__cause__
             self.sleep(delay)
 
 
-__all__ = ["Appender", "ObjectExists", "ObjectNotFound", "RequestCounts", "StorageError", "Store"]
+@dataclass(frozen=True)
+class AttemptBudget:
+    """What is left of a call's retry budget, handed to each attempt."""
+
+    deadline: float
+    monotonic: Callable[[], float]
+
+    def left(self) -> float:
+        return self.deadline - self.monotonic()
+
+    def wall(self, transfer_bytes: int = 0) -> float:
+        """How long one request may run: the budget left (at least a moment), plus one
+        second per 8 MiB it may move, so a slow but working transfer is not cut."""
+        return max(self.left(), MIN_ATTEMPT_SECONDS) + transfer_bytes / TRANSFER_FLOOR_BYTES_PER_S
+
+
+__all__ = ["Appender", "AttemptBudget", "ObjectExists", "ObjectNotFound", "RequestCounts", "StorageError", "Store"]

@@ -37,6 +37,8 @@ _TRANSIENT_NAMES = {
     "ServiceResponseTimeoutError",
     # google / gcsfs
     "RetryError", "TransportError",
+    # fsspec: a call on its event loop ran out of time (asyncio.TimeoutError before 3.11)
+    "FSTimeoutError",
 }
 _TRANSIENT_CODES = {
     "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
@@ -84,6 +86,18 @@ def _codes(exc: BaseException) -> list[str]:
     return codes
 
 
+def codes_in_chain(exc: BaseException) -> list[str]:
+    """Every error code and HTTP status carried by ``exc`` or what caused it."""
+    return [code for e in _chain(exc) for code in _codes(e)]
+
+
+def is_transient_code(code: str) -> bool:
+    """An error code or HTTP status that retrying may get past (throttling, 5xx, ...)."""
+    if code in _TRANSIENT_CODES:
+        return True
+    return code.isdigit() and (int(code) >= 500 or int(code) in (408, 429))
+
+
 def is_exists(exc: BaseException) -> bool:
     for e in _chain(exc):
         if isinstance(e, FileExistsError):
@@ -115,11 +129,8 @@ def is_transient(exc: BaseException) -> bool:
             return True
         if type(e).__name__ in _TRANSIENT_NAMES:
             return True
-        for code in _codes(e):
-            if code in _TRANSIENT_CODES:
-                return True
-            if code.isdigit() and (int(code) >= 500 or int(code) in (408, 429)):
-                return True
+        if any(is_transient_code(code) for code in _codes(e)):
+            return True
     return False
 
 

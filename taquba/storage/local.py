@@ -131,7 +131,10 @@ class LocalAppender(Appender):
 
 
 class LocalStore(Store):
-    supports_append = CAN_APPEND
+    """Objects as files under a directory; requests are system calls (one counted each)."""
+
+    appendable = CAN_APPEND
+    leaves_temp_files = True
 
     def __init__(self, root: str, *, fsync: bool = True, **kwargs: object) -> None:
         root = os.path.abspath(os.fspath(root))
@@ -166,6 +169,7 @@ class LocalStore(Store):
         self._made.add(directory)
 
     def _raw_put_if_absent(self, key: str, data: bytes) -> None:
+        self._count(puts=1, bytes_written=len(data))
         path = self._path(key)
         directory = os.path.dirname(path)
         self._ensure_dir(directory)
@@ -229,15 +233,23 @@ class LocalStore(Store):
         return data
 
     def _raw_get(self, key: str) -> bytes:
+        self._count(gets=1)
         with open(self._path(key), "rb") as f:
-            return f.read()
+            data = f.read()
+        self._count(bytes_read=len(data))
+        return data
 
     def _raw_get_range(self, key: str, start: int, end: int) -> bytes:
+        self._count(gets=1)
         with open(self._path(key), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(start)
-            return f.read(max(0, end - start))
+            data = f.read(max(0, min(end, size) - start))
+        self._count(bytes_read=len(data))
+        return data
 
     def _raw_list(self, directory: str) -> list[str]:
+        self._count(lists=1)
         try:
             with os.scandir(self._path(directory)) as entries:
                 return [e.name for e in entries
@@ -246,6 +258,7 @@ class LocalStore(Store):
             return []
 
     def _raw_delete(self, keys: list[str]) -> None:
+        self._count(deletes=1)
         for key in keys:
             try:
                 os.unlink(self._path(key))

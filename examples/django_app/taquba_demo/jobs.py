@@ -1,23 +1,23 @@
-"""The process-wide queue, its background worker, and the job handler."""
+"""The job handler, and this process's ``Producer`` and ``QueueReader`` for the views."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import logging
+import os
 import threading
 import time
 
-from taquba import Claim, OpenOptions, Queue, QueueConfig
-from taquba.worker import PermanentFailure, run_worker_concurrent
+from django.conf import settings
+
+from taquba import Claim, Producer, QueueNotFound, QueueReader
+from taquba.worker import PermanentFailure
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
-_queue: Queue | None = None
-_queue_name = "reports"
-_shutdown = threading.Event()
-_thread: threading.Thread | None = None
+_producer: Producer | None = None
+_readers: dict[int, QueueReader] = {}
 
 
 def build_report(claim: Claim) -> None:
@@ -29,43 +29,28 @@ def build_report(claim: Claim) -> None:
     log.info("built the %s report (job %s)", request["kind"], claim.id)
 
 
-def start(location: str, *, queue: str, concurrency: int = 4) -> None:
-    """Open the queue and start the worker thread (once per process)."""
-    global _queue, _queue_name, _thread
+def producer() -> Producer:
+    """The process-wide producer (a forked web worker continues it under a new id)."""
+    global _producer
     with _lock:
-        if _queue is not None:
-            return
-        options = OpenOptions(default_queue_config=QueueConfig(keep_done=3600))
-        _queue = Queue.open(location, options=options)
-        _queue_name = queue
-        _shutdown.clear()
-        _thread = threading.Thread(
-            target=run_worker_concurrent, args=(_queue, queue, build_report),
-            kwargs={"concurrency": concurrency, "shutdown": _shutdown, "poll_interval": 0.5},
-            name="taquba-worker-loop", daemon=True)
-        _thread.start()
-    atexit.register(stop)
+        if _producer is None:
+            _producer = Producer.open(settings.TAQUBA_LOCATION)
+        return _producer
 
 
-def stop(timeout: float = 30.0) -> bool:
-    """Stop claiming, let running jobs finish, close the queue. True if all finished."""
-    global _queue, _thread
+def reader() -> QueueReader | None:
+    """This process's reader, refreshed; None until the worker has created the queue."""
     with _lock:
-        queue, thread, _queue, _thread = _queue, _thread, None, None
-    if queue is None or thread is None:
-        return True
-    atexit.unregister(stop)
-    _shutdown.set()
-    thread.join(timeout)
-    queue.close()
-    return not thread.is_alive()
-
-
-def get_queue() -> Queue:
-    if _queue is None:
-        raise RuntimeError("the taquba queue is not open (TAQUBA_AUTOSTART is off?)")
-    return _queue
+        r = _readers.get(os.getpid())
+        if r is None:
+            try:
+                r = _readers[os.getpid()] = QueueReader.open(settings.TAQUBA_LOCATION)
+            except QueueNotFound:
+                return None
+            return r
+    r.refresh()
+    return r
 
 
 def queue_name() -> str:
-    return _queue_name
+    return str(settings.TAQUBA_QUEUE)

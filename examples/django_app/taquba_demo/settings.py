@@ -30,5 +30,3 @@ LOGGING = {
 TAQUBA_LOCATION = os.environ.get("TAQUBA_LOCATION", str(BASE_DIR / "data" / "queue"))
 TAQUBA_QUEUE = "reports"
 TAQUBA_CONCURRENCY = int(os.environ.get("TAQUBA_CONCURRENCY", "4"))
-# Start the worker when Django starts (management commands such as "check" may set it to 0).
-TAQUBA_AUTOSTART = os.environ.get("TAQUBA_AUTOSTART", "1") == "1"

@@ -1,4 +1,5 @@
-"""Views: one enqueues a job, one reports on it."""
+"""Views: one submits a job (through the process's Producer), one reports on it (through
+its QueueReader). Neither opens the queue: the ``runjobs`` process owns it."""
 
 import json
 
@@ -21,17 +22,19 @@ def request_report(request: HttpRequest) -> JsonResponse:
     kind = body.get("kind") if isinstance(body, dict) else None
     if not isinstance(kind, str):
         return JsonResponse({"error": "kind is required"}, status=400)
-    job_id = jobs.get_queue().enqueue(jobs.queue_name(), json.dumps({"kind": kind}).encode())
+    job_id = jobs.producer().enqueue(jobs.queue_name(), json.dumps({"kind": kind}).encode())
     return JsonResponse({"job_id": job_id}, status=202)
 
 
 @require_GET
 def job_status(request: HttpRequest, job_id: str) -> JsonResponse:
+    reader = jobs.reader()
     try:
-        record = jobs.get_queue().get_job(job_id)
+        record = None if reader is None else reader.get_job(job_id)
     except InvalidArgument:
-        record = None
+        return JsonResponse({"error": "not a job id"}, status=400)
     if record is None:
-        return JsonResponse({"error": "no such job"}, status=404)
+        # Unknown, or submitted and not yet taken in by the runjobs process.
+        return JsonResponse({"job_id": job_id, "status": "unknown"}, status=404)
     return JsonResponse({"job_id": record.id, "status": record.status.value,
                          "attempts": record.attempts, "last_error": record.last_error})

@@ -1,0 +1,314 @@
+"""The owner's side of the inbox: finding submissions and collecting what was applied.
+
+``Queue.intake_now`` drives one round: :meth:`InboxPoller.poll` lists ``inbox/`` once and
+reads the objects above each producer's high-water mark (in parallel on object stores),
+the queue applies each as one event under its lock and waits until those are durable,
+and only then :meth:`InboxPoller.collect` deletes the objects (see ``taquba.inbox`` for why
+this is exactly once).
+
+:class:`IntakePace` decides how long to wait between rounds: on stores where a listing
+costs nothing (local disk, memory) a short fixed interval, so submissions are taken in
+almost at once; on object stores a fast interval while submissions flow, doubling on
+every empty round up to a ceiling, so an idle queue costs at most ``3600 / ceiling``
+listings an hour.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .committer import Batch
+from .config import check_queue_name
+from .core import events as ev
+from .errors import CorruptionError, InvalidArgument, StorageError
+from .inbox import (
+    INBOX_DIR,
+    Submission,
+    SubmitCancel,
+    SubmitEnqueue,
+    decode_object,
+    parse_name,
+)
+from .records import JobStatus, WaitOutcome, WaitStatus
+from .storage import ObjectNotFound, Store
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+logger = logging.getLogger("taquba.intake")
+
+MAX_OBJECTS_PER_ROUND = 1000
+LOCAL_INTERVAL = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class InboxObject:
+    """One inbox object read by a poll."""
+
+    key: str
+    producer: str
+    seq: int
+    submissions: list[Submission]
+
+
+@dataclass(slots=True)
+class Poll:
+    """What one listing found."""
+
+    fresh: list[InboxObject]  # to apply, in producer then seq order
+    leftovers: list[str]  # keys at or below their producer's mark: delete only
+    producers: set[str]  # every producer with an object listed
+    more: bool  # more objects waited than one round takes
+
+
+class InboxPoller:
+    """Reads the inbox of one store for its owner."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.parallel = store.remote
+
+    def poll(self, marks: Mapping[str, int]) -> Poll:
+        """List the inbox and read the objects above ``marks`` (producer -> last seq)."""
+        names = self.store.list_dir(INBOX_DIR)
+        wanted: list[tuple[str, int, str]] = []
+        leftovers: list[str] = []
+        producers: set[str] = set()
+        for name in names:
+            parsed = parse_name(name)
+            if parsed is None:
+                continue  # a temporary file or something foreign: not ours to touch
+            producer, seq = parsed
+            producers.add(producer)
+            key = f"{INBOX_DIR}/{name}"
+            if seq <= marks.get(producer, -1):
+                leftovers.append(key)
+            else:
+                wanted.append((producer, seq, key))
+        wanted.sort()
+        more = len(wanted) > MAX_OBJECTS_PER_ROUND
+        wanted = wanted[:MAX_OBJECTS_PER_ROUND]
+        keys = [key for _, _, key in wanted]
+        if self.parallel and len(keys) > 1:
+            with ThreadPoolExecutor(max_workers=8, thread_name_prefix="taquba-intake") as pool:
+                blobs = list(pool.map(self._get, keys))
+        else:
+            blobs = [self._get(key) for key in keys]
+        fresh: list[InboxObject] = []
+        for (producer, seq, key), data in zip(wanted, blobs):
+            if data is None:
+                continue  # deleted meanwhile: an earlier owner took it in
+            name = f"{self.store.description}/{key}"
+            got_producer, got_seq, subs = decode_object(name, data)
+            if (got_producer, got_seq) != (producer, seq):
+                raise CorruptionError(f"{name}: holds producer {got_producer} seq {got_seq}")
+            fresh.append(InboxObject(key, producer, seq, subs))
+        return Poll(fresh, leftovers, producers, more)
+
+    def _get(self, key: str) -> bytes | None:
+        try:
+            return self.store.get(key)
+        except ObjectNotFound:
+            return None
+
+    def collect(self, keys: list[str]) -> None:
+        """Delete inbox objects that are applied (their events durable) or leftovers."""
+        if not keys:
+            return
+        try:
+            self.store.delete(keys)
+        except StorageError as exc:
+            # Harmless: they are at or below their marks, so the next round deletes them.
+            logger.warning("could not delete %d applied inbox object(s): %s", len(keys), exc)
+
+
+class IntakePace:
+    """The wait before the next intake round (see the module docstring)."""
+
+    def __init__(self, store: Store, busy: float, idle: float) -> None:
+        self.adaptive = store.remote
+        self.busy = busy if self.adaptive else min(busy, LOCAL_INTERVAL)
+        self.idle = idle if self.adaptive else self.busy
+        self.current = self.busy
+
+    def after(self, found: bool) -> float:
+        """The next interval, given whether the last round found submissions."""
+        if found or not self.adaptive:
+            self.current = self.busy
+        else:
+            self.current = min(self.idle, self.current * 2)
+        return self.current
+
+
+class OwnerIntake:
+    """One queue's intake: rounds of poll, apply, wait until durable, collect.
+
+    It works on the queue's internals under the queue's lock, as its own methods do.
+    """
+
+    def __init__(self, queue: Queue, busy: float, idle: float | None) -> None:
+        self.queue = queue
+        self.enabled = idle is not None
+        self.poller = InboxPoller(queue.store)
+        self.pace = IntakePace(queue.store, busy, idle if idle is not None else busy)
+
+    def tick(self) -> float:
+        """One round from the background loop; returns the wait before the next."""
+        try:
+            found = self.round()
+        except StorageError as exc:
+            logger.warning("inbox intake failed (retrying): %s", exc)
+            found = 0
+        return self.pace.after(found > 0)
+
+    def round(self) -> int:
+        """Take in what is in the inbox now; return how many submissions were applied."""
+        if not self.enabled:
+            return 0
+        q = self.queue
+        with q._lock:
+            q._check_open_locked()
+            marks = {p: seq for p, (seq, _) in q._state.inbox_marks.items()}
+        poll = self.poller.poll(marks)
+        applied = 0
+        done: list[str] = list(poll.leftovers)
+        with q._lock:
+            q._check_open_locked()
+            now = q._now()
+            batch: Batch | None = None
+            for obj in poll.fresh:
+                mark = q._state.inbox_marks.get(obj.producer)
+                if mark is not None and obj.seq <= mark[0]:
+                    done.append(obj.key)  # taken in by this owner since the listing
+                    continue
+                batch = intake_object_locked(q, obj.producer, obj.seq, obj.submissions, now)
+                applied += len(obj.submissions)
+                done.append(obj.key)
+            retention = float(q.options.inbox_retention)  # type: ignore[arg-type]
+            quiet = [p for p, (_, at) in q._state.inbox_marks.items()
+                     if at < now - retention and p not in poll.producers]
+            if quiet:
+                batch = q._commit(ev.InboxForgot(quiet))
+            if batch is not None:
+                q._wait_locked(batch)
+        self.poller.collect(done)
+        return applied
+
+
+# -- applying one inbox object (the queue's lock held) ------------------------------------
+
+
+class _Pending:
+    """What the events gathered so far for one inbox object will change, as the checks of
+    its later submissions must see it (the events are applied together, at the end)."""
+
+    def __init__(self, q: Queue) -> None:
+        self.state = q._state
+        # id -> (queue, status or None once gone, cancel requested, dedup key)
+        self.jobs: dict[str, tuple[str, JobStatus | None, bool, str | None]] = {}
+        self.dedup: dict[tuple[str, str], str | None] = {}  # (queue, key) -> holder
+
+    def job(self, job_id: str) -> tuple[str, JobStatus | None, bool, str | None] | None:
+        got = self.jobs.get(job_id)
+        if got is not None:
+            return None if got[1] is None else got
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            return None
+        return job.queue, job.status, job.cancel_requested, job.dedup_key
+
+    def dedup_holder(self, queue: str, key: str) -> str | None:
+        if (queue, key) in self.dedup:
+            return self.dedup[queue, key]
+        index = self.state.queues.get(queue)
+        return None if index is None else index.dedup.get(key)
+
+
+def intake_object_locked(q: Queue, producer: str, seq: int, subs: Sequence[Submission],
+                         now: float) -> Batch:
+    """Apply one inbox object as ONE ``Intake`` event (its events and ``producer``'s new
+    mark); return its batch. Submissions that create nothing (a dedup hit, a job id in
+    use, a cancel of an unknown job) are checked here first and leave no event."""
+    q._check_open_locked()
+    pending = _Pending(q)
+    events: list[ev.Event] = []
+    wake: dict[str, int] = {}
+    removed: list[str] = []
+    requested: list[str] = []
+    for sub in subs:
+        if isinstance(sub, SubmitEnqueue):
+            event = _enqueue_event(q, pending, sub, now)
+            if event is None:
+                continue
+            events.append(event)
+            if sub.run_at is None or sub.run_at <= now:
+                wake[sub.queue] = wake.get(sub.queue, 0) + len(sub.job_ids)
+            continue
+        job_id = sub.job_id
+        got = pending.job(job_id)
+        if got is None:
+            continue
+        queue, status, cancel_requested, dedup_key = got
+        if isinstance(sub, SubmitCancel):
+            if status in (JobStatus.DONE, JobStatus.DEAD) or cancel_requested:
+                continue
+            events.append(ev.Cancelled(job_id))
+            if status is JobStatus.CLAIMED:
+                pending.jobs[job_id] = (queue, status, True, dedup_key)
+                requested.append(job_id)
+            else:
+                pending.jobs[job_id] = (queue, None, False, None)
+                if dedup_key is not None and pending.dedup_holder(queue, dedup_key) == job_id:
+                    pending.dedup[queue, dedup_key] = None
+                removed.append(job_id)
+        elif status is JobStatus.DEAD:
+            events.append(ev.DeadRequeued(job_id))
+            pending.jobs[job_id] = (queue, JobStatus.PENDING, False, dedup_key)
+            wake[queue] = wake.get(queue, 0) + 1
+    batch = q._commit(ev.Intake(producer, seq, now, events))
+    for job_id in requested:
+        claim = q._claims.get(job_id)
+        if claim is not None:
+            claim.cancel_requested.set()
+    for job_id in removed:
+        q._finished_locked(job_id, batch, WaitOutcome(WaitStatus.NOT_FOUND))
+    for name, n in wake.items():
+        q._wake_claimers_locked(name, n)
+    return batch
+
+
+def _enqueue_event(q: Queue, pending: _Pending, sub: SubmitEnqueue, now: float
+                   ) -> ev.Enqueued | None:
+    """The event of one submitted enqueue, or None when it creates nothing."""
+    queue = sub.queue
+    try:
+        check_queue_name(queue)
+    except InvalidArgument:
+        logger.warning("inbox: dropped a submission with a bad queue name %r", queue)
+        return None
+    if sub.dedup_key is not None and pending.dedup_holder(queue, sub.dedup_key) is not None:
+        return None  # a dedup hit: no job
+    if len(set(sub.job_ids)) != len(sub.job_ids) or \
+            any(pending.job(job_id) is not None for job_id in sub.job_ids):
+        logger.warning("inbox: dropped a submission to %r whose job id is in use", queue)
+        return None
+    cfg = q._config(queue)
+    priority = cfg.default_priority if sub.priority is None else sub.priority
+    max_attempts = cfg.max_attempts if sub.max_attempts is None else sub.max_attempts
+    run_at = sub.run_at if sub.run_at is not None and sub.run_at > now else None
+    headers = sub.headers or None
+    specs = None
+    if run_at is not None or sub.dedup_key is not None or headers:
+        spec = ev.JobSpec(priority, max_attempts, run_at, sub.dedup_key, headers)
+        specs = [spec] * len(sub.job_ids)
+    status = JobStatus.PENDING if run_at is None else JobStatus.SCHEDULED
+    for job_id in sub.job_ids:
+        pending.jobs[job_id] = (queue, status, False, sub.dedup_key)
+        if sub.dedup_key is not None:
+            pending.dedup[queue, sub.dedup_key] = job_id
+    return ev.Enqueued(queue, now, list(sub.job_ids), list(sub.payloads), priority,
+                       max_attempts, specs)

@@ -1,0 +1,150 @@
+"""``QueueReader``: see a queue's durable state from a process that does not own it.
+
+The command line, a dashboard or a web process inspect the queue through a reader: it
+follows the owner's log (``taquba.log.reader``) into the same pure ``State`` the owner
+keeps, and answers from it. It writes nothing, so it never disturbs the owner, and it
+shows only what is durable.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from .config import Buffer, check_job_id, check_queue_name
+from .core.state import State
+from .errors import ConfigError, JobNotFound, QueueClosed
+from .log.reader import LogReader, RootNotFound
+from .records import JobRecord, QueueStats
+from .storage import Store, open_store
+from .views import dead_page, job_record, kv_key, queue_stats
+
+
+class QueueNotFound(ConfigError):
+    """The location holds no queue."""
+
+
+class QueueReader:
+    """A read-only view of the queue at a root, as of the last :meth:`refresh`.
+
+    Open with :meth:`QueueReader.open` (which refreshes once). Thread-safe.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._state = State()
+        self._closed = False
+        self._log = LogReader(store, on_snapshot=self._on_snapshot, on_record=self._on_record)
+
+    @classmethod
+    def open(cls, location: Any, path: str | None = None, *,
+             storage_options: Mapping[str, Any] | None = None) -> QueueReader:
+        """Open a reader on the queue root at ``location`` (as for ``Queue.open``) and read
+        the owner's durable state.
+
+        Raises:
+            ConfigError: a malformed location or option; :class:`QueueNotFound` (a
+                ``ConfigError``) when the root holds no queue.
+            StorageError: the storage could not be read.
+        """
+        store = open_store(location, path, storage_options=storage_options)
+        reader = cls(store)
+        try:
+            reader.refresh()
+        except BaseException:
+            store.close()
+            raise
+        return reader
+
+    def _on_snapshot(self, data: bytes | None) -> None:
+        self._state = State() if data is None else State.restore(data)
+
+    def _on_record(self, data: bytes) -> None:
+        self._state.apply_record(data)
+
+    def refresh(self) -> bool:
+        """Catch up with the owner's durable state, reading only what is new.
+
+        Returns True if anything changed.
+        """
+        with self._lock:
+            self._ensure_open()
+            try:
+                return self._log.refresh()
+            except RootNotFound as exc:
+                raise QueueNotFound(f"{exc} (is the location right? a queue is created by "
+                                    "Queue.open)") from None
+
+    def close(self) -> None:
+        """Release the storage connection. Idempotent; later calls raise ``QueueClosed``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.store.close()
+
+    def __enter__(self) -> QueueReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise QueueClosed("the reader is closed")
+
+    # -- queries (as of the last refresh) --------------------------------------------------
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job's record, or None if no such job is kept."""
+        self._ensure_open()
+        check_job_id(job_id)
+        with self._lock:
+            self._ensure_open()
+            return job_record(self._state, job_id)
+
+    def stats(self, queue: str) -> QueueStats:
+        """Counts of ``queue`` by status (``done`` cumulative)."""
+        self._ensure_open()
+        check_queue_name(queue)
+        with self._lock:
+            self._ensure_open()
+            return queue_stats(self._state, queue)
+
+    def list_queues(self) -> list[str]:
+        """The names of the queues that have jobs or counts, sorted."""
+        with self._lock:
+            self._ensure_open()
+            return sorted(self._state.queues)
+
+    def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
+                  ) -> list[JobRecord]:
+        """A page of dead jobs in enqueue order; ``after`` is the last id of the previous page.
+
+        Raises:
+            JobNotFound: ``after`` names no known job.
+        """
+        self._ensure_open()
+        with self._lock:
+            self._ensure_open()
+            return dead_page(self._state, queue, after, limit)
+
+    def kv_get(self, key: Buffer) -> bytes | None:
+        """The value under ``key`` in the caller's KV namespace, or None."""
+        self._ensure_open()
+        data = kv_key(key)
+        with self._lock:
+            self._ensure_open()
+            return self._state.kv.get(data)
+
+    def __repr__(self) -> str:
+        return f"QueueReader({self.store.description!r}{', closed' if self._closed else ''})"
+
+
+__all__ = ["JobNotFound", "QueueNotFound", "QueueReader"]

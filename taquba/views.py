@@ -1,0 +1,48 @@
+"""Answers to the inspection calls, computed from a ``State``: one implementation for the
+owner's ``Queue`` and for ``QueueReader``. Callers hold their own lock around these."""
+
+from __future__ import annotations
+
+from .arguments import kv_key as kv_key  # the check the owner applies too
+from .config import check_job_id, check_queue_name
+from .core.state import State
+from .errors import InvalidArgument, JobNotFound
+from .records import JobRecord, JobStatus, QueueStats
+
+MAX_PAGE = 10_000
+
+
+def job_record(state: State, job_id: str) -> JobRecord | None:
+    job = state.jobs.get(job_id)
+    return None if job is None else job.record()
+
+
+def queue_stats(state: State, queue: str) -> QueueStats:
+    index = state.queues.get(queue)
+    if index is None:
+        return QueueStats(queue=queue)
+    c = index.counts
+    return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
+                      scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
+                      done=index.done_total, dead=c[JobStatus.DEAD])
+
+
+def check_page(queue: object, after: object, limit: object) -> None:
+    """Validate the arguments of ``dead_jobs`` (before any lock is taken)."""
+    check_queue_name(queue)
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"limit must be an int in 1..{MAX_PAGE}, got {limit!r}")
+    if after is not None:
+        check_job_id(after, "after")
+
+
+def dead_page(state: State, queue: str, after: str | None, limit: int) -> list[JobRecord]:
+    """A page of ``queue``'s dead jobs in enqueue order after job ``after``."""
+    check_page(queue, after, limit)
+    after_seq = None
+    if after is not None:
+        ref = state.jobs.get(after)
+        if ref is None:
+            raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
+        after_seq = ref.seq
+    return [j.record() for j in state.dead_page(queue, after_seq, limit)]
