@@ -27,7 +27,14 @@ from taquba import (
     QueueClosed,
     QueueConfig,
 )
-from taquba.inbox import INBOX_DIR
+from taquba.inbox import (
+    INBOX_DIR,
+    SubmitCancel,
+    SubmitEnqueue,
+    encode_object,
+    object_name,
+    submission_frames,
+)
 
 Q = "mail"
 
@@ -251,3 +258,38 @@ def test_bad_input_changes_nothing(fast_backend_root: Any) -> None:
     with pytest.raises(QueueClosed):
         p.enqueue(Q, b"x")
     assert inbox(fast_backend_root) == []
+
+
+def test_submissions_in_one_object_see_each_other(fast_backend_root: Any) -> None:
+    """An object is applied as one event, so its later submissions must be checked against
+    its earlier ones: a second enqueue with the same dedup key is a hit, a cancel of a job
+    enqueued just before removes it, and a repeated job id creates nothing."""
+    subs = [
+        SubmitEnqueue(queue=Q, job_ids=("first",), payloads=(b"1",), dedup_key="k"),
+        SubmitEnqueue(queue=Q, job_ids=("second",), payloads=(b"2",), dedup_key="k"),
+        SubmitEnqueue(queue=Q, job_ids=("gone",), payloads=(b"3",)),
+        SubmitCancel(job_id="gone"),
+        SubmitCancel(job_id="gone"),
+        SubmitEnqueue(queue=Q, job_ids=("first",), payloads=(b"4",), chosen_id=True),
+        SubmitEnqueue(queue=Q, job_ids=("kept",), payloads=(b"5",)),
+    ]
+    frames = [frame for sub in subs for frame in submission_frames(sub)]
+    producer = "0123456789abcdef"
+    fast_backend_root.store().put_if_absent(
+        f"{INBOX_DIR}/{object_name(producer, 0)}", encode_object(producer, 0, "n", frames))
+    q = open_owner(fast_backend_root)
+    try:
+        assert q.intake_now() == len(subs)
+        assert q.get_job("second") is None and q.get_job("gone") is None
+        first = q.get_job("first")
+        assert first is not None and first.payload == b"1"
+        assert q.stats(Q).pending == 2
+        assert q.inbox_marks() == {producer: 0}
+    finally:
+        q.close()
+    q = open_owner(fast_backend_root)  # the same state replayed from the one record
+    try:
+        assert q.stats(Q).pending == 2 and q.inbox_marks() == {producer: 0}
+        assert q.get_job("kept") is not None and q.get_job("gone") is None
+    finally:
+        q.close()
