@@ -295,8 +295,8 @@ class Queue(Handle):
     def kv_get(self, key: Buffer) -> bytes | None:
         """The value stored under ``key`` in the KV namespace, or None.
 
-        Raises ``InvalidArgument`` for an empty or oversized key. Reads the in-memory
-        state: a value written by a call that has returned is always seen.
+        Raises ``InvalidArgument`` for an empty or oversized key. A value written by a call
+        that has returned is always seen, and only durable values are reported.
         """
         self._ensure_open()
         data = arguments.kv_key(key)
@@ -435,7 +435,8 @@ class Queue(Handle):
         """A snapshot of the job ``job_id``, or None if there is no such job (any more).
 
         Raises ``InvalidArgument`` for an id that is not 1-128 characters of
-        ``[A-Za-z0-9_-]``. Reads the in-memory state.
+        ``[A-Za-z0-9_-]``. Durability: reports only durable state (it returns once every
+        change made before it, claims and renewals aside, is durable).
         """
         self._ensure_open()
         return inspecting.get_job(self, job_id)
