@@ -52,7 +52,7 @@ class Config:
     prod_lat_rate: float = 200.0
     prod_lat_duration: float = 10.0
     prod_lat_workers: int = 4
-    prod_lat_reps: int = 3
+    prod_lat_reps: int = 5
     prod_obj_threads: int = 100
     prod_obj_jobs: int = 10_000
     prod_idle_settle: float = 30.0

@@ -47,6 +47,7 @@ from .common import (
     REPO_DIR,
     RESULT_MARKER,
     BenchError,
+    cpu_times,
     fresh_dir,
     make_payload,
     median,
@@ -54,6 +55,8 @@ from .common import (
     remove_dir,
     run_child,
     split,
+    steal_note,
+    steal_pct,
 )
 from .systems import queue_class, request_counts
 
@@ -125,6 +128,12 @@ def _wait_go(sync: str) -> float:
         return float(f.read())
 
 
+def _cpu() -> float:
+    """CPU seconds (user + system) this process has used so far."""
+    t = os.times()
+    return t.user + t.system
+
+
 # -- 8a. throughput: children ----------------------------------------------------------------
 
 
@@ -171,14 +180,16 @@ def child_submit(args: dict[str, Any]) -> dict[str, Any]:
     delay = start - time.time()
     if delay > 0:
         time.sleep(delay)
+    cpu0 = _cpu()
     release.set()
     for t in threads:
         t.join()
     end = time.time()
+    cpu = _cpu() - cpu0
     closer()
     if errors:
         raise errors[0]
-    return {"start": start, "end": end, "jobs": sum(shares)}
+    return {"start": start, "end": end, "jobs": sum(shares), "cpu_s": cpu}
 
 
 def child_owner(args: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +201,7 @@ def child_owner(args: dict[str, Any]) -> dict[str, Any]:
         c0 = request_counts(q)
         _touch(os.path.join(sync, "owner-ready"))
         start = _wait_go(sync)
+        cpu0 = _cpu()
         deadline = time.monotonic() + float(args.get("timeout", 300.0))
         first = None
         while True:
@@ -202,6 +214,7 @@ def child_owner(args: dict[str, Any]) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise BenchError(f"owner: {n} of {expected} jobs taken in before the deadline")
             time.sleep(0.002)
+        cpu = _cpu() - cpu0
         time.sleep(0.2)  # anything taken in twice would show now
         final = q.stats(QUEUE).pending
         counts = request_counts(q)
@@ -211,7 +224,7 @@ def child_owner(args: dict[str, Any]) -> dict[str, Any]:
     if final != expected:
         raise BenchError(f"owner: {final} jobs for {expected} submissions")
     delta = {k: counts[k] - c0[k] for k in counts} if counts and c0 else None
-    return {"start": start, "first": first, "done": now, "jobs": final,
+    return {"start": start, "first": first, "done": now, "jobs": final, "cpu_s": cpu,
             "producers_seen": producers, "requests": delta}
 
 
@@ -239,9 +252,11 @@ def _throughput_once(cfg: Any, system: str, jobs: int) -> dict[str, Any]:
         _wait_files([os.path.join(sync, f"ready-{k}") for k in range(len(producers))], procs,
                     f"{system} producers")
         start = time.time() + 0.05
+        cpu0 = cpu_times()
         _touch(os.path.join(sync, "go"), repr(start))
         subs = [_collect(p, f"{system} producer {k}") for k, p in enumerate(producers)]
         own = _collect(owner, "owner") if owner is not None else None
+        steal = steal_pct(cpu0, cpu_times())
         if system == "huey":
             import sqlite3
 
@@ -254,12 +269,15 @@ def _throughput_once(cfg: Any, system: str, jobs: int) -> dict[str, Any]:
         remove_dir(d)
     end = max(s["end"] for s in subs)
     out: dict[str, Any] = {"system": system, "jobs": jobs, "submit_s": end - start,
-                           "submit_ops": jobs / (end - start)}
+                           "submit_ops": jobs / (end - start),
+                           "producer_cpu_us_per_job": sum(s["cpu_s"] for s in subs) / jobs * 1e6,
+                           "steal_pct": steal}
     if own is not None:
         out["intake_s"] = own["done"] - start
         out["intake_ops"] = jobs / (own["done"] - start)
         out["intake_lag_ms"] = (own["done"] - end) * 1e3
         out["owner_requests"] = own["requests"]
+        out["owner_cpu_us_per_job"] = own["cpu_s"] / jobs * 1e6
     else:
         out["intake_ops"] = out["submit_ops"]  # a huey job is in its queue on return
     return out
@@ -366,8 +384,10 @@ def _latency_window(cfg: Any) -> dict[str, Any]:
             "root": root, "rate": cfg.prod_lat_rate, "total": total, "senders": 8,
             "payload": cfg.prod_payload})
         procs.append(producer)
+        cpu0 = cpu_times()
         prod = _collect(producer, "latency producer")
         own = _collect(owner, "latency owner")
+        steal = steal_pct(cpu0, cpu_times())
     finally:
         _kill_all(procs)
         remove_dir(d)
@@ -385,6 +405,7 @@ def _latency_window(cfg: Any) -> dict[str, Any]:
         "from_send_p50_ms": percentile(after_send, 50) * 1e3,
         "from_send_p99_ms": percentile(after_send, 99) * 1e3,
         "enqueue_p50_ms": percentile(call, 50) * 1e3, "enqueue_p99_ms": percentile(call, 99) * 1e3,
+        "steal_pct": steal,
     }
 
 
@@ -525,10 +546,11 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
             extra = (f", owner held all {r['intake_lag_ms']:.0f} ms later: "
                      f"{r['intake_ops']:.0f}/s" if system == "taquba" else "")
             log(f"  {cfg.prod_processes} x {cfg.prod_threads} {system:6s} rep {rep + 1}: "
-                f"{r['jobs']} jobs submitted at {r['submit_ops']:.0f}/s{extra}")
+                f"{r['jobs']} jobs submitted at {r['submit_ops']:.0f}/s{extra}{steal_note(r)}")
     res["throughput"] = {
-        s: {"submit_ops": median([r["submit_ops"] for r in rs]),
-            "intake_ops": median([r["intake_ops"] for r in rs]), "runs": rs}
+        s: {**{k: median([r[k] for r in rs]) for k in rs[0]
+               if k in ("submit_ops", "intake_ops", "producer_cpu_us_per_job",
+                        "owner_cpu_us_per_job")}, "runs": rs}
         for s, rs in runs.items()}
 
     windows = []
@@ -537,7 +559,8 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
         windows.append(r)
         log(f"  latency window {w + 1}: {r['jobs']} jobs at {r['achieved_rate']:.0f}/s: "
             f"enqueue return -> claim p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms "
-            f"max {r['max_ms']:.1f} ms (enqueue call p99 {r['enqueue_p99_ms']:.2f} ms)")
+            f"max {r['max_ms']:.1f} ms (enqueue call p99 {r['enqueue_p99_ms']:.2f} ms)"
+            f"{steal_note(r)}")
     res["latency"] = {k: median([w[k] for w in windows]) for k in
                       ("achieved_rate", "p50_ms", "p99_ms", "max_ms", "from_send_p50_ms",
                        "from_send_p99_ms", "enqueue_p50_ms", "enqueue_p99_ms")}

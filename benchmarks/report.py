@@ -294,11 +294,15 @@ def _render_producers(prod: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
         huey = tp.get("huey") or {}
         for s, r in tp.items():
             runs = "; ".join(_f(x["submit_ops"]) for x in r["runs"])
+            cpu = r.get("producer_cpu_us_per_job")
             rows.append([s, _f(r["submit_ops"]), _f(r["intake_ops"]),
                          _f(_ratio(r["submit_ops"], huey.get("submit_ops")), 2, "x"),
-                         _f(_ratio(r["intake_ops"], huey.get("intake_ops")), 2, "x"), runs])
+                         _f(_ratio(r["intake_ops"], huey.get("intake_ops")), 2, "x"), runs,
+                         _f(cpu) + (f" + {_f(r['owner_cpu_us_per_job'])}"
+                                    if r.get("owner_cpu_us_per_job") is not None else "")])
         lines += _table(["system", "submitted jobs/s", "in the queue jobs/s", "submitted vs huey",
-                         "in the queue vs huey", "submitted jobs/s of each run"], rows)
+                         "in the queue vs huey", "submitted jobs/s of each run",
+                         "CPU µs/job (producers + owner)"], rows)
         lines.append("")
     lat = prod.get("latency")
     if lat:
