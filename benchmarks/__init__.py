@@ -13,6 +13,8 @@ Modules, one per scenario family:
 - ``memory``      4. peak RSS with many pending jobs
 - ``objectstore`` 5. object storage: moto server and an injected per-request latency
 - ``idle``        7. storage requests of an idle open queue
+- ``producers``   8. many processes: ``Producer`` throughput against huey, enqueue-to-claim
+                  latency across processes, object-store requests per job and when idle
 - ``systems``     the adapters (taquba, huey SqliteStorage, persist-queue SQLiteAckQueue)
 - ``latencyfs``   a wrapper fsspec filesystem adding a fixed latency to every request
 - ``motoserver``  a moto S3 server launcher bound to 127.0.0.1

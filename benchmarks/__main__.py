@@ -25,6 +25,12 @@ CHILDREN = {
     "index_bytes": ("memory", "child_index_bytes"),
     "objectstore": ("objectstore", "child_objectstore"),
     "idle": ("idle", "child_idle"),
+    "producers_submit": ("producers", "child_submit"),
+    "producers_owner": ("producers", "child_owner"),
+    "producers_latency_owner": ("producers", "child_latency_owner"),
+    "producers_latency_producer": ("producers", "child_latency_producer"),
+    "producers_objectstore": ("producers", "child_objectstore"),
+    "producers_idle": ("producers", "child_idle"),
 }
 
 
@@ -60,6 +66,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--obj-latency", type=float, help="injected seconds per request (0.020)")
     r.add_argument("--obj-concurrency", type=_ints, help="concurrency levels (default 1,10,100)")
     r.add_argument("--idle-window", type=float, help="seconds to watch an idle queue (20)")
+    r.add_argument("--producer-jobs", type=int,
+                   help="jobs per producers throughput run, over all processes (20000)")
+    r.add_argument("--producer-reps", type=int,
+                   help="repetitions of the producers throughput run per system (3)")
+    r.add_argument("--producer-idle-window", type=float,
+                   help="seconds to watch an idle owner on an object store (120)")
     r.add_argument("--no-moto", action="store_true", help="skip the moto server backend")
     r.add_argument("--workdir", help="where stores are created (default benchmarks/results/work)")
     r.add_argument("--json", dest="json_path",
@@ -104,7 +116,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from . import history, idle, latency, local, memory, objectstore, report
+    from . import history, idle, latency, local, memory, objectstore, producers, report
 
     overrides: dict[str, Any] = {
         "n": ns.n, "reps": ns.reps, "payloads": ns.payloads, "threads": ns.threads,
@@ -113,6 +125,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         "history_finished": ns.history_finished, "history_pending": ns.history_pending,
         "rss_pending": ns.rss_pending, "obj_latency": ns.obj_latency,
         "obj_concurrency": ns.obj_concurrency, "idle_window": ns.idle_window,
+        "prod_jobs": ns.producer_jobs, "prod_reps": ns.producer_reps,
+        "prod_idle_window": ns.producer_idle_window,
         "workdir": os.path.abspath(ns.workdir) if ns.workdir else None,
         "moto": False if ns.no_moto else None,
     }
@@ -152,6 +166,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         ("memory", "4. peak RSS", lambda: memory.run(cfg, systems, _log)),
         ("objectstore", "5. object storage", lambda: objectstore.run(cfg, _log)),
         ("idle", "7. idle queue", lambda: idle.run(cfg, _log)),
+        ("producers", "8. many processes: producers and one owner",
+         lambda: producers.run(cfg, systems, _log)),
     ]
     for key, title, fn in steps:
         if key not in ns.only:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .common import RESULTS_DIR
 
-SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle")
+SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle", "producers")
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,20 @@ class Config:
     # 7. idle
     idle_window: float = 20.0
     idle_settle: float = 1.5
+    # 8. producers (many processes, one owner)
+    prod_processes: int = 4
+    prod_threads: int = 8
+    prod_payload: int = 64
+    prod_jobs: int = 20_000
+    prod_reps: int = 3
+    prod_lat_rate: float = 200.0
+    prod_lat_duration: float = 10.0
+    prod_lat_workers: int = 4
+    prod_lat_reps: int = 5
+    prod_obj_threads: int = 100
+    prod_obj_jobs: int = 10_000
+    prod_idle_settle: float = 30.0
+    prod_idle_window: float = 120.0
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -55,6 +69,9 @@ QUICK = dict(
     latency_duration=0.6, latency_reps=1, history_finished=1_500, history_pending=50, history_claims=50,
     reopen_reps=1, rss_pending=1_000, obj_latency=0.002, obj_concurrency=(1, 10),
     obj_jobs={1: 10, 10: 60, 100: 200}, idle_window=1.0, idle_settle=0.3,
+    prod_processes=2, prod_threads=4, prod_jobs=400, prod_reps=1, prod_lat_duration=0.5,
+    prod_lat_reps=1, prod_obj_threads=10, prod_obj_jobs=200, prod_idle_settle=0.3,
+    prod_idle_window=1.0,
 )
 
 

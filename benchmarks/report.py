@@ -265,6 +265,10 @@ def render(results: dict[str, Any]) -> str:
                      f"object-store-like fs {idle['memory_fs_per_minute']:.1f}")
         lines.append("")
 
+    prod = results.get("producers")
+    if prod:
+        lines += _render_producers(prod, cfg)
+
     targets = results.get("targets")
     if targets:
         lines.append("### Targets")
@@ -274,6 +278,70 @@ def render(results: dict[str, Any]) -> str:
         lines += _table(["target", "measured", "required", "result"], rows)
         lines.append("")
     return "\n".join(lines)
+
+
+def _render_producers(prod: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    lines = [f"### 8. Many processes: producers and one owner ({prod['payload']} B jobs)", ""]
+    tp = prod.get("throughput") or {}
+    if tp:
+        reps = len(next(iter(tp.values()))["runs"])
+        lines.append(f"{prod['processes']} producer processes x {prod['threads']} threads, "
+                     f"local disk, durable, {cfg.get('prod_jobs', 0):,} jobs per run, median of "
+                     f"{reps} run{'s' if reps > 1 else ''} taking turns; taquba with one owner "
+                     "process taking the jobs in (default options), huey with no consumer:")
+        lines.append("")
+        rows = []
+        huey = tp.get("huey") or {}
+        for s, r in tp.items():
+            runs = "; ".join(_f(x["submit_ops"]) for x in r["runs"])
+            cpu = r.get("producer_cpu_us_per_job")
+            rows.append([s, _f(r["submit_ops"]), _f(r["intake_ops"]),
+                         _f(_ratio(r["submit_ops"], huey.get("submit_ops")), 2, "x"),
+                         _f(_ratio(r["intake_ops"], huey.get("intake_ops")), 2, "x"), runs,
+                         _f(cpu) + (f" + {_f(r['owner_cpu_us_per_job'])}"
+                                    if r.get("owner_cpu_us_per_job") is not None else "")])
+        lines += _table(["system", "submitted jobs/s", "in the queue jobs/s", "submitted vs huey",
+                         "in the queue vs huey", "submitted jobs/s of each run",
+                         "CPU µs/job (producers + owner)"], rows)
+        lines.append("")
+    lat = prod.get("latency")
+    if lat:
+        n = len(lat.get("windows", []))
+        each = "; ".join(_f(w["p99_ms"], 2) for w in lat.get("windows", []))
+        lines.append(f"Producer `enqueue` returning -> owner's `claim` returning, local disk, "
+                     f"{cfg.get('prod_lat_rate', 0):.0f} jobs/s open loop for "
+                     f"{cfg.get('prod_lat_duration')} s, {cfg.get('prod_lat_workers')} claimers"
+                     f"{f', median of {n} windows' if n > 1 else ''}: p50 "
+                     f"{_f(lat['p50_ms'], 2)} ms, **p99 {_f(lat['p99_ms'], 2)} ms** (each window "
+                     f"{each}), max {_f(lat['max_ms'], 1)} ms; the `enqueue` call itself p50 "
+                     f"{_f(lat['enqueue_p50_ms'], 2)} ms, p99 {_f(lat['enqueue_p99_ms'], 2)} ms; "
+                     f"scheduled send -> claim p99 {_f(lat['from_send_p99_ms'], 2)} ms.")
+        lines.append("")
+    obj = prod.get("objectstore")
+    if obj:
+        own, pr = obj["owner_requests"], obj["producer_requests"]
+        lines.append(f"Object store at {obj['latency_ms']:.0f} ms per request, {obj['threads']} "
+                     f"producer threads, {obj['jobs']:,} jobs: submitted at "
+                     f"{_f(obj['submit_ops'])}/s in {obj['objects']} inbox objects "
+                     f"({_f(obj['jobs_per_object'], 1)} jobs each), all in the queue after "
+                     f"{obj['intake_s']:.1f} s; **{obj['requests_per_job']:.3f} storage requests "
+                     f"per job** (producer {_kinds(pr)}; owner {_kinds(own)}).")
+        lines.append("")
+    idle = prod.get("idle")
+    if idle:
+        lines.append(f"Idle owner on an object store at the defaults (intake backing off from "
+                     f"{idle['inbox_busy_interval_s']:g} s to {idle['inbox_interval_s']:g} s, "
+                     f"reaper {idle['reaper_interval_s']:g} s, scheduler "
+                     f"{idle['scheduler_interval_s']:g} s), {idle['window_s']:.0f} s window after "
+                     f"{idle['settle_s']:.0f} s: {_kinds(idle['requests'])} -> "
+                     f"**{_f(idle['per_hour'])} requests per hour**.")
+        lines.append("")
+    return lines
+
+
+def _kinds(counts: dict[str, int]) -> str:
+    shown = [f"{v} {k.upper()}" for k, v in counts.items() if v]
+    return ", ".join(shown) if shown else "no requests"
 
 
 # -- targets ---------------------------------------------------------------------------------
@@ -363,8 +431,38 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if bound is not None:
             out.append(_t(f"bytes written per job ({tag})", r.get("bytes_ratio"), "<=", bound,
                           "{:.2f}x payload", f"<= {bound}x payload"))
+    out += _producer_targets(results.get("producers") or {})
     idle = results.get("idle")
     if idle:
         out.append(_t("storage requests per minute, idle", idle["per_minute"], "<=", 0.0,
                       "{:.1f}/min", "0"))
+    return out
+
+
+def _producer_targets(prod: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    tp = prod.get("throughput") or {}
+    shape = f"{prod.get('processes')} processes x {prod.get('threads')} threads"
+    if "taquba" in tp:
+        for key, what in (("submit_ops", "submitted"), ("intake_ops", "in the queue")):
+            a, b = tp["taquba"][key], (tp.get("huey") or {}).get(key)
+            t = _t(f"producers, {shape}, {what} vs huey", _ratio(a, b), ">=", 2.0, "{:.2f}x",
+                   ">= 2x")
+            if t["value"] is not None:
+                t["measured"] += f" ({a:,.0f} vs {b:,.0f} jobs/s)"
+            out.append(t)
+    lat = prod.get("latency")
+    if lat:
+        out.append(_t("producer enqueue -> owner claim p99, local disk", lat["p99_ms"], "<=",
+                      20.0, "{:.2f} ms", "<= 20 ms"))
+    obj = prod.get("objectstore")
+    if obj:
+        out.append(_t(f"storage requests per job, {obj['threads']} producer threads, "
+                      f"{obj['latency_ms']:.0f} ms/request", obj["requests_per_job"], "<=", 0.2,
+                      "{:.3f}", "<= 0.2"))
+    idle = prod.get("idle")
+    if idle:
+        out.append({"name": "requests per hour, idle owner on an object store, defaults",
+                    "value": idle["per_hour"], "measured": f"{idle['per_hour']:,.0f}/hour",
+                    "target": "reported", "met": None})
     return out

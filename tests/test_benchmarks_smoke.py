@@ -83,6 +83,28 @@ def test_taquba_scenarios_quick(tmp_path):
 
     assert res["idle"]["window_s"] > 0 and res["idle"]["per_minute"] >= 0
 
+    prod = res["producers"]
+    tq = prod["throughput"]["taquba"]
+    assert set(prod["throughput"]) == {"taquba"}
+    assert len(tq["runs"]) == cfg["prod_reps"]
+    for r in tq["runs"]:
+        assert r["jobs"] == cfg["prod_jobs"]
+        assert _positive(r["submit_ops"]) and _positive(r["intake_ops"])
+        # the owner took every job in, and read at least one inbox object per PUT it saw
+        assert r["owner_requests"]["lists"] >= 1 and r["owner_requests"]["gets"] >= 1
+    lat = prod["latency"]
+    assert all(w["jobs"] > 0 for w in lat["windows"])
+    assert lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+    obj = prod["objectstore"]
+    # every submission is one producer PUT that the owner GETs once; the owner LISTs the
+    # inbox, writes its intake records and deletes what it took in
+    assert obj["objects"] >= 1 and obj["jobs_per_object"] >= 1
+    assert obj["producer_requests"]["put"] == obj["objects"] == obj["owner_requests"]["get"]
+    assert obj["owner_requests"]["list"] >= 1 and obj["owner_requests"]["put"] >= 1
+    assert obj["owner_requests"]["delete"] >= 1
+    assert obj["requests_per_job"] == obj["requests"] / obj["jobs"] > 0
+    assert prod["idle"]["per_hour"] >= 0 and prod["idle"]["inbox_interval_s"] > 0
+
     out = tmp_path / "result.json"
     stored = json.loads(out.read_text())
     stored["targets"] = [{"name": "made up", "measured": "1", "target": "2", "met": False}]
@@ -104,7 +126,8 @@ def test_taquba_scenarios_quick(tmp_path):
 def test_peers_quick(tmp_path):
     pytest.importorskip("huey")
     pytest.importorskip("persistqueue")
-    res, table = _run(tmp_path, "--systems", "taquba,huey,persist-queue", "--only", "local,latency",
+    res, table = _run(tmp_path, "--systems", "taquba,huey,persist-queue", "--only",
+                      "local,latency,producers",
                       "--payloads", "64", "--threads", "1,2")
     for system in ("huey", "persist-queue"):
         for threads in (1, 2):
@@ -113,6 +136,11 @@ def test_peers_quick(tmp_path):
         assert res["latency"][system]["jobs"] > 0
     assert "taquba / huey" in table
     assert any(t["name"].startswith("enqueue 2 threads vs huey") and t["met"] is not None
+               for t in res["targets"])
+    tp = res["producers"]["throughput"]
+    assert _positive(tp["huey"]["submit_ops"]) and _positive(tp["taquba"]["submit_ops"])
+    assert "submitted vs huey" in table
+    assert any(t["name"].endswith("submitted vs huey") and t["met"] is not None
                for t in res["targets"])
 
 
@@ -187,6 +215,26 @@ def test_targets_flag_a_miss():
     reopen = next(t for t in by_name if t.startswith("reopen"))
     assert by_name[reopen]["met"] is False
     assert "MISSED" in report.render({"config": results["config"], "targets": list(by_name.values())})
+
+
+def test_producer_targets_flag_a_miss():
+    results = {"producers": {
+        "processes": 4, "threads": 8,
+        "throughput": {"taquba": {"submit_ops": 9000.0, "intake_ops": 7000.0},
+                       "huey": {"submit_ops": 4000.0, "intake_ops": 4000.0}},
+        "latency": {"p99_ms": 25.0},
+        "objectstore": {"threads": 100, "latency_ms": 20.0, "requests_per_job": 0.05},
+        "idle": {"per_hour": 380.0}}}
+    by_name = {t["name"]: t for t in report.targets(results)}
+    assert by_name["producers, 4 processes x 8 threads, submitted vs huey"]["met"] is True
+    assert by_name["producers, 4 processes x 8 threads, in the queue vs huey"]["met"] is False
+    assert by_name["producer enqueue -> owner claim p99, local disk"]["met"] is False
+    assert by_name["storage requests per job, 100 producer threads, 20 ms/request"]["met"] is True
+    idle = by_name["requests per hour, idle owner on an object store, defaults"]
+    assert idle["met"] is None and idle["measured"] == "380/hour"
+    del results["producers"]["throughput"]["huey"]
+    vs_huey = [t for t in report.targets(results) if "vs huey" in t["name"]]
+    assert len(vs_huey) == 2 and all(t["met"] is None for t in vs_huey)
 
 
 def test_latency_rounds_take_turns_and_are_compared_round_by_round(monkeypatch):

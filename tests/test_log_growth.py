@@ -74,7 +74,9 @@ def check_opens(root: BackendRoot, since: str, segment_max_bytes: int, opens: in
     # requests and reads about the same bytes (numbers in names and headers grow a digit).
     requests = {(c.puts, c.gets, c.lists, c.deletes) for c in costs[1:]}
     assert len(requests) == 1, requests
-    assert costs[1].total() <= 14, costs[1]
+    # GCS and Azure delete one object per request, S3 and local disk many per request.
+    assert costs[1].total() - costs[1].deletes <= 12, costs[1]
+    assert costs[1].deletes <= 3, costs[1]
     assert max(c.bytes_read for c in costs[1:]) <= costs[1].bytes_read + 100
     print(f"\n{root.name}: {start} objects; an open costs {costs[1]}")
 
