@@ -35,6 +35,7 @@ import pytest
 
 import taquba
 from taquba import OpenOptions, Queue
+from taquba.core.state import State
 from taquba.errors import CorruptionError
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
 from taquba.log.format import (
@@ -44,7 +45,6 @@ from taquba.log.format import (
     decode_header,
     encode_block,
 )
-from taquba.core.state import State
 from taquba.storage import LocalStore
 
 QUEUE = "jobs"
