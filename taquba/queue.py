@@ -29,7 +29,8 @@ from typing import Any
 
 from . import arguments, consuming, inspecting, producing
 from .background import Background
-from .committer import Batch, Committer
+from .batch import Batch
+from .committer import Committer
 from .config import (
     MAX_PAYLOAD_SIZE,
     Buffer,
