@@ -54,6 +54,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .batch import Batch
 from .errors import FencedError, QueueBroken, QueueClosed, StorageError
 from .log import Log
 
@@ -71,104 +72,6 @@ class CommitStats:
     bytes_committed: int = 0
     checkpoints_written: int = 0
     checkpoint_failures: int = 0
-
-
-class _Gate(threading.Condition):
-    """A ``Condition`` over a fresh ``Lock``, made in a fraction of the time
-    ``Condition(Lock())`` takes (which probes the lock for methods a plain lock lacks);
-    a batch somebody sleeps on makes one."""
-
-    def __init__(self) -> None:
-        lock = threading.Lock()
-        self._lock = lock
-        self.acquire = lock.acquire  # type: ignore[method-assign]
-        self.release = lock.release  # type: ignore[method-assign]
-        self._waiters: deque[Any] = deque()
-
-    def pass_on(self) -> None:
-        """Wake the next waiter, if any (the lock is held)."""
-        if self._waiters:
-            self.notify()
-
-
-class Batch:
-    """The records of one write, and a ticket for their durability (like a ``Future``).
-
-    :meth:`wait` returns True once the batch is resolved; :meth:`set_result` and
-    :meth:`set_exception` resolve it, once. The owner (the committer) resolves, nudges and
-    calls :meth:`prepare_wait` under one lock, so the Condition is made only for a batch
-    somebody sleeps on: most batches on local disk are written by their only waiter.
-    """
-
-    __slots__ = ("_cond", "_done", "_error", "_nudged", "nbytes", "opened", "records")
-
-    def __init__(self) -> None:
-        self._cond: _Gate | None = None
-        self._done = False
-        self._error: BaseException | None = None
-        self._nudged = False
-        self.records: list[bytes] = []
-        self.nbytes = 0
-        self.opened = 0.0  # monotonic time of its first record
-
-    def done(self) -> bool:
-        return self._done
-
-    def error(self) -> BaseException | None:
-        """The failure that lost this batch, or None."""
-        return self._error
-
-    def prepare_wait(self) -> None:
-        """Make the Condition a waiter sleeps on (under the owner's lock, before waiting)."""
-        if self._cond is None:
-            self._cond = _Gate()
-
-    def set_result(self) -> None:
-        """Mark the batch durable and wake its waiters (one by one: see :meth:`wait`)."""
-        self._resolve(None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        """Mark the batch lost to ``exc`` and wake its waiters."""
-        self._resolve(exc)
-
-    def _resolve(self, exc: BaseException | None) -> None:
-        cond = self._cond
-        if cond is None:  # nobody waits
-            self._error = exc
-            self._done = True
-            return
-        with cond:
-            self._error = exc
-            self._done = True
-            cond.notify()
-
-    def nudge(self) -> None:
-        """Wake one waiter, or the next to wait, without resolving: it is to write the batch."""
-        cond = self._cond
-        if cond is None:
-            self._nudged = True
-            return
-        with cond:
-            if not self._done:
-                self._nudged = True
-                cond.notify()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the batch is resolved, ``timeout`` passes, or a nudge comes.
-
-        Returns whether it is resolved (look at :meth:`error`). A waiter that returns
-        resolved wakes the next one. Requires :meth:`prepare_wait` first.
-        """
-        cond = self._cond
-        assert cond is not None, "prepare_wait() first"
-        with cond:
-            if not self._done and not self._nudged:
-                cond.wait(timeout)
-            if self._done:
-                cond.pass_on()
-                return True
-            self._nudged = False
-            return False
 
 
 class Committer:

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import arguments
-from .committer import Batch
+from .batch import Batch
 from .config import check_queue_name, to_seconds
 from .core import events as ev
 from .core.codec import id_key

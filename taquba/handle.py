@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import arguments
-from .committer import Batch, Committer
+from .batch import Batch
+from .committer import Committer
 from .config import OpenOptions, QueueConfig
 from .core import events as ev
 from .core.ids import IdGenerator

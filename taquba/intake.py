@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .committer import Batch
+from .batch import Batch
 from .config import check_queue_name
 from .core import events as ev
 from .errors import CorruptionError, InvalidArgument, StorageError

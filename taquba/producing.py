@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import arguments
-from .committer import Batch
+from .batch import Batch
 from .config import EnqueueOptions, check_queue_name
 from .core import events as ev
 from .errors import InvalidArgument

@@ -677,7 +677,7 @@ def test_a_batch_wakes_every_waiter_even_when_one_gives_up_first(mem_root):
     """Waiters are woken one after another: one that timed out must not break the chain."""
     log, _ = open_log(mem_root.store())
     committer = Committer(log)
-    from taquba.committer import Batch
+    from taquba.batch import Batch
 
     batch = Batch()
     batch.prepare_wait()
@@ -701,7 +701,7 @@ def test_a_batch_wakes_every_waiter_even_when_one_gives_up_first(mem_root):
 
 
 def test_a_nudge_wakes_one_waiter_without_resolving_the_batch() -> None:
-    from taquba.committer import Batch
+    from taquba.batch import Batch
 
     batch = Batch()
     batch.nudge()  # nobody waits yet: the next waiter takes it

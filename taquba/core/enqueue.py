@@ -94,6 +94,16 @@ class Enqueued(NamedTuple):
             common |= J_MAX_ATTEMPTS
             put_uvarint(extra, self.max_attempts)
         specs = self.specs
+        if n == 1 and specs is None and not self.kv:
+            # One plain job (a lone enqueue): no run of ids to look for.
+            job_id = self.ids[0]
+            payload = self.payloads[0]
+            value = ids.decode(job_id)
+            buf.append(common | (_ID_TEXT if value is None else _ID_VALUE))
+            buf += text_id(job_id) if value is None else value.to_bytes(16, "big")
+            buf += extra
+            put_uvarint(buf, len(payload))
+            return bytes(buf) + payload
         decode_id = ids.decode
         tails = ids.TAILS
         # Before a plain job's payload: bytes that depend only on the payload's length when

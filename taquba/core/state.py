@@ -216,11 +216,24 @@ class State:
     # -- applying events -------------------------------------------------------------------
 
     def apply(self, event: ev.Event) -> None:
-        """Apply one event (see events.py for what each one means)."""
+        """Apply one event (see events.py for what each one means), dispatching on its type.
+
+        Args:
+            event: any ``events.Event``; one about a job the state does not hold (or holds
+                in another status than the event expects) changes nothing.
+
+        Raises:
+            CorruptionError: an ``Enqueued`` event repeats the id of a known job (only a
+                damaged log can say that; the queue never makes one).
+        """
         _APPLY[type(event)](self, event)
 
     def apply_record(self, data: bytes) -> None:
-        """Apply one record read back from the log (raises ``CorruptionError`` if bad)."""
+        """Decode one record read back from the log and apply its event.
+
+        Raises ``CorruptionError`` naming the record kind and the problem for a record
+        that does not decode (see ``events.decode``), as :meth:`apply` does.
+        """
         event = ev.decode(data)
         _APPLY[type(event)](self, event)
 
@@ -464,7 +477,10 @@ class State:
 
     @classmethod
     def restore(cls, data: bytes) -> State:
-        """The state a snapshot describes (raises ``CorruptionError`` if it is malformed)."""
+        """The state a snapshot (made by :meth:`snapshot`) describes, indexes rebuilt.
+
+        Raises ``CorruptionError`` for a malformed snapshot or one that lists a job twice.
+        """
         next_seq, queues, decoded, kv, marks = snap.decode(data)
         state = cls()
         state.inbox_marks = marks
