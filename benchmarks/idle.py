@@ -7,6 +7,10 @@ filesystem, so nothing the store forgets to count can hide). Each gets some work
 (100 enqueued, 50 claimed and acked, 10 claimed and held with a long lease), then both
 sit idle for the window while every request is counted. Requests per minute are scaled
 from the window.
+
+The inbox intake and the fence check are turned off here: this measures the reaper and the
+scheduler, which must cost nothing. What an idle owner costs at the defaults, intake and
+fence check included, is scenario 8's idle figure (``benchmarks/producers.py``).
 """
 
 from __future__ import annotations
@@ -34,8 +38,11 @@ def child_idle(args: dict[str, Any]) -> dict[str, Any]:
     window = float(args["window"])
     d = fresh_dir(args["workdir"], "idle")
     fs = LatencyFileSystem(latency=0.0)
-    local = Queue.open(d)
-    mem = Queue.open(fs, "/idle/q")
+    from taquba import OpenOptions
+
+    quiet = OpenOptions(inbox_interval=None, fence_check_interval=None)
+    local = Queue.open(d, options=quiet)
+    mem = Queue.open(fs, "/idle/q", quiet)
     try:
         held = _warm(local) + _warm(mem)
         time.sleep(float(args.get("settle", 1.5)))

@@ -50,7 +50,7 @@ def test_an_idle_fenced_handle_refuses_every_call_once_it_checks(
     try:
         q2.kv_delete(b"flush")  # q2's own writes at open are durable
         before = objects(backend_root)
-        with pytest.raises(FencedError, match="newer"):
+        with pytest.raises(FencedError, match="another process has opened"):
             e.q.check_fence_now()
         for name, call in CLOSED:
             with pytest.raises(FencedError) as info:
