@@ -96,10 +96,12 @@ def test_taquba_scenarios_quick(tmp_path):
     assert all(w["jobs"] > 0 for w in lat["windows"])
     assert lat["p50_ms"] <= lat["p99_ms"] <= lat["max_ms"]
     obj = prod["objectstore"]
-    # every submission is one producer PUT that the owner GETs once; the owner LISTs the
-    # inbox, writes its intake records and deletes what it took in
+    # every submission is one producer PUT that the owner GETs once (its other GETs read its
+    # own manifest back after a write); the owner LISTs the inbox, writes its intake records
+    # and deletes what it took in
     assert obj["objects"] >= 1 and obj["jobs_per_object"] >= 1
-    assert obj["producer_requests"]["put"] == obj["objects"] == obj["owner_requests"]["get"]
+    assert obj["producer_requests"]["put"] == obj["objects"] <= obj["owner_requests"]["get"]
+    assert obj["owner_requests"]["get"] <= obj["objects"] + obj["owner_requests"]["put"]
     assert obj["owner_requests"]["list"] >= 1 and obj["owner_requests"]["put"] >= 1
     assert obj["owner_requests"]["delete"] >= 1
     assert obj["requests_per_job"] == obj["requests"] / obj["jobs"] > 0
