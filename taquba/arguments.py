@@ -7,12 +7,13 @@ and the bad value, before anything changes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .config import MAX_KV_KEY_SIZE, MAX_KV_VALUE_SIZE, MAX_PAYLOAD_SIZE, to_bytes, to_seconds
 from .errors import ConfigError, InvalidArgument, KvValueTooLarge, exception_text
 
 MAX_ERROR_CHARS = 16 * 1024
+MAX_BATCH_JOBS = 100_000
 
 
 def error_text(error: object) -> str:
@@ -43,6 +44,20 @@ def payload_bytes(value: object, name: str) -> bytes:
     if len(data) > MAX_PAYLOAD_SIZE:
         raise InvalidArgument(f"payload is {len(data)} bytes; the limit is {MAX_PAYLOAD_SIZE}")
     return data
+
+
+def batch_items(payloads: object) -> list[object]:
+    """The payloads of an ``enqueue_batch`` as a list (each still to be checked)."""
+    if isinstance(payloads, (bytes, bytearray, memoryview, str)):
+        raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
+                              "payload")
+    if not isinstance(payloads, Iterable):
+        raise InvalidArgument(
+            f"payloads must be an iterable of bytes, got {type(payloads).__name__}")
+    items = list(payloads)
+    if len(items) > MAX_BATCH_JOBS:
+        raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {len(items)}")
+    return items
 
 
 def wait_seconds(value: object, name: str) -> float:

@@ -27,13 +27,12 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .arguments import batch_items, payload_bytes
 from .config import (
-    MAX_PAYLOAD_SIZE,
     Buffer,
     EnqueueOptions,
     check_job_id,
     check_queue_name,
-    to_bytes,
 )
 from .core.ids import IdGenerator
 from .errors import ConfigError, InvalidArgument, QueueClosed, StorageError
@@ -49,7 +48,6 @@ from .inbox import (
 )
 from .storage import ObjectExists, Store, open_store
 
-MAX_BATCH_JOBS = 100_000
 _PLAIN = EnqueueOptions()
 
 
@@ -74,13 +72,6 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-def _payload(value: object, name: str) -> bytes:
-    data = value if type(value) is bytes else to_bytes(value, name)
-    if len(data) > MAX_PAYLOAD_SIZE:
-        raise InvalidArgument(f"{name} is {len(data)} bytes; the limit is {MAX_PAYLOAD_SIZE}")
-    return data
 
 
 class Producer:
@@ -201,18 +192,9 @@ class Producer:
         Returns their ids in input order, once the submission is durable.
         """
         self._ensure_open()
-        if isinstance(payloads, (bytes, bytearray, memoryview, str)):
-            raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
-                                  "payload")
-        try:
-            items = list(payloads)
-        except TypeError:
-            raise InvalidArgument(
-                f"payloads must be an iterable of bytes, got {type(payloads).__name__}") from None
-        if len(items) > MAX_BATCH_JOBS:
-            raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {len(items)}")
+        items = batch_items(payloads)
         check_queue_name(queue)
-        data = tuple(_payload(p, f"payloads[{i}]") for i, p in enumerate(items))
+        data = tuple(payload_bytes(p, f"payloads[{i}]") for i, p in enumerate(items))
         if not data:
             return []
         with self._cond:
@@ -252,7 +234,7 @@ class Producer:
 
     def _enqueue(self, queue: str, payload: object, opts: EnqueueOptions) -> str:
         check_queue_name(queue)
-        data = _payload(payload, "payload")
+        data = payload_bytes(payload, "payload")
         if opts.dedup_key is not None:
             try:
                 opts.dedup_key.encode("utf-8")

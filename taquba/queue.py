@@ -63,7 +63,6 @@ from .storage import Store, open_store
 
 logger = logging.getLogger("taquba.queue")
 
-MAX_BATCH_JOBS = 100_000
 MAX_CLAIM_BATCH = consuming.MAX_CLAIM_BATCH
 _PLAIN = EnqueueOptions()
 
@@ -239,17 +238,8 @@ class Queue(Handle):
         Durability: all the jobs are in one record; returns once it is durable.
         """
         self._ensure_open()
-        if isinstance(payloads, (bytes, bytearray, memoryview, str)):
-            raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
-                                  "payload")
-        try:
-            items = list(payloads)
-        except TypeError:
-            raise InvalidArgument(
-                f"payloads must be an iterable of bytes, got {type(payloads).__name__}") from None
+        items = arguments.batch_items(payloads)
         n = len(items)
-        if n > MAX_BATCH_JOBS:
-            raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {n}")
         check_queue_name(queue)
         if not n:
             with self._lock:
@@ -257,7 +247,7 @@ class Queue(Handle):
             return []
         # The common case (all bytes, none too large) is checked at C speed.
         data: list[bytes] = items  # type: ignore[assignment]
-        if set(map(type, items)) != {bytes} or max(map(len, items)) > MAX_PAYLOAD_SIZE:
+        if set(map(type, items)) != {bytes} or max(map(len, data)) > MAX_PAYLOAD_SIZE:
             data = [arguments.payload_bytes(p, "payload" if n == 1 else f"payloads[{i}]")
                     for i, p in enumerate(items)]
         return producing.enqueue_batch(self, queue, data)
