@@ -841,3 +841,22 @@ def test_an_empty_commit_ends_the_appended_segment_instead_of_fencing_it(tmp_pat
     log.close()
     _, seen = open_appending(tmp_path)
     assert seen.records == [b"a", b"b"]
+
+
+def test_segment_removed_right_after_its_creation_fences_the_handle(tmp_path):
+    """A newer writer may replay, checkpoint and delete a segment between its creation
+    and its opening for appends: the older handle is fenced, not broken by a bare
+    "not found"."""
+    store = LocalStore(str(tmp_path))
+    old, _ = open_log(store, segment_max_bytes=1 << 20)
+    real = store.put_if_absent
+
+    def put_then_vanish(key: str, data: bytes) -> None:
+        real(key, data)
+        if key.startswith(SEGMENT_DIR + "/"):
+            os.unlink(os.path.join(str(tmp_path), *key.split("/")))
+
+    store.put_if_absent = put_then_vanish  # type: ignore[method-assign]
+    with pytest.raises(FencedError, match="removed by another process"):
+        old.append([b"lost"])
+    assert isinstance(old.broken, FencedError)

@@ -404,6 +404,11 @@ class Log:
         except ObjectExists as exc:
             raise self._fenced(f"segment {seq_name(seq)} was written by another process") \
                 from exc
+        except ObjectNotFound as exc:
+            # Created, then gone before it could be opened for appending: only a newer
+            # writer deletes segments (it replayed this one, checkpointed and collected it).
+            raise self._fenced(f"segment {seq_name(seq)} was removed by another process "
+                               "right after this handle created it") from exc
         except StorageError as exc:
             raise self._fail(exc)  # noqa: B904 - keeps the backend cause
         self.next_seq = seq + 1
