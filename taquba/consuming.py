@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import arguments
 from .batch import Batch
@@ -32,7 +32,7 @@ logger = logging.getLogger("taquba.queue")
 MAX_CLAIM_BATCH = 10_000
 
 
-def claim(q: Queue, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Claim]:
+def claim(q: Queue, queue: str, max_jobs: int, lease: object, wait: object) -> list[Claim]:
     """Up to ``max_jobs`` claims on ``queue``, waiting up to ``wait`` for the first."""
     check_queue_name(queue)
     lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
@@ -200,7 +200,7 @@ def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
     return batch
 
 
-def renew_lease(q: Queue, claim: Claim, extension: Any) -> None:
+def renew_lease(q: Queue, claim: Claim, extension: object) -> None:
     """Move the lease of ``claim`` to now + ``extension``."""
     seconds = to_seconds(extension, "extension", allow_zero=False)
     with q._lock:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import arguments, views
 from .config import check_job_id, check_queue_name
@@ -101,7 +101,7 @@ def cancel(q: Queue, job_id: str) -> CancelOutcome:
         return CancelOutcome.REMOVED
 
 
-def wait_for_completion(q: Queue, job_id: str, timeout: Any) -> WaitOutcome:
+def wait_for_completion(q: Queue, job_id: str, timeout: object) -> WaitOutcome:
     check_job_id(job_id)
     seconds = arguments.wait_seconds(timeout, "timeout")
     deadline = time.monotonic() + seconds
