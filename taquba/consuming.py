@@ -25,6 +25,7 @@ from .errors import ClaimLost, InvalidArgument
 from .records import Claim, JobStatus, WaitOutcome, WaitStatus
 
 if TYPE_CHECKING:
+    from .handle import Handle
     from .queue import Queue
 
 logger = logging.getLogger("taquba.queue")
@@ -82,7 +83,7 @@ def claim(q: Queue, queue: str, max_jobs: int, lease: object, wait: object) -> l
     return claims
 
 
-def promote_due_locked(q: Queue, now: float) -> int:
+def promote_due_locked(q: Handle, now: float) -> int:
     """Make the scheduled jobs due at ``now`` pending and wake their claimers."""
     due = q._state.due_scheduled(now)
     if not due:
@@ -182,7 +183,7 @@ def release(q: Queue, claim: Claim, text: str) -> None:
         q._wait_locked(batch)
 
 
-def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
+def fail_locked(q: Handle, job: Job, now: float, error: str, *, dead: bool,
                 run_at: float | None = None) -> Batch:
     """End the current attempt of ``job`` with ``error``: dead, scheduled or pending."""
     if dead:

@@ -1,8 +1,8 @@
 """Looking at jobs and operating on them: the inspecting side of
 :class:`~taquba.queue.Queue`, and the background ticks (reaper sweep, scheduler).
 
-Functions of the queue handle ``q`` (the methods of ``Queue`` call them after their
-``QueueClosed`` check); the ones named ``*_locked`` expect ``q._lock`` held. Reads look at
+Functions of the queue handle ``q`` (the methods of ``Queue``, in operations.py, call them
+after their ``QueueClosed`` check); the ones named ``*_locked`` expect ``q._lock`` held. Reads look at
 the in-memory state under the lock; every change goes through ``q._commit(event)``.
 """
 
@@ -21,7 +21,7 @@ from .errors import FencedError, JobNotFound
 from .records import CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from .handle import Handle
 
 logger = logging.getLogger("taquba.queue")
 
@@ -31,7 +31,7 @@ _MAX_WAIT = 3600.0  # longest single sleep; longer waits loop
 promote_locked = promote_due_locked
 
 
-def get_job(q: Queue, job_id: str) -> JobRecord | None:
+def get_job(q: Handle, job_id: str) -> JobRecord | None:
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -40,7 +40,7 @@ def get_job(q: Queue, job_id: str) -> JobRecord | None:
         return record
 
 
-def stats(q: Queue, queue: str) -> QueueStats:
+def stats(q: Handle, queue: str) -> QueueStats:
     check_queue_name(queue)
     with q._lock:
         q._check_open_locked()
@@ -49,7 +49,7 @@ def stats(q: Queue, queue: str) -> QueueStats:
         return result
 
 
-def list_queues(q: Queue) -> list[str]:
+def list_queues(q: Handle) -> list[str]:
     with q._lock:
         q._check_open_locked()
         names = sorted(q._state.queues)
@@ -57,7 +57,7 @@ def list_queues(q: Queue) -> list[str]:
         return names
 
 
-def dead_jobs(q: Queue, queue: str, after: str | None, limit: int) -> list[JobRecord]:
+def dead_jobs(q: Handle, queue: str, after: str | None, limit: int) -> list[JobRecord]:
     views.check_page(queue, after, limit)
     with q._lock:
         q._check_open_locked()
@@ -66,7 +66,7 @@ def dead_jobs(q: Queue, queue: str, after: str | None, limit: int) -> list[JobRe
         return page
 
 
-def requeue_dead_job(q: Queue, job_id: str) -> None:
+def requeue_dead_job(q: Handle, job_id: str) -> None:
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -79,7 +79,7 @@ def requeue_dead_job(q: Queue, job_id: str) -> None:
         q._wait_locked(batch)
 
 
-def cancel(q: Queue, job_id: str) -> CancelOutcome:
+def cancel(q: Handle, job_id: str) -> CancelOutcome:
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -101,7 +101,7 @@ def cancel(q: Queue, job_id: str) -> CancelOutcome:
         return CancelOutcome.REMOVED
 
 
-def wait_for_completion(q: Queue, job_id: str, timeout: object) -> WaitOutcome:
+def wait_for_completion(q: Handle, job_id: str, timeout: object) -> WaitOutcome:
     check_job_id(job_id)
     seconds = arguments.wait_seconds(timeout, "timeout")
     deadline = time.monotonic() + seconds
@@ -140,7 +140,7 @@ def wait_for_completion(q: Queue, job_id: str, timeout: object) -> WaitOutcome:
                 q._final.pop(job_id, None)
 
 
-def reap(q: Queue) -> int:
+def reap(q: Handle) -> int:
     """Requeue (or dead-letter) jobs whose lease expired and sweep retention."""
     with q._lock:
         q._check_open_locked()
@@ -164,7 +164,7 @@ def reap(q: Queue) -> int:
         return len(expired)
 
 
-def check_fence(q: Queue) -> None:
+def check_fence(q: Handle) -> None:
     """Ask the log whether a newer writer exists; if so, the handle refuses from now on."""
     with q._lock:
         q._check_open_locked()
