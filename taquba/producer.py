@@ -127,11 +127,12 @@ class Producer:
                 ``delay=`` into a time and to make job ids (default ``time.time``).
 
         Returns:
-            The open producer. Nothing is written at open; the root need not hold a queue
-            yet.
+            The open producer. The root need not hold a queue yet.
 
         Raises:
             ConfigError: a malformed location or option.
+
+        Durability: nothing is written at open.
         """
         if clock is not None and not callable(clock):
             raise ConfigError(f"clock must be a zero-argument callable, got {clock!r}")
@@ -165,6 +166,7 @@ class Producer:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
         return self._closed
 
     # -- submitting ------------------------------------------------------------------------

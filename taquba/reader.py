@@ -59,6 +59,8 @@ class QueueReader:
                 ``ConfigError``) when the root holds no queue.
             StorageError: the storage could not be read.
             CorruptionError: a stored object fails its checksum or cannot be decoded.
+
+        Durability: reads only what the owner made durable; writes nothing.
         """
         store = open_store(location, path, storage_options=storage_options)
         reader = cls(store)
@@ -113,6 +115,7 @@ class QueueReader:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
         return self._closed
 
     def _ensure_open(self) -> None:
