@@ -13,6 +13,7 @@ from .config import (
     OpenOptions,
     QueueConfig,
 )
+from .effects import EnqueueRequest, SettlementEffects
 from .errors import (
     ClaimLost,
     ConfigError,
@@ -54,6 +55,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "EnqueueOptions",
+    "EnqueueRequest",
     "EnqueueResult",
     "FencedError",
     "InvalidArgument",
@@ -74,6 +76,7 @@ __all__ = [
     "QueueNotFound",
     "QueueReader",
     "QueueStats",
+    "SettlementEffects",
     "StorageError",
     "TaqubaError",
     "TransientStorageError",
