@@ -13,6 +13,7 @@ from .config import (
     OpenOptions,
     QueueConfig,
 )
+from .effects import EnqueueRequest, SettlementEffects
 from .errors import (
     ClaimLost,
     ConfigError,
@@ -38,6 +39,7 @@ from .records import (
     JobRecord,
     JobStatus,
     QueueStats,
+    Schedule,
     WaitOutcome,
     WaitStatus,
 )
@@ -54,6 +56,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "EnqueueOptions",
+    "EnqueueRequest",
     "EnqueueResult",
     "FencedError",
     "InvalidArgument",
@@ -74,6 +77,8 @@ __all__ = [
     "QueueNotFound",
     "QueueReader",
     "QueueStats",
+    "Schedule",
+    "SettlementEffects",
     "StorageError",
     "TaqubaError",
     "TransientStorageError",

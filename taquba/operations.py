@@ -1,5 +1,5 @@
 """The methods of :class:`~taquba.Queue` that look at jobs and operate on them, and its
-background ticks (reaper sweep, scheduler, fence check).
+background ticks (reaper sweep, scheduler, fence check), and its cron schedules.
 
 ``Queue`` inherits them from :class:`Operations`; each checks that the handle is usable
 and hands the work to ``inspecting.py``. The rules of ``queue.py``'s docstring hold here.
@@ -7,10 +7,10 @@ and hands the work to ``inspecting.py``. The rules of ``queue.py``'s docstring h
 
 from __future__ import annotations
 
-from . import inspecting
-from .config import Duration
+from . import inspecting, scheduling, views
+from .config import Buffer, Duration, EnqueueOptions
 from .handle import Handle
-from .records import CancelOutcome, JobRecord, QueueStats, WaitOutcome
+from .records import CancelOutcome, JobRecord, QueueStats, Schedule, WaitOutcome
 
 
 class Operations(Handle):
@@ -174,20 +174,22 @@ class Operations(Handle):
         return inspecting.reap(self)
 
     def promote_scheduled_now(self) -> int:
-        """Make scheduled jobs whose time has come pending.
+        """Make scheduled jobs whose time has come pending, and fire the cron schedules
+        that are due.
 
         The scheduler thread calls this every ``OpenOptions.scheduler_interval`` (claims
         also promote the due jobs of their queue first); tests call it with a manual clock.
 
         Returns:
-            How many jobs were made pending.
+            How many jobs were made pending or enqueued by a schedule.
 
         Durability: not waited for: a lost promotion is done again by the next one.
         """
         self._ensure_open()
         with self._lock:
             self._check_open_locked()
-            return inspecting.promote_locked(self, self._now())
+            now = self._now()
+            return inspecting.promote_locked(self, now) + scheduling.fire_due_locked(self, now)
 
     def check_fence_now(self) -> None:
         """Ask the storage, with one small request, whether another process has opened this
@@ -206,3 +208,46 @@ class Operations(Handle):
         """
         self._ensure_open()
         inspecting.check_fence(self)
+
+    # -- cron schedules (scheduling.py) -------------------------------------------------------
+
+    def add_schedule(self, name: str, cron: str, queue: str, payload: Buffer = b"", *,
+                     options: EnqueueOptions | None = None, timezone: str = "UTC") -> Schedule:
+        """Enqueue ``payload`` into ``queue`` at every occurrence of ``cron``.
+
+        Args:
+            name: the schedule's name (1-255 UTF-8 bytes); re-adding a name replaces it.
+            cron: a 5-field cron expression or a macro (``@hourly``, ``@daily``, ...).
+            queue, payload: as for :meth:`enqueue`.
+            options: ``priority``, ``max_attempts`` and ``headers`` of the jobs (the other
+                fields of :class:`EnqueueOptions` are refused).
+            timezone: the IANA time zone the expression is read in (daylight saving
+                included; see ``taquba.cron``).
+
+        Returns:
+            The :class:`Schedule`, with its ``next_run_at`` (the first occurrence after now).
+
+        Raises:
+            InvalidArgument: a bad name, cron expression, time zone, queue name, payload or
+                option (nothing changes).
+
+        Every due occurrence is enqueued exactly once, across restarts and takeovers; after
+        a downtime the missed occurrences give one catch-up job. Durability: returns once
+        the schedule is durable.
+        """
+        self._ensure_open()
+        return scheduling.add(self, name, cron, queue, payload, options, timezone)
+
+    def remove_schedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; False if there was none. Returns once durable."""
+        self._ensure_open()
+        return scheduling.remove(self, name)
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name (only durable state is reported)."""
+        self._ensure_open()
+        with self._lock:
+            self._check_open_locked()
+            out = views.schedules(self._state)
+            self._wait_reported_locked()
+            return out

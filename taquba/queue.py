@@ -9,13 +9,15 @@ Rules this module keeps:
 - One mutation path, :meth:`Queue._commit`: a state change is one event (core/events.py),
   encoded, applied to the state and handed to the committer in one lock hold, so the log
   order is the apply order and replay rebuilds the same state.
-- ``enqueue*``, ``ack``, ``nack``, ``dead_letter``, ``cancel``, ``requeue_dead_job`` and
-  ``kv_delete`` return only once their event is durable. ``claim``, ``renew_lease`` and the
-  background ticks do not wait: losing one only causes a redelivery or a repeated tick.
-- A read reports only durable state: ``get_job``, ``stats``, ``list_queues``, ``dead_jobs``,
-  ``kv_get``, ``wait_for_completion`` (and ``cancel``'s ``NOT_FOUND``) wait until every event
-  applied before them is durable, except claims and lease renewals, whose loss only causes a
-  redelivery. If that write fails they raise its error, as the writer's caller does.
+- ``enqueue*``, ``ack``, ``nack``, ``dead_letter`` (with their settlement effects),
+  ``cancel``, ``requeue_dead_job``, ``kv_put``, ``kv_delete``, ``add_schedule`` and
+  ``remove_schedule`` return only once their event is durable. ``claim``, ``renew_lease``
+  and the background ticks do not wait: losing one only causes a redelivery or a repeated
+  tick.
+- A read reports only durable state: ``get_job``, ``stats``, ``list_queues``,
+  ``dead_jobs``, ``kv_get``, ``list_schedules``, ``wait_for_completion`` (and ``cancel``'s
+  ``NOT_FOUND``) wait until every event applied before them is durable, except claims and
+  lease renewals, whose loss only causes a redelivery. If that write fails they raise its error, as the writer's caller does.
 - A handle serves only the process that opened it. In a child forked from that process every
   call raises ``QueueBroken`` before taking any lock (another thread of the parent may have
   held one at the fork), and nothing of the child writes, flushes or deletes the parent's
@@ -24,11 +26,12 @@ Rules this module keeps:
   ``check_fence_now`` saw a newer manifest), every call raises ``FencedError``, reads included.
 
 This module holds the public methods that open and close a queue, enqueue, claim and settle;
-those that look at jobs, operate on them and run the background ticks are in operations.py
-(a base class). The lock, the mutation path and the refusals are in handle.py (the base of
-both), and the work is done by concern in producing.py (enqueues), consuming.py (claims and
-settling them), inspecting.py (looking at jobs, operating on them, the background ticks)
-and intake.py (taking in what producers submitted).
+those that look at jobs, operate on them, manage cron schedules and run the background ticks
+are in operations.py (a base class). The lock, the mutation path and the refusals are in
+handle.py (the base of both), and the work is done by concern in producing.py (enqueues),
+consuming.py (claims and settling them), inspecting.py (looking at jobs, operating on them,
+the background ticks), scheduling.py (cron schedules) and intake.py (taking in what
+producers submitted).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ from .config import (
 )
 from .core import events as ev
 from .core.state import State
+from .effects import SettlementEffects
+from .effects import check as effects_check
 from .errors import ConfigError, InvalidArgument
 from .handle import register, unregister
 from .log import Log
@@ -350,6 +355,19 @@ class Queue(Operations):
             self._wait_reported_locked()
             return value
 
+    def kv_put(self, key: Buffer, value: Buffer) -> None:
+        """Store ``value`` under ``key`` in the KV namespace (replacing any value).
+
+        Raises ``InvalidArgument`` for an empty or oversized key, ``KvValueTooLarge`` for a
+        value over ``MAX_KV_VALUE_SIZE`` (nothing is written), ``StorageError`` if the
+        record could not be written. Durability: returns once the write is durable.
+        """
+        self._ensure_open()
+        pairs = arguments.kv_writes({arguments.kv_key(key): value})
+        with self._lock:
+            self._check_open_locked()
+            self._wait_locked(self._commit(ev.KvWritten(pairs)))
+
     def kv_delete(self, key: Buffer) -> None:
         """Delete ``key`` from the KV namespace. A missing key is not an error.
 
@@ -429,43 +447,57 @@ class Queue(Operations):
                                   f"{max_jobs!r}")
         return consuming.claim(self, queue, max_jobs, lease, wait)
 
-    def ack(self, claim: Claim) -> None:
+    def ack(self, claim: Claim, effects: SettlementEffects | None = None) -> None:
         """Mark the claimed job done (kept as done if the queue has ``keep_done``).
 
+        Args:
+            claim: the current claim.
+            effects: :class:`SettlementEffects` (follow-up jobs, KV writes and deletes)
+                committed in the same record as the ack: all of them or none.
+
         Raises:
-            InvalidArgument: ``claim`` is not a ``Claim``.
-            ClaimLost: the claim is no longer current (nothing changes).
+            InvalidArgument: ``claim`` is not a ``Claim``, ``effects`` is not a
+                ``SettlementEffects``, or an effect is invalid (a follow-up ``job_id``
+                already in use); nothing changes and the claim stays current.
+            ClaimLost: the claim is no longer current (nothing changes, no effect applies).
             StorageError: the record could not be written; the handle is broken.
 
-        Durability: returns once the ack is durable; the job is never delivered again.
+        Durability: returns once the ack (and its effects) is durable; the job is never
+        delivered again.
         """
         self._ensure_open()
-        consuming.ack(self, claim)
+        consuming.ack(self, claim, effects_check(effects))
 
-    def nack(self, claim: Claim, error: object) -> None:
+    def nack(self, claim: Claim, error: object, effects: SettlementEffects | None = None) -> None:
         """Report a failed attempt: retried after the queue's backoff, or dead once the
         job's attempts are spent (or a cancel was requested).
 
         Args:
             claim: the current claim.
             error: a str or an exception, stored as the job's ``last_error``.
+            effects: :class:`SettlementEffects` applied, in the same record, only if this
+                failure makes the job dead; checked either way.
 
         Raises ``InvalidArgument``, ``ClaimLost`` or ``StorageError`` as :meth:`ack` does.
         Durability: returns once the failure is durable.
         """
         self._ensure_open()
-        consuming.nack(self, claim, arguments.error_text(error))
+        checked = effects_check(effects)
+        consuming.nack(self, claim, arguments.error_text(error), checked)
 
-    def dead_letter(self, claim: Claim, reason: str) -> None:
+    def dead_letter(self, claim: Claim, reason: str,
+                    effects: SettlementEffects | None = None) -> None:
         """Move the claimed job straight to the dead set with ``reason`` as its last error.
 
-        Raises ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or
-        ``StorageError`` as :meth:`ack` does. Durability: returns once it is durable.
+        ``effects`` (:class:`SettlementEffects`) commit in the same record. Raises
+        ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or ``StorageError``
+        as :meth:`ack` does. Durability: returns once it is durable.
         """
         self._ensure_open()
         if not isinstance(reason, str):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
-        consuming.dead_letter(self, claim, arguments.error_text(reason))
+        checked = effects_check(effects)
+        consuming.dead_letter(self, claim, arguments.error_text(reason), checked)
 
     def renew_lease(self, claim: Claim, extension: Duration) -> None:
         """Extend the claim's lease to now + ``extension``.
