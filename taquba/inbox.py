@@ -41,11 +41,24 @@ from typing import Any
 import orjson
 
 from .errors import CorruptionError
-from .log.format import decode, encode
+from .log.format import (
+    BLOCK_HEADER,
+    block_at,
+    block_end,
+    check_interrupted_append,
+    decode,
+    decode_header,
+    encode,
+    encode_block,
+)
 
 INBOX_DIR = "inbox"
 MAGIC_INBOX = b"TQIN"
+MAGIC_INBOX_FILE = b"TQIF"
+FILE_SUFFIX = ".blocks"
+END_FRAME = b'{"op":"end"}'
 _KEY_RE = re.compile(r"([0-9a-f]{16})-([0-9]{20})")
+_FILE_RE = re.compile(r"([0-9a-f]{16})-([0-9]{20})\.blocks")
 
 
 def object_name(producer: str, seq: int) -> str:
@@ -120,6 +133,11 @@ def decode_object(name: str, data: bytes) -> tuple[str, int, list[Submission]]:
     producer, seq = fields.get("producer"), fields.get("seq")
     if not isinstance(producer, str) or not isinstance(seq, int):
         raise CorruptionError(f"{name}: inbox header lacks producer or seq")
+    return producer, seq, decode_submissions(name, frames)
+
+
+def decode_submissions(name: str, frames: Sequence[bytes]) -> list[Submission]:
+    """The submissions carried by ``frames`` (of an object or a block of ``name``)."""
     subs: list[Submission] = []
     i = 0
     while i < len(frames):
@@ -149,4 +167,92 @@ def decode_object(name: str, data: bytes) -> tuple[str, int, list[Submission]]:
                 raise CorruptionError(f"{name}: unknown submission {op!r} in frame {i - 1}")
         except (KeyError, TypeError) as exc:
             raise CorruptionError(f"{name}: malformed submission in frame {i - 1}") from exc
-    return producer, seq, subs
+    return subs
+
+
+# -- inbox files (stores that append) ------------------------------------------------------
+
+
+def file_name(producer: str, start: int) -> str:
+    """The name (under ``inbox/``) of producer ``producer``'s file whose first block has
+    ``seq`` ``start``."""
+    return f"{producer}-{start:020d}{FILE_SUFFIX}"
+
+
+def parse_file_name(name: str) -> tuple[str, int] | None:
+    """``(producer, start)`` of an inbox file name, or None for anything else."""
+    m = _FILE_RE.fullmatch(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def encode_file_head(producer: str, start: int, nonce: str, first: bytes) -> bytes:
+    """The bytes an inbox file is published with: its header and its first block."""
+    fields = {"producer": producer, "start": start, "nonce": nonce, "blocks": True, "count": 0}
+    return encode(MAGIC_INBOX_FILE, fields) + first
+
+
+def encode_submission_block(frames: Sequence[bytes]) -> bytes:
+    """One block of an inbox file, holding ``frames`` (from :func:`submission_frames`)."""
+    return encode_block(frames)
+
+
+END_BLOCK = encode_block([END_FRAME])
+
+
+def decode_file_head(name: str, data: bytes | memoryview) -> tuple[str, int, int]:
+    """``(producer, start, offset of the first block)`` of an inbox file's first bytes."""
+    fields, pos = decode_header(name, MAGIC_INBOX_FILE, data)
+    producer, start = fields.get("producer"), fields.get("start")
+    if not isinstance(producer, str) or not isinstance(start, int) or not fields.get("blocks"):
+        raise CorruptionError(f"{name}: inbox file header lacks producer or start")
+    return producer, start, pos
+
+
+@dataclass(slots=True)
+class FileScan:
+    """What one read of an inbox file found, from the offset it started at."""
+
+    blocks: list[tuple[int, list[Submission]]]  # (seq, submissions) of each whole block
+    end: int  # the file offset after the last whole block (or the end block)
+    seq: int  # the seq the block at ``end`` will have
+    ended: bool  # the producer's end block was read: nothing follows, ever
+    need: int | None  # an incomplete block at ``end`` needs the bytes up to this offset
+
+
+def scan_file(name: str, data: bytes, pos: int, base: int, seq: int, *, at_eof: bool,
+              finished: bool, limit: int) -> FileScan:
+    """The whole blocks in ``data[pos:]`` (``data[0]`` is file offset ``base``; the first
+    block there has ``seq``), at most ``limit`` of them.
+
+    After the whole blocks come zeros (room not written yet) or an incomplete block: one
+    being appended right now, or one torn by a crash. When more bytes would complete it and
+    ``data`` stopped short of the file's end (not ``at_eof``), ``need`` says up to where to
+    read. A file whose producer has moved on (``finished``) is settled, so its incomplete
+    block must be what an interrupted append leaves (see ``taquba.log.format``), or
+    ``CorruptionError`` is raised.
+    """
+    view = memoryview(data)
+    blocks: list[tuple[int, list[Submission]]] = []
+    while len(blocks) < limit:
+        block = block_at(name, view, pos, base)
+        if block is None:
+            break
+        frames, end = block
+        if len(frames) == 1 and frames[0] == END_FRAME:
+            return FileScan(blocks, base + end, seq, True, None)
+        blocks.append((seq, decode_submissions(name, frames)))
+        seq += 1
+        pos = end
+    else:
+        return FileScan(blocks, base + pos, seq, False, None)
+    rest = view[pos:].tobytes()
+    need: int | None = None
+    if rest.strip(b"\0"):
+        wanted = block_end(view, pos)
+        if wanted is None and len(rest) < BLOCK_HEADER:
+            wanted = pos + BLOCK_HEADER
+        if wanted is not None and wanted > len(view) and not at_eof:
+            need = base + wanted
+        elif finished:
+            check_interrupted_append(name, view, pos, base)
+    return FileScan(blocks, base + pos, seq, False, need)
