@@ -220,9 +220,9 @@ class FileScan:
 
 
 def scan_file(name: str, data: bytes, pos: int, base: int, seq: int, *, at_eof: bool,
-              finished: bool, limit: int) -> FileScan:
+              finished: bool, limit: int, after: int = -1) -> FileScan:
     """The whole blocks in ``data[pos:]`` (``data[0]`` is file offset ``base``; the first
-    block there has ``seq``), at most ``limit`` of them.
+    block there has ``seq``) whose ``seq`` is above ``after``, at most ``limit`` of them.
 
     After the whole blocks come zeros (room not written yet) or an incomplete block: one
     being appended right now, or one torn by a crash. When more bytes would complete it and
@@ -240,7 +240,8 @@ def scan_file(name: str, data: bytes, pos: int, base: int, seq: int, *, at_eof: 
         frames, end = block
         if len(frames) == 1 and frames[0] == END_FRAME:
             return FileScan(blocks, base + end, seq, True, None)
-        blocks.append((seq, decode_submissions(name, frames)))
+        if seq > after:
+            blocks.append((seq, decode_submissions(name, frames)))
         seq += 1
         pos = end
     else:

@@ -62,6 +62,7 @@ logger = logging.getLogger("taquba.intake")
 MAX_OBJECTS_PER_ROUND = 1000
 LOCAL_INTERVAL = 0.005
 READ_BYTES = 16 << 10  # the first read of an inbox file's new bytes
+MORE_BYTES = 1 << 20  # each later read in the same round
 QUIET_AFTER = 1.0  # seconds without a new block before a file is read less often
 QUIET_FILE_INTERVAL = 0.05
 
@@ -170,18 +171,20 @@ class InboxPoller:
                 poll.idle_files.append((producer, key, tail.offset))
                 return
             room = MAX_OBJECTS_PER_ROUND - len(poll.fresh)
+            if room <= 0:
+                poll.more = True
+                return
             try:
-                scan = self._scan(key, producer, start, tail, finished, max(room, 0))
+                scan = self._scan(key, producer, start, tail, finished, room, mark)
             except ObjectNotFound:
                 self._tails.pop(key, None)
                 return  # deleted meanwhile
-            got = [InboxObject(None, producer, seq, subs)
-                   for seq, subs in scan.blocks if seq > mark]
+            got = [InboxObject(None, producer, seq, subs) for seq, subs in scan.blocks]
             poll.fresh += got
-            changed = now if scan.blocks or tail is None else tail.changed
+            changed = now if tail is None or scan.end != tail.offset else tail.changed
             self._tails[key] = _Tail(scan.seq, scan.end, changed, now)
             settled = finished or scan.ended
-            if scan.need is not None or len(scan.blocks) >= room:
+            if scan.need is not None or len(got) >= room:
                 poll.more = True
                 return  # the rest of this file (and the later ones) next round
             if settled:
@@ -192,25 +195,29 @@ class InboxPoller:
                 poll.idle_files.append((producer, key, scan.end))
 
     def _scan(self, key: str, producer: str, start: int, tail: _Tail | None,
-              finished: bool, limit: int) -> FileScan:
+              finished: bool, limit: int, mark: int) -> FileScan:
+        """The blocks above ``mark`` from ``tail`` (or the start) on, up to ``limit``."""
         name = f"{self.store.description}/{key}"
-        offset = 0 if tail is None else tail.offset
+        offset, seq = (0, start) if tail is None else (tail.offset, tail.seq)
         size = READ_BYTES
+        blocks: list[tuple[int, list[Submission]]] = []
         while True:
             data = self.store.get_range(key, offset, offset + size)
-            at_eof = len(data) < size
-            pos, seq = 0, 0 if tail is None else tail.seq
-            if tail is None:
+            pos = 0
+            if offset == 0:
                 got_producer, got_start, pos = decode_file_head(name, data)
                 if (got_producer, got_start) != (producer, start):
                     raise CorruptionError(f"{name}: holds producer {got_producer} "
                                           f"start {got_start}")
-                seq = start
-            scan = scan_file(name, data, pos, offset, seq, at_eof=at_eof, finished=finished,
-                             limit=limit)
-            if scan.need is None or scan.blocks:
+            scan = scan_file(name, data, pos, offset, seq, at_eof=len(data) < size,
+                             finished=finished, limit=limit - len(blocks), after=mark)
+            blocks += scan.blocks
+            if scan.ended or scan.need is None or len(blocks) >= limit:
+                scan.blocks = blocks
                 return scan
-            size = scan.need - offset  # an incomplete first block: read all of it
+            # More bytes to read: whole blocks past this read, or one it cut short.
+            offset, seq = scan.end, scan.seq
+            size = max(scan.need - offset, MORE_BYTES)
 
     def retire(self, key: str, offset: int) -> bool:
         """Remove the inbox file ``key`` of a quiet producer unless a whole block follows
