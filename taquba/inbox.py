@@ -29,6 +29,34 @@ Rules the owner keeps at intake (``Queue.intake_now``):
 
 Together: every submission becomes its job (or its cancel / requeue) exactly once,
 through owner crashes at any point, takeovers and repeated intake.
+
+Inbox files (stores that append: local disk)
+--------------------------------------------
+There a producer appends its group commits as blocks to a file of its own instead::
+
+    inbox/<producer-id>-<start:020d>.blocks
+
+published whole with a header (magic ``TQIF``; fields ``producer``, ``start``, ``nonce``,
+``"blocks": true``) and its first block, then grown one block per group commit, framed and
+made durable as the log's appended segments are (``taquba.log.format``: ``TQBK`` blocks,
+written into zeroed room, one ``fdatasync`` each). A block holds the same submission
+frames as an object, and its ``seq`` is ``start`` plus its place in the file: it is
+applied as the object of that ``seq`` would be, by the same rules above. Further rules:
+
+- A producer appends only after its previous block is durable and never after a failed
+  append; it then starts a new file at the next ``seq``. A crash during an append leaves a
+  torn block at the end, which was never acknowledged: the owner applies whole blocks
+  only, and a new process is a new producer id, so nothing is appended after it.
+- A file is *settled* once its producer will not append to it again: a later file of the
+  same producer exists, or it ends in the end block (one frame ``{"op":"end"}``, written
+  by ``Producer.close``; it has no ``seq``). Only then is an incomplete last block judged
+  by the torn-tail rule (damage is ``CorruptionError``); and a settled file is deleted once
+  all its blocks are at or below the mark and durable, as objects are.
+- A file that is not settled (its producer may be appending right now) is read up to its
+  last whole block; a block whose bytes are not all there yet is read again later. Once
+  its producer has had nothing taken in for the retention period, the owner removes it
+  under the append lock unless a whole block follows what it has read; an append after
+  that writes nothing, and the producer starts a new file at the same ``seq``.
 """
 
 from __future__ import annotations
