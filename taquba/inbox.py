@@ -54,9 +54,10 @@ applied as the object of that ``seq`` would be, by the same rules above. Further
   all its blocks are at or below the mark and durable, as objects are.
 - A file that is not settled (its producer may be appending right now) is read up to its
   last whole block; a block whose bytes are not all there yet is read again later. Once
-  its producer has had nothing taken in for the retention period, the owner removes it
+  nothing has been taken in from it for a while (``taquba.intake``), the owner removes it
   under the append lock unless a whole block follows what it has read; an append after
-  that writes nothing, and the producer starts a new file at the same ``seq``.
+  that writes nothing, and the producer starts a new file at the same ``seq``. The mark
+  stays for the retention period, as for objects.
 """
 
 from __future__ import annotations

@@ -13,16 +13,18 @@ only while the producer's mark has caught up with it; otherwise the file is read
 from its start, skipping blocks at or below the mark). A file whose blocks run out reads
 as zeros or as an incomplete block; the incomplete block is read again next round, and
 judged by the torn-tail rule only once the file is settled. The file of a producer that
-has had nothing taken in for the retention period is removed under the append lock (an
-append after that writes nothing and starts a new file), after which its mark is dropped
-like that of a producer of objects.
+has had nothing taken in for ``QUIET_FILE_SECONDS`` (or the retention period, if that is
+shorter) is removed under the append lock (an append after that writes nothing and starts
+a new file), so files left by producers that died without closing do not pile up; its
+mark is dropped after the retention period like that of a producer of objects.
 
 :class:`IntakePace` decides how long to wait between rounds: on stores where a listing
 costs nothing (local disk, memory) a short fixed interval, so submissions are taken in
 almost at once; on object stores a fast interval while submissions flow, doubling on
 every empty round up to a ceiling, so an idle queue costs at most ``3600 / ceiling``
 listings an hour. In the background rounds, a file with nothing new for a second is
-read every ``QUIET_FILE_INTERVAL`` only, so files left by producers that died cost little.
+read every ``QUIET_FILE_INTERVAL`` only, and all such files together at most
+``QUIET_READS_PER_SECOND`` times a second.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ READ_BYTES = 16 << 10  # the first read of an inbox file's new bytes
 MORE_BYTES = 1 << 20  # each later read in the same round
 QUIET_AFTER = 1.0  # seconds without a new block before a file is read less often
 QUIET_FILE_INTERVAL = 0.05
+QUIET_READS_PER_SECOND = 200.0
+QUIET_FILE_SECONDS = 60.0  # nothing taken in from a file for this long: remove it
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class InboxPoller:
         self.store = store
         self.parallel = store.remote
         self._tails: dict[str, _Tail] = {}
+        self._quiet_interval = QUIET_FILE_INTERVAL
 
     def poll(self, marks: Mapping[str, int], paced: bool = False) -> Poll:
         """List the inbox and read the objects and blocks above ``marks`` (producer -> last
@@ -155,6 +160,8 @@ class InboxPoller:
         for producer in sorted(files):
             self._read_files(producer, sorted(files[producer]), marks.get(producer, -1),
                              paced, poll)
+        self._quiet_interval = max(QUIET_FILE_INTERVAL,
+                                   len(poll.idle_files) / QUIET_READS_PER_SECOND)
         return poll
 
     def _read_files(self, producer: str, files: list[tuple[int, str]], mark: int,
@@ -167,7 +174,7 @@ class InboxPoller:
             if tail is not None and tail.seq > mark + 1:
                 tail = None  # read but not applied (a failed round): read it all again
             if paced and tail is not None and not finished and \
-                    now - tail.changed > QUIET_AFTER and now - tail.read < QUIET_FILE_INTERVAL:
+                    now - tail.changed > QUIET_AFTER and now - tail.read < self._quiet_interval:
                 poll.idle_files.append((producer, key, tail.offset))
                 return
             room = MAX_OBJECTS_PER_ROUND - len(poll.fresh)
@@ -330,8 +337,9 @@ class OwnerIntake:
             if batch is not None:
                 q._wait_locked(batch)
             marks_now = q._state.inbox_marks
+            quiet_file = min(retention, QUIET_FILE_SECONDS)
             retire = [(key, offset) for producer, key, offset in poll.idle_files
-                      if producer in marks_now and marks_now[producer][1] < now - retention]
+                      if producer in marks_now and marks_now[producer][1] < now - quiet_file]
         for key, offset in retire:
             self.poller.retire(key, offset)
         self.poller.collect(done)

@@ -12,9 +12,9 @@ Rules this module keeps:
   new object costs a temporary file, two fsyncs and a link. The first block is published
   with the file's header; the file is left for a new one after 4 MiB, after a failed
   append (which may have left part of its block: nothing is ever appended after that), and
-  when the owner has removed it (a quiet producer's, after the retention period; the
-  append that finds it gone writes nothing and goes to a new file). ``close`` appends an
-  end block, so the owner can delete the file once it has taken the rest in.
+  when the owner has removed it (a quiet producer's; the append that finds it gone writes
+  nothing and goes to a new file). ``close`` appends an end block, so the owner can
+  delete the file once it has taken the rest in.
 - Concurrent calls in one process share one object (group commit): while one object is
   being written, the calls that arrive gather into the next, which the first of them
   writes as soon as the write in flight is done. One ``Condition``, no thread of its own.
@@ -23,7 +23,8 @@ Rules this module keeps:
 - A write that fails fails every call in its object with the storage error; its ``seq``
   is not reused (the object may have landed), and the producer stays usable.
 - A block's ``seq`` is its file's ``start`` plus its place in the file, so a new file
-  starts at the ``seq`` after the last one tried.
+  starts at the ``seq`` after the last one tried (or at that one, if the append found the
+  file removed and wrote nothing).
 - In a process forked from the one that opened it, a producer continues under a new
   producer id with its own storage connection: parent and child never share a ``seq``.
 """
@@ -175,7 +176,7 @@ class Producer:
         if self._file is not None:
             try:
                 self._file.append(END_BLOCK)
-            except Exception as exc:  # the owner removes the file after the retention period
+            except Exception as exc:  # the owner removes the file once quiet
                 logger.warning("could not end the inbox file %s: %s", self._file.key, exc)
             self._drop_file()
         self.store.close()

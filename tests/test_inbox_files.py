@@ -2,10 +2,10 @@
 their own, and the owner reads each file on from where it stopped.
 
 What is checked: a producer SIGKILLed mid-append loses none of its returned calls and the
-owner takes every block in once; a crash-torn block at the end
-of a settled file is ignored and a damaged one is refused; files roll over and are deleted
-once taken in; an append that failed is never appended after; a quiet producer's file is
-removed after the retention period and the producer goes on in a new file; a forked child
+owner takes every block in once; a crash-torn block at the end of a settled file is
+ignored and a damaged one is refused; files roll over and are deleted once taken in; an
+append that failed is never appended after; a quiet producer's file is removed (its mark
+kept for the retention period) and the producer goes on in a new file; a forked child
 writes a file of its own; removal and appending exclude each other.
 """
 
@@ -36,6 +36,7 @@ from taquba.inbox import (
     scan_file,
     submission_frames,
 )
+from taquba.intake import QUIET_FILE_SECONDS
 from taquba.storage import LocalStore, ObjectNotFound
 
 Q = "mail"
@@ -270,19 +271,26 @@ def test_a_quiet_producers_file_is_removed_and_it_goes_on_in_a_new_one(tmp_path:
         p.enqueue(Q, b"before")
         assert q.intake_now() == 1
         (first,) = files(root)
-        clock.advance(3599)
+        clock.advance(QUIET_FILE_SECONDS - 1)
         q.intake_now()
         assert files(root) == [first]  # not quiet for long enough yet
         clock.advance(2)
         q.intake_now()
-        assert files(root) == []  # removed: taken in, and quiet for the retention period
-        q.intake_now()
-        assert q.inbox_marks() == {}  # and its mark is dropped once no file is listed
+        assert files(root) == []  # removed: taken in, and quiet for a while
+        assert list(q.inbox_marks()) == [p.producer_id]  # the mark stays
         p.enqueue(Q, b"after")  # finds its file removed: writes a new one, nothing lost
         (second,) = files(root)
         assert second != first
         assert q.intake_now() == 1
         assert claim_all(q) == [b"before", b"after"]
+        clock.advance(3601)
+        q.intake_now()
+        assert files(root) == []
+        q.intake_now()
+        assert q.inbox_marks() == {}  # dropped once no file is listed after the retention
+        p.enqueue(Q, b"again")
+        assert q.intake_now() == 1
+        assert claim_all(q) == [b"again"]
         assert list(q.inbox_marks()) == [p.producer_id]
     finally:
         p.close()
