@@ -66,7 +66,7 @@ LOCAL_INTERVAL = 0.005
 READ_BYTES = 16 << 10  # the first read of an inbox file's new bytes
 MORE_BYTES = 1 << 20  # each later read in the same round
 QUIET_AFTER = 1.0  # seconds without a new block before a file is read less often
-QUIET_FILE_INTERVAL = 0.05
+QUIET_FILE_INTERVAL = 0.02
 QUIET_READS_PER_SECOND = 200.0
 QUIET_FILE_SECONDS = 60.0  # nothing taken in from a file for this long: remove it
 
