@@ -1,24 +1,39 @@
 """The owner's side of the inbox: finding submissions and collecting what was applied.
 
 ``Queue.intake_now`` drives one round: :meth:`InboxPoller.poll` lists ``inbox/`` once and
-reads the objects above each producer's high-water mark (in parallel on object stores),
-the queue applies each as one event under its lock and waits until those are durable,
-and only then :meth:`InboxPoller.collect` deletes the objects (see ``taquba.inbox`` for why
-this is exactly once).
+reads what lies above each producer's high-water mark: the objects (in parallel on object
+stores) and the new blocks of the inbox files (stores that append; see ``taquba.inbox``).
+The queue applies each object or block as one event under its lock and waits until those
+are durable, and only then :meth:`InboxPoller.collect` deletes the objects, and the files
+whose producer has moved on (an end block, or a later file) once all their blocks are at
+or below the mark (see ``taquba.inbox`` for why this is exactly once).
+
+Inbox files are read from where the last read stopped (remembered per file, and trusted
+only while the producer's mark has caught up with it; otherwise the file is read again
+from its start, skipping blocks at or below the mark). A file whose blocks run out reads
+as zeros or as an incomplete block; the incomplete block is read again next round, and
+judged by the torn-tail rule only once the file is settled. The file of a producer that
+has had nothing taken in for ``QUIET_FILE_SECONDS`` (or the retention period, if that is
+shorter) is removed under the append lock (an append after that writes nothing and starts
+a new file), so files left by producers that died without closing do not pile up; its
+mark is dropped after the retention period like that of a producer of objects.
 
 :class:`IntakePace` decides how long to wait between rounds: on stores where a listing
 costs nothing (local disk, memory) a short fixed interval, so submissions are taken in
 almost at once; on object stores a fast interval while submissions flow, doubling on
 every empty round up to a ceiling, so an idle queue costs at most ``3600 / ceiling``
-listings an hour.
+listings an hour. In the background rounds, a file with nothing new for a second is
+read every ``QUIET_FILE_INTERVAL`` only, and all such files together at most
+``QUIET_READS_PER_SECOND`` times a second.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .batch import Batch
@@ -27,12 +42,17 @@ from .core import events as ev
 from .errors import CorruptionError, InvalidArgument, StorageError
 from .inbox import (
     INBOX_DIR,
+    FileScan,
     Submission,
     SubmitCancel,
     SubmitEnqueue,
+    decode_file_head,
     decode_object,
+    parse_file_name,
     parse_name,
+    scan_file,
 )
+from .log.format import block_at
 from .records import JobStatus, WaitOutcome, WaitStatus
 from .storage import ObjectNotFound, Store
 
@@ -43,13 +63,19 @@ logger = logging.getLogger("taquba.intake")
 
 MAX_OBJECTS_PER_ROUND = 1000
 LOCAL_INTERVAL = 0.005
+READ_BYTES = 16 << 10  # the first read of an inbox file's new bytes
+MORE_BYTES = 1 << 20  # each later read in the same round
+QUIET_AFTER = 1.0  # seconds without a new block before a file is read less often
+QUIET_FILE_INTERVAL = 0.02
+QUIET_READS_PER_SECOND = 200.0
+QUIET_FILE_SECONDS = 60.0  # nothing taken in from a file for this long: remove it
 
 
 @dataclass(frozen=True, slots=True)
 class InboxObject:
-    """One inbox object read by a poll."""
+    """One inbox object, or one block of an inbox file (``key`` None), read by a poll."""
 
-    key: str
+    key: str | None
     producer: str
     seq: int
     submissions: list[Submission]
@@ -61,8 +87,20 @@ class Poll:
 
     fresh: list[InboxObject]  # to apply, in producer then seq order
     leftovers: list[str]  # keys at or below their producer's mark: delete only
-    producers: set[str]  # every producer with an object listed
+    producers: set[str]  # every producer with an object or file listed
     more: bool  # more objects waited than one round takes
+    idle_files: list[tuple[str, str, int]] = field(default_factory=list)
+    # (producer, key, end of its blocks) of each current file with nothing new
+
+
+@dataclass(slots=True)
+class _Tail:
+    """Where the owner stopped reading one inbox file: block ``seq`` starts at ``offset``."""
+
+    seq: int
+    offset: int
+    changed: float  # monotonic time of the last read that found a new block
+    read: float  # monotonic time of the last read
 
 
 class InboxPoller:
@@ -71,16 +109,24 @@ class InboxPoller:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.parallel = store.remote
+        self._tails: dict[str, _Tail] = {}
+        self._quiet_interval = QUIET_FILE_INTERVAL
 
-    def poll(self, marks: Mapping[str, int]) -> Poll:
-        """List the inbox and read the objects above ``marks`` (producer -> last seq)."""
+    def poll(self, marks: Mapping[str, int], paced: bool = False) -> Poll:
+        """List the inbox and read the objects and blocks above ``marks`` (producer -> last
+        seq). ``paced``: a background round, which reads quiet files less often."""
         names = self.store.list_dir(INBOX_DIR)
         wanted: list[tuple[str, int, str]] = []
         leftovers: list[str] = []
         producers: set[str] = set()
+        files: dict[str, list[tuple[int, str]]] = {}
         for name in names:
             parsed = parse_name(name)
             if parsed is None:
+                in_file = parse_file_name(name)
+                if in_file is not None:
+                    files.setdefault(in_file[0], []).append((in_file[1], f"{INBOX_DIR}/{name}"))
+                    producers.add(in_file[0])
                 continue  # a temporary file or something foreign: not ours to touch
             producer, seq = parsed
             producers.add(producer)
@@ -107,7 +153,99 @@ class InboxPoller:
             if (got_producer, got_seq) != (producer, seq):
                 raise CorruptionError(f"{name}: holds producer {got_producer} seq {got_seq}")
             fresh.append(InboxObject(key, producer, seq, subs))
-        return Poll(fresh, leftovers, producers, more)
+        poll = Poll(fresh, leftovers, producers, more)
+        listed = {key for keyed in files.values() for _, key in keyed}
+        for key in [k for k in self._tails if k not in listed]:
+            del self._tails[key]
+        for producer in sorted(files):
+            self._read_files(producer, sorted(files[producer]), marks.get(producer, -1),
+                             paced, poll)
+        self._quiet_interval = max(QUIET_FILE_INTERVAL,
+                                   len(poll.idle_files) / QUIET_READS_PER_SECOND)
+        return poll
+
+    def _read_files(self, producer: str, files: list[tuple[int, str]], mark: int,
+                    paced: bool, poll: Poll) -> None:
+        """Read one producer's files in ``start`` order into ``poll``."""
+        now = time.monotonic()
+        for i, (start, key) in enumerate(files):
+            finished = i + 1 < len(files)  # its producer went on to a later file
+            tail = self._tails.get(key)
+            if tail is not None and tail.seq > mark + 1:
+                tail = None  # read but not applied (a failed round): read it all again
+            if paced and tail is not None and not finished and \
+                    now - tail.changed > QUIET_AFTER and now - tail.read < self._quiet_interval:
+                poll.idle_files.append((producer, key, tail.offset))
+                return
+            room = MAX_OBJECTS_PER_ROUND - len(poll.fresh)
+            if room <= 0:
+                poll.more = True
+                return
+            try:
+                scan = self._scan(key, producer, start, tail, finished, room, mark)
+            except ObjectNotFound:
+                self._tails.pop(key, None)
+                return  # deleted meanwhile
+            got = [InboxObject(None, producer, seq, subs) for seq, subs in scan.blocks]
+            poll.fresh += got
+            changed = now if tail is None or scan.end != tail.offset else tail.changed
+            self._tails[key] = _Tail(scan.seq, scan.end, changed, now)
+            settled = finished or scan.ended
+            if scan.need is not None or len(got) >= room:
+                poll.more = True
+                return  # the rest of this file (and the later ones) next round
+            if settled:
+                poll.leftovers.append(key)  # deleted once the blocks read here are durable
+                del self._tails[key]
+                continue
+            if not got:
+                poll.idle_files.append((producer, key, scan.end))
+
+    def _scan(self, key: str, producer: str, start: int, tail: _Tail | None,
+              finished: bool, limit: int, mark: int) -> FileScan:
+        """The blocks above ``mark`` from ``tail`` (or the start) on, up to ``limit``."""
+        name = f"{self.store.description}/{key}"
+        offset, seq = (0, start) if tail is None else (tail.offset, tail.seq)
+        size = READ_BYTES
+        blocks: list[tuple[int, list[Submission]]] = []
+        while True:
+            data = self.store.get_range(key, offset, offset + size)
+            pos = 0
+            if offset == 0:
+                got_producer, got_start, pos = decode_file_head(name, data)
+                if (got_producer, got_start) != (producer, start):
+                    raise CorruptionError(f"{name}: holds producer {got_producer} "
+                                          f"start {got_start}")
+            scan = scan_file(name, data, pos, offset, seq, at_eof=len(data) < size,
+                             finished=finished, limit=limit - len(blocks), after=mark)
+            blocks += scan.blocks
+            if scan.ended or scan.need is None or len(blocks) >= limit:
+                scan.blocks = blocks
+                return scan
+            # More bytes to read: whole blocks past this read, or one it cut short.
+            offset, seq = scan.end, scan.seq
+            size = max(scan.need - offset, MORE_BYTES)
+
+    def retire(self, key: str, offset: int) -> bool:
+        """Remove the inbox file ``key`` of a quiet producer unless a whole block follows
+        ``offset``; return whether it was removed."""
+        name = f"{self.store.description}/{key}"
+
+        def unused(tail: bytes) -> bool:
+            if block_at(name, memoryview(tail), 0, offset) is not None:
+                return False  # it submitted again: take that in first
+            if tail.strip(b"\0"):
+                logger.warning("%s: removing a quiet producer's file that ends in an "
+                               "incomplete block at byte %d (never acknowledged)", name, offset)
+            return True
+
+        try:
+            removed = self.store.remove_appendable(key, offset, unused)
+        except ObjectNotFound:
+            removed = True
+        if removed:
+            self._tails.pop(key, None)
+        return removed
 
     def _get(self, key: str) -> bytes | None:
         try:
@@ -159,21 +297,22 @@ class OwnerIntake:
     def tick(self) -> float:
         """One round from the background loop; returns the wait before the next."""
         try:
-            found = self.round()
+            found = self.round(paced=True)
         except StorageError as exc:
             logger.warning("inbox intake failed (retrying): %s", exc)
             found = 0
         return self.pace.after(found > 0)
 
-    def round(self) -> int:
-        """Take in what is in the inbox now; return how many submissions were applied."""
+    def round(self, paced: bool = False) -> int:
+        """Take in what is in the inbox now; return how many submissions were applied.
+        ``paced``: from the background loop (see the module docstring)."""
         if not self.enabled:
             return 0
         q = self.queue
         with q._lock:
             q._check_open_locked()
             marks = {p: seq for p, (seq, _) in q._state.inbox_marks.items()}
-        poll = self.poller.poll(marks)
+        poll = self.poller.poll(marks, paced)
         applied = 0
         done: list[str] = list(poll.leftovers)
         with q._lock:
@@ -183,11 +322,13 @@ class OwnerIntake:
             for obj in poll.fresh:
                 mark = q._state.inbox_marks.get(obj.producer)
                 if mark is not None and obj.seq <= mark[0]:
-                    done.append(obj.key)  # taken in by this owner since the listing
+                    if obj.key is not None:
+                        done.append(obj.key)  # taken in by this owner since the listing
                     continue
                 batch = intake_object_locked(q, obj.producer, obj.seq, obj.submissions, now)
                 applied += len(obj.submissions)
-                done.append(obj.key)
+                if obj.key is not None:
+                    done.append(obj.key)
             retention = float(q.options.inbox_retention)  # type: ignore[arg-type]
             quiet = [p for p, (_, at) in q._state.inbox_marks.items()
                      if at < now - retention and p not in poll.producers]
@@ -195,6 +336,12 @@ class OwnerIntake:
                 batch = q._commit(ev.InboxForgot(quiet))
             if batch is not None:
                 q._wait_locked(batch)
+            marks_now = q._state.inbox_marks
+            quiet_file = min(retention, QUIET_FILE_SECONDS)
+            retire = [(key, offset) for producer, key, offset in poll.idle_files
+                      if producer in marks_now and marks_now[producer][1] < now - quiet_file]
+        for key, offset in retire:
+            self.poller.retire(key, offset)
         self.poller.collect(done)
         return applied
 

@@ -7,6 +7,14 @@ Rules this module keeps:
 
 - A call returns only once its submission is durable under the root: its inbox object is
   fsynced (local disk) or acknowledged by the object store. No owner needs to be running.
+- On a store that appends (local disk), the objects are blocks instead, appended to the
+  producer's own inbox file: one ``pwrite`` and one ``fdatasync`` per group commit, where a
+  new object costs a temporary file, two fsyncs and a link. The first block is published
+  with the file's header; the file is left for a new one after 4 MiB, after a failed
+  append (which may have left part of its block: nothing is ever appended after that), and
+  when the owner has removed it (a quiet producer's; the append that finds it gone writes
+  nothing and goes to a new file). ``close`` appends an end block, so the owner can
+  delete the file once it has taken the rest in.
 - Concurrent calls in one process share one object (group commit): while one object is
   being written, the calls that arrive gather into the next, which the first of them
   writes as soon as the write in flight is done. One ``Condition``, no thread of its own.
@@ -14,12 +22,16 @@ Rules this module keeps:
   the jobs in the order their calls returned.
 - A write that fails fails every call in its object with the storage error; its ``seq``
   is not reused (the object may have landed), and the producer stays usable.
+- A block's ``seq`` is its file's ``start`` plus its place in the file, so a new file
+  starts at the ``seq`` after the last one tried (or at that one, if the append found the
+  file removed and wrote nothing).
 - In a process forked from the one that opened it, a producer continues under a new
   producer id with its own storage connection: parent and child never share a ``seq``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -38,21 +50,29 @@ from .config import (
 from .core.ids import IdGenerator
 from .errors import ConfigError, InvalidArgument, QueueClosed, StorageError
 from .inbox import (
+    END_BLOCK,
     INBOX_DIR,
     Submission,
     SubmitCancel,
     SubmitEnqueue,
     SubmitRequeueDead,
+    encode_file_head,
     encode_object,
+    encode_submission_block,
+    file_name,
     object_name,
     submission_frames,
 )
-from .storage import Location, ObjectExists, Store, open_store
+from .log.format import MAX_APPENDED_BLOCK
+from .storage import Appender, Location, ObjectExists, ObjectNotFound, Store, open_store
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
+logger = logging.getLogger("taquba.producer")
+
 _PLAIN = EnqueueOptions()
+FILE_BYTES = 4 << 20  # an inbox file is left for a new one once it holds this much
 
 
 class _Ticket:
@@ -103,9 +123,12 @@ class Producer:
         self._seq = 0
         self._open = _Ticket()
         self._writing = False
+        self._file: Appender | None = None
 
     def _forked(self) -> None:
         """In a forked child: a fresh lock, id and storage connection (none is shared)."""
+        if self._file is not None:
+            self._file.close()  # the child's copy of the descriptor; the parent keeps its own
         self._cond = threading.Condition(threading.Lock())
         self._ids = IdGenerator()
         self._new_identity()
@@ -162,6 +185,12 @@ class Producer:
             self._closed = True
             while self._writing:
                 self._cond.wait()
+        if self._file is not None:
+            try:
+                self._file.append(END_BLOCK)
+            except Exception as exc:  # the owner removes the file once quiet
+                logger.warning("could not end the inbox file %s: %s", self._file.key, exc)
+            self._drop_file()
         self.store.close()
 
     @property
@@ -369,13 +398,47 @@ class Producer:
                 raise ticket.error
 
     def _write(self, seq: int, frames: list[bytes]) -> None:
+        if self.store.appendable:
+            self._append(seq, frames)
+            return
         data = encode_object(self.producer_id, seq, self._nonce, frames)
-        key = f"{INBOX_DIR}/{object_name(self.producer_id, seq)}"
+        self._create(f"{INBOX_DIR}/{object_name(self.producer_id, seq)}", data)
+
+    def _append(self, seq: int, frames: list[bytes]) -> None:
+        """Append ``frames`` as block ``seq`` of this producer's inbox file, or start a new
+        file with it (see the module docstring)."""
+        block = encode_submission_block(frames)
+        file = self._file
+        if file is not None and file.size + len(block) <= FILE_BYTES \
+                and len(block) <= MAX_APPENDED_BLOCK:
+            try:
+                file.append(block)
+                return
+            except ObjectNotFound:
+                self._drop_file()  # removed by the owner: nothing written, start a new file
+            except BaseException:
+                self._drop_file()  # part of the block may be there: append no more after it
+                raise
+        elif file is not None:
+            self._drop_file()
+        key = f"{INBOX_DIR}/{file_name(self.producer_id, seq)}"
+        data = encode_file_head(self.producer_id, seq, self._nonce, block)
+        self._file = self._create(key, data, appendable=True)
+
+    def _create(self, key: str, data: bytes, appendable: bool = False) -> Appender | None:
         try:
+            if appendable:
+                return self.store.create_appendable(key, data, reserve=FILE_BYTES)
             self.store.put_if_absent(key, data)
+            return None
         except ObjectExists:
             raise StorageError(f"{self.store.description}/{key}: an inbox object of this "
                                "producer id already exists (two producers drew one id)") from None
+
+    def _drop_file(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
     def __repr__(self) -> str:
         return f"Producer({self.store.description!r}, id={self.producer_id}" \

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from support import effects_child as child
 import pytest
+from support import effects_child as child
 from support.clock import ManualClock
 
 from taquba import (

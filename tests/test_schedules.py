@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from support import schedules_child as child
 import pytest
+from support import schedules_child as child
 from support.clock import ManualClock
 
 from taquba import (

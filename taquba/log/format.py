@@ -79,6 +79,7 @@ MAGIC_BLOCK = b"TQBK"
 _PREFIX = struct.Struct(">4sHII")
 _FRAME = struct.Struct(">II")
 _BLOCK = struct.Struct(">4sIII")
+BLOCK_HEADER = _BLOCK.size
 MAX_FRAME = 2**32 - 1
 SECTOR = 512
 MAX_APPENDED_BLOCK = 1 << 20  # a larger batch starts a segment of its own
@@ -181,6 +182,23 @@ def _valid_block(name: str, view: memoryview, pos: int, base: int
         raise CorruptionError(f"{name}: block at byte {base + pos} says {count} records, "
                               f"holds {len(frames)}")
     return frames, stop
+
+
+def block_at(name: str, view: memoryview, pos: int, base: int = 0) -> tuple[list[bytes], int] | None:
+    """The records and end of the whole, valid block at ``view[pos:]``, or None if there is
+    none there (yet); ``base`` is the object offset of ``view[0]`` (for messages)."""
+    return _valid_block(name, view, pos, base)
+
+
+def block_end(view: memoryview, pos: int) -> int | None:
+    """Where the block starting at ``view[pos:]`` says it ends, or None if its header is
+    not all there or not plausible (wrong magic, no records)."""
+    if len(view) - pos < _BLOCK.size:
+        return None
+    magic, count, length, _ = _BLOCK.unpack_from(view, pos)
+    if magic != MAGIC_BLOCK or count < 1:
+        return None
+    return int(pos + _BLOCK.size + length)
 
 
 def _all_zero(view: memoryview, start: int, stop: int) -> bool:

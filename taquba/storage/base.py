@@ -14,8 +14,9 @@ Rules every implementation keeps:
   a slice: an empty range, or one starting at or past the end, gives ``b""``.
 - Appending is optional (``appendable``; local disk only): ``create_appendable`` publishes
   an object whole like ``put_if_absent`` and returns an :class:`Appender` that adds bytes at
-  its end, each append durable on return and refused once a given *fence* key exists;
-  ``read_from_locked`` reads an appendable object's tail while no append is in progress.
+  its end, each append durable on return and refused once a given *fence* key exists or
+  the object has been removed; ``read_from_locked`` reads an appendable object's tail while
+  no append is in progress, and ``remove_appendable`` deletes one at the same moment.
 - Transient backend errors are retried with bounded exponential backoff within a total
   retry budget per call; what is left is raised as a :class:`~taquba.errors.StorageError`
   subclass with the cause kept. A missing bucket or container is a
@@ -70,9 +71,11 @@ class Appender(ABC):
     size: int
 
     @abstractmethod
-    def append(self, data: bytes, fence_key: str) -> None:
+    def append(self, data: bytes, fence_key: str | None = None) -> None:
         """Append ``data`` durably; :class:`ObjectExists` (nothing written) if ``fence_key``
-        exists. Checking the fence and writing are one step against ``read_from_locked``."""
+        exists, :class:`ObjectNotFound` (nothing written) if the object was removed.
+        Checking and writing are one step against ``read_from_locked`` and
+        ``remove_appendable``."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -182,6 +185,12 @@ class Store(ABC):
 
     def read_from_locked(self, key: str, start: int) -> bytes:
         """Bytes of ``key`` from ``start`` on, read while no :class:`Appender` is appending."""
+        raise NotImplementedError(f"{type(self).__name__} cannot append")
+
+    def remove_appendable(self, key: str, start: int, unused: Callable[[bytes], bool]) -> bool:
+        """Delete the appendable object ``key`` if ``unused(tail)`` holds for its bytes from
+        ``start`` on, read while no :class:`Appender` is appending; return whether it was
+        deleted. An append after the removal writes nothing and raises ObjectNotFound."""
         raise NotImplementedError(f"{type(self).__name__} cannot append")
 
     def remove_temp_files(self, directory: str) -> int:

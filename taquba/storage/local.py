@@ -13,6 +13,9 @@ the file: an append takes it, checks that the fence key does not exist, writes (
 reserved ahead, see :class:`LocalAppender`), syncs and releases it; a reader that must see every byte a displaced writer will ever add first creates
 the fence, then reads under the same lock (:meth:`LocalStore.read_from_locked`). Whatever the
 interleaving, an append either lands before that read or sees the fence and writes nothing.
+Removal works the same way without a fence: :meth:`LocalStore.remove_appendable` unlinks the
+file under the lock, and an append that then takes the lock finds its open file unlinked
+(no links left) and writes nothing.
 ``flock`` locks belong to open files, so this holds between handles of one process too.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 
 try:
     import fcntl
@@ -29,7 +33,7 @@ except ImportError:  # Windows: no flock, so every commit is a file of its own
 
 from ..errors import PermanentStorageError
 from .base import Appender, Store
-from .errors import ObjectExists, translate
+from .errors import ObjectExists, ObjectNotFound, translate
 
 TMP_PREFIX = ".tmp-"
 LOCK_TIMEOUT = 30.0
@@ -82,21 +86,27 @@ class LocalAppender(Appender):
             return  # not supported by this filesystem: likewise
         self._allocated = target
 
-    def append(self, data: bytes, fence_key: str) -> None:
+    def append(self, data: bytes, fence_key: str | None = None) -> None:
         fd = self._fd
         if fd is None:
             raise PermanentStorageError(f"append {self.store.description}/{self.key}: "
                                         "the file is closed")
-        if self._fence[0] != fence_key:
-            self._fence = (fence_key, self.store._path(fence_key))
-        fence = self._fence[1]
+        fence = None
+        if fence_key is not None:
+            if self._fence[0] != fence_key:
+                self._fence = (fence_key, self.store._path(fence_key))
+            fence = self._fence[1]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                if os.path.lexists(fence):
+                if fence is not None and os.path.lexists(fence):
                     self.store._count(puts=1)  # an attempt, like a conditional PUT that lost
                     raise ObjectExists(f"append {self.store.description}/{self.key}: "
                                        f"{fence_key} exists")
+                if os.fstat(fd).st_nlink == 0:
+                    self.store._count(puts=1)
+                    raise ObjectNotFound(f"append {self.store.description}/{self.key}: "
+                                         "the object was removed")
                 try:
                     self._reserve(fd, self.size + len(data))
                     view = memoryview(data)
@@ -116,7 +126,7 @@ class LocalAppender(Appender):
                     raise
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
-        except ObjectExists:
+        except (ObjectExists, ObjectNotFound):
             raise
         except Exception as exc:
             self.store._count(puts=1)
@@ -209,20 +219,23 @@ class LocalStore(Store):
         fd = self._retry("open", key, lambda: os.open(self._path(key), os.O_RDWR))
         return LocalAppender(self, key, fd, len(data), max(reserve, len(data)))
 
+    def _lock(self, key: str, fd: int) -> None:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PermanentStorageError(
+                        f"read {self.description}/{key}: another process has held "
+                        f"its lock for {LOCK_TIMEOUT:.0f} s") from None
+                time.sleep(0.001)
+
     def read_from_locked(self, key: str, start: int) -> bytes:
         def read() -> bytes:
             with open(self._path(key), "rb") as f:
-                deadline = time.monotonic() + LOCK_TIMEOUT
-                while True:
-                    try:
-                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                        break
-                    except BlockingIOError:
-                        if time.monotonic() > deadline:
-                            raise PermanentStorageError(
-                                f"read {self.description}/{key}: another process has held "
-                                f"its lock for {LOCK_TIMEOUT:.0f} s") from None
-                        time.sleep(0.001)
+                self._lock(key, f.fileno())
                 try:
                     f.seek(start)
                     return f.read()
@@ -231,6 +244,26 @@ class LocalStore(Store):
         data = self._retry("get", key, read)
         self._count(gets=1, bytes_read=len(data))
         return data
+
+    def remove_appendable(self, key: str, start: int, unused: Callable[[bytes], bool]) -> bool:
+        def remove() -> bool:
+            path = self._path(key)
+            with open(path, "rb") as f:
+                self._lock(key, f.fileno())
+                try:
+                    f.seek(start)
+                    tail = f.read()
+                    self._count(gets=1, bytes_read=len(tail))
+                    if not unused(tail):
+                        return False
+                    self._count(deletes=1)
+                    os.unlink(path)
+                finally:
+                    fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+            if self.fsync:
+                _fsync_dir(os.path.dirname(path))
+            return True
+        return self._retry("delete", key, remove)
 
     def _raw_get(self, key: str) -> bytes:
         self._count(gets=1)
