@@ -41,6 +41,7 @@ from .records import (
     WaitOutcome,
     WaitStatus,
 )
+from .tasks import TaskFailed, TaskResult, Tasks
 from .worker import Job, JobView, PermanentFailure, Worker, run_worker, run_worker_concurrent
 
 __all__ = [
@@ -76,6 +77,9 @@ __all__ = [
     "QueueStats",
     "StorageError",
     "TaqubaError",
+    "TaskFailed",
+    "TaskResult",
+    "Tasks",
     "TransientStorageError",
     "WaitOutcome",
     "WaitStatus",

@@ -1,0 +1,412 @@
+"""Tasks: plain functions run as jobs, by name, with JSON arguments and stored results.
+
+::
+
+    from taquba.tasks import Tasks
+
+    tasks = Tasks("./data/q")
+
+    @tasks.task(queue="email", max_attempts=5)
+    def send(address: str) -> str: ...
+
+    r = send.delay("a@example.com")     # a job on queue "email"; send(...) still runs inline
+    r.get(timeout=10.0)                 # the return value, once a worker has run it
+    tasks.run_worker(shutdown=event, concurrency=8)   # owns the queue, runs every task queue
+
+Rules this package keeps:
+
+- A task is registered under a unique name (by default ``module.qualname``); registering a
+  second task of the same name raises ``InvalidArgument``. The name travels in the job's
+  payload (see :mod:`taquba.tasks.codec`), and a worker runs a job by looking that name up.
+- ``delay`` and ``schedule`` check every argument before anything is enqueued. In the
+  process that owns the queue (inside :meth:`Tasks.run_worker`, or with a ``Queue`` given
+  to ``Tasks``) they enqueue on it; in any other process they submit through a
+  ``Producer``, so a web process never takes the queue over from its worker.
+- Results are read through the owning ``Queue`` or, elsewhere, a ``QueueReader``: waiting
+  for a result never fences the owner.
+- ``Tasks(..., immediate=True)`` runs ``delay`` and ``schedule`` inline, with arguments
+  and result passed through JSON exactly as a worker would, and opens no queue.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from ..config import (
+    EnqueueOptions,
+    OpenOptions,
+    PointInTime,
+    check_max_attempts,
+    check_priority,
+    check_queue_name,
+    to_seconds,
+)
+from ..core.ids import IdGenerator
+from ..errors import ConfigError, InvalidArgument, exception_text
+from ..producer import Producer
+from ..queue import Queue
+from ..reader import QueueReader
+from ..records import Claim
+from .codec import (
+    BadTaskPayload,
+    decode_call,
+    decode_result,
+    encode_call,
+    encode_result,
+)
+from .results import TaskFailed, TaskResult, _Source
+from .runner import dispatch_error, run_queues
+
+__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_RETENTION", "Task", "TaskFailed", "TaskResult",
+           "Tasks"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_QUEUE = "default"
+DEFAULT_RESULT_RETENTION = 24 * 3600.0
+
+
+class Task(Generic[P, R]):
+    """A registered function. Calling it runs it inline; :meth:`delay` and :meth:`schedule`
+    make a job of the call. Made by :meth:`Tasks.task`, never directly."""
+
+    def __init__(self, tasks: Tasks, func: Callable[P, R], *, name: str, queue: str,
+                 max_attempts: int | None, priority: int | None, store_result: bool,
+                 result_retention: float | None) -> None:
+        self.tasks = tasks
+        self.func = func
+        self.name = name
+        self.queue = queue
+        self.max_attempts = max_attempts
+        self.priority = priority
+        self.store_result = store_result
+        self.result_retention = result_retention
+        functools.update_wrapper(self, func)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, as a plain call (no job, no JSON)."""
+        return self.func(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskResult[R]:
+        """Make a job that calls this task with these arguments, to run as soon as possible.
+
+        Returns once the job is durable (enqueued by the owner, or submitted through a
+        ``Producer``). With ``Tasks(immediate=True)`` the task runs here, first.
+
+        Raises:
+            InvalidArgument: an argument JSON cannot carry (nothing is enqueued).
+            StorageError: the job could not be written.
+        """
+        return self.tasks._submit(self, args, kwargs, None)
+
+    def schedule(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
+                 delay: float | Any = None, run_at: PointInTime | None = None,
+                 priority: int | None = None, dedup_key: str | None = None,
+                 job_id: str | None = None, max_attempts: int | None = None,
+                 headers: Mapping[str, str] | None = None) -> TaskResult[R]:
+        """Make a job that calls this task with ``args`` and ``kwargs``, with enqueue options.
+
+        ``delay`` (a duration) or ``run_at`` (a point in time) hold the job until then;
+        ``priority``, ``max_attempts`` override the task's own; ``dedup_key``, ``job_id``
+        and ``headers`` are as for ``Queue.enqueue``. With a ``dedup_key`` held by a
+        pending job, the result is that job's.
+
+        Raises:
+            InvalidArgument: a bad option, or an argument JSON cannot carry (nothing is
+                enqueued).
+        """
+        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+            raise InvalidArgument(f"args must be a sequence of arguments, got "
+                                  f"{type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise InvalidArgument(f"kwargs must be a mapping, got {type(kwargs).__name__}")
+        options = EnqueueOptions(
+            delay=delay, run_at=run_at,
+            priority=self.priority if priority is None else priority,
+            dedup_key=dedup_key, job_id=job_id,
+            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
+            headers=headers)
+        return self.tasks._submit(self, tuple(args), dict(kwargs or {}), options)
+
+    def __repr__(self) -> str:
+        return f"Task({self.name!r}, queue={self.queue!r})"
+
+
+class Tasks:
+    """A registry of tasks on one queue root, and the way to run them.
+
+    Args:
+        location: the queue's root, as for ``Queue.open`` (a path, a URL or an fsspec
+            filesystem); or an open ``Queue`` that this process owns, which the tasks use
+            as it is (``close`` leaves it open). May be None only with ``immediate=True``.
+        path: the root inside ``location`` when it is a filesystem object.
+        storage_options: passed to fsspec when ``location`` is a URL.
+        options: the ``OpenOptions`` that :meth:`run_worker` opens the queue with.
+        immediate: run ``delay`` and ``schedule`` inline and synchronously (for tests).
+        default_queue: the queue of a task that names none.
+        result_retention: how long a stored result is kept after its job is done (a
+            duration; None keeps results until deleted). Tasks may override it.
+    """
+
+    def __init__(self, location: Any = None, path: str | None = None, *,
+                 storage_options: Mapping[str, Any] | None = None,
+                 options: OpenOptions | None = None, immediate: bool = False,
+                 default_queue: str = DEFAULT_QUEUE,
+                 result_retention: float | Any = DEFAULT_RESULT_RETENTION) -> None:
+        if location is None and not immediate:
+            raise ConfigError("Tasks needs a location (or immediate=True)")
+        if options is not None and not isinstance(options, OpenOptions):
+            raise ConfigError(f"options must be an OpenOptions, got {type(options).__name__}")
+        self.location = location
+        self.path = path
+        self.storage_options = dict(storage_options or {})
+        self.options = options
+        self.immediate = bool(immediate)
+        self.default_queue = check_queue_name(default_queue)
+        self.result_retention = _retention(result_retention)
+        self._registry: dict[str, Task[Any, Any]] = {}
+        self._lock = threading.Lock()
+        self._queue: Queue | None = location if isinstance(location, Queue) else None
+        self._producer: Producer | None = None
+        self._readers: dict[int, QueueReader] = {}
+        self._ids = IdGenerator()
+
+    # -- registering -----------------------------------------------------------------------
+
+    @overload
+    def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(self, func: None = None, /, *, name: str | None = None, queue: str | None = None,
+             max_attempts: int | None = None, priority: int | None = None,
+             store_result: bool = True, result_retention: float | Any = ...,
+             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, func: Callable[..., Any] | None = None, /, *, name: str | None = None,
+             queue: str | None = None, max_attempts: int | None = None,
+             priority: int | None = None, store_result: bool = True,
+             result_retention: float | Any = ...) -> Any:
+        """Register a function as a task: ``@tasks.task`` or ``@tasks.task(queue=..., ...)``.
+
+        Args:
+            name: the name jobs carry (default ``module.qualname``); unique in this registry.
+            queue: the queue its jobs go to (default: ``default_queue``).
+            max_attempts: deliveries before the job goes dead (default: the queue's config).
+            priority: the jobs' priority (default: the queue's config).
+            store_result: keep the return value for ``TaskResult.get`` (as JSON, at most
+                ``MAX_KV_VALUE_SIZE`` bytes).
+            result_retention: how long the result is kept (default: the registry's).
+
+        Raises:
+            InvalidArgument: a duplicate name or a bad option (nothing is registered).
+        """
+        queue = self.default_queue if queue is None else check_queue_name(queue)
+        if max_attempts is not None:
+            check_max_attempts(max_attempts, "max_attempts", InvalidArgument)
+        if priority is not None:
+            check_priority(priority, "priority", InvalidArgument)
+        retention = self.result_retention if result_retention is ... \
+            else _retention(result_retention, InvalidArgument)
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            if not callable(f):
+                raise InvalidArgument(f"a task must be a function, got {f!r}")
+            task_name = _default_name(f) if name is None else name
+            if not isinstance(task_name, str) or not task_name:
+                raise InvalidArgument(f"a task name must be a non-empty str, got {task_name!r}")
+            made = Task(self, f, name=task_name, queue=queue, max_attempts=max_attempts,
+                        priority=priority, store_result=bool(store_result),
+                        result_retention=retention)
+            with self._lock:
+                if task_name in self._registry:
+                    raise InvalidArgument(
+                        f"a task named {task_name!r} is already registered "
+                        f"({_describe(self._registry[task_name].func)}); give one of them "
+                        "another name with @tasks.task(name=...)")
+                self._registry[task_name] = made
+            return made
+
+        return register if func is None else register(func)
+
+    @property
+    def registered(self) -> Mapping[str, Task[Any, Any]]:
+        """The registered tasks by name (a copy)."""
+        with self._lock:
+            return dict(self._registry)
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues the registered tasks use, sorted."""
+        with self._lock:
+            return sorted({t.queue for t in self._registry.values()})
+
+    def result(self, job_id: str, task: str = "") -> TaskResult[Any]:
+        """A :class:`TaskResult` for a job made elsewhere (its id handed over by a request)."""
+        return TaskResult(job_id, task, source=self._result_source)
+
+    # -- submitting ------------------------------------------------------------------------
+
+    def _submit(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                options: EnqueueOptions | None) -> TaskResult[Any]:
+        payload = encode_call(task.name, args, kwargs)
+        if self.immediate:
+            return self._run_inline(task, payload, options)
+        if options is None:
+            options = EnqueueOptions(priority=task.priority, max_attempts=task.max_attempts)
+        owner = self._queue
+        if owner is not None:
+            job_id = owner.enqueue_with(task.queue, payload, options)
+        else:
+            job_id = self._get_producer().enqueue_with(task.queue, payload, options)
+        return TaskResult(job_id, task.name, store_result=task.store_result,
+                          source=self._result_source)
+
+    def _run_inline(self, task: Task[Any, Any], payload: bytes,
+                    options: EnqueueOptions | None) -> TaskResult[Any]:
+        job_id = options.job_id if options is not None and options.job_id else \
+            self._ids.new(time.time())
+        call = decode_call(payload)
+        try:
+            value = task.func(*call.args, **call.kwargs)
+        except Exception as exc:
+            error = TaskFailed(job_id, exception_text(exc))
+            error.__cause__ = exc
+            return TaskResult._inline(job_id, task.name, None, error)
+        if not task.store_result:
+            return TaskResult._inline(job_id, task.name, None, None)
+        try:
+            value = decode_result(encode_result(task.name, value))
+        except InvalidArgument as exc:  # as a worker would: the job goes dead with this error
+            return TaskResult._inline(job_id, task.name, None, TaskFailed(job_id, str(exc)))
+        return TaskResult._inline(job_id, task.name, value, None)
+
+    def _get_producer(self) -> Producer:
+        with self._lock:
+            if self._producer is None:
+                self._producer = Producer.open(self.location, self.path,
+                                               storage_options=self.storage_options)
+            return self._producer
+
+    def _result_source(self) -> _Source:
+        owner = self._queue
+        if owner is not None:
+            return _Source(owner=owner)
+        with self._lock:
+            reader = self._readers.get(os.getpid())
+            if reader is None:
+                reader = QueueReader.open(self.location, self.path,
+                                          storage_options=self.storage_options)
+                self._readers[os.getpid()] = reader
+        return _Source(reader=reader)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def dispatch(self, claim: Claim) -> object:
+        """The worker handler for task jobs: run the task the job names and return how to
+        settle it (for ``taquba.worker`` loops on a queue this process owns).
+
+        A job whose payload is not a task call, or names a task not registered here, is
+        dead-lettered with an error that says so; a task that raises is retried as any
+        handler's job; a result JSON cannot carry, or too large to keep, dead-letters the
+        job with an error naming the task.
+        """
+        from ..worker import PermanentFailure
+
+        try:
+            call = decode_call(claim.payload)
+        except BadTaskPayload as exc:
+            raise PermanentFailure(str(exc)) from None
+        task = self._registry.get(call.task)
+        if task is None:
+            raise PermanentFailure(dispatch_error(call.task, claim.queue, sorted(self._registry)))
+        value = task.func(*call.args, **call.kwargs)
+        if not task.store_result:
+            return None
+        try:
+            encode_result(task.name, value)
+        except InvalidArgument as exc:
+            raise PermanentFailure(str(exc)) from None
+        return None
+
+    def run_worker(self, *, shutdown: threading.Event, concurrency: int = 1,
+                   queues: Sequence[str] | None = None, poll_interval: float = 1.0) -> None:
+        """Own the queue and run task jobs until ``shutdown`` is set.
+
+        Opens the queue (taking it over as its single writer) unless ``Tasks`` was given an
+        open ``Queue``, runs ``concurrency`` jobs at a time on each of ``queues`` (default:
+        every queue a registered task uses), and on shutdown lets the jobs in flight finish
+        before it closes the queue it opened. While it runs, ``delay`` in this process
+        enqueues on the owned queue.
+
+        Raises:
+            InvalidArgument: no queue to run, or a bad argument.
+            FencedError, QueueBroken, QueueClosed: the queue can no longer be used (the
+                other queues' jobs in flight finish first).
+        """
+        if self.immediate:
+            raise InvalidArgument("Tasks(immediate=True) runs tasks inline; it has no worker")
+        names = self.queues if queues is None else [check_queue_name(q) for q in queues]
+        if not names:
+            raise InvalidArgument("no task is registered, so there is no queue to run")
+        with self._lock:
+            opened = self._queue is None
+            if opened:
+                self._queue = Queue.open(self.location, self.path, self.options,
+                                         storage_options=self.storage_options)
+            q = self._queue
+        assert q is not None
+        try:
+            run_queues(q, names, self.dispatch, shutdown=shutdown, concurrency=concurrency,
+                       poll_interval=poll_interval)
+        finally:
+            if opened:
+                with self._lock:
+                    self._queue = None
+                _close_quietly(q)
+
+    def close(self) -> None:
+        """Close the producer and readers this registry opened (not a ``Queue`` given)."""
+        with self._lock:
+            producer, self._producer = self._producer, None
+            readers, self._readers = self._readers, {}
+        if producer is not None:
+            producer.close()
+        for pid, reader in readers.items():
+            if pid == os.getpid():
+                reader.close()
+
+    def __repr__(self) -> str:
+        where = "immediate" if self.immediate else repr(self.location)
+        return f"Tasks({where}, {len(self._registry)} tasks)"
+
+
+def _retention(value: object, error: type[Exception] = ConfigError) -> float | None:
+    if value is None:
+        return None
+    return to_seconds(value, "result_retention", allow_zero=False, error=error)
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    return f"{_default_name(func)}{where}"
+
+
+def _close_quietly(q: Queue) -> None:
+    from ..errors import TaqubaError
+
+    try:
+        q.close()
+    except TaqubaError:  # fenced or broken: the worker loop has reported it already
+        pass

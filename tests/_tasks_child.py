@@ -1,0 +1,63 @@
+"""Tasks for the task tests, importable by child processes: ``python -m _tasks_child LOCATION``
+owns the queue at LOCATION and runs these tasks until SIGTERM (exit 0) or a fence (exit 1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from taquba import FencedError, OpenOptions, QueueConfig
+from taquba.tasks import Tasks
+
+tasks = Tasks(os.environ.get("TAQUBA_LOCATION", "memory://unused"),
+              options=OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0)))
+
+
+@tasks.task(name="add")
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+@tasks.task(name="echo", queue="other")
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@tasks.task(name="fail", max_attempts=2)
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+@tasks.task(name="huge")
+def huge(size: int) -> str:
+    return "x" * size
+
+
+@tasks.task(name="opaque")
+def opaque() -> object:
+    return object()
+
+
+@tasks.task(name="quiet", store_result=False)
+def quiet() -> int:
+    return 1
+
+
+def main(location: str) -> None:
+    tasks.location = location
+    shutdown = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: shutdown.set())
+    print("worker: running", flush=True)
+    try:
+        tasks.run_worker(shutdown=shutdown, concurrency=4, poll_interval=0.2)
+    except FencedError:
+        print("worker: fenced", flush=True)
+        sys.exit(1)
+    print("worker: stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

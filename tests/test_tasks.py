@@ -1,0 +1,335 @@
+"""``taquba.tasks``: the registry, the job format, delay/schedule, the worker's dispatch by
+name, results and failures, inline mode, and a web-like process that submits and waits
+through a ``Producer`` and a ``QueueReader`` while another process owns the queue."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+import taquba
+from taquba import (
+    MAX_KV_VALUE_SIZE,
+    InvalidArgument,
+    JobStatus,
+    OpenOptions,
+    Queue,
+    QueueConfig,
+    TaqubaError,
+)
+from taquba.tasks import TaskFailed, TaskResult, Tasks
+from taquba.tasks.codec import PAYLOAD_VERSION, encode_call
+
+HERE = Path(__file__).resolve().parent
+WAIT = 60.0  # an upper bound for what must happen, never a speed assertion
+NO_BACKOFF = OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0))
+
+
+def make_tasks(location: Any, **kwargs: Any) -> Tasks:
+    tasks = Tasks(location, options=NO_BACKOFF, **kwargs)
+
+    @tasks.task(name="add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @tasks.task(name="echo", queue="other")
+    def echo(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {"args": list(args), "kwargs": kw}
+
+    @tasks.task(name="fail", max_attempts=2)
+    def fail(message: str) -> None:
+        raise RuntimeError(message)
+
+    @tasks.task(name="huge")
+    def huge(size: int) -> str:
+        return "x" * size
+
+    @tasks.task(name="opaque")
+    def opaque() -> object:
+        return object()
+
+    @tasks.task(name="quiet", store_result=False)
+    def quiet() -> int:
+        return 1
+
+    return tasks
+
+
+@contextmanager
+def running(tasks: Tasks, **kwargs: Any) -> Iterator[None]:
+    """``tasks.run_worker`` in a thread for the duration of the block."""
+    shutdown = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            tasks.run_worker(shutdown=shutdown, poll_interval=0.05, **kwargs)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        for _ in range(int(WAIT / 0.01)):  # until the worker owns the queue
+            if tasks._queue is not None or errors:
+                break
+            threading.Event().wait(0.01)
+        assert not errors, errors
+        yield
+    finally:
+        shutdown.set()
+        thread.join(WAIT)
+    assert not thread.is_alive()
+    assert not errors, errors
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_a_duplicate_task_name_is_refused_and_the_first_task_stays(tmp_path: Path) -> None:
+    tasks = make_tasks(tmp_path / "q")
+    first = tasks.registered["add"]
+    with pytest.raises(InvalidArgument, match="'add' is already registered"):
+        @tasks.task(name="add")
+        def other() -> None: ...
+    assert tasks.registered["add"] is first
+
+
+def test_default_name_is_module_and_qualname_and_queues_are_listed(tmp_path: Path) -> None:
+    tasks = Tasks(tmp_path / "q")
+
+    @tasks.task
+    def plain() -> None: ...
+
+    @tasks.task(queue="mail")
+    def mailer() -> None: ...
+
+    assert plain.name == f"{__name__}.test_default_name_is_module_and_qualname_and_queues_" \
+                         "are_listed.<locals>.plain"
+    assert tasks.queues == ["default", "mail"]
+    assert plain.__name__ == "plain"  # the wrapper looks like the function
+
+
+@pytest.mark.parametrize("options", [{"queue": ""}, {"max_attempts": 0}, {"priority": -1},
+                                     {"result_retention": -5}, {"name": ""}])
+def test_bad_task_options_are_invalid_arguments(tmp_path: Path, options: dict[str, Any]) -> None:
+    tasks = Tasks(tmp_path / "q")
+    with pytest.raises(InvalidArgument):
+        @tasks.task(**options)
+        def f() -> None: ...
+    assert tasks.registered == {}
+
+
+def test_calling_a_task_runs_it_inline(tmp_path: Path) -> None:
+    tasks = make_tasks(tmp_path / "q")
+    assert tasks.registered["add"](2, 3) == 5
+
+
+# --------------------------------------------------------------------------- submitting
+
+
+def test_delay_enqueues_a_versioned_json_call_on_the_tasks_queue(tmp_path: Path) -> None:
+    with Queue.open(tmp_path / "q") as q:
+        tasks = make_tasks(q)
+        result = tasks.registered["echo"].delay(1, "two", [3], k={"x": None})
+        assert isinstance(result, TaskResult)
+        record = q.get_job(result.id)
+        assert record is not None and record.queue == "other"
+        assert record.status is JobStatus.PENDING
+        assert orjson.loads(record.payload) == {
+            "v": PAYLOAD_VERSION, "task": "echo", "args": [1, "two", [3]],
+            "kwargs": {"k": {"x": None}}}
+
+
+@pytest.mark.parametrize("args, kwargs, named", [
+    ((datetime.datetime(2026, 1, 1),), {}, "argument 0"),
+    ((1, {1, 2}), {}, "argument 1"),
+    ((), {"blob": b"bytes"}, "keyword argument 'blob'"),
+    ((), {"d": {1: "non-str key"}}, "keyword argument 'd'"),
+    ((2**70,), {}, "argument 0"),
+    ((object(),), {}, "argument 0"),
+])
+def test_an_argument_json_cannot_carry_is_refused_and_nothing_is_enqueued(
+        tmp_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], named: str) -> None:
+    with Queue.open(tmp_path / "q") as q:
+        tasks = make_tasks(q)
+        with pytest.raises(InvalidArgument, match=f"{named} of task 'echo' cannot be carried"):
+            tasks.registered["echo"].delay(*args, **kwargs)
+        assert q.stats("other").pending == 0
+
+
+def test_schedule_takes_args_kwargs_and_enqueue_options(tmp_path: Path) -> None:
+    with Queue.open(tmp_path / "q") as q:
+        tasks = make_tasks(q)
+        echo = tasks.registered["echo"]
+        first = echo.schedule(args=(1,), kwargs={"a": 2}, delay=3600, dedup_key="once",
+                              priority=7)
+        record = q.get_job(first.id)
+        assert record is not None and record.status is JobStatus.SCHEDULED
+        assert record.priority == 7 and record.run_at is not None
+        assert orjson.loads(record.payload)["kwargs"] == {"a": 2}
+        again = echo.schedule(args=(9,), delay=3600, dedup_key="once")
+        assert again.id == first.id  # a dedup hit answers with the pending job
+        at = echo.schedule(run_at=datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc),
+                           job_id="chosen-id")
+        assert at.id == "chosen-id"
+        with pytest.raises(InvalidArgument, match="mutually exclusive"):
+            echo.schedule(delay=1, run_at=1e10)
+        with pytest.raises(InvalidArgument, match="args must be a sequence"):
+            echo.schedule(args="abc")  # type: ignore[arg-type]
+        assert q.stats("other").scheduled == 2
+
+
+def test_tasks_errors_are_exported() -> None:
+    assert issubclass(TaskFailed, TaqubaError)
+    assert taquba.TaskFailed is TaskFailed and taquba.TaskResult is TaskResult
+    assert taquba.Tasks is Tasks
+
+
+# --------------------------------------------------------------------------- running
+
+
+def test_a_failing_task_goes_dead_and_get_raises_task_failed(tmp_path: Path) -> None:
+    tasks = make_tasks(tmp_path / "q")
+    with running(tasks):
+        result = tasks.registered["fail"].delay("out of paper")
+        with pytest.raises(TaskFailed, match="out of paper") as info:
+            result.get(timeout=WAIT)
+        assert info.value.job_id == result.id
+        assert info.value.error is not None and "RuntimeError: out of paper" in info.value.error
+        assert tasks._queue is not None
+        record = tasks._queue.get_job(result.id)
+        assert record is not None and record.attempts == 2  # retried, then dead
+
+
+def test_an_unknown_task_name_is_dead_lettered_with_a_clear_error(tmp_path: Path) -> None:
+    with Queue.open(tmp_path / "q") as q:
+        unknown = q.enqueue("default", encode_call("nobody.registered", [1], {}))
+        garbage = q.enqueue("default", b"\xff not json")
+        future = q.enqueue("default", orjson.dumps({"v": 99, "task": "add"}))
+        tasks = make_tasks(q)
+        with running(tasks):
+            outcomes = {job: q.wait_for_completion(job, WAIT).record
+                        for job in (unknown, garbage, future)}
+    errors = {}
+    for job, record in outcomes.items():
+        assert record is not None and record.status is JobStatus.DEAD
+        assert record.attempts == 1  # not retried: it can never succeed here
+        errors[job] = record.last_error or ""
+    assert "unknown task 'nobody.registered'" in errors[unknown]
+    assert "'add'" in errors[unknown]  # the message lists what is registered
+    assert "not a task payload" in errors[garbage]
+    assert "version 99 is not supported" in errors[future]
+
+
+def test_oversized_or_non_json_results_dead_letter_the_job_naming_the_problem(
+        tmp_path: Path) -> None:
+    tasks = make_tasks(tmp_path / "q")
+    with running(tasks):
+        big = tasks.registered["huge"].delay(MAX_KV_VALUE_SIZE + 1)
+        with pytest.raises(TaskFailed, match=r"result of task 'huge' is \d+ bytes as JSON, "
+                                             "more than MAX_KV_VALUE_SIZE"):
+            big.get(timeout=WAIT)
+        odd = tasks.registered["opaque"].delay()
+        with pytest.raises(TaskFailed, match="result of task 'opaque' cannot be carried"):
+            odd.get(timeout=WAIT)
+
+
+def test_get_times_out_while_no_worker_runs(tmp_path: Path) -> None:
+    with Queue.open(tmp_path / "q") as q:
+        tasks = make_tasks(q)
+        result = tasks.registered["add"].delay(1, 2)
+        with pytest.raises(TimeoutError, match=result.id):
+            result.get(timeout=0.05)
+
+
+def test_get_on_a_task_that_keeps_no_result_is_refused(tmp_path: Path) -> None:
+    with Queue.open(tmp_path / "q") as q:
+        tasks = make_tasks(q)
+        with pytest.raises(InvalidArgument, match="store_result=False"):
+            tasks.registered["quiet"].delay().get(timeout=1)
+
+
+def test_run_worker_needs_tasks_and_refuses_bad_arguments(tmp_path: Path) -> None:
+    empty = Tasks(tmp_path / "q")
+    with pytest.raises(InvalidArgument, match="no task is registered"):
+        empty.run_worker(shutdown=threading.Event())
+    tasks = make_tasks(tmp_path / "q")
+    with pytest.raises(InvalidArgument, match="concurrency"):
+        tasks.run_worker(shutdown=threading.Event(), concurrency=0)
+    assert tasks._queue is None  # the queue it opened is closed again
+
+
+# --------------------------------------------------------------------------- immediate
+
+
+def test_immediate_mode_runs_inline_through_json() -> None:
+    tasks = make_tasks(None, immediate=True)
+    assert tasks.registered["echo"].delay((1, 2), k="v").get() == {
+        "args": [[1, 2]], "kwargs": {"k": "v"}}  # as a worker would see it: tuples are lists
+    assert tasks.registered["add"].schedule(args=(2, 2), delay=60).get() == 4
+    with pytest.raises(TaskFailed, match="RuntimeError: boom") as info:
+        tasks.registered["fail"].delay("boom").get()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    with pytest.raises(TaskFailed, match="more than MAX_KV_VALUE_SIZE"):
+        tasks.registered["huge"].delay(MAX_KV_VALUE_SIZE).get()
+    with pytest.raises(InvalidArgument, match="cannot be carried as JSON"):
+        tasks.registered["add"].delay(datetime.date.today(), 1)
+    with pytest.raises(InvalidArgument, match="immediate"):
+        tasks.run_worker(shutdown=threading.Event())
+
+
+def test_tasks_without_a_location_must_be_immediate() -> None:
+    with pytest.raises(taquba.ConfigError, match="location"):
+        Tasks()
+
+
+# --------------------------------------------------------------------------- other processes
+
+
+def _start_worker(location: Path, out: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH")) if p)}
+    with open(out, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "_tasks_child", str(location)],
+                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+    deadline = threading.Event()
+    for _ in range(int(WAIT / 0.02)):
+        if "worker: running" in out.read_text() or proc.poll() is not None:
+            break
+        deadline.wait(0.02)
+    assert proc.poll() is None, out.read_text()
+    return proc
+
+
+def test_another_process_submits_and_waits_without_fencing_the_owner(tmp_path: Path) -> None:
+    location = tmp_path / "q"
+    with Queue.open(location):
+        pass  # the queue exists before the worker starts: readers need a root
+    out = tmp_path / "worker.out"
+    worker = _start_worker(location, out)
+    try:
+        web = make_tasks(location)  # never owns: submits through a Producer
+        failing = web.registered["fail"].delay("from the web")
+        with pytest.raises(TaskFailed, match="from the web"):
+            failing.get(timeout=WAIT)  # read through a QueueReader
+        assert web._producer is not None and web._queue is None
+        assert worker.poll() is None, out.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+        worker.wait(WAIT)
+    assert worker.returncode == 0, out.read_text()
+    assert "worker: stopped" in out.read_text()
+    web.close()
