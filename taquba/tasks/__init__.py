@@ -34,7 +34,8 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from ..config import (
@@ -338,8 +339,7 @@ class Tasks:
                    queues: Sequence[str] | None = None, poll_interval: float = 1.0) -> None:
         """Own the queue and run task jobs until ``shutdown`` is set.
 
-        Opens the queue (taking it over as its single writer) unless ``Tasks`` was given an
-        open ``Queue``, runs ``concurrency`` jobs at a time on each of ``queues`` (default:
+        Owns the queue as :meth:`own` does, runs ``concurrency`` jobs at a time on each of ``queues`` (default:
         every queue a registered task uses), and on shutdown lets the jobs in flight finish
         before it closes the queue it opened. While it runs, ``delay`` in this process
         enqueues on the owned queue.
@@ -354,6 +354,25 @@ class Tasks:
         names = self.queues if queues is None else [check_queue_name(q) for q in queues]
         if not names:
             raise InvalidArgument("no task is registered, so there is no queue to run")
+        with self.own() as q:
+            run_queues(q, names, self.dispatch, shutdown=shutdown, concurrency=concurrency,
+                       poll_interval=poll_interval)
+
+    @contextmanager
+    def own(self) -> Iterator[Queue]:
+        """Own the queue for the duration of a ``with`` block, and yield the ``Queue``.
+
+        Opens the queue (taking it over as its single writer) unless this registry already
+        holds one (a ``Queue`` given to ``Tasks``, or an enclosing ``own``), which it then
+        yields as it is. Inside the block, ``delay`` enqueues on it and :meth:`run_worker`
+        runs on it; at the end, a queue opened here is closed. For a process that both
+        submits and runs tasks (a script, a single-process web app with worker threads).
+
+        Raises:
+            InvalidArgument: the registry is immediate (it has no queue).
+        """
+        if self.immediate:
+            raise InvalidArgument("Tasks(immediate=True) runs tasks inline; it has no queue")
         with self._lock:
             opened = self._queue is None
             if opened:
@@ -362,8 +381,7 @@ class Tasks:
             q = self._queue
         assert q is not None
         try:
-            run_queues(q, names, self.dispatch, shutdown=shutdown, concurrency=concurrency,
-                       poll_interval=poll_interval)
+            yield q
         finally:
             if opened:
                 with self._lock:
