@@ -13,6 +13,7 @@ from .config import (
     OpenOptions,
     QueueConfig,
 )
+from .effects import EnqueueRequest, SettlementEffects
 from .errors import (
     ClaimLost,
     ConfigError,
@@ -55,6 +56,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "EnqueueOptions",
+    "EnqueueRequest",
     "EnqueueResult",
     "FencedError",
     "InvalidArgument",
@@ -75,6 +77,7 @@ __all__ = [
     "QueueNotFound",
     "QueueReader",
     "QueueStats",
+    "SettlementEffects",
     "StorageError",
     "TaqubaError",
     "TaskFailed",

@@ -204,6 +204,10 @@ EXAMPLES: list[ev.Event] = [
     ev.Intake("0123456789abcdef", 7, T0, [ev.Enqueued("q", T0, [A], [b"a"]), ev.Cancelled(A),
                                           ev.DeadRequeued("x")]),
     ev.Intake("p", 0, T0, []), ev.InboxForgot(["p", "0123456789abcdef"]),
+    ev.KvWritten([(b"k", b"v"), (b"\x00" * 300, b"")]),
+    ev.Settled(ev.Acked(A, False), [ev.Enqueued("q", T0, ["f1"], [b"f"]),
+                                    ev.KvWritten([(b"k", b"v")]), ev.KvDeleted([b"d"])]),
+    ev.Settled(ev.Failed(A, ev.TO_DEAD, T0, None, "e"), []),
 ]
 
 
@@ -253,7 +257,7 @@ def test_each_event_class_round_trips(event: ev.Event) -> None:
     got = ev.decode(record)
     assert type(got) is type(event)
     assert got.encode() == record
-    if not isinstance(event, (ev.Enqueued, ev.Intake)):  # sequences may come back as lists
+    if not isinstance(event, (ev.Enqueued, ev.Intake, ev.Settled)):  # sequences may come back as lists
         assert got == event
 
 

@@ -402,6 +402,16 @@ class State:
             if old is not None:
                 self.live_bytes -= len(key) + len(old) + KV_ENTRY_BYTES
 
+    def _kv_written(self, e: ev.KvWritten) -> None:
+        for key, value in e.pairs:
+            self._kv_put(key, value)
+
+    def _settled(self, e: ev.Settled) -> None:
+        """A settlement and its effects, in order (all in one record)."""
+        _APPLY[type(e.settlement)](self, e.settlement)
+        for effect in e.effects:
+            _APPLY[type(effect)](self, effect)
+
     def _intake(self, e: ev.Intake) -> None:
         """An inbox object taken in: its events in order, then the producer's mark."""
         for event in e.events:
@@ -546,4 +556,6 @@ _APPLY: dict[type[Any], Callable[[State, Any], None]] = {
     ev.KvDeleted: State._kv_deleted,
     ev.Intake: State._intake,
     ev.InboxForgot: State._inbox_forgot,
+    ev.KvWritten: State._kv_written,
+    ev.Settled: State._settled,
 }
