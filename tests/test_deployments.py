@@ -175,6 +175,9 @@ def test_django_runserver_taquba_worker_and_check(tmp_path: Path) -> None:
         job_ids = [body["job_id"] for _, body in answers]
         status = wait_all_done(f"{base}/jobs", job_ids, "/")
         assert [status[j] for j in job_ids] == ["done"] * 20 + ["dead"]
+        done = [j for j in job_ids if status[j] == "done"]
+        assert {http("GET", f"{base}/jobs/{j}/")[1]["result"]["kind"] for j in done} == \
+            {"daily", "weekly"}
         assert worker.poll() is None, "taquba_worker died: a web or check process fenced it"
     finally:
         if web.poll() is None:

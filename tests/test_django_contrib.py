@@ -138,16 +138,18 @@ def test_worker_runs_autodiscovered_tasks_submitted_from_other_processes(
         assert "running 3 task(s) on shop, slow" in out.read_text()  # found shop/tasks.py by itself
         shell = manage(project, "shell", "-c", textwrap.dedent("""
             from taquba.tasks import TaskFailed
-            from shop.tasks import refuse
+            from shop.tasks import refuse, total
             from taquba.contrib.django import tasks
+            print("TOTAL", total.delay([1, 2, 3.5]).get(timeout=60))
             r = refuse.delay("sold out")
             try:
                 r.get(timeout=60)
             except TaskFailed as exc:
                 print("FAILED", exc.error)
-            print("OWNER", tasks._queue is not None)
+            print("OWNER", tasks.queue is not None)
         """))
         assert shell.returncode == 0, shell.stderr
+        assert "TOTAL 6.5" in shell.stdout  # the result, read through a QueueReader
         assert "FAILED ValueError: sold out" in shell.stdout
         assert "OWNER False" in shell.stdout  # the shell never took the queue over
         assert worker.poll() is None, out.read_text()

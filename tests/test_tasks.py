@@ -28,8 +28,8 @@ from taquba import (
     QueueConfig,
     TaqubaError,
 )
-from taquba.tasks import TaskFailed, TaskResult, Tasks
-from taquba.tasks.codec import PAYLOAD_VERSION, encode_call
+from taquba.tasks import RESULTS_QUEUE, TaskFailed, TaskResult, Tasks
+from taquba.tasks.codec import PAYLOAD_VERSION, encode_call, result_key
 
 HERE = Path(__file__).resolve().parent
 WAIT = 60.0  # an upper bound for what must happen, never a speed assertion
@@ -82,7 +82,7 @@ def running(tasks: Tasks, **kwargs: Any) -> Iterator[None]:
     thread.start()
     try:
         for _ in range(int(WAIT / 0.01)):  # until the worker owns the queue
-            if tasks._queue is not None or errors:
+            if tasks.queue is not None or errors:
                 break
             threading.Event().wait(0.01)
         assert not errors, errors
@@ -208,8 +208,8 @@ def test_a_failing_task_goes_dead_and_get_raises_task_failed(tmp_path: Path) -> 
             result.get(timeout=WAIT)
         assert info.value.job_id == result.id
         assert info.value.error is not None and "RuntimeError: out of paper" in info.value.error
-        assert tasks._queue is not None
-        record = tasks._queue.get_job(result.id)
+        assert tasks.queue is not None
+        record = tasks.queue.get_job(result.id)
         assert record is not None and record.attempts == 2  # retried, then dead
 
 
@@ -268,7 +268,7 @@ def test_run_worker_needs_tasks_and_refuses_bad_arguments(tmp_path: Path) -> Non
     tasks = make_tasks(tmp_path / "q")
     with pytest.raises(InvalidArgument, match="concurrency"):
         tasks.run_worker(shutdown=threading.Event(), concurrency=0)
-    assert tasks._queue is None  # the queue it opened is closed again
+    assert tasks.queue is None  # the queue it opened is closed again
 
 
 # --------------------------------------------------------------------------- immediate
@@ -324,7 +324,7 @@ def test_another_process_submits_and_waits_without_fencing_the_owner(tmp_path: P
         failing = web.registered["fail"].delay("from the web")
         with pytest.raises(TaskFailed, match="from the web"):
             failing.get(timeout=WAIT)  # read through a QueueReader
-        assert web._producer is not None and web._queue is None
+        assert web._producer is not None and web.queue is None
         assert worker.poll() is None, out.read_text()
     finally:
         if worker.poll() is None:
@@ -333,3 +333,103 @@ def test_another_process_submits_and_waits_without_fencing_the_owner(tmp_path: P
     assert worker.returncode == 0, out.read_text()
     assert "worker: stopped" in out.read_text()
     web.close()
+
+
+# --------------------------------------------------------------------------- results and follow-ups
+
+
+def test_get_returns_the_stored_result_written_with_the_ack(tmp_path: Path) -> None:
+    tasks = make_tasks(tmp_path / "q")
+    with running(tasks):
+        assert tasks.registered["add"].delay(2, 40).get(timeout=WAIT) == 42
+        echoed = tasks.registered["echo"].delay((1, 2), k=None)
+        assert echoed.get(timeout=WAIT) == {"args": [[1, 2]], "kwargs": {"k": None}}
+        q = tasks.queue
+        assert q is not None
+        stored = q.kv_get(result_key(echoed.id))
+        assert stored is not None and orjson.loads(stored)["kwargs"] == {"k": None}
+        # and the job that will delete it once the retention has passed
+        assert q.stats(RESULTS_QUEUE).scheduled == 2
+
+
+def test_an_expired_result_is_deleted_by_its_results_job(tmp_path: Path) -> None:
+    clock = [1_000_000.0]
+    options = OpenOptions(clock=lambda: clock[0],
+                          default_queue_config=QueueConfig(retry_backoff_base=0))
+    with Queue.open(tmp_path / "q", options=options) as q:
+        tasks = Tasks(q, result_retention=60)
+
+        @tasks.task(name="double")
+        def double(x: int) -> int:
+            return 2 * x
+
+        with running(tasks):
+            result = double.delay(21)
+            assert result.get(timeout=WAIT) == 42
+            assert q.stats(RESULTS_QUEUE).scheduled == 1
+            clock[0] += 61
+            assert q.promote_scheduled_now() == 1
+            pause = threading.Event()
+            for _ in range(int(WAIT / 0.01)):
+                if q.stats(RESULTS_QUEUE).done == 1:
+                    break
+                pause.wait(0.01)
+            assert q.kv_get(result_key(result.id)) is None
+            assert q.dead_jobs(RESULTS_QUEUE) == []
+
+
+def test_follow_ups_are_made_with_the_ack_and_only_when_the_task_succeeds(
+        tmp_path: Path) -> None:
+    with Queue.open(tmp_path / "q", options=NO_BACKOFF) as q:
+        tasks = Tasks(q)
+        attempts: list[int] = []
+
+        @tasks.task(name="child")
+        def child(n: int) -> int:
+            return n * 10
+
+        @tasks.task(name="parent", max_attempts=2)
+        def parent(n: int) -> str:
+            made = child.follow_up(n)
+            attempts.append(n)
+            if len(attempts) == 1:
+                raise RuntimeError("first attempt fails after asking for a follow-up")
+            return made.id
+
+        with running(tasks):
+            child_id = parent.delay(4).get(timeout=WAIT)
+            assert tasks.result(child_id, "child").get(timeout=WAIT) == 40
+        assert attempts == [4, 4]
+        # the failed attempt's follow-up was never made: the parent's ack and one child's
+        stats = q.stats("default")
+        assert (stats.done, stats.pending, stats.scheduled, stats.dead) == (2, 0, 0, 0)
+    with pytest.raises(InvalidArgument, match="inside a running task"):
+        child.follow_up(1)
+
+
+def test_immediate_mode_runs_follow_ups_after_the_task() -> None:
+    tasks = Tasks(immediate=True)
+    order: list[str] = []
+
+    @tasks.task(name="second")
+    def second(x: int) -> int:
+        order.append("second")
+        return x + 1
+
+    @tasks.task(name="first")
+    def first(x: int) -> str:
+        made = second.follow_up(x)
+        order.append("first")
+        return made.id
+
+    @tasks.task(name="broken")
+    def broken() -> None:
+        second.follow_up(0)
+        raise RuntimeError("no")
+
+    child_id = first.delay(1).get()
+    assert order == ["first", "second"]
+    assert isinstance(child_id, str)
+    with pytest.raises(TaskFailed):
+        broken.delay().get()
+    assert order == ["first", "second"]  # the failed task's follow-up never ran

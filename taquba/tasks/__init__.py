@@ -30,24 +30,24 @@ Rules this package keeps:
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, overload
 
 from ..config import (
     EnqueueOptions,
     OpenOptions,
-    PointInTime,
+    check_job_id,
     check_max_attempts,
     check_priority,
     check_queue_name,
     to_seconds,
 )
 from ..core.ids import IdGenerator
+from ..effects import EnqueueRequest, SettlementEffects
 from ..errors import ConfigError, InvalidArgument, exception_text
 from ..producer import Producer
 from ..queue import Queue
@@ -59,84 +59,21 @@ from .codec import (
     decode_result,
     encode_call,
     encode_result,
+    result_key,
 )
 from .results import TaskFailed, TaskResult, _Source
 from .runner import dispatch_error, run_queues
+from .task import FollowUp, Task, follow_ups
 
-__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_RETENTION", "Task", "TaskFailed", "TaskResult",
-           "Tasks"]
+__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_RETENTION", "RESULTS_QUEUE", "Task", "TaskFailed",
+           "TaskResult", "Tasks"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 DEFAULT_QUEUE = "default"
 DEFAULT_RESULT_RETENTION = 24 * 3600.0
-
-
-class Task(Generic[P, R]):
-    """A registered function. Calling it runs it inline; :meth:`delay` and :meth:`schedule`
-    make a job of the call. Made by :meth:`Tasks.task`, never directly."""
-
-    def __init__(self, tasks: Tasks, func: Callable[P, R], *, name: str, queue: str,
-                 max_attempts: int | None, priority: int | None, store_result: bool,
-                 result_retention: float | None) -> None:
-        self.tasks = tasks
-        self.func = func
-        self.name = name
-        self.queue = queue
-        self.max_attempts = max_attempts
-        self.priority = priority
-        self.store_result = store_result
-        self.result_retention = result_retention
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the function here and now, as a plain call (no job, no JSON)."""
-        return self.func(*args, **kwargs)
-
-    def delay(self, *args: P.args, **kwargs: P.kwargs) -> TaskResult[R]:
-        """Make a job that calls this task with these arguments, to run as soon as possible.
-
-        Returns once the job is durable (enqueued by the owner, or submitted through a
-        ``Producer``). With ``Tasks(immediate=True)`` the task runs here, first.
-
-        Raises:
-            InvalidArgument: an argument JSON cannot carry (nothing is enqueued).
-            StorageError: the job could not be written.
-        """
-        return self.tasks._submit(self, args, kwargs, None)
-
-    def schedule(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
-                 delay: float | Any = None, run_at: PointInTime | None = None,
-                 priority: int | None = None, dedup_key: str | None = None,
-                 job_id: str | None = None, max_attempts: int | None = None,
-                 headers: Mapping[str, str] | None = None) -> TaskResult[R]:
-        """Make a job that calls this task with ``args`` and ``kwargs``, with enqueue options.
-
-        ``delay`` (a duration) or ``run_at`` (a point in time) hold the job until then;
-        ``priority``, ``max_attempts`` override the task's own; ``dedup_key``, ``job_id``
-        and ``headers`` are as for ``Queue.enqueue``. With a ``dedup_key`` held by a
-        pending job, the result is that job's.
-
-        Raises:
-            InvalidArgument: a bad option, or an argument JSON cannot carry (nothing is
-                enqueued).
-        """
-        if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-            raise InvalidArgument(f"args must be a sequence of arguments, got "
-                                  f"{type(args).__name__}")
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise InvalidArgument(f"kwargs must be a mapping, got {type(kwargs).__name__}")
-        options = EnqueueOptions(
-            delay=delay, run_at=run_at,
-            priority=self.priority if priority is None else priority,
-            dedup_key=dedup_key, job_id=job_id,
-            max_attempts=self.max_attempts if max_attempts is None else max_attempts,
-            headers=headers)
-        return self.tasks._submit(self, tuple(args), dict(kwargs or {}), options)
-
-    def __repr__(self) -> str:
-        return f"Task({self.name!r}, queue={self.queue!r})"
+RESULTS_QUEUE = "taquba.tasks.results"  # jobs that delete a stored result when it expires
 
 
 class Tasks:
@@ -242,6 +179,12 @@ class Tasks:
             return dict(self._registry)
 
     @property
+    def queue(self) -> Queue | None:
+        """The ``Queue`` this registry owns in this process (given to ``Tasks``, or opened
+        by :meth:`own` or :meth:`run_worker` while they run), else None."""
+        return self._queue
+
+    @property
     def queues(self) -> list[str]:
         """The queues the registered tasks use, sorted."""
         with self._lock:
@@ -268,24 +211,51 @@ class Tasks:
         return TaskResult(job_id, task.name, store_result=task.store_result,
                           source=self._result_source)
 
+    def _follow_up(self, task: Task[Any, Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> TaskResult[Any]:
+        pending = follow_ups.get()
+        if pending is None:
+            raise InvalidArgument(f"{task.name}.follow_up() is for use inside a running task "
+                                  "(its job is made when that task succeeds); use delay()")
+        payload = encode_call(task.name, args, kwargs)
+        job_id = self._ids.new(time.time())
+        result: TaskResult[Any] = TaskResult(job_id, task.name, store_result=task.store_result,
+                                             source=None if self.immediate
+                                             else self._result_source)
+        pending.append(FollowUp(task, payload, job_id, result))
+        return result
+
     def _run_inline(self, task: Task[Any, Any], payload: bytes,
-                    options: EnqueueOptions | None) -> TaskResult[Any]:
-        job_id = options.job_id if options is not None and options.job_id else \
-            self._ids.new(time.time())
+                    options: EnqueueOptions | None, job_id: str | None = None
+                    ) -> TaskResult[Any]:
+        if job_id is None:
+            job_id = options.job_id if options is not None and options.job_id else \
+                self._ids.new(time.time())
+        value, error, follow_ups = self._call_inline(task, payload, job_id)
+        for f in follow_ups:  # as a worker would: made only once the task has succeeded
+            done = self._run_inline(f.task, f.payload, None, f.job_id)
+            f.result._settle(done._value, done._error)
+        return TaskResult._inline(job_id, task.name, value, error)
+
+    def _call_inline(self, task: Task[Any, Any], payload: bytes, job_id: str
+                     ) -> tuple[Any, TaskFailed | None, list[FollowUp]]:
         call = decode_call(payload)
+        pending: list[FollowUp] = []
+        token = follow_ups.set(pending)
         try:
             value = task.func(*call.args, **call.kwargs)
         except Exception as exc:
             error = TaskFailed(job_id, exception_text(exc))
             error.__cause__ = exc
-            return TaskResult._inline(job_id, task.name, None, error)
+            return None, error, []
+        finally:
+            follow_ups.reset(token)
         if not task.store_result:
-            return TaskResult._inline(job_id, task.name, None, None)
+            return None, None, pending
         try:
-            value = decode_result(encode_result(task.name, value))
+            return decode_result(encode_result(task.name, value)), None, pending
         except InvalidArgument as exc:  # as a worker would: the job goes dead with this error
-            return TaskResult._inline(job_id, task.name, None, TaskFailed(job_id, str(exc)))
-        return TaskResult._inline(job_id, task.name, value, None)
+            return None, TaskFailed(job_id, str(exc)), []
 
     def _get_producer(self) -> Producer:
         with self._lock:
@@ -308,17 +278,23 @@ class Tasks:
 
     # -- running ---------------------------------------------------------------------------
 
-    def dispatch(self, claim: Claim) -> object:
-        """The worker handler for task jobs: run the task the job names and return how to
-        settle it (for ``taquba.worker`` loops on a queue this process owns).
+    def dispatch(self, claim: Claim) -> SettlementEffects | None:
+        """The worker handler for task jobs: run the task the job names and return the
+        effects to ack it with (for ``taquba.worker`` loops on a queue this process owns).
 
-        A job whose payload is not a task call, or names a task not registered here, is
+        The ack carries, in one atomic record: the task's result (a KV write, when the task
+        stores results), a job on :data:`RESULTS_QUEUE` that deletes that result once its
+        retention has passed, and the jobs the task asked for with ``follow_up``. A job
+        whose payload is not a task call, or names a task not registered here, is
         dead-lettered with an error that says so; a task that raises is retried as any
         handler's job; a result JSON cannot carry, or too large to keep, dead-letters the
-        job with an error naming the task.
+        job with an error naming the task. Jobs of :data:`RESULTS_QUEUE` delete the result
+        they name.
         """
         from ..worker import PermanentFailure
 
+        if claim.queue == RESULTS_QUEUE:
+            return _expire(claim)
         try:
             call = decode_call(claim.payload)
         except BadTaskPayload as exc:
@@ -326,21 +302,35 @@ class Tasks:
         task = self._registry.get(call.task)
         if task is None:
             raise PermanentFailure(dispatch_error(call.task, claim.queue, sorted(self._registry)))
-        value = task.func(*call.args, **call.kwargs)
-        if not task.store_result:
-            return None
+        pending: list[FollowUp] = []
+        token = follow_ups.set(pending)
         try:
-            encode_result(task.name, value)
-        except InvalidArgument as exc:
-            raise PermanentFailure(str(exc)) from None
-        return None
+            value = task.func(*call.args, **call.kwargs)
+        finally:
+            follow_ups.reset(token)
+        enqueue = [EnqueueRequest(f.task.queue, f.payload, EnqueueOptions(
+            job_id=f.job_id, priority=f.task.priority, max_attempts=f.task.max_attempts))
+            for f in pending]
+        kv_writes = None
+        if task.store_result:
+            try:
+                kv_writes = {result_key(claim.id): encode_result(task.name, value)}
+            except InvalidArgument as exc:
+                raise PermanentFailure(str(exc)) from None
+            if task.result_retention is not None:
+                enqueue.append(EnqueueRequest(RESULTS_QUEUE, claim.id.encode("ascii"),
+                                              EnqueueOptions(delay=task.result_retention)))
+        if not enqueue and kv_writes is None:
+            return None
+        return SettlementEffects(enqueue=tuple(enqueue), kv_writes=kv_writes)
 
     def run_worker(self, *, shutdown: threading.Event, concurrency: int = 1,
                    queues: Sequence[str] | None = None, poll_interval: float = 1.0) -> None:
         """Own the queue and run task jobs until ``shutdown`` is set.
 
         Owns the queue as :meth:`own` does, runs ``concurrency`` jobs at a time on each of ``queues`` (default:
-        every queue a registered task uses), and on shutdown lets the jobs in flight finish
+        every queue a registered task uses; and :data:`RESULTS_QUEUE`, whose jobs delete
+        expired results), and on shutdown lets the jobs in flight finish
         before it closes the queue it opened. While it runs, ``delay`` in this process
         enqueues on the owned queue.
 
@@ -354,6 +344,10 @@ class Tasks:
         names = self.queues if queues is None else [check_queue_name(q) for q in queues]
         if not names:
             raise InvalidArgument("no task is registered, so there is no queue to run")
+        if RESULTS_QUEUE not in names and any(
+                t.store_result and t.result_retention is not None
+                for t in self.registered.values()):
+            names.append(RESULTS_QUEUE)
         with self.own() as q:
             run_queues(q, names, self.dispatch, shutdown=shutdown, concurrency=concurrency,
                        poll_interval=poll_interval)
@@ -402,6 +396,18 @@ class Tasks:
     def __repr__(self) -> str:
         where = "immediate" if self.immediate else repr(self.location)
         return f"Tasks({where}, {len(self._registry)} tasks)"
+
+
+def _expire(claim: Claim) -> SettlementEffects:
+    """Ack a :data:`RESULTS_QUEUE` job with the deletion of the result it names."""
+    from ..worker import PermanentFailure
+
+    job_id = bytes(claim.payload).decode("ascii", "replace")
+    try:
+        check_job_id(job_id)
+    except InvalidArgument as exc:
+        raise PermanentFailure(f"not a result to expire: {exc}") from None
+    return SettlementEffects(kv_deletes=(result_key(job_id),))
 
 
 def _retention(value: object, error: type[Exception] = ConfigError) -> float | None:

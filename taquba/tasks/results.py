@@ -84,6 +84,10 @@ class TaskResult(Generic[R]):
         result._error = error
         return result
 
+    def _settle(self, value: Any, error: TaskFailed | None) -> None:
+        """Fill in an inline result known only later (a follow-up run after its task)."""
+        self._value, self._error, self._ready = value, error, True
+
     @property
     def task(self) -> str:
         """The registered name of the task this job runs."""
@@ -106,16 +110,34 @@ class TaskResult(Generic[R]):
             if self._error is not None:
                 raise self._error
             return self._value  # type: ignore[no-any-return]
+        if self._source is None:  # an inline follow-up of a task that failed: never made
+            raise self._timed_out()
         if not self._store_result:
             raise InvalidArgument(f"task {self._task!r} keeps no result (it was declared "
                                   "with store_result=False)")
         seconds = math.inf if timeout is None else to_seconds(timeout, "timeout")
         deadline = time.monotonic() + seconds
-        source: _Source = self._source()
+        source = self._open_source(deadline)
         if source.owner is not None:
             return self._get_owner(source.owner, deadline)  # type: ignore[no-any-return]
         assert source.reader is not None
         return self._get_reader(source.reader, deadline)  # type: ignore[no-any-return]
+
+    def _open_source(self, deadline: float) -> _Source:
+        """The owner, or a reader once the queue exists (a job may be submitted before any
+        worker has created the queue: until then, there is nothing to read)."""
+        from ..reader import QueueNotFound
+
+        pause = _FIRST_POLL
+        while True:
+            try:
+                return self._source()  # type: ignore[no-any-return]
+            except QueueNotFound:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._timed_out() from None
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, _LAST_POLL)
 
     def _get_owner(self, q: Queue, deadline: float) -> Any:
         key = result_key(self.id)

@@ -48,6 +48,9 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped here
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, stop)
         names = list(queues) if queues else tasks.queues
+        if not names:
+            raise CommandError("no task is registered: define tasks in an installed app's "
+                               "tasks.py with taquba.contrib.django.tasks")
         try:
             with tasks.own() as q:
                 self.stdout.write(f"taquba_worker: owning {q.store.description}; running "
