@@ -433,3 +433,15 @@ def test_immediate_mode_runs_follow_ups_after_the_task() -> None:
     with pytest.raises(TaskFailed):
         broken.delay().get()
     assert order == ["first", "second"]  # the failed task's follow-up never ran
+
+
+def test_a_result_asked_for_before_any_worker_created_the_queue(tmp_path: Path) -> None:
+    web = make_tasks(tmp_path / "q")  # submits through a Producer: no queue exists yet
+    result = web.registered["add"].delay(20, 22)
+    with pytest.raises(TimeoutError):
+        result.get(timeout=0.05)  # nothing to read yet: not an error, just not ready
+    worker = make_tasks(tmp_path / "q")
+    with running(worker):
+        assert result.get(timeout=WAIT) == 42  # taken in from the inbox, run, read
+    assert web.queue is None
+    web.close()

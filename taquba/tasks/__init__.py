@@ -317,9 +317,9 @@ class Tasks:
                 kv_writes = {result_key(claim.id): encode_result(task.name, value)}
             except InvalidArgument as exc:
                 raise PermanentFailure(str(exc)) from None
-            if task.result_retention is not None:
+            if task.expiry_options is not None:
                 enqueue.append(EnqueueRequest(RESULTS_QUEUE, claim.id.encode("ascii"),
-                                              EnqueueOptions(delay=task.result_retention)))
+                                              task.expiry_options))
         if not enqueue and kv_writes is None:
             return None
         return SettlementEffects(enqueue=tuple(enqueue), kv_writes=kv_writes)

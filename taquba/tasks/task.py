@@ -60,6 +60,9 @@ class Task(Generic[P, R]):
         self.priority = priority
         self.store_result = store_result
         self.result_retention = result_retention
+        # The options of the job that deletes a result of this task (made once: frozen).
+        self.expiry_options = None if result_retention is None or not store_result \
+            else EnqueueOptions(delay=result_retention)
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
