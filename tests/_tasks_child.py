@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from taquba import FencedError, OpenOptions, QueueConfig
@@ -44,6 +46,24 @@ def opaque() -> object:
 @tasks.task(name="quiet", store_result=False)
 def quiet() -> int:
     return 1
+
+
+@tasks.task(name="chain.parent", queue="chain")
+def parent(marker: str, seconds: float) -> str:
+    """Asks for a follow-up, notes the attempt, and sleeps on its first attempt only."""
+    made = chain_child.follow_up(marker)
+    path = Path(marker)
+    with path.open("a") as f:
+        f.write("parent\n")
+    if path.read_text().count("parent") == 1:
+        time.sleep(seconds)
+    return made.id
+
+
+@tasks.task(name="chain.child", queue="chain")
+def chain_child(marker: str) -> None:
+    with Path(marker).open("a") as f:
+        f.write("child\n")
 
 
 def main(location: str) -> None:

@@ -445,3 +445,36 @@ def test_a_result_asked_for_before_any_worker_created_the_queue(tmp_path: Path) 
         assert result.get(timeout=WAIT) == 42  # taken in from the inbox, run, read
     assert web.queue is None
     web.close()
+
+
+def test_a_worker_killed_mid_task_makes_its_follow_up_exactly_once(tmp_path: Path) -> None:
+    location = tmp_path / "q"
+    marker = tmp_path / "marker"
+    with Queue.open(location):
+        pass
+    web = make_tasks(location)
+    parent = web.task(name="chain.parent", queue="chain")(lambda marker, seconds: None)
+    first = _start_worker(location, tmp_path / "worker1.out")
+    try:
+        result = parent.delay(str(marker), 3600)
+        for _ in range(int(WAIT / 0.01)):
+            if marker.exists():
+                break
+            threading.Event().wait(0.01)
+        assert marker.read_text() == "parent\n"  # it asked for its follow-up, then sleeps
+    finally:
+        first.kill()  # SIGKILL: no ack, so no follow-up may exist
+        first.wait(WAIT)
+    second = _start_worker(location, tmp_path / "worker2.out")
+    try:
+        child_id = result.get(timeout=WAIT)  # the second attempt ran to the end
+        assert web.result(child_id, "chain.child").get(timeout=WAIT) is None
+    finally:
+        second.send_signal(signal.SIGTERM)
+        second.wait(WAIT)
+    assert second.returncode == 0
+    assert marker.read_text().splitlines() == ["parent", "parent", "child"]
+    with Queue.open(location) as q:
+        stats = q.stats("chain")
+        assert (stats.done, stats.pending, stats.scheduled, stats.dead) == (2, 0, 0, 0)
+    web.close()
