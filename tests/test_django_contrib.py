@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from taquba import JobStatus, QueueReader
+from taquba import JobStatus, Queue, QueueReader
 
 pytest.importorskip("django")
 
@@ -36,7 +36,8 @@ TAQUBA = {
     "CONCURRENCY": 2,
     "POLL_INTERVAL": 0.1,
     "OPTIONS": OpenOptions(default_queue_config=QueueConfig(keep_done=3600,
-                                                            retry_backoff_base=0)),
+                                                            retry_backoff_base=0),
+                           fence_check_interval=0.2),
 }
 case = os.environ.get("TAQUBA_CASE")
 if case == "no-location":
@@ -181,6 +182,18 @@ def test_sigterm_lets_the_running_task_finish(project: Path) -> None:
     with QueueReader.open(project.parent / "queue") as reader:
         record = reader.get_job(job_id)
     assert record is not None and record.status is JobStatus.DONE, record
+
+
+def test_the_worker_exits_1_when_another_process_takes_the_queue_over(project: Path) -> None:
+    out = project.parent / "worker.out"
+    worker = start_worker(project, out)
+    try:
+        with Queue.open(project.parent / "queue"):  # takes the queue over: fences the worker
+            code = worker.wait(WAIT)
+    finally:
+        stop(worker)
+    assert code == 1, out.read_text()
+    assert "another process took the queue over" in out.read_text()
 
 
 @pytest.mark.parametrize("case, message", [

@@ -22,6 +22,10 @@ Rules this package keeps:
   process that owns the queue (inside :meth:`Tasks.run_worker`, or with a ``Queue`` given
   to ``Tasks``) they enqueue on it; in any other process they submit through a
   ``Producer``, so a web process never takes the queue over from its worker.
+- A worker acks a task's job with its effects in one atomic record: the result (a KV
+  entry), the job that deletes that result once its retention has passed (on
+  :data:`RESULTS_QUEUE`), and the jobs the task asked for with ``follow_up``. A task that
+  fails leaves none of them.
 - Results are read through the owning ``Queue`` or, elsewhere, a ``QueueReader``: waiting
   for a result never fences the owner.
 - ``Tasks(..., immediate=True)`` runs ``delay`` and ``schedule`` inline, with arguments
@@ -218,7 +222,7 @@ class Tasks:
             raise InvalidArgument(f"{task.name}.follow_up() is for use inside a running task "
                                   "(its job is made when that task succeeds); use delay()")
         payload = encode_call(task.name, args, kwargs)
-        job_id = self._ids.new(time.time())
+        job_id = self._new_id()
         result: TaskResult[Any] = TaskResult(job_id, task.name, store_result=task.store_result,
                                              source=None if self.immediate
                                              else self._result_source)
@@ -230,7 +234,7 @@ class Tasks:
                     ) -> TaskResult[Any]:
         if job_id is None:
             job_id = options.job_id if options is not None and options.job_id else \
-                self._ids.new(time.time())
+                self._new_id()
         value, error, follow_ups = self._call_inline(task, payload, job_id)
         for f in follow_ups:  # as a worker would: made only once the task has succeeded
             done = self._run_inline(f.task, f.payload, None, f.job_id)
@@ -256,6 +260,11 @@ class Tasks:
             return decode_result(encode_result(task.name, value)), None, pending
         except InvalidArgument as exc:  # as a worker would: the job goes dead with this error
             return None, TaskFailed(job_id, str(exc)), []
+
+    def _new_id(self) -> str:
+        """A fresh job id, as the queue makes them (time-ordered)."""
+        with self._lock:  # the generator is not thread-safe
+            return self._ids.new(time.time())
 
     def _get_producer(self) -> Producer:
         with self._lock:
