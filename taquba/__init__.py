@@ -39,6 +39,7 @@ from .records import (
     JobRecord,
     JobStatus,
     QueueStats,
+    Schedule,
     WaitOutcome,
     WaitStatus,
 )
@@ -77,6 +78,7 @@ __all__ = [
     "QueueNotFound",
     "QueueReader",
     "QueueStats",
+    "Schedule",
     "SettlementEffects",
     "StorageError",
     "TaqubaError",

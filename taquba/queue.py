@@ -36,7 +36,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from . import arguments, consuming, inspecting, intake, producing
+from . import arguments, consuming, inspecting, intake, producing, scheduling, views
 from .background import Background
 from .config import (
     MAX_PAYLOAD_SIZE,
@@ -59,6 +59,7 @@ from .records import (
     EnqueueResult,
     JobRecord,
     QueueStats,
+    Schedule,
     WaitOutcome,
 )
 from .storage import Store, open_store
@@ -545,15 +546,61 @@ class Queue(Handle):
         return inspecting.reap(self)
 
     def promote_scheduled_now(self) -> int:
-        """Make scheduled jobs whose time has come pending; returns how many.
+        """Make scheduled jobs whose time has come pending, and fire the cron schedules that
+        are due; returns how many jobs that promoted or enqueued.
 
         The scheduler thread calls this every ``scheduler_interval`` (claims also promote
-        due jobs of their queue first). Not waited for durably.
+        due jobs of their queue first); tests call it with a manual clock. Not waited for
+        durably (a tick lost in a crash is made again after it).
         """
         self._ensure_open()
         with self._lock:
             self._check_open_locked()
-            return inspecting.promote_locked(self, self._now())
+            now = self._now()
+            return inspecting.promote_locked(self, now) + scheduling.fire_due_locked(self, now)
+
+    # -- cron schedules (scheduling.py) -------------------------------------------------------
+
+    def add_schedule(self, name: str, cron: str, queue: str, payload: Buffer = b"", *,
+                     options: EnqueueOptions | None = None, timezone: str = "UTC") -> Schedule:
+        """Enqueue ``payload`` into ``queue`` at every occurrence of ``cron``.
+
+        Args:
+            name: the schedule's name (1-255 UTF-8 bytes); re-adding a name replaces it.
+            cron: a 5-field cron expression or a macro (``@hourly``, ``@daily``, ...).
+            queue, payload: as for :meth:`enqueue`.
+            options: ``priority``, ``max_attempts`` and ``headers`` of the jobs (the other
+                fields of :class:`EnqueueOptions` are refused).
+            timezone: the IANA time zone the expression is read in (daylight saving
+                included; see ``taquba.cron``).
+
+        Returns:
+            The :class:`Schedule`, with its ``next_run_at`` (the first occurrence after now).
+
+        Raises:
+            InvalidArgument: a bad name, cron expression, time zone, queue name, payload or
+                option (nothing changes).
+
+        Every due occurrence is enqueued exactly once, across restarts and takeovers; after
+        a downtime the missed occurrences give one catch-up job. Durability: returns once
+        the schedule is durable.
+        """
+        self._ensure_open()
+        return scheduling.add(self, name, cron, queue, payload, options, timezone)
+
+    def remove_schedule(self, name: str) -> bool:
+        """Remove the schedule ``name``; False if there was none. Returns once durable."""
+        self._ensure_open()
+        return scheduling.remove(self, name)
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name (only durable state is reported)."""
+        self._ensure_open()
+        with self._lock:
+            self._check_open_locked()
+            out = views.schedules(self._state)
+            self._wait_reported_locked()
+            return out
 
     def check_fence_now(self) -> None:
         """Ask the storage, with one small request, whether another process has opened this

@@ -16,9 +16,9 @@ from .config import Buffer, check_job_id, check_queue_name
 from .core.state import State
 from .errors import ConfigError, JobNotFound, QueueClosed
 from .log.reader import LogReader, RootNotFound
-from .records import JobRecord, QueueStats
+from .records import JobRecord, QueueStats, Schedule
 from .storage import Store, open_store
-from .views import dead_page, job_record, kv_key, queue_stats
+from .views import dead_page, job_record, kv_key, queue_stats, schedules
 
 
 class QueueNotFound(ConfigError):
@@ -142,6 +142,12 @@ class QueueReader:
         with self._lock:
             self._ensure_open()
             return self._state.kv.get(data)
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every cron schedule, by name (see ``Queue.add_schedule``)."""
+        with self._lock:
+            self._ensure_open()
+            return schedules(self._state)
 
     def __repr__(self) -> str:
         return f"QueueReader({self.store.description!r}{', closed' if self._closed else ''})"

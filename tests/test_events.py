@@ -128,6 +128,15 @@ def sample_events() -> list[tuple[str, ev.Event]]:
     out.append(("settled-dead", ev.Settled(ev.Failed("x", ev.TO_DEAD, ODD_TIME, None, "e"),
                                            [ev.KvDeleted([b"x"])])))
     out.append(("settled-nothing", ev.Settled(ev.Acked(A, False), [])))
+    out.append(("schedule-set", ev.ScheduleSet("nightly", "30 2 * * *", "Europe/Paris", "q",
+                                               b"\x00p", ODD_TIME)))
+    out.append(("schedule-set-all", ev.ScheduleSet("é", "@hourly", "America/New_York", "q",
+                                                   b"", T0, ODD_TIME, 0, 2**32 - 1,
+                                                   {"a": "b"})))
+    out.append(("schedule-removed", ev.ScheduleRemoved("é")))
+    out.append(("schedule-fired", ev.ScheduleFired("n", T0, ODD_TIME)))
+    out.append(("schedule-fired-job", ev.ScheduleFired("n", T0, ODD_TIME, enqueued(
+        "q", T0, [job(A, b"p", dedup_key="taquba-schedule:n:1", headers={"h": "v"})], []))))
     return out
 
 
@@ -435,7 +444,7 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s = State()
     s.apply(enqueued("jobs", T0, [job(A)]))
     data = s.snapshot()
-    _, queues, _, kv, _ = snap.decode(data)
+    _, queues, _, kv, _, _ = snap.decode(data)
     twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues],
                         [s.jobs[A], s.jobs[A]], kv)
     with pytest.raises(CorruptionError, match="twice"):

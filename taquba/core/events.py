@@ -56,10 +56,12 @@ from typing import NamedTuple, Union
 
 from ..errors import CorruptionError
 from .codec import (
+    EXTENDED,
     F_TEXT_ID,
     Corrupt,
     Reader,
     check_tag,
+    extended_head,
     id_key,
     id_list_record,
     put_blob,
@@ -83,6 +85,12 @@ from .enqueue import J_PRIORITY as J_PRIORITY
 from .enqueue import J_RUN_AT as J_RUN_AT
 from .enqueue import Enqueued as Enqueued
 from .enqueue import JobSpec as JobSpec
+from .schedule import X_SCHEDULE_FIRED as X_SCHEDULE_FIRED
+from .schedule import X_SCHEDULE_REMOVED as X_SCHEDULE_REMOVED
+from .schedule import X_SCHEDULE_SET as X_SCHEDULE_SET
+from .schedule import ScheduleFired as ScheduleFired
+from .schedule import ScheduleRemoved as ScheduleRemoved
+from .schedule import ScheduleSet as ScheduleSet
 
 CLAIM = 2
 RENEW = 3
@@ -96,7 +104,6 @@ KV_DELETE = 10
 RELEASE = 11
 INTAKE = 12
 INBOX_FORGET = 13
-EXTENDED = 14  # tag | uvarint sub-kind | body
 SNAPSHOT = 15  # see snapshot.py
 
 # Sub-kinds of EXTENDED records.
@@ -110,7 +117,8 @@ KIND_NAMES = {  # for messages
     INBOX_FORGET: "inbox_forget", EXTENDED: "extended", SNAPSHOT: "snapshot",
 }
 X_NAMES = {  # for messages
-    X_KV_PUT: "kv_put", X_SETTLED: "settled",
+    X_KV_PUT: "kv_put", X_SETTLED: "settled", X_SCHEDULE_SET: "schedule_set",
+    X_SCHEDULE_REMOVED: "schedule_removed", X_SCHEDULE_FIRED: "schedule_fired",
 }
 
 # Where a failed attempt sends the job (FAIL records).
@@ -403,13 +411,6 @@ class Settled(NamedTuple):
         return cls(settlement, effects)
 
 
-def extended_head(sub_kind: int) -> bytearray:
-    """The start of an EXTENDED record of ``sub_kind``."""
-    buf = bytearray((tag(EXTENDED),))
-    put_uvarint(buf, sub_kind)
-    return buf
-
-
 def _inner(data: bytes) -> Event:
     """The event of a record nested in a SETTLED one (``Corrupt`` if it does not decode,
     or is itself an EXTENDED record: the kinds that may be nested are all older)."""
@@ -419,6 +420,17 @@ def _inner(data: bytes) -> Event:
         return decode(data)
     except CorruptionError as exc:
         raise Corrupt(f"nested record: {exc}") from None
+
+
+def decode_schedule(data: bytes) -> ScheduleSet:
+    """A schedule as a snapshot stores it (``Corrupt`` unless a SCHEDULE_SET record)."""
+    try:
+        event = decode(data)
+    except CorruptionError as exc:
+        raise Corrupt(f"schedule: {exc}") from None
+    if not isinstance(event, ScheduleSet):
+        raise Corrupt(f"a schedule is stored as a {type(event).__name__} record")
+    return event
 
 
 # An event an inbox submission can hold (inside an Intake).
@@ -481,15 +493,19 @@ class InboxForgot(NamedTuple):
 
 # Any event: what State.apply takes and decode returns.
 Event = Union[Enqueued, Claimed, Renewed, Acked, Failed, Cancelled, DeadRequeued,  # noqa: UP007
-              Promoted, Purged, KvDeleted, Released, Intake, InboxForgot, KvWritten, Settled]
+              Promoted, Purged, KvDeleted, Released, Intake, InboxForgot, KvWritten, Settled,
+              ScheduleSet, ScheduleRemoved, ScheduleFired]
 # The record kind of each event type.
 KIND_OF: dict[type[Event], int] = {
     Enqueued: ENQUEUE, Claimed: CLAIM, Renewed: RENEW, Acked: ACK, Failed: FAIL,
     Cancelled: CANCEL, DeadRequeued: REQUEUE_DEAD, Promoted: PROMOTE, Purged: PURGE,
     KvDeleted: KV_DELETE, Released: RELEASE, Intake: INTAKE, InboxForgot: INBOX_FORGET,
-    KvWritten: EXTENDED, Settled: EXTENDED}
+    KvWritten: EXTENDED, Settled: EXTENDED, ScheduleSet: EXTENDED, ScheduleRemoved: EXTENDED,
+    ScheduleFired: EXTENDED}
 # The sub-kind of each EXTENDED event type.
-SUB_KIND_OF: dict[type[Event], int] = {KvWritten: X_KV_PUT, Settled: X_SETTLED}
+SUB_KIND_OF: dict[type[Event], int] = {
+    KvWritten: X_KV_PUT, Settled: X_SETTLED, ScheduleSet: X_SCHEDULE_SET,
+    ScheduleRemoved: X_SCHEDULE_REMOVED, ScheduleFired: X_SCHEDULE_FIRED}
 EVENT_TYPES: tuple[type[Event], ...] = tuple(KIND_OF)
 _READERS: dict[int, Callable[[Reader], Event]] = {
     tag(kind): cls.read for cls, kind in KIND_OF.items() if kind != EXTENDED}
