@@ -81,8 +81,9 @@ def running(tasks: Tasks, **kwargs: Any) -> Iterator[None]:
     thread = threading.Thread(target=run)
     thread.start()
     try:
-        for _ in range(int(WAIT / 0.01)):  # until the worker owns the queue
-            if tasks.queue is not None or errors:
+        for _ in range(int(WAIT / 0.01)):  # until the worker's loops run (the queue is
+            # open and the schedules are in line): its loop threads are named for them
+            if errors or any(t.name.startswith("taquba-tasks-") for t in threading.enumerate()):
                 break
             threading.Event().wait(0.01)
         assert not errors, errors
@@ -478,3 +479,94 @@ def test_a_worker_killed_mid_task_makes_its_follow_up_exactly_once(tmp_path: Pat
         stats = q.stats("chain")
         assert (stats.done, stats.pending, stats.scheduled, stats.dead) == (2, 0, 0, 0)
     web.close()
+
+
+# --------------------------------------------------------------------------- periodic
+
+
+@pytest.mark.parametrize("cron, timezone, message", [
+    ("* * * *", "UTC", "has 4 fields"),
+    ("61 * * * *", "UTC", "bad cron expression"),
+    ("@fortnightly", "UTC", "unknown cron macro"),
+    ("0 3 * * *", "Mars/Olympus_Mons", "unknown time zone"),
+])
+def test_a_bad_cron_or_time_zone_is_refused_and_nothing_is_registered(
+        tmp_path: Path, cron: str, timezone: str, message: str) -> None:
+    tasks = Tasks(tmp_path / "q")
+    with pytest.raises(InvalidArgument, match=message):
+        @tasks.periodic(cron, timezone=timezone)
+        def tick() -> None: ...
+    assert tasks.registered == {}
+
+
+def test_a_periodic_task_must_take_no_arguments(tmp_path: Path) -> None:
+    tasks = Tasks(tmp_path / "q")
+    with pytest.raises(InvalidArgument, match="called with no arguments"):
+        @tasks.periodic("@hourly")
+        def tick(what: str) -> None: ...
+    assert tasks.registered == {}
+
+
+def _clocked(location: Path, clock: list[float]) -> OpenOptions:
+    return OpenOptions(clock=lambda: clock[0], scheduler_interval=3600.0,
+                       default_queue_config=QueueConfig(keep_done=3600))
+
+
+def until(condition: Any) -> None:
+    """Wait until ``condition()`` holds (WAIT is an upper bound, not a speed assertion)."""
+    pause = threading.Event()
+    for _ in range(int(WAIT / 0.01)):
+        if condition():
+            return
+        pause.wait(0.01)
+    raise AssertionError("the condition did not hold in time")
+
+
+def _wait_done(q: Queue, queue: str, count: int) -> int:
+    until(lambda: q.stats(queue).done >= count)
+    return q.stats(queue).done
+
+
+def test_periodic_tasks_run_on_their_schedule_and_catch_up_once_after_downtime(
+        tmp_path: Path) -> None:
+    location = tmp_path / "q"
+    clock = [1_800_000_000.0]  # 2027-01-15 08:00 UTC
+    runs: list[float] = []
+
+    def registry() -> Tasks:
+        tasks = Tasks(location, options=_clocked(location, clock))
+
+        @tasks.periodic("*/5 * * * *", name="tick", queue="cron")
+        def tick() -> None:
+            runs.append(clock[0])
+
+        @tasks.task(name="plain")
+        def plain() -> None: ...
+
+        return tasks
+
+    with Queue.open(location, options=_clocked(location, clock)) as q:
+        # a schedule of a task that is gone, and a user's own
+        q.add_schedule("taquba.tasks:gone", "@daily", "cron", encode_call("gone", [], {}))
+        q.add_schedule("mine", "@daily", "elsewhere")
+    first = registry()
+    with running(first):
+        q = first.queue
+        assert q is not None
+        schedules = {s.name: s for s in q.list_schedules()}
+        assert set(schedules) == {"taquba.tasks:tick", "mine"}
+        tick = schedules["taquba.tasks:tick"]
+        assert (tick.cron, tick.queue, tick.timezone) == ("*/5 * * * *", "cron", "UTC")
+        clock[0] = tick.next_run_at
+        assert q.promote_scheduled_now() == 1
+        assert _wait_done(q, "cron", 1) == 1
+        assert q.promote_scheduled_now() == 0  # the same occurrence never fires twice
+    assert len(runs) == 1
+    clock[0] += 3 * 300  # three occurrences missed while no worker runs
+    second = registry()
+    with running(second):
+        q = second.queue
+        assert q is not None
+        assert q.promote_scheduled_now() == 1  # one catch-up job, not three, not none
+        assert _wait_done(q, "cron", 2) == 2
+    assert len(runs) == 2

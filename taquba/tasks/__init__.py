@@ -28,12 +28,15 @@ Rules this package keeps:
   fails leaves none of them.
 - Results are read through the owning ``Queue`` or, elsewhere, a ``QueueReader``: waiting
   for a result never fences the owner.
+- ``@tasks.periodic(cron)`` tasks run on a schedule of the queue that
+  :meth:`Tasks.run_worker` keeps in line with the registry (see :mod:`taquba.tasks.runner`).
 - ``Tasks(..., immediate=True)`` runs ``delay`` and ``schedule`` inline, with arguments
   and result passed through JSON exactly as a worker would, and opens no queue.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -51,6 +54,7 @@ from ..config import (
     to_seconds,
 )
 from ..core.ids import IdGenerator
+from ..cron import CronSpec
 from ..effects import EnqueueRequest, SettlementEffects
 from ..errors import ConfigError, InvalidArgument, exception_text
 from ..producer import Producer
@@ -66,11 +70,11 @@ from .codec import (
     result_key,
 )
 from .results import TaskFailed, TaskResult, _Source
-from .runner import dispatch_error, run_queues
-from .task import FollowUp, Task, follow_ups
+from .runner import SCHEDULE_PREFIX, PeriodicJob, dispatch_error, keep_schedules, run_queues
+from .task import FollowUp, Periodic, Task, follow_ups
 
-__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_RETENTION", "RESULTS_QUEUE", "Task", "TaskFailed",
-           "TaskResult", "Tasks"]
+__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_RETENTION", "RESULTS_QUEUE", "SCHEDULE_PREFIX", "Task",
+           "TaskFailed", "TaskResult", "Tasks"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -118,6 +122,7 @@ class Tasks:
         self._producer: Producer | None = None
         self._readers: dict[int, QueueReader] = {}
         self._ids = IdGenerator()
+        self._periodic: dict[str, Periodic] = {}
 
     # -- registering -----------------------------------------------------------------------
 
@@ -175,6 +180,51 @@ class Tasks:
             return made
 
         return register if func is None else register(func)
+
+    def periodic(self, cron: str, *, name: str | None = None, queue: str | None = None,
+                 timezone: str = "UTC", max_attempts: int | None = None,
+                 priority: int | None = None, store_result: bool = False,
+                 result_retention: float | Any = ...
+                 ) -> Callable[[Callable[[], R]], Task[[], R]]:
+        """Register a function of no arguments as a task that runs on a cron schedule.
+
+        ``@tasks.periodic("*/5 * * * *")`` registers the task as :meth:`task` does, and
+        :meth:`run_worker` keeps a schedule of the queue for it (named
+        ``SCHEDULE_PREFIX + name``): every occurrence makes one job, exactly once across
+        restarts and takeovers, and occurrences missed while no worker ran make one
+        catch-up job. The schedule is added or updated when the worker starts, and removed
+        by a worker in which the task is no longer registered.
+
+        Args:
+            cron: a standard 5-field cron expression, or ``@hourly``, ``@daily``, ...
+            timezone: the IANA time zone the expression is read in (daylight saving
+                handled), default ``"UTC"``.
+            name, queue, max_attempts, priority, store_result, result_retention: as for
+                :meth:`task`; results are not kept unless asked for.
+
+        Raises:
+            InvalidArgument: a bad cron expression or time zone, a duplicate name, or a bad
+                option (nothing is registered).
+        """
+        CronSpec(cron, timezone)  # InvalidArgument for a bad expression or time zone
+        spec = Periodic(cron, timezone)
+        make = self.task(name=name, queue=queue, max_attempts=max_attempts, priority=priority,
+                         store_result=store_result, result_retention=result_retention)
+
+        def register(f: Callable[[], R]) -> Task[[], R]:
+            try:
+                inspect.signature(f).bind()
+            except TypeError:
+                raise InvalidArgument(f"a periodic task is called with no arguments; "
+                                      f"{_describe(f)} needs some") from None
+            except ValueError:  # no signature to check (a builtin): let it be
+                pass
+            made = make(f)
+            with self._lock:
+                self._periodic[made.name] = spec
+            return made
+
+        return register
 
     @property
     def registered(self) -> Mapping[str, Task[Any, Any]]:
@@ -358,8 +408,16 @@ class Tasks:
                 for t in self.registered.values()):
             names.append(RESULTS_QUEUE)
         with self.own() as q:
+            keep_schedules(q, self._periodic_jobs())
             run_queues(q, names, self.dispatch, shutdown=shutdown, concurrency=concurrency,
                        poll_interval=poll_interval)
+
+    def _periodic_jobs(self) -> list[PeriodicJob]:
+        with self._lock:
+            pairs = [(self._registry[n], spec) for n, spec in self._periodic.items()]
+        return [PeriodicJob(SCHEDULE_PREFIX + task.name, spec.cron, spec.timezone, task.queue,
+                            encode_call(task.name, (), {}), task.priority, task.max_attempts)
+                for task, spec in pairs]
 
     @contextmanager
     def own(self) -> Iterator[Queue]:

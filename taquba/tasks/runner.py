@@ -1,4 +1,5 @@
-"""Running the task queues of one owned ``Queue``: one worker loop per queue.
+"""Running the task queues of one owned ``Queue``: one worker loop per queue, and the
+schedules of periodic tasks.
 
 Rules this module keeps:
 
@@ -8,6 +9,10 @@ Rules this module keeps:
   once it is set, or once any loop ends with an error (a fenced, broken or closed queue,
   a handler's ``SystemExit``), every loop stops claiming and finishes its jobs in flight.
   Then the first error is re-raised.
+- A periodic task's schedule is (re)written only when it differs from what the registry
+  wants: re-adding a schedule restarts it from now, which would lose the catch-up job of
+  a downtime. Schedules named with :data:`SCHEDULE_PREFIX` whose task is not registered
+  are removed; other schedules are never touched.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..config import to_seconds
+from ..config import EnqueueOptions, to_seconds
 from ..errors import InvalidArgument
 from ..worker import run_worker_concurrent
 
@@ -27,7 +33,42 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("taquba.tasks")
 
-__all__ = ["dispatch_error", "run_queues"]
+__all__ = ["SCHEDULE_PREFIX", "PeriodicJob", "dispatch_error", "keep_schedules", "run_queues"]
+
+SCHEDULE_PREFIX = "taquba.tasks:"  # a periodic task's schedule is named prefix + task name
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodicJob:
+    """The schedule a periodic task wants on the queue."""
+
+    name: str
+    cron: str
+    timezone: str
+    queue: str
+    payload: bytes
+    priority: int | None
+    max_attempts: int | None
+
+
+def keep_schedules(q: Queue, wanted: Sequence[PeriodicJob]) -> None:
+    """Make the queue's schedules named with :data:`SCHEDULE_PREFIX` match ``wanted``."""
+    existing = {s.name: s for s in q.list_schedules() if s.name.startswith(SCHEDULE_PREFIX)}
+    for job in wanted:
+        current = existing.pop(job.name, None)
+        if current is not None and (
+                current.cron, current.timezone, current.queue, bytes(current.payload),
+                current.priority, current.max_attempts) == (
+                job.cron, job.timezone, job.queue, job.payload, job.priority, job.max_attempts):
+            continue
+        q.add_schedule(job.name, job.cron, job.queue, job.payload, timezone=job.timezone,
+                       options=EnqueueOptions(priority=job.priority,
+                                              max_attempts=job.max_attempts))
+        logger.info("schedule %r: %s (%s) on queue %r", job.name, job.cron, job.timezone,
+                    job.queue)
+    for name in existing:
+        q.remove_schedule(name)
+        logger.info("schedule %r removed: its task is not registered", name)
 
 
 def dispatch_error(name: str, queue: str, known: Sequence[str]) -> str:

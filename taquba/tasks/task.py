@@ -24,10 +24,18 @@ from .results import TaskResult
 if TYPE_CHECKING:
     from . import Tasks
 
-__all__ = ["FollowUp", "Task", "follow_ups"]
+__all__ = ["FollowUp", "Periodic", "Task", "follow_ups"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """When a periodic task runs: a checked cron expression in a time zone."""
+
+    cron: str
+    timezone: str
 
 
 @dataclass(frozen=True, slots=True)
