@@ -9,13 +9,15 @@ Rules this module keeps:
 - One mutation path, :meth:`Queue._commit`: a state change is one event (core/events.py),
   encoded, applied to the state and handed to the committer in one lock hold, so the log
   order is the apply order and replay rebuilds the same state.
-- ``enqueue*``, ``ack``, ``nack``, ``dead_letter``, ``cancel``, ``requeue_dead_job`` and
-  ``kv_delete`` return only once their event is durable. ``claim``, ``renew_lease`` and the
-  background ticks do not wait: losing one only causes a redelivery or a repeated tick.
-- A read reports only durable state: ``get_job``, ``stats``, ``list_queues``, ``dead_jobs``,
-  ``kv_get``, ``wait_for_completion`` (and ``cancel``'s ``NOT_FOUND``) wait until every event
-  applied before them is durable, except claims and lease renewals, whose loss only causes a
-  redelivery. If that write fails they raise its error, as the writer's caller does.
+- ``enqueue*``, ``ack``, ``nack``, ``dead_letter`` (with their settlement effects),
+  ``cancel``, ``requeue_dead_job``, ``kv_put``, ``kv_delete``, ``add_schedule`` and
+  ``remove_schedule`` return only once their event is durable. ``claim``, ``renew_lease``
+  and the background ticks do not wait: losing one only causes a redelivery or a repeated
+  tick.
+- A read reports only durable state: ``get_job``, ``stats``, ``list_queues``,
+  ``dead_jobs``, ``kv_get``, ``list_schedules``, ``wait_for_completion`` (and ``cancel``'s
+  ``NOT_FOUND``) wait until every event applied before them is durable, except claims and
+  lease renewals, whose loss only causes a redelivery. If that write fails they raise its error, as the writer's caller does.
 - A handle serves only the process that opened it. In a child forked from that process every
   call raises ``QueueBroken`` before taking any lock (another thread of the parent may have
   held one at the fork), and nothing of the child writes, flushes or deletes the parent's
@@ -25,8 +27,8 @@ Rules this module keeps:
 
 This module holds the public methods; the lock, the mutation path and the refusals are in
 handle.py (the base class), and the work is done by concern in producing.py (enqueues), consuming.py (claims and settling them),
-inspecting.py (looking at jobs, operating on them, the background ticks) and intake.py
-(taking in what producers submitted).
+inspecting.py (looking at jobs, operating on them, the background ticks), scheduling.py
+(cron schedules) and intake.py (taking in what producers submitted).
 """
 
 from __future__ import annotations

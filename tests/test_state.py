@@ -236,6 +236,28 @@ def test_schedules_are_set_fired_removed_and_kept_by_snapshots() -> None:
     assert s.live_bytes == State.restore(s.snapshot()).live_bytes
 
 
+def test_a_damaged_schedule_section_of_a_snapshot_is_corruption() -> None:
+    """(The log's framing checks a checkpoint's length and CRC first; this is the decoder.)"""
+    s = State()
+    s.apply(ev.ScheduleSet("s", "@daily", "UTC", "q", b"p", T0))
+    data = s.snapshot()
+    old_format = len(State().snapshot())  # ends after the KV entries: as written before
+    assert data.startswith(State().snapshot())
+    for end in range(1, len(data)):
+        if end != old_format:
+            with pytest.raises(CorruptionError):
+                State.restore(data[:end])
+    stored = ev.ScheduleSet("s", "@daily", "UTC", "q", b"p", T0).encode()
+    other = ev.KvWritten([(b"k" * 20, b"v")]).encode()
+    assert data.endswith(bytes([len(stored)]) + stored)
+    with pytest.raises(CorruptionError, match="schedule is stored as a KvWritten"):
+        State.restore(data[:-len(stored) - 1] + bytes([len(other)]) + other)
+    twice = State()
+    twice.schedules = {"a": s.schedules["s"], "b": s.schedules["s"]}
+    with pytest.raises(CorruptionError, match="listed twice"):
+        State.restore(twice.snapshot())
+
+
 def test_intake_records_keep_the_layout_of_the_first_inbox_release() -> None:
     """tag | str producer | uvarint seq | f64 at | uvarint n | n x bytes record, and
     tag | uvarint n | n x str producer: roots written before the typed events stay readable."""

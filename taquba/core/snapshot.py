@@ -269,7 +269,7 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
                 seq = r.uvarint()
                 marks[producer] = (seq, r.time())
         if r.pos < r.end:
-            n = r.count(20)
+            n = r.count(18)
             if not n:
                 raise Corrupt(f"trailing bytes after the inbox marks at byte {r.pos - 1}")
             for _ in range(n):
