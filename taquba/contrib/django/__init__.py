@@ -13,7 +13,8 @@ In any installed app's ``tasks.py`` (imported when Django starts)::
     def send(address: str) -> None: ...
 
 Views call ``send.delay(...)``; web processes never own the queue, they submit through a
-``Producer``. One process runs ``python manage.py taquba_worker``: it owns the queue, runs
+``Producer`` (and ``TaskResult.get`` reads through a ``QueueReader``). ``@tasks.periodic``
+works the same way: the worker keeps the schedules. One process runs ``python manage.py taquba_worker``: it owns the queue, runs
 every task, and stops on SIGTERM or SIGINT once the jobs in flight are finished.
 
 The ``TAQUBA`` keys (only ``LOCATION`` is required, unless ``IMMEDIATE`` is true):
