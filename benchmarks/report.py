@@ -347,8 +347,8 @@ def _render_tasks(res: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
              f"{res['n']:,} jobs, local disk, durable, median of {reps} run"
              f"{'s' if reps > 1 else ''} taking turns)", ""]
     what = {"raw": "taquba `claim` + `ack`, 8 threads",
-            "tasks": "taquba `Tasks.run_worker`, the task's result stored",
-            "tasks_no_result": "taquba `Tasks.run_worker`, `store_result=False`",
+            "tasks": "taquba `Tasks.run_worker` (defaults: no result kept)",
+            "tasks_with_result": "taquba `Tasks.run_worker`, `store_result=True`",
             "huey": "huey `SqliteHuey` (fsync), consumer with 8 threads"}
     raw = res.get("raw_jobs_per_s")
     rows = []

@@ -33,7 +33,7 @@ tasks = Tasks("./data/tasks-demo")
 PRICES = {"apple": 0.5, "pear": 0.75, "melon": 3.0}
 
 
-@tasks.task(name="shop.place_order", queue="orders", max_attempts=3)
+@tasks.task(name="shop.place_order", queue="orders", max_attempts=3, store_result=True)
 def place_order(order_id: int, items: list[str]) -> dict[str, Any]:
     """Price an order, and ask for its receipt once the order is done."""
     total = round(sum(PRICES[item] for item in items), 2)
@@ -41,13 +41,13 @@ def place_order(order_id: int, items: list[str]) -> dict[str, Any]:
     return {"order": order_id, "total": total, "receipt_job": receipt.id}
 
 
-@tasks.task(name="shop.send_receipt", queue="mail")
+@tasks.task(name="shop.send_receipt", queue="mail", store_result=True)
 def send_receipt(order_id: int, total: float) -> str:
     """The follow-up: runs only after its order's ack."""
     return f"receipt for order {order_id}: {total:.2f}"
 
 
-@tasks.task(name="shop.refund", queue="orders", max_attempts=1)
+@tasks.task(name="shop.refund", queue="orders", max_attempts=1, store_result=True)
 def refund(order_id: int) -> None:
     raise ValueError(f"order {order_id} was never paid")
 

@@ -18,27 +18,27 @@ tasks = Tasks(os.environ.get("TAQUBA_LOCATION", "memory://unused"),
               options=OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0)))
 
 
-@tasks.task(name="add")
+@tasks.task(name="add", store_result=True)
 def add(x: int, y: int) -> int:
     return x + y
 
 
-@tasks.task(name="echo", queue="other")
+@tasks.task(name="echo", queue="other", store_result=True)
 def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return {"args": list(args), "kwargs": kwargs}
 
 
-@tasks.task(name="fail", max_attempts=2)
+@tasks.task(name="fail", max_attempts=2, store_result=True)
 def fail(message: str) -> None:
     raise RuntimeError(message)
 
 
-@tasks.task(name="huge")
+@tasks.task(name="huge", store_result=True)
 def huge(size: int) -> str:
     return "x" * size
 
 
-@tasks.task(name="opaque")
+@tasks.task(name="opaque", store_result=True)
 def opaque() -> object:
     return object()
 
@@ -48,7 +48,7 @@ def quiet() -> int:
     return 1
 
 
-@tasks.task(name="chain.parent", queue="chain")
+@tasks.task(name="chain.parent", queue="chain", store_result=True)
 def parent(marker: str, seconds: float) -> str:
     """Asks for a follow-up, notes the attempt, and sleeps on its first attempt only."""
     made = chain_child.follow_up(marker)
@@ -60,7 +60,7 @@ def parent(marker: str, seconds: float) -> str:
     return made.id
 
 
-@tasks.task(name="chain.child", queue="chain")
+@tasks.task(name="chain.child", queue="chain", store_result=True)
 def chain_child(marker: str) -> None:
     with Path(marker).open("a") as f:
         f.write("child\n")

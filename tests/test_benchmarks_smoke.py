@@ -108,7 +108,7 @@ def test_taquba_scenarios_quick(tmp_path):
     assert prod["idle"]["per_hour"] >= 0 and prod["idle"]["inbox_interval_s"] > 0
 
     tasks = res["tasks"]
-    assert set(tasks["runs"]) == {"raw", "tasks", "tasks_no_result"}  # huey not selected
+    assert set(tasks["runs"]) == {"raw", "tasks", "tasks_with_result"}  # huey not selected
     for runs in tasks["runs"].values():
         assert all(r["n"] == cfg["tasks_jobs"] and _positive(r["jobs_per_s"]) for r in runs)
     assert any(t["name"].endswith("no-op task vs raw claim+ack") and t["met"] is not None

@@ -57,12 +57,12 @@ import time
 from taquba.contrib.django import tasks
 
 
-@tasks.task(name="shop.total", queue="shop")
+@tasks.task(name="shop.total", queue="shop", store_result=True)
 def total(prices):
     return sum(prices)
 
 
-@tasks.task(name="shop.refuse", queue="shop", max_attempts=1)
+@tasks.task(name="shop.refuse", queue="shop", max_attempts=1, store_result=True)
 def refuse(reason):
     raise ValueError(reason)
 

@@ -39,27 +39,27 @@ NO_BACKOFF = OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0))
 def make_tasks(location: Any, **kwargs: Any) -> Tasks:
     tasks = Tasks(location, options=NO_BACKOFF, **kwargs)
 
-    @tasks.task(name="add")
+    @tasks.task(name="add", store_result=True)
     def add(x: int, y: int) -> int:
         return x + y
 
-    @tasks.task(name="echo", queue="other")
+    @tasks.task(name="echo", queue="other", store_result=True)
     def echo(*args: Any, **kw: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kw}
 
-    @tasks.task(name="fail", max_attempts=2)
+    @tasks.task(name="fail", max_attempts=2, store_result=True)
     def fail(message: str) -> None:
         raise RuntimeError(message)
 
-    @tasks.task(name="huge")
+    @tasks.task(name="huge", store_result=True)
     def huge(size: int) -> str:
         return "x" * size
 
-    @tasks.task(name="opaque")
+    @tasks.task(name="opaque", store_result=True)
     def opaque() -> object:
         return object()
 
-    @tasks.task(name="quiet", store_result=False)
+    @tasks.task(name="quiet")  # by default, no result is kept
     def quiet() -> int:
         return 1
 
@@ -255,11 +255,17 @@ def test_get_times_out_while_no_worker_runs(tmp_path: Path) -> None:
             result.get(timeout=0.05)
 
 
-def test_get_on_a_task_that_keeps_no_result_is_refused(tmp_path: Path) -> None:
-    with Queue.open(tmp_path / "q") as q:
-        tasks = make_tasks(q)
+def test_by_default_no_result_is_kept_and_get_says_so(tmp_path: Path) -> None:
+    tasks = make_tasks(tmp_path / "q")
+    with running(tasks):
+        quiet = tasks.registered["quiet"].delay()
         with pytest.raises(InvalidArgument, match="store_result=False"):
-            tasks.registered["quiet"].delay().get(timeout=1)
+            quiet.get(timeout=1)
+        q = tasks.queue
+        assert q is not None
+        until(lambda: q.stats("default").done == 1)
+        assert q.kv_get(result_key(quiet.id)) is None
+        assert q.stats(RESULTS_QUEUE).scheduled == 0  # nothing to expire
 
 
 def test_run_worker_needs_tasks_and_refuses_bad_arguments(tmp_path: Path) -> None:
@@ -360,7 +366,7 @@ def test_an_expired_result_is_deleted_by_its_results_job(tmp_path: Path) -> None
     with Queue.open(tmp_path / "q", options=options) as q:
         tasks = Tasks(q, result_retention=60)
 
-        @tasks.task(name="double")
+        @tasks.task(name="double", store_result=True)
         def double(x: int) -> int:
             return 2 * x
 
@@ -385,11 +391,11 @@ def test_follow_ups_are_made_with_the_ack_and_only_when_the_task_succeeds(
         tasks = Tasks(q)
         attempts: list[int] = []
 
-        @tasks.task(name="child")
+        @tasks.task(name="child", store_result=True)
         def child(n: int) -> int:
             return n * 10
 
-        @tasks.task(name="parent", max_attempts=2)
+        @tasks.task(name="parent", max_attempts=2, store_result=True)
         def parent(n: int) -> str:
             made = child.follow_up(n)
             attempts.append(n)
@@ -417,7 +423,7 @@ def test_immediate_mode_runs_follow_ups_after_the_task() -> None:
         order.append("second")
         return x + 1
 
-    @tasks.task(name="first")
+    @tasks.task(name="first", store_result=True)
     def first(x: int) -> str:
         made = second.follow_up(x)
         order.append("first")
@@ -454,7 +460,8 @@ def test_a_worker_killed_mid_task_makes_its_follow_up_exactly_once(tmp_path: Pat
     with Queue.open(location):
         pass
     web = make_tasks(location)
-    parent = web.task(name="chain.parent", queue="chain")(lambda marker, seconds: None)
+    parent = web.task(name="chain.parent", queue="chain", store_result=True)(
+        lambda marker, seconds: None)
     first = _start_worker(location, tmp_path / "worker1.out")
     try:
         result = parent.delay(str(marker), 3600)

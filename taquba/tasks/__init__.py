@@ -6,7 +6,7 @@
 
     tasks = Tasks("./data/q")
 
-    @tasks.task(queue="email", max_attempts=5)
+    @tasks.task(queue="email", max_attempts=5, store_result=True)
     def send(address: str) -> str: ...
 
     r = send.delay("a@example.com")     # a job on queue "email"; send(...) still runs inline
@@ -132,12 +132,12 @@ class Tasks:
     @overload
     def task(self, func: None = None, /, *, name: str | None = None, queue: str | None = None,
              max_attempts: int | None = None, priority: int | None = None,
-             store_result: bool = True, result_retention: float | Any = ...,
+             store_result: bool = False, result_retention: float | Any = ...,
              ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, func: Callable[..., Any] | None = None, /, *, name: str | None = None,
              queue: str | None = None, max_attempts: int | None = None,
-             priority: int | None = None, store_result: bool = True,
+             priority: int | None = None, store_result: bool = False,
              result_retention: float | Any = ...) -> Any:
         """Register a function as a task: ``@tasks.task`` or ``@tasks.task(queue=..., ...)``.
 
@@ -147,7 +147,8 @@ class Tasks:
             max_attempts: deliveries before the job goes dead (default: the queue's config).
             priority: the jobs' priority (default: the queue's config).
             store_result: keep the return value for ``TaskResult.get`` (as JSON, at most
-                ``MAX_KV_VALUE_SIZE`` bytes).
+                ``MAX_KV_VALUE_SIZE`` bytes), written with the job's ack; off by default, as
+                a kept result costs a KV entry and a job that deletes it later.
             result_retention: how long the result is kept (default: the registry's).
 
         Raises:

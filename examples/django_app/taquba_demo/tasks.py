@@ -11,7 +11,7 @@ from taquba.worker import PermanentFailure
 log = logging.getLogger(__name__)
 
 
-@tasks.task(queue="reports", max_attempts=3)
+@tasks.task(queue="reports", max_attempts=3, store_result=True)
 def build_report(kind: str) -> dict[str, str]:
     """Build a report. Returning stores the result; PermanentFailure dead-letters the job;
     any other error retries it."""
