@@ -15,6 +15,7 @@ Modules, one per scenario family:
 - ``idle``        7. storage requests of an idle open queue
 - ``producers``   8. many processes: ``Producer`` throughput against huey, enqueue-to-claim
                   latency across processes, object-store requests per job and when idle
+- ``tasks``       9. ``taquba.tasks`` against raw claim/ack, and huey's task throughput
 - ``systems``     the adapters (taquba, huey SqliteStorage, persist-queue SQLiteAckQueue)
 - ``latencyfs``   a wrapper fsspec filesystem adding a fixed latency to every request
 - ``motoserver``  a moto S3 server launcher bound to 127.0.0.1

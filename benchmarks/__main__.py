@@ -31,6 +31,9 @@ CHILDREN = {
     "producers_latency_producer": ("producers", "child_latency_producer"),
     "producers_objectstore": ("producers", "child_objectstore"),
     "producers_idle": ("producers", "child_idle"),
+    "tasks_raw": ("tasks", "child_raw"),
+    "tasks_tasks": ("tasks", "child_tasks"),
+    "tasks_huey": ("tasks", "child_huey"),
 }
 
 
@@ -72,6 +75,7 @@ def parser() -> argparse.ArgumentParser:
                    help="repetitions of the producers throughput run per system (3)")
     r.add_argument("--producer-idle-window", type=float,
                    help="seconds to watch an idle owner on an object store (120)")
+    r.add_argument("--tasks-jobs", type=int, help="jobs per tasks run (20000)")
     r.add_argument("--no-moto", action="store_true", help="skip the moto server backend")
     r.add_argument("--workdir", help="where stores are created (default benchmarks/results/work)")
     r.add_argument("--json", dest="json_path",
@@ -116,7 +120,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    from . import history, idle, latency, local, memory, objectstore, producers, report
+    from . import history, idle, latency, local, memory, objectstore, producers, report, tasks
 
     overrides: dict[str, Any] = {
         "n": ns.n, "reps": ns.reps, "payloads": ns.payloads, "threads": ns.threads,
@@ -126,7 +130,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         "rss_pending": ns.rss_pending, "obj_latency": ns.obj_latency,
         "obj_concurrency": ns.obj_concurrency, "idle_window": ns.idle_window,
         "prod_jobs": ns.producer_jobs, "prod_reps": ns.producer_reps,
-        "prod_idle_window": ns.producer_idle_window,
+        "prod_idle_window": ns.producer_idle_window, "tasks_jobs": ns.tasks_jobs,
         "workdir": os.path.abspath(ns.workdir) if ns.workdir else None,
         "moto": False if ns.no_moto else None,
     }
@@ -168,6 +172,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
         ("idle", "7. idle queue", lambda: idle.run(cfg, _log)),
         ("producers", "8. many processes: producers and one owner",
          lambda: producers.run(cfg, systems, _log)),
+        ("tasks", "9. tasks: dispatch overhead and huey's tasks",
+         lambda: tasks.run(cfg, systems, _log)),
     ]
     for key, title, fn in steps:
         if key not in ns.only:

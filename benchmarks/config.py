@@ -8,7 +8,8 @@ from typing import Any
 
 from .common import RESULTS_DIR
 
-SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle", "producers")
+SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle", "producers",
+             "tasks")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,9 @@ class Config:
     prod_obj_jobs: int = 10_000
     prod_idle_settle: float = 30.0
     prod_idle_window: float = 120.0
+    # 9. tasks
+    tasks_jobs: int = 20_000
+    tasks_reps: int = 3
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -71,7 +75,7 @@ QUICK = dict(
     obj_jobs={1: 10, 10: 60, 100: 200}, idle_window=1.0, idle_settle=0.3,
     prod_processes=2, prod_threads=4, prod_jobs=400, prod_reps=1, prod_lat_duration=0.5,
     prod_lat_reps=1, prod_obj_threads=10, prod_obj_jobs=200, prod_idle_settle=0.3,
-    prod_idle_window=1.0,
+    prod_idle_window=1.0, tasks_jobs=300, tasks_reps=1,
 )
 
 

@@ -268,6 +268,8 @@ def render(results: dict[str, Any]) -> str:
     prod = results.get("producers")
     if prod:
         lines += _render_producers(prod, cfg)
+    if results.get("tasks"):
+        lines += _render_tasks(results["tasks"], cfg)
 
     targets = results.get("targets")
     if targets:
@@ -336,6 +338,26 @@ def _render_producers(prod: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
                      f"{idle['settle_s']:.0f} s: {_kinds(idle['requests'])} -> "
                      f"**{_f(idle['per_hour'])} requests per hour**.")
         lines.append("")
+    return lines
+
+
+def _render_tasks(res: dict[str, Any], cfg: dict[str, Any]) -> list[str]:
+    reps = len(res["runs"].get("raw", []))
+    lines = [f"### 9. Tasks: dispatch overhead ({res['workers']} workers, a no-op task, "
+             f"{res['n']:,} jobs, local disk, durable, median of {reps} run"
+             f"{'s' if reps > 1 else ''} taking turns)", ""]
+    what = {"raw": "taquba `claim` + `ack`, 8 threads",
+            "tasks": "taquba `Tasks.run_worker` (defaults: no result kept)",
+            "tasks_with_result": "taquba `Tasks.run_worker`, `store_result=True`",
+            "huey": "huey `SqliteHuey` (fsync), consumer with 8 threads"}
+    raw = res.get("raw_jobs_per_s")
+    rows = []
+    for mode, runs in res["runs"].items():
+        value = res.get(f"{mode}_jobs_per_s")
+        rows.append([what.get(mode, mode), _f(value), _f(_ratio(value, raw), 2, "x"),
+                     "; ".join(_f(r["jobs_per_s"]) for r in runs)])
+    lines += _table(["runner", "jobs/s", "vs raw claim+ack", "jobs/s of each run"], rows)
+    lines.append("")
     return lines
 
 
@@ -432,6 +454,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(_t(f"bytes written per job ({tag})", r.get("bytes_ratio"), "<=", bound,
                           "{:.2f}x payload", f"<= {bound}x payload"))
     out += _producer_targets(results.get("producers") or {})
+    tasks = results.get("tasks") or {}
+    if tasks:
+        value = tasks.get("tasks_jobs_per_s")
+        for name, other, bound in (("raw claim+ack", "raw", 0.8), ("huey tasks", "huey", 3.0)):
+            b = tasks.get(f"{other}_jobs_per_s")
+            t = _t(f"tasks, {tasks['workers']} workers, no-op task vs {name}", _ratio(value, b),
+                   ">=", bound, "{:.2f}x", f">= {bound:g}x")
+            if t["value"] is not None:
+                t["measured"] += f" ({value:,.0f} vs {b:,.0f} jobs/s)"
+            out.append(t)
     idle = results.get("idle")
     if idle:
         out.append(_t("storage requests per minute, idle", idle["per_minute"], "<=", 0.0,

@@ -43,6 +43,7 @@ from .records import (
     WaitOutcome,
     WaitStatus,
 )
+from .tasks import TaskFailed, TaskResult, Tasks
 from .worker import Job, JobView, PermanentFailure, Worker, run_worker, run_worker_concurrent
 
 __all__ = [
@@ -81,6 +82,9 @@ __all__ = [
     "SettlementEffects",
     "StorageError",
     "TaqubaError",
+    "TaskFailed",
+    "TaskResult",
+    "Tasks",
     "TransientStorageError",
     "WaitOutcome",
     "WaitStatus",

@@ -4,7 +4,8 @@
   requests are accepted and all 50 jobs finish; the status view reads through a
   ``QueueReader``; the worker is never fenced and exits 0 on SIGTERM.
 - The Django example: ``manage.py runserver`` (with its reloader) beside ``manage.py
-  runjobs``; ``manage.py check`` while both run disturbs nothing.
+  taquba_worker``; ``manage.py check`` while both run disturbs nothing; the worker runs
+  the tasks it found in the app's ``tasks.py`` and stops cleanly on SIGTERM.
 """
 
 from __future__ import annotations
@@ -146,16 +147,16 @@ def test_flask_under_gunicorn_with_a_worker_process(tmp_path: Path) -> None:
     assert "worker: stopped" in worker_out.read_text()
 
 
-def test_django_runserver_runjobs_and_check(tmp_path: Path) -> None:
+def test_django_runserver_taquba_worker_and_check(tmp_path: Path) -> None:
     pytest.importorskip("django")
     location = tmp_path / "q"
     manage = str(EXAMPLES / "django_app" / "manage.py")
     env = env_for(location, DJANGO_DEBUG="0")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    worker_out = tmp_path / "runjobs.out"
+    worker_out = tmp_path / "taquba_worker.out"
     with open(worker_out, "wb") as out:
-        worker = subprocess.Popen([sys.executable, manage, "runjobs", "-c", "2"], stdout=out,
+        worker = subprocess.Popen([sys.executable, manage, "taquba_worker", "-c", "2"], stdout=out,
                                   stderr=subprocess.STDOUT, env=env)
     web_out = tmp_path / "runserver.out"
     with open(web_out, "wb") as out:
@@ -163,7 +164,7 @@ def test_django_runserver_runjobs_and_check(tmp_path: Path) -> None:
                                stdout=out, stderr=subprocess.STDOUT, env=env,
                                start_new_session=True)  # the reloader's child goes with it
     try:
-        wait_for_output(worker_out, "runjobs: owning", worker)
+        wait_for_output(worker_out, "taquba_worker: owning", worker)
         wait_until_serving(f"{base}/jobs/none/", web)
         check = subprocess.run([sys.executable, manage, "check"], env=env,
                                capture_output=True, text=True, timeout=WAIT)
@@ -174,11 +175,14 @@ def test_django_runserver_runjobs_and_check(tmp_path: Path) -> None:
         job_ids = [body["job_id"] for _, body in answers]
         status = wait_all_done(f"{base}/jobs", job_ids, "/")
         assert [status[j] for j in job_ids] == ["done"] * 20 + ["dead"]
-        assert worker.poll() is None, "runjobs died: a web or check process fenced it"
+        done = [j for j in job_ids if status[j] == "done"]
+        assert {http("GET", f"{base}/jobs/{j}/")[1]["result"]["kind"] for j in done} == \
+            {"daily", "weekly"}
+        assert worker.poll() is None, "taquba_worker died: a web or check process fenced it"
     finally:
         if web.poll() is None:
             os.killpg(web.pid, signal.SIGTERM)
         web.wait(WAIT)
         worker_code = stop(worker)
     assert worker_code == 0, worker_out.read_text()[-3000:]
-    assert "runjobs: stopped" in worker_out.read_text()
+    assert "taquba_worker: stopped" in worker_out.read_text()

@@ -133,3 +133,56 @@ def test_dask_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert len(re.findall(r"^job \S+: item-\d+ -> [0-9a-f]{16}", out, re.MULTILINE)) == 4
     assert "done: 4, dead: 1, pending: 0" in out
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def test_tasks_app_runs_its_demo(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "tasks_app.py"), "--data", str(tmp_path / "q")],
+        capture_output=True, text=True, timeout=WAIT, check=False)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "order 42: total 4.25"
+    assert lines[1] == "follow-up: receipt for order 42: 4.25"
+    assert lines[2] == "refund failed: ValueError: order 7 was never paid"
+    assert lines[3].startswith("schedule taquba.tasks:shop.tidy_up: 0 3 * * * (Europe/Paris)")
+    assert lines[-1] == "stopped"
+    with Queue.open(tmp_path / "q") as q:
+        assert q.stats("orders").done == 1 and q.stats("orders").dead == 1
+        assert q.stats("mail").done == 1  # the follow-up ran exactly once
+
+
+def test_tasks_app_cron_job_runs_when_due(tmp_path: Path) -> None:
+    from taquba import OpenOptions
+
+    app = load_example("tasks_app")
+    clock = [1_800_000_000.0]
+    app.tasks.location = str(tmp_path / "q")
+    app.tasks.options = OpenOptions(clock=lambda: clock[0])
+    shutdown = threading.Event()
+    worker = threading.Thread(target=app.tasks.run_worker,
+                              kwargs={"shutdown": shutdown, "poll_interval": 0.05})
+    worker.start()
+    try:
+        pause = threading.Event()
+        schedules: list[object] = []
+        for _ in range(int(WAIT / 0.01)):
+            q = app.tasks.queue
+            schedules = q.list_schedules() if q is not None else []
+            if schedules:
+                break
+            pause.wait(0.01)
+        assert q is not None and [s.name for s in schedules] == ["taquba.tasks:shop.tidy_up"]
+        clock[0] = schedules[0].next_run_at + 1  # type: ignore[attr-defined]
+        assert q.promote_scheduled_now() == 1
+        for _ in range(int(WAIT / 0.01)):
+            if q.stats("default").done == 1:
+                break
+            pause.wait(0.01)
+        assert q.stats("default").done == 1
+    finally:
+        shutdown.set()
+        worker.join(WAIT)
+    assert not worker.is_alive()

@@ -106,6 +106,13 @@ def test_taquba_scenarios_quick(tmp_path):
     assert obj["requests_per_job"] == obj["requests"] / obj["jobs"] > 0
     assert prod["idle"]["per_hour"] >= 0 and prod["idle"]["inbox_interval_s"] > 0
 
+    tasks = res["tasks"]
+    assert set(tasks["runs"]) == {"raw", "tasks", "tasks_with_result"}  # huey not selected
+    for runs in tasks["runs"].values():
+        assert all(r["n"] == cfg["tasks_jobs"] and _positive(r["jobs_per_s"]) for r in runs)
+    assert any(t["name"].endswith("no-op task vs raw claim+ack") and t["met"] is not None
+               for t in res["targets"])
+
     out = tmp_path / "result.json"
     stored = json.loads(out.read_text())
     stored["targets"] = [{"name": "made up", "measured": "1", "target": "2", "met": False}]
@@ -128,7 +135,7 @@ def test_peers_quick(tmp_path):
     pytest.importorskip("huey")
     pytest.importorskip("persistqueue")
     res, table = _run(tmp_path, "--systems", "taquba,huey,persist-queue", "--only",
-                      "local,latency,producers",
+                      "local,latency,producers,tasks",
                       "--payloads", "64", "--threads", "1,2")
     for system in ("huey", "persist-queue"):
         for threads in (1, 2):
@@ -136,6 +143,9 @@ def test_peers_quick(tmp_path):
             assert _positive(r["enqueue_ops"]) and _positive(r["drain_ops"])
         assert res["latency"][system]["jobs"] > 0
     assert "taquba / huey" in table
+    assert all(_positive(r["jobs_per_s"]) for r in res["tasks"]["runs"]["huey"])
+    assert any(t["name"].endswith("no-op task vs huey tasks") and t["met"] is not None
+               for t in res["targets"])
     assert any(t["name"].startswith("enqueue 2 threads vs huey") and t["met"] is not None
                for t in res["targets"])
     tp = res["producers"]["throughput"]

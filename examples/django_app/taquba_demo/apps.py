@@ -1,6 +1,7 @@
-"""The demo app. Nothing opens the queue when Django starts: web processes submit through a
-``Producer`` (taquba_demo.jobs), and only ``manage.py runjobs`` owns the queue, so
-``runserver``'s reloader, ``manage.py check`` and any number of web workers are harmless."""
+"""The demo app. Nothing opens the queue when Django starts (``taquba.contrib.django`` only
+imports ``tasks.py``): web processes submit through a ``Producer``, and only ``manage.py
+taquba_worker`` owns the queue, so ``runserver``'s reloader, ``manage.py check`` and any
+number of web workers are harmless."""
 
 from django.apps import AppConfig
 

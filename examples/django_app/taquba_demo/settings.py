@@ -4,13 +4,15 @@
 import os
 from pathlib import Path
 
+from taquba import OpenOptions, QueueConfig
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-only-not-a-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 
-INSTALLED_APPS = ["taquba_demo.apps.TaqubaDemoConfig"]
+INSTALLED_APPS = ["taquba.contrib.django", "taquba_demo.apps.TaqubaDemoConfig"]
 MIDDLEWARE = ["django.middleware.common.CommonMiddleware"]
 ROOT_URLCONF = "taquba_demo.urls"
 DATABASES: dict[str, dict[str, str]] = {}  # the queue is the only storage this app needs
@@ -26,7 +28,11 @@ LOGGING = {
     },
 }
 
-# Where the queue lives: a local path, or a URL such as s3://bucket/prefix.
-TAQUBA_LOCATION = os.environ.get("TAQUBA_LOCATION", str(BASE_DIR / "data" / "queue"))
-TAQUBA_QUEUE = "reports"
-TAQUBA_CONCURRENCY = int(os.environ.get("TAQUBA_CONCURRENCY", "4"))
+TAQUBA = {
+    # Where the queue lives: a local path, or a URL such as s3://bucket/prefix.
+    "LOCATION": os.environ.get("TAQUBA_LOCATION", str(BASE_DIR / "data" / "queue")),
+    # The worker keeps finished jobs' records for an hour, for the status view.
+    "OPTIONS": OpenOptions(default_queue_config=QueueConfig(keep_done=3600)),
+    "CONCURRENCY": int(os.environ.get("TAQUBA_CONCURRENCY", "4")),
+    "POLL_INTERVAL": 0.5,
+}

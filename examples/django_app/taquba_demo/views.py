@@ -1,5 +1,6 @@
-"""Views: one submits a job (through the process's Producer), one reports on it (through
-its QueueReader). Neither opens the queue: the ``runjobs`` process owns it."""
+"""Views: one submits a task (``delay`` goes through this process's ``Producer``), one
+reports on it (through a ``QueueReader``). Neither opens the queue: the
+``taquba_worker`` process owns it."""
 
 import json
 
@@ -7,9 +8,11 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from taquba import InvalidArgument
+from taquba import InvalidArgument, JobStatus
+from taquba.contrib.django import tasks as project_tasks
 
 from . import jobs
+from .tasks import build_report
 
 
 @csrf_exempt  # a JSON API called by other programs; keep CSRF for browser forms
@@ -22,8 +25,8 @@ def request_report(request: HttpRequest) -> JsonResponse:
     kind = body.get("kind") if isinstance(body, dict) else None
     if not isinstance(kind, str):
         return JsonResponse({"error": "kind is required"}, status=400)
-    job_id = jobs.producer().enqueue(jobs.queue_name(), json.dumps({"kind": kind}).encode())
-    return JsonResponse({"job_id": job_id}, status=202)
+    result = build_report.delay(kind)
+    return JsonResponse({"job_id": result.id}, status=202)
 
 
 @require_GET
@@ -34,7 +37,10 @@ def job_status(request: HttpRequest, job_id: str) -> JsonResponse:
     except InvalidArgument:
         return JsonResponse({"error": "not a job id"}, status=400)
     if record is None:
-        # Unknown, or submitted and not yet taken in by the runjobs process.
+        # Unknown, or submitted and not yet taken in by the taquba_worker process.
         return JsonResponse({"job_id": job_id, "status": "unknown"}, status=404)
-    return JsonResponse({"job_id": record.id, "status": record.status.value,
-                         "attempts": record.attempts, "last_error": record.last_error})
+    answer = {"job_id": record.id, "status": record.status.value,
+              "attempts": record.attempts, "last_error": record.last_error}
+    if record.status is JobStatus.DONE:
+        answer["result"] = project_tasks.result(job_id).get(timeout=1.0)
+    return JsonResponse(answer)
