@@ -32,6 +32,7 @@ from .producer import Producer
 from .queue import Queue
 from .reader import QueueNotFound, QueueReader
 from .records import (
+    Attempt,
     CancelOutcome,
     Claim,
     EnqueueResult,
@@ -48,6 +49,7 @@ __all__ = [
     "PRIORITY_HIGH",
     "PRIORITY_LOW",
     "PRIORITY_NORMAL",
+    "Attempt",
     "CancelOutcome",
     "Claim",
     "ClaimLost",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import arguments
 from .batch import Batch
 from .config import check_queue_name, to_seconds
+from .core import attempts
 from .core import events as ev
 from .core.codec import id_key
 from .core.jobs import Job
@@ -153,7 +154,8 @@ def nack(q: Queue, claim: Claim, text: str) -> None:
         job = current_job_locked(q, claim, "nack")
         now = q._now()
         if job.cancel_requested:
-            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True)
+            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
+                                cause=attempts.CAUSE_CANCEL)
         elif job.attempts >= job.max_attempts:
             batch = fail_locked(q, job, now, text, dead=True)
         else:
@@ -176,21 +178,23 @@ def release(q: Queue, claim: Claim, text: str) -> None:
         job = current_job_locked(q, claim, "release")
         now = q._now()
         if job.cancel_requested:
-            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True)
+            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
+                                cause=attempts.CAUSE_CANCEL)
         else:
             batch = fail_locked(q, job, now, text, dead=False)
         q._wait_locked(batch)
 
 
 def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
-                run_at: float | None = None) -> Batch:
-    """End the current attempt of ``job`` with ``error``: dead, scheduled or pending."""
+                run_at: float | None = None, cause: int = attempts.CAUSE_HANDLER) -> Batch:
+    """End the current attempt of ``job`` at ``now`` with ``error``: dead, scheduled or
+    pending. ``cause`` (``attempts.CAUSES``) says why, for the attempt history."""
     if dead:
-        event = ev.Failed(job.id, ev.TO_DEAD, now, None, error)
+        event = ev.Failed(job.id, ev.TO_DEAD, now, None, error, cause)
     elif run_at is not None and run_at > now:
-        event = ev.Failed(job.id, ev.TO_SCHEDULED, None, run_at, error)
+        event = ev.Failed(job.id, ev.TO_SCHEDULED, now, run_at, error, cause)
     else:
-        event = ev.Failed(job.id, ev.TO_PENDING, None, None, error)
+        event = ev.Failed(job.id, ev.TO_PENDING, now, None, error, cause)
     batch = q._commit(event)
     q._claims.pop(job.id, None)
     if dead:
@@ -227,7 +231,8 @@ def release_previous_claims(q: Queue) -> None:
                     "with their attempts used up", len(ids), len(spent))
         for job in spent:
             reason = "cancelled: " if job.cancel_requested else ""
-            fail_locked(q, job, now, f"{reason}claim abandoned by a previous process", dead=True)
+            fail_locked(q, job, now, f"{reason}claim abandoned by a previous process", dead=True,
+                        cause=attempts.CAUSE_ABANDONED)
         if ids:
             q._commit(ev.Released(ids))
             for job_id in ids:

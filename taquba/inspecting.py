@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 from . import arguments, views
 from .config import check_job_id, check_queue_name
 from .consuming import fail_locked, promote_due_locked
+from .core import attempts
 from .core import events as ev
 from .errors import FencedError, JobNotFound
-from .records import CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
+from .records import Attempt, CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -38,6 +39,15 @@ def get_job(q: Queue, job_id: str) -> JobRecord | None:
         record = views.job_record(q._state, job_id)
         q._wait_reported_locked()
         return record
+
+
+def attempt_history(q: Queue, job_id: str) -> list[Attempt]:
+    check_job_id(job_id)
+    with q._lock:
+        q._check_open_locked()
+        history = views.attempt_history(q._state, job_id)
+        q._wait_reported_locked()
+        return history
 
 
 def stats(q: Queue, queue: str) -> QueueStats:
@@ -149,9 +159,11 @@ def reap(q: Queue) -> int:
         expired = state.expired_leases(now)
         for job in expired:
             if job.cancel_requested:
-                fail_locked(q, job, now, "cancelled: lease expired", dead=True)
+                fail_locked(q, job, now, "cancelled: lease expired", dead=True,
+                            cause=attempts.CAUSE_CANCEL)
             else:
-                fail_locked(q, job, now, "lease expired", dead=job.attempts >= job.max_attempts)
+                fail_locked(q, job, now, "lease expired", dead=job.attempts >= job.max_attempts,
+                            cause=attempts.CAUSE_LEASE)
         purge: list[str] = []
         for name in list(state.queues):
             cfg = q._config(name)

@@ -52,6 +52,7 @@ from .errors import ConfigError, InvalidArgument
 from .handle import Handle, register, unregister
 from .log import Log
 from .records import (
+    Attempt,
     CancelOutcome,
     Claim,
     EnqueueResult,
@@ -139,6 +140,7 @@ class Queue(Handle):
                        checkpoint_max_segments=options.checkpoint_max_segments,
                        segment_max_bytes=options.segment_max_bytes,
                        background_cleanup=True)
+        holder[0].reset_tallies()  # the metrics count what happens from now on
         q = cls(store, options, _log=log, _state=holder[0])
         consuming.release_previous_claims(q)
         if options.background_threads:
@@ -430,6 +432,17 @@ class Queue(Handle):
         """
         self._ensure_open()
         return inspecting.get_job(self, job_id)
+
+    def attempt_history(self, job_id: str) -> list[Attempt]:
+        """The deliveries of job ``job_id``, oldest first: one :class:`Attempt` each.
+
+        Kept while the job's record is kept (a job acked without ``keep_done`` or cancelled
+        takes its history with it), at most the last ten per job. Empty for a job never
+        delivered or not known. Raises ``InvalidArgument`` for a malformed id.
+        Durability: reports only durable state, as :meth:`get_job`.
+        """
+        self._ensure_open()
+        return inspecting.attempt_history(self, job_id)
 
     def stats(self, queue: str) -> QueueStats:
         """The job counts of ``queue`` (all zero for a queue never used).

@@ -16,9 +16,9 @@ from .config import Buffer, check_job_id, check_queue_name
 from .core.state import State
 from .errors import ConfigError, JobNotFound, QueueClosed
 from .log.reader import LogReader, RootNotFound
-from .records import JobRecord, QueueStats
+from .records import Attempt, JobRecord, QueueStats
 from .storage import Store, open_store
-from .views import dead_page, job_record, kv_key, queue_stats
+from .views import attempt_history, dead_page, job_record, kv_key, queue_stats
 
 
 class QueueNotFound(ConfigError):
@@ -108,6 +108,14 @@ class QueueReader:
         with self._lock:
             self._ensure_open()
             return job_record(self._state, job_id)
+
+    def attempt_history(self, job_id: str) -> list[Attempt]:
+        """The deliveries of job ``job_id``, oldest first (as ``Queue.attempt_history``)."""
+        self._ensure_open()
+        check_job_id(job_id)
+        with self._lock:
+            self._ensure_open()
+            return attempt_history(self._state, job_id)
 
     def stats(self, queue: str) -> QueueStats:
         """Counts of ``queue`` by status (``done`` cumulative)."""
