@@ -15,6 +15,7 @@ from typing import Any
 from .config import Buffer, check_job_id, check_queue_name
 from .core.state import State
 from .errors import ConfigError, JobNotFound, QueueClosed
+from .log.manifest import MANIFEST_DIR
 from .log.reader import LogReader, RootNotFound
 from .records import Attempt, JobRecord, QueueStats
 from .storage import Store, open_store
@@ -155,4 +156,19 @@ class QueueReader:
         return f"QueueReader({self.store.description!r}{', closed' if self._closed else ''})"
 
 
-__all__ = ["JobNotFound", "QueueNotFound", "QueueReader"]
+def holds_queue(location: Any, path: str | None = None, *,
+                storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Whether the root at ``location`` holds a queue (a manifest), with one listing and
+    without reading the queue's state (for a check before submitting to it).
+
+    Raises ``ConfigError`` for a malformed location and ``StorageError`` if the storage
+    cannot be listed.
+    """
+    store = open_store(location, path, storage_options=storage_options)
+    try:
+        return bool(store.list_dir(MANIFEST_DIR))
+    finally:
+        store.close()
+
+
+__all__ = ["JobNotFound", "QueueNotFound", "QueueReader", "holds_queue"]
