@@ -19,7 +19,15 @@ from .consuming import fail_locked, promote_due_locked
 from .core import attempts
 from .core import events as ev
 from .errors import FencedError, JobNotFound
-from .records import Attempt, CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
+from .records import (
+    Attempt,
+    CancelOutcome,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WaitOutcome,
+    WaitStatus,
+)
 
 if TYPE_CHECKING:
     from .queue import Queue

@@ -19,7 +19,14 @@ from .log.manifest import MANIFEST_DIR
 from .log.reader import LogReader, RootNotFound
 from .records import Attempt, JobRecord, QueueStats
 from .storage import Store, open_store
-from .views import attempt_history, dead_page, job_record, kv_key, queue_stats
+from .views import (
+    attempt_history,
+    dead_page,
+    job_record,
+    kv_key,
+    oldest_pending_at,
+    queue_stats,
+)
 
 
 class QueueNotFound(ConfigError):
@@ -125,6 +132,14 @@ class QueueReader:
         with self._lock:
             self._ensure_open()
             return queue_stats(self._state, queue)
+
+    def oldest_pending_at(self, queue: str) -> float | None:
+        """The enqueue time of the oldest pending job of ``queue`` (None if none is)."""
+        self._ensure_open()
+        check_queue_name(queue)
+        with self._lock:
+            self._ensure_open()
+            return oldest_pending_at(self._state, queue)
 
     def list_queues(self) -> list[str]:
         """The names of the queues that have jobs or counts, sorted."""

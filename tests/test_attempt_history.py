@@ -11,13 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from clock import T0, ManualClock
 
 from taquba import Attempt, OpenOptions, Queue, QueueConfig, QueueReader
 from taquba.core import attempts
 from taquba.core import events as ev
 from taquba.core.state import State
-
-from clock import T0, ManualClock
 
 REPO = Path(__file__).resolve().parents[1]
 

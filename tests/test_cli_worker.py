@@ -95,7 +95,7 @@ def test_a_signal_lets_running_jobs_finish(tmp_path: Path, sig: signal.Signals) 
     proc.send_signal(sig)
     err = _wait_for_line(proc, b"finishing the jobs in flight")  # both jobs still wait
     (tmp_path / "go").touch()
-    out, rest = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
     err += rest
     assert proc.returncode == 0, err.decode()
     assert (tmp_path / f"finished-{ids[0]}").exists()

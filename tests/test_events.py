@@ -13,10 +13,10 @@ import pytest
 from clock import T0, ManualClock
 
 from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig
-from taquba.core import attempts
 from taquba.core import events as ev
 from taquba.core import ids
 from taquba.core import snapshot as snap
+from taquba.core.attempts import ENTRY_BYTES
 from taquba.core.codec import RECORD_FORMAT_VERSION
 from taquba.core.state import JOB_BYTES, State
 from taquba.errors import CorruptionError
@@ -472,7 +472,7 @@ def test_live_bytes_follows_what_a_snapshot_holds() -> None:
     s.apply(ev.Claimed(C, 1, T0, 30.0))
     s.apply(ev.Acked(C, True, T0))
     # the kept record of C, with its one delivery in its history
-    assert s.live_bytes == JOB_BYTES + 20 + attempts.ENTRY_BYTES
+    assert s.live_bytes == JOB_BYTES + 20 + ENTRY_BYTES
     s.apply(ev.Purged([C]))
     assert s.live_bytes == 0
 
