@@ -15,6 +15,7 @@ MAX_PAGE = 10_000
 
 
 def job_record(state: State, job_id: str) -> JobRecord | None:
+    """The record of job ``job_id``, or None if it is not kept."""
     job = state.jobs.get(job_id)
     return None if job is None else job.record()
 
@@ -56,6 +57,7 @@ def attempt_history(state: State, job_id: str) -> list[Attempt]:
 
 
 def queue_stats(state: State, queue: str) -> QueueStats:
+    """The counts of ``queue`` (zeros for a queue the state does not know)."""
     index = state.queues.get(queue)
     if index is None:
         return QueueStats(queue=queue)

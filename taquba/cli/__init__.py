@@ -65,6 +65,7 @@ class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line on stderr and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
+        """Raise :class:`UsageError` instead of printing the usage and exiting."""
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
@@ -89,6 +90,7 @@ def storage_options(pairs: Sequence[str] | None) -> dict[str, Any] | None:
 
 
 def _common(parser: argparse.ArgumentParser, *, json_output: bool = False) -> None:
+    """Add the options every command shares (and ``--json`` to the read commands)."""
     parser.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
                         help="an fsspec storage option for a URL location (repeatable)")
     if json_output:
@@ -198,6 +200,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines included) made one space."""
     return " ".join(text.split()) or "failed"
 
 

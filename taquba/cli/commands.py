@@ -71,15 +71,18 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
 
 
 def _print_json(doc: object) -> None:
+    """Print ``doc`` as one indented JSON document."""
     json.dump(doc, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
 
 def _reader(args: argparse.Namespace, options: Options) -> QueueReader:
+    """A reader on the command's location (``QueueNotFound`` when it holds no queue)."""
     return QueueReader.open(args.location, storage_options=options)
 
 
 def _one_line(text: str | None, limit: int = 100) -> str:
+    """``text`` on one line, cut to ``limit`` characters (``-`` for None)."""
     if text is None:
         return "-"
     flat = " ".join(text.split())
@@ -175,6 +178,8 @@ def dead_command(args: argparse.Namespace, options: Options) -> int:
 
 
 def _check_queue_exists(args: argparse.Namespace, options: Options) -> None:
+    """Refuse to submit to a location that holds no queue (a mistyped location would
+    otherwise keep the submission where no owner ever looks)."""
     if not holds_queue(args.location, storage_options=options):
         raise CommandError(f"no queue at {args.location} (a queue is created when its "
                            "first owner opens it, e.g. 'taquba worker')")

@@ -78,14 +78,17 @@ class ShutdownSignals:
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
+        """Handle SIGTERM and SIGINT (call from the main thread)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
 
     def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
 
     def _handle(self, signum: int, frame: object) -> None:
+        """The first signal sets ``shutdown``; a second one ends the process at once."""
         name = signal.Signals(signum).name
         if self.shutdown.is_set():
             os.write(2, f"taquba: {name} again: exiting now\n".encode())
@@ -192,6 +195,8 @@ def worker_command(args: argparse.Namespace, options: Mapping[str, Any] | None) 
 
 
 def _run_tasks(target: Any, args: argparse.Namespace, shutdown: threading.Event) -> None:
+    """Run an object with ``run_worker`` (serving its queue's metrics through ``own()``
+    when asked) until ``shutdown`` is set."""
     kwargs: dict[str, Any] = {"shutdown": shutdown, "concurrency": args.concurrency}
     if args.queues:
         kwargs["queues"] = args.queues
@@ -208,6 +213,8 @@ def _run_tasks(target: Any, args: argparse.Namespace, shutdown: threading.Event)
 
 def _run_handler(handler: Any, args: argparse.Namespace, options: Mapping[str, Any] | None,
                  shutdown: threading.Event) -> None:
+    """Own the queue at ``--location`` and run ``handler`` on each ``--queue`` until
+    ``shutdown`` is set; then close the queue."""
     q = Queue.open(args.location, storage_options=options)
     executor: Executor | None = None
     try:
@@ -227,6 +234,7 @@ def _run_handler(handler: Any, args: argparse.Namespace, options: Mapping[str, A
 
 def _loop(q: Queue, queue: str, handler: Any, args: argparse.Namespace,
           shutdown: threading.Event, executor: Executor | None) -> Callable[[], None]:
+    """The worker loop of one queue, as a function for :func:`_run_threads`."""
     def run() -> None:
         run_worker_concurrent(q, queue, handler, concurrency=args.concurrency,
                               shutdown=shutdown, poll_interval=args.poll_interval,

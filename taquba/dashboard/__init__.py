@@ -185,6 +185,7 @@ class Dashboard:
 
 
 def _handler_class(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
+    """The request handler class of ``dashboard`` (``http.server`` makes one per request)."""
     class Handler(_Handler):
         board = dashboard
     return Handler
@@ -198,12 +199,14 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def log_message(self, format: str, *args: Any) -> None:
+        """Log requests to the ``taquba.dashboard`` logger instead of stderr."""
         logger.info("%s %s", self.address_string(), format % args)
 
     # -- responses -------------------------------------------------------------------------
 
     def _send(self, status: int, body: str, *, content_type: str = "text/html; charset=utf-8",
               headers: Mapping[str, str] | None = None) -> None:
+        """Send a whole response with the security headers."""
         data = body.encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -215,10 +218,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _refuse(self, status: HTTPStatus, reason: str) -> None:
+        """Send a plain-text refusal."""
         self._send(status, f"{status.value} {status.phrase}: {reason}\n",
                    content_type="text/plain; charset=utf-8")
 
     def _redirect(self, location: str, headers: Mapping[str, str] | None = None) -> None:
+        """Send a 303 to ``location`` (a path on this server)."""
         self._send(HTTPStatus.SEE_OTHER, "", headers={"Location": location, **(headers or {})})
 
     # -- checks ----------------------------------------------------------------------------
@@ -252,6 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
         return True
 
     def _csrf_ok(self, form: dict[str, list[str]]) -> bool:
+        """Whether a POST carries this server's CSRF token and, if any, a matching Origin."""
         origin = self.headers.get("Origin")
         if origin is not None and origin != "null" \
                 and urllib.parse.urlsplit(origin).netloc != self.headers.get("Host"):
@@ -262,9 +268,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes ----------------------------------------------------------------------------
 
     def do_HEAD(self) -> None:
+        """As GET, without the body."""
         self.do_GET()
 
     def do_GET(self) -> None:
+        """The pages (see the module docstring)."""
         url = urllib.parse.urlsplit(self.path)
         query = urllib.parse.parse_qs(url.query)
         if not self._allowed(query):
@@ -289,6 +297,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.SERVICE_UNAVAILABLE, pages.not_found(f"{type(exc).__name__}: {exc}"))
 
     def _job(self, job_id: str, message: str | None) -> None:
+        """The page of one job (404 when it is not kept)."""
         check_job_id(job_id)
         reader = self.board.reader
         reader.refresh()
@@ -302,6 +311,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                  self.board.csrf, notes.get(message or "")))
 
     def _dead(self, queue: str, after: str | None) -> None:
+        """A page of a queue's dead jobs after the job ``after``."""
         check_queue_name(queue)
         reader = self.board.reader
         reader.refresh()
@@ -310,6 +320,7 @@ class _Handler(BaseHTTPRequestHandler):
                                                   self.board.csrf))
 
     def do_POST(self) -> None:
+        """Requeue or cancel a job through the producer, then show the job."""
         url = urllib.parse.urlsplit(self.path)
         if not self._allowed(urllib.parse.parse_qs(url.query)):
             return

@@ -170,10 +170,12 @@ def payload_preview(payload: bytes) -> str:
 
 
 def not_found(what: str) -> str:
+    """A page saying what was not found."""
     return page("not found", f"<p>{esc(what)}</p>")
 
 
 def _clip(text: str | None, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (empty for None)."""
     if text is None:
         return ""
     return text if len(text) <= limit else text[:limit - 3] + "..."
