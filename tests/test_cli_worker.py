@@ -33,6 +33,10 @@ HANDLERS = textwrap.dedent('''
         (HERE / f"finished-{claim.id}").touch()
 
 
+    def quick(claim):
+        (HERE / f"finished-{claim.id}").write_text(str(os.getpid()))
+
+
     def forever(claim):
         (HERE / f"started-{claim.id}").touch()
         while True:
@@ -143,3 +147,19 @@ def test_a_runner_target_refuses_handler_options(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2
     assert err.decode().count("\n") == 1 and "opens its own location" in err.decode()
+
+
+def test_the_process_executor_runs_handlers_in_other_processes(tmp_path: Path) -> None:
+    location = str(tmp_path / "q")
+    ids = _seed(location, [b"1", b"2", b"3"])
+    proc = _start(tmp_path, "handlers:quick", "--location", location, "--queue", "work",
+                  "--executor", "process", "-c", "2")
+    for job_id in ids:
+        _wait_for(tmp_path / f"finished-{job_id}", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    pids = {int((tmp_path / f"finished-{job_id}").read_text()) for job_id in ids}
+    assert proc.pid not in pids
+    with Queue.open(location, options=OpenOptions(background_threads=False)) as q:
+        assert q.stats("work").done == 3

@@ -219,3 +219,21 @@ def test_a_token_is_required_when_set(browser: Any, tmp_path: Path) -> None:
         assert len(_cells(browser)) == 2
     finally:
         server.close()
+
+
+def test_throughput_is_acks_a_minute_over_the_last_minute(tmp_path: Path) -> None:
+    from taquba.dashboard import Dashboard
+
+    location = str(tmp_path / "q")
+    _seed(location)
+    board = Dashboard.open(location, port=0)
+    try:
+        assert board._rate("work", 1000.0, 10) is None  # one sample: no rate yet
+        assert board._rate("work", 1030.0, 40) == 60.0  # 30 acks in 30 s
+        assert board._rate("work", 1100.0, 40) == 0.0  # nothing in the last minute
+        rows = board.overview_rows()
+        assert [(s.queue, s.pending) for s, _, _ in rows] == [("emails", 2), ("reports", 0)]
+        assert rows[0][1] is not None and rows[0][1] >= 0  # the oldest pending age
+        assert rows[1][1] is None
+    finally:
+        board.close()
