@@ -3,7 +3,9 @@ ends, carried by checkpoints and seen by readers."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,3 +220,27 @@ def test_a_crash_leaves_abandoned_attempts(tmp_path: Path, max_attempts: int) ->
             else:
                 assert record.status == "pending"
                 assert entry.finished_at is None
+
+
+@pytest.mark.parametrize("name", ["v2-log", "v2-root"])
+def test_stores_from_before_histories_read_with_what_their_records_say(tmp_path: Path,
+                                                                       name: str) -> None:
+    fixtures = Path(__file__).with_name("fixtures")
+    expected = json.loads((fixtures / f"{name}.json").read_text())
+    root = tmp_path / name
+    shutil.copytree(fixtures / name, root)
+    seen = 0
+    with QueueReader.open(str(root)) as r:
+        for job_id, record in expected["jobs"].items():
+            history = r.attempt_history(job_id)
+            if record is None:
+                assert history == []
+                continue
+            assert len(history) <= attempts.MAX_HISTORY
+            for entry in history:
+                assert entry.outcome in (*attempts.OUTCOMES, None)
+            if history and record["status"] == "dead":
+                assert history[-1].outcome == "dead"  # old records carry no cause
+                assert history[-1].error == record["last_error"]
+                seen += 1
+    assert name == "v2-root" or seen  # the log fixture replays its failures
