@@ -1,10 +1,12 @@
 """The cost of metrics: claim+ack throughput with a ``PrometheusCollector`` registered and
 scraped every second, against none, in the same run.
 
-    python -m benchmarks.metrics [--n 20000] [--reps 5] [--threads 1,8] [--json PATH]
+    python -m benchmarks.metrics [--n 20000] [--reps 5] [--threads 1,8] [--backend local]
+                                 [--json PATH]
 
 Each repetition drains ``n`` jobs (enqueued beforehand in one batch, not timed) with
-``threads`` claim+ack loops on a fresh local-disk queue, once without metrics and once with
+``threads`` claim+ack loops on a fresh queue (local disk, or ``--backend memory`` to leave
+out the disk's fsync times, which swing with other load on the machine), once without metrics and once with
 the collector registered and a thread scraping it every ``--interval`` seconds (taking
 turns, so both see the same machine). Reported: the median drain rate and CPU per job of
 each, and their ratio (target: with metrics >= 0.97x without). The per-event tallies the
@@ -33,12 +35,13 @@ from .common import make_payload, median, run_threads
 TARGET = 0.97
 
 
-def drain_once(workdir: str, n: int, threads: int, *, metrics: bool, interval: float
-               ) -> dict[str, float]:
+def drain_once(workdir: str, n: int, threads: int, *, metrics: bool, interval: float,
+               backend: str = "local") -> dict[str, float]:
     """Enqueue ``n`` jobs, then time ``threads`` claim+ack loops draining them."""
     root = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
+    location = root if backend == "local" else f"memory://{os.path.basename(root)}"
     try:
-        q = Queue.open(root, options=OpenOptions(background_threads=False))
+        q = Queue.open(location, options=OpenOptions(background_threads=False))
         try:
             payload = make_payload(64)
             for start in range(0, n, 5000):
@@ -83,19 +86,21 @@ def drain_once(workdir: str, n: int, threads: int, *, metrics: bool, interval: f
     return {"ops": n / seconds, "cpu_us": 1e6 * cpu / n, "scrapes": scrapes[0]}
 
 
-def run(n: int, reps: int, threads: list[int], interval: float, workdir: str
-        ) -> list[dict[str, Any]]:
+def run(n: int, reps: int, threads: list[int], interval: float, workdir: str,
+        backend: str = "local") -> list[dict[str, Any]]:
     """Every thread count, ``reps`` times each way, taking turns; the medians and ratios."""
     rows = []
     for t in threads:
         without: list[dict[str, float]] = []
         with_: list[dict[str, float]] = []
         for _ in range(reps):
-            without.append(drain_once(workdir, n, t, metrics=False, interval=interval))
-            with_.append(drain_once(workdir, n, t, metrics=True, interval=interval))
+            without.append(drain_once(workdir, n, t, metrics=False, interval=interval,
+                                      backend=backend))
+            with_.append(drain_once(workdir, n, t, metrics=True, interval=interval,
+                                    backend=backend))
         base = median([r["ops"] for r in without])
         scraped = median([r["ops"] for r in with_])
-        rows.append({"threads": t, "n": n, "reps": reps,
+        rows.append({"backend": backend, "threads": t, "n": n, "reps": reps,
                      "ops_without": base, "ops_with": scraped, "ratio": scraped / base,
                      "cpu_us_without": median([r["cpu_us"] for r in without]),
                      "cpu_us_with": median([r["cpu_us"] for r in with_]),
@@ -110,6 +115,8 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="drains each way (default 5)")
     p.add_argument("--threads", default="1,8", help="thread counts (default 1,8)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (1)")
+    p.add_argument("--backend", choices=("local", "memory"), default="local",
+                   help="local disk (default) or fsspec's memory filesystem")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--workdir", help="where the queues are created (default: a temp dir)")
     p.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
@@ -118,8 +125,8 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",") if t.strip()]
     workdir = args.workdir or tempfile.gettempdir()
     os.makedirs(workdir, exist_ok=True)
-    rows = run(n, reps, threads, interval, workdir)
-    print(f"claim+ack throughput, local disk, {n} jobs x {reps} reps each way, "
+    rows = run(n, reps, threads, interval, workdir, args.backend)
+    print(f"claim+ack throughput, {args.backend}, {n} jobs x {reps} reps each way, "
           f"scraped every {interval:g}s")
     print(f"{'threads':>7} {'without/s':>10} {'with/s':>10} {'ratio':>6} "
           f"{'cpu us/job':>14} {'scrapes':>7}")
