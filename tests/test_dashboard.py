@@ -237,3 +237,27 @@ def test_throughput_is_acks_a_minute_over_the_last_minute(tmp_path: Path) -> Non
         assert rows[1][1] is None
     finally:
         board.close()
+
+
+def test_dead_jobs_come_in_pages(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    location = str(tmp_path / "q")
+    with Queue.open(location, options=OpenOptions(background_threads=False)) as q:
+        ids = q.enqueue_batch("bulk", [b"%d" % n for n in range(53)])
+        for _ in ids:
+            claim = q.claim("bulk")
+            assert claim is not None
+            q.dead_letter(claim, f"failed {claim.payload.decode()}")
+    server = Server(location)
+    try:
+        browser.get(server.url + "/queues/bulk/dead")
+        first = list(_cells(browser))
+        assert first == ids[:50]
+        browser.find_element(By.LINK_TEXT, "Next page →").click()
+        second = _cells(browser)
+        assert list(second) == ids[50:]
+        assert second[ids[52]][2] == "failed 52"
+        assert browser.find_elements(By.LINK_TEXT, "Next page →") == []
+    finally:
+        server.close()

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import urllib.request
 from pathlib import Path
 
@@ -117,17 +118,50 @@ def test_registering_reads_nothing(tmp_path: Path) -> None:
         assert clock.calls == calls
 
 
-HANDLER = "def handle(claim):\n    pass\n"
+HANDLER = textwrap.dedent("""
+    import contextlib, os
+
+    from taquba import Queue
+    from taquba.worker import run_worker_concurrent
 
 
-def test_the_worker_serves_metrics(tmp_path: Path) -> None:
+    def handle(claim):
+        pass
+
+
+    class OwningTasks:
+        \"\"\"Like taquba.tasks.Tasks: own() yields the queue, run_worker runs on it.\"\"\"
+
+        q = None
+
+        @contextlib.contextmanager
+        def own(self):
+            self.q = Queue.open(os.environ["TAQUBA_TEST_LOCATION"])
+            try:
+                yield self.q
+            finally:
+                self.q.close()
+
+        def run_worker(self, *, shutdown, concurrency):
+            run_worker_concurrent(self.q, "work", handle, concurrency=concurrency,
+                                  shutdown=shutdown)
+
+
+    tasks = OwningTasks()
+""")
+
+
+@pytest.mark.parametrize("target", ["handle", "tasks"])
+def test_the_worker_serves_metrics(tmp_path: Path, target: str) -> None:
     root = str(tmp_path / "q")
     with Queue.open(root, options=OpenOptions(background_threads=False)) as q:
         q.enqueue("work", b"x")
     (tmp_path / "metrics_handler.py").write_text(HANDLER)
-    proc = subprocess.Popen([sys.executable, "-m", "taquba", "worker", "metrics_handler:handle",
-                             "--location", root, "--queue", "work", "--metrics-port", "0"],
-                            cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    where = ["--location", root, "--queue", "work"] if target == "handle" else []
+    proc = subprocess.Popen([sys.executable, "-m", "taquba", "worker",
+                             f"metrics_handler:{target}", *where, "--metrics-port", "0"],
+                            cwd=tmp_path, env={**ENV, "TAQUBA_TEST_LOCATION": root},
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         url = None
