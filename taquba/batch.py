@@ -54,23 +54,34 @@ class Batch:
         self.opened = 0.0  # monotonic time of its first record
 
     def done(self) -> bool:
+        """Whether the batch is resolved: durable (:meth:`error` is None) or lost."""
         return self._done
 
     def error(self) -> BaseException | None:
-        """The failure that lost this batch, or None."""
+        """The failure that lost this batch, or None (durable, or not resolved yet)."""
         return self._error
 
     def prepare_wait(self) -> None:
-        """Make the Condition a waiter sleeps on (under the owner's lock, before waiting)."""
+        """Make the Condition a waiter sleeps on. Call it under the owner's lock, before
+        releasing that lock to :meth:`wait`, so a resolution in between is not missed."""
         if self._cond is None:
             self._cond = Gate()
 
     def set_result(self) -> None:
-        """Mark the batch durable and wake its waiters (one by one: see :meth:`wait`)."""
+        """Mark the batch durable and wake its waiters (one by one: see :meth:`wait`).
+
+        Called once, by whoever wrote the batch, after the write returned; a batch is
+        resolved only once (by this or :meth:`set_exception`).
+        """
         self._resolve(None)
 
     def set_exception(self, exc: BaseException) -> None:
-        """Mark the batch lost to ``exc`` and wake its waiters."""
+        """Mark the batch lost to ``exc`` and wake its waiters, who then raise it.
+
+        Args:
+            exc: the error of the failed write (a ``StorageError``, or ``FencedError``
+                when a newer writer took over).
+        """
         self._resolve(exc)
 
     def _resolve(self, exc: BaseException | None) -> None:
@@ -85,7 +96,10 @@ class Batch:
             cond.notify()
 
     def nudge(self) -> None:
-        """Wake one waiter, or the next to wait, without resolving: it is to write the batch."""
+        """Wake one waiter, or the next to wait, without resolving: it is to write the batch.
+
+        :meth:`wait` then returns False to that waiter, once.
+        """
         cond = self._cond
         if cond is None:
             self._nudged = True
@@ -98,8 +112,14 @@ class Batch:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the batch is resolved, ``timeout`` passes, or a nudge comes.
 
-        Returns whether it is resolved (look at :meth:`error`). A waiter that returns
-        resolved wakes the next one. Requires :meth:`prepare_wait` first.
+        Args:
+            timeout: the longest wait in seconds (None: no limit).
+
+        Returns:
+            Whether the batch is resolved (then look at :meth:`error`); False after a
+            timeout or a nudge. A waiter that returns resolved wakes the next one.
+
+        Requires :meth:`prepare_wait` first (an ``AssertionError`` otherwise).
         """
         cond = self._cond
         assert cond is not None, "prepare_wait() first"

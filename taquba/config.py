@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import cast
+from typing import TypedDict, cast
 
 from .errors import ConfigError, InvalidArgument
 
@@ -28,8 +28,11 @@ MAX_HEADER_BYTES = 65536
 MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
 
 Buffer = bytes | bytearray | memoryview
-Duration = float | int | timedelta
-PointInTime = float | int | datetime
+"""A payload, key or value: ``bytes``, or a ``bytearray`` / ``memoryview`` copied on the call."""
+Duration = float | timedelta
+"""A duration: seconds (an ``int`` or ``float``) or a ``timedelta``."""
+PointInTime = float | datetime
+"""A point in time: epoch seconds (an ``int`` or ``float``) or an aware ``datetime``."""
 
 _JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
@@ -167,9 +170,42 @@ def check_headers(headers: object) -> dict[str, str]:
 _DEFAULT_DEAD_RETENTION = 7 * 24 * 3600.0
 
 
+class EnqueueKwargs(TypedDict, total=False):
+    """The keyword options of ``enqueue`` (``Queue.enqueue``, ``Producer.enqueue``): the
+    fields of :class:`EnqueueOptions`, each optional."""
+
+    priority: int
+    run_at: PointInTime
+    delay: Duration
+    dedup_key: str
+    max_attempts: int
+    headers: Mapping[str, str]
+    job_id: str
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class QueueConfig:
-    """Per-queue behaviour. Durations are seconds (or ``timedelta``)."""
+    """Per-queue behaviour, set for a queue by :attr:`OpenOptions.queue_configs` (or for
+    every other queue by :attr:`OpenOptions.default_queue_config`).
+
+    Durations are seconds or a ``timedelta``; after construction every duration field holds
+    float seconds. A bad value raises :class:`~taquba.errors.ConfigError` naming the field.
+
+    Attributes:
+        max_attempts: how many times a job may be claimed before a failure makes it dead
+            (1..2**31; default 3). ``EnqueueOptions.max_attempts`` overrides it per job.
+        lease: how long a claim holds its job before the reaper puts it back (> 0; default
+            30 s). ``claim(lease=...)`` overrides it per claim, and ``renew_lease`` extends it.
+        default_priority: the priority of a job enqueued without one (0..2**32-1, lower
+            runs first; default ``PRIORITY_NORMAL``).
+        retry_backoff_base: the delay before the retry after the first failure (>= 0;
+            default 1 s); it doubles with every further failure. 0 retries at once.
+        retry_backoff_max: the longest such delay (>= 0; default 300 s).
+        keep_done: how long an acked job stays visible as ``DONE`` (``get_job``,
+            ``wait_for_completion``); None (the default) forgets it at the ack.
+        dead_retention: how long a dead job is kept before it is deleted (default 7 days);
+            None keeps dead jobs until they are requeued.
+    """
 
     max_attempts: int = 3
     lease: Duration = 30.0
@@ -209,47 +245,67 @@ class QueueConfig:
 class OpenOptions:
     """Options for :meth:`taquba.Queue.open`.
 
-    Tuning knobs beyond the API contract:
+    Durations are seconds or a ``timedelta``; after construction every duration field holds
+    float seconds. A bad value raises :class:`~taquba.errors.ConfigError` naming the field.
 
-    - ``max_batch_bytes``: the largest segment the committer writes in one PUT.
-    - ``checkpoint_min_bytes`` / ``checkpoint_ratio``: a checkpoint (a snapshot of the live
-      state, after which older objects are deleted) is written once what a reopen would read
-      holds more superseded bytes — records of finished jobs, replaced KV values, the parts of
-      the last snapshot that no longer hold — than ``max(checkpoint_min_bytes,
-      checkpoint_ratio * live state)``. So a reopen reads at most about ``1 + ratio`` times the
-      live state plus the floor, and a backlog that is still live is never copied again; a
-      larger ratio writes fewer bytes (fewer checkpoints), a smaller one reopens faster. Past
-      ``checkpoint_max_segments`` segments a checkpoint is also written once the log since the
-      last one outgrows it, which bounds the number of objects read at reopen.
-    - ``segment_max_bytes``: on local disk, commits are appended to the current segment file
-      (one ``fdatasync`` each) until it holds this many bytes; 0 writes every commit as a
-      file of its own (two fsyncs). Object stores always write one object per commit.
-    - ``storage_retries`` / ``storage_retry_delay``: bounded retries of transient storage errors.
-    - ``storage_retry_budget``: the most time one storage call may take, retries included
-      (plus one second per 8 MiB it moves); an unreachable backend then raises
-      ``TransientStorageError`` within it. For a cloud URL the library's own retries are
-      turned off and its connect/read timeouts fit this budget, unless ``storage_options``
-      sets them.
-    - ``fence_check_interval``: how often (seconds) an open queue asks the storage, with one
-      small request, whether another process has opened the same root since (and so taken
-      it over). Once it has, every call on this handle raises ``FencedError``, reads
-      included, and the worker loops stop and re-raise it. A handle finds out at its next
-      write anyway; the check is for handles that are idle or only read. The default, 30 s,
-      costs an idle queue 3600 / 30 = 120 requests an hour; ``None`` turns the check off.
-      It runs with the other background threads (``background_threads``); without them,
-      call :meth:`taquba.Queue.check_fence_now`.
-
-    Intake of submissions from :class:`~taquba.Producer` processes (see ``taquba.inbox``):
-
-    - ``inbox_interval``: on object stores, the longest wait between two looks at the
-      inbox, reached by doubling from ``inbox_busy_interval`` while nothing arrives; so an
-      idle queue lists its inbox at most ``3600 / inbox_interval`` times an hour (360 at the
-      default 10 s) and a submission to an idle queue waits at most this long. ``None``
-      turns intake off. On local disk and memory the inbox is looked at every 5 ms
-      (a directory listing costs next to nothing), so submissions arrive almost at once.
-    - ``inbox_busy_interval``: the wait between looks while submissions flow (object stores).
-    - ``inbox_retention``: a producer's high-water mark is forgotten once it has submitted
-      nothing for this long (default 7 days), which bounds the state.
+    Attributes:
+        reaper_interval: how often the ``taquba-reaper`` thread puts back jobs whose lease
+            expired and sweeps retention (:meth:`~taquba.Queue.reap_now`; > 0, default 5 s).
+        scheduler_interval: how often the ``taquba-scheduler`` thread makes due scheduled
+            jobs pending (:meth:`~taquba.Queue.promote_scheduled_now`; > 0, default 1 s).
+            A claim also promotes the due jobs of its queue first.
+        default_queue_config: the :class:`QueueConfig` of every queue not named in
+            ``queue_configs``.
+        queue_configs: a :class:`QueueConfig` per queue name.
+        clock: a zero-argument callable returning epoch seconds, in place of
+            ``time.time`` (tests pass a manual clock; default None).
+        max_batch_bytes: the largest segment the committer writes in one PUT (default
+            8 MiB); a larger group of records is split.
+        checkpoint_min_bytes, checkpoint_ratio: a checkpoint (a snapshot of the live state,
+            after which older objects are deleted) is written once what a reopen would read
+            holds more superseded bytes (records of finished jobs, replaced KV values, the
+            parts of the last snapshot that no longer hold) than ``max(checkpoint_min_bytes,
+            checkpoint_ratio * live state)``. So a reopen reads at most about ``1 + ratio``
+            times the live state plus the floor, and a backlog that is still live is never
+            copied again; a larger ratio writes fewer bytes (fewer checkpoints), a smaller
+            one reopens faster. Defaults 1 MiB and 4.0.
+        checkpoint_max_segments: past this many segments since the last checkpoint, a
+            checkpoint is also written once that log outgrows it, which bounds the number
+            of objects a reopen reads (default 256).
+        segment_max_bytes: on local disk, commits are appended to the current segment file
+            (one ``fdatasync`` each) until it holds this many bytes (default 8 MiB); 0
+            writes every commit as a file of its own (two fsyncs). Object stores always
+            write one object per commit.
+        storage_retries, storage_retry_delay: how many times a transient storage error is
+            retried (default 6), and the delay before the first retry (default 0.05 s; it
+            doubles with each retry, up to 2 s).
+        background_threads: whether ``Queue.open`` starts the reaper, scheduler, fence-check
+            and intake threads (default True). Without them, call the ``*_now`` methods.
+        storage_retry_budget: the most time one storage call may take, retries included
+            (plus one second per 8 MiB it moves; default 10 s); an unreachable backend then
+            raises ``TransientStorageError`` within it. For a cloud URL the library's own
+            retries are turned off and its connect/read timeouts fit this budget, unless
+            ``storage_options`` sets them.
+        fence_check_interval: how often an open queue asks the storage, with one small
+            request, whether another process has opened the same root since (and so taken
+            it over). Once it has, every call on this handle raises ``FencedError``, reads
+            included, and the worker loops stop and re-raise it. A handle finds out at its
+            next write anyway; the check is for handles that are idle or only read. The
+            default, 30 s, costs an idle queue 3600 / 30 = 120 requests an hour; None turns
+            the check off. Without ``background_threads``, call
+            :meth:`~taquba.Queue.check_fence_now`.
+        inbox_interval: intake of submissions from :class:`~taquba.Producer` processes
+            (see ``taquba.inbox``). On object stores, the longest wait between two looks at
+            the inbox, reached by doubling from ``inbox_busy_interval`` while nothing
+            arrives; so an idle queue lists its inbox at most ``3600 / inbox_interval``
+            times an hour (360 at the default 10 s) and a submission to an idle queue waits
+            at most this long. None turns intake off. On local disk and memory the inbox is
+            looked at every 5 ms (a directory listing costs next to nothing), so
+            submissions arrive almost at once.
+        inbox_busy_interval: the wait between looks at the inbox while submissions flow
+            (object stores; default 0.25 s).
+        inbox_retention: a producer's high-water mark is forgotten once it has submitted
+            nothing for this long (default 7 days), which bounds the state.
     """
 
     reaper_interval: Duration = 5.0
@@ -335,12 +391,34 @@ class OpenOptions:
             )
 
     def config_for(self, queue: str) -> QueueConfig:
+        """The :class:`QueueConfig` of ``queue``: its entry in ``queue_configs``, or
+        ``default_queue_config``."""
         return self.queue_configs.get(queue, self.default_queue_config)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EnqueueOptions:
-    """Per-call overrides for :meth:`taquba.Queue.enqueue_with`. ``None`` inherits."""
+    """Per-call options of an enqueue (:meth:`taquba.Queue.enqueue_with`; ``enqueue`` takes
+    the same fields as keywords, :class:`EnqueueKwargs`). ``None`` inherits the queue's
+    :class:`QueueConfig`. A bad value raises :class:`~taquba.errors.InvalidArgument`.
+
+    Attributes:
+        priority: 0..2**32-1, lower runs first (``PRIORITY_HIGH``, ``PRIORITY_NORMAL``,
+            ``PRIORITY_LOW``); jobs of one priority run in enqueue order.
+        run_at: when the job becomes pending: epoch seconds or an aware ``datetime``
+            (stored as epoch seconds). A time not in the future makes it pending at once.
+        delay: seconds (or a ``timedelta``) from now until the job becomes pending; not
+            together with ``run_at``.
+        dedup_key: a non-empty str of at most 1024 UTF-8 bytes. While a pending or
+            scheduled job of the queue holds the key, an enqueue with it creates nothing and
+            returns that job's id; the key is released when its job is first claimed or is
+            cancelled.
+        max_attempts: overrides ``QueueConfig.max_attempts`` for this job (1..2**31).
+        headers: str to str metadata stored with the job (at most 64 KiB in all), handed
+            to the worker as ``claim.headers``.
+        job_id: the job's id instead of a generated one: 1-128 characters of
+            ``[A-Za-z0-9_-]``; an id already in use raises ``InvalidArgument``.
+    """
 
     priority: int | None = None
     run_at: PointInTime | None = None

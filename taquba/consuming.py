@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import arguments
 from .batch import Batch
@@ -26,6 +26,7 @@ from .errors import ClaimLost, InvalidArgument
 from .records import Claim, JobStatus, WaitOutcome, WaitStatus
 
 if TYPE_CHECKING:
+    from .handle import Handle
     from .queue import Queue
 
 logger = logging.getLogger("taquba.queue")
@@ -33,7 +34,7 @@ logger = logging.getLogger("taquba.queue")
 MAX_CLAIM_BATCH = 10_000
 
 
-def claim(q: Queue, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Claim]:
+def claim(q: Queue, queue: str, max_jobs: int, lease: object, wait: object) -> list[Claim]:
     """Up to ``max_jobs`` claims on ``queue``, waiting up to ``wait`` for the first."""
     check_queue_name(queue)
     lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
@@ -83,7 +84,7 @@ def claim(q: Queue, queue: str, max_jobs: int, lease: Any, wait: Any) -> list[Cl
     return claims
 
 
-def promote_due_locked(q: Queue, now: float) -> int:
+def promote_due_locked(q: Handle, now: float) -> int:
     """Make the scheduled jobs due at ``now`` pending and wake their claimers."""
     due = q._state.due_scheduled(now)
     if not due:
@@ -185,7 +186,7 @@ def release(q: Queue, claim: Claim, text: str) -> None:
         q._wait_locked(batch)
 
 
-def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
+def fail_locked(q: Handle, job: Job, now: float, error: str, *, dead: bool,
                 run_at: float | None = None, cause: int = attempts.CAUSE_HANDLER) -> Batch:
     """End the current attempt of ``job`` at ``now`` with ``error``: dead, scheduled or
     pending. ``cause`` (``attempts.CAUSES``) says why, for the attempt history."""
@@ -204,7 +205,7 @@ def fail_locked(q: Queue, job: Job, now: float, error: str, *, dead: bool,
     return batch
 
 
-def renew_lease(q: Queue, claim: Claim, extension: Any) -> None:
+def renew_lease(q: Queue, claim: Claim, extension: object) -> None:
     """Move the lease of ``claim`` to now + ``extension``."""
     seconds = to_seconds(extension, "extension", allow_zero=False)
     with q._lock:

@@ -1,8 +1,9 @@
 """The inside of a queue handle: its lock, its one mutation path, and when it refuses.
 
-:class:`Handle` is the base of :class:`~taquba.queue.Queue`; the public methods live there
-and in the modules by concern (producing.py, consuming.py, inspecting.py, intake.py), which
-all work through what is here:
+:class:`Handle` is the base of :class:`~taquba.queue.Queue` (through
+:class:`~taquba.operations.Operations`); the public methods live in those two, and the work
+in the modules by concern (producing.py, consuming.py, inspecting.py, intake.py), which all
+work through what is here:
 
 - :meth:`Handle._commit` is the one mutation path: a state change is one event
   (core/events.py), encoded, applied to the state and handed to the committer in one lock

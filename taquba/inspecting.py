@@ -1,8 +1,8 @@
 """Looking at jobs and operating on them: the inspecting side of
 :class:`~taquba.queue.Queue`, and the background ticks (reaper sweep, scheduler).
 
-Functions of the queue handle ``q`` (the methods of ``Queue`` call them after their
-``QueueClosed`` check); the ones named ``*_locked`` expect ``q._lock`` held. Reads look at
+Functions of the queue handle ``q`` (the methods of ``Queue``, in operations.py, call them
+after their ``QueueClosed`` check); the ones named ``*_locked`` expect ``q._lock`` held. Reads look at
 the in-memory state under the lock; every change goes through ``q._commit(event)``.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import arguments, views
 from .config import check_job_id, check_queue_name
@@ -30,7 +30,7 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .queue import Queue
+    from .handle import Handle
 
 logger = logging.getLogger("taquba.queue")
 
@@ -40,7 +40,7 @@ _MAX_WAIT = 3600.0  # longest single sleep; longer waits loop
 promote_locked = promote_due_locked
 
 
-def get_job(q: Queue, job_id: str) -> JobRecord | None:
+def get_job(q: Handle, job_id: str) -> JobRecord | None:
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -49,7 +49,8 @@ def get_job(q: Queue, job_id: str) -> JobRecord | None:
         return record
 
 
-def attempt_history(q: Queue, job_id: str) -> list[Attempt]:
+def attempt_history(q: Handle, job_id: str) -> list[Attempt]:
+    """The deliveries of ``job_id``, oldest first (as reported: once durable)."""
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -58,7 +59,7 @@ def attempt_history(q: Queue, job_id: str) -> list[Attempt]:
         return history
 
 
-def stats(q: Queue, queue: str) -> QueueStats:
+def stats(q: Handle, queue: str) -> QueueStats:
     check_queue_name(queue)
     with q._lock:
         q._check_open_locked()
@@ -67,7 +68,7 @@ def stats(q: Queue, queue: str) -> QueueStats:
         return result
 
 
-def list_queues(q: Queue) -> list[str]:
+def list_queues(q: Handle) -> list[str]:
     with q._lock:
         q._check_open_locked()
         names = sorted(q._state.queues)
@@ -75,7 +76,7 @@ def list_queues(q: Queue) -> list[str]:
         return names
 
 
-def dead_jobs(q: Queue, queue: str, after: str | None, limit: int) -> list[JobRecord]:
+def dead_jobs(q: Handle, queue: str, after: str | None, limit: int) -> list[JobRecord]:
     views.check_page(queue, after, limit)
     with q._lock:
         q._check_open_locked()
@@ -84,7 +85,7 @@ def dead_jobs(q: Queue, queue: str, after: str | None, limit: int) -> list[JobRe
         return page
 
 
-def requeue_dead_job(q: Queue, job_id: str) -> None:
+def requeue_dead_job(q: Handle, job_id: str) -> None:
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -97,7 +98,7 @@ def requeue_dead_job(q: Queue, job_id: str) -> None:
         q._wait_locked(batch)
 
 
-def cancel(q: Queue, job_id: str) -> CancelOutcome:
+def cancel(q: Handle, job_id: str) -> CancelOutcome:
     check_job_id(job_id)
     with q._lock:
         q._check_open_locked()
@@ -119,7 +120,7 @@ def cancel(q: Queue, job_id: str) -> CancelOutcome:
         return CancelOutcome.REMOVED
 
 
-def wait_for_completion(q: Queue, job_id: str, timeout: Any) -> WaitOutcome:
+def wait_for_completion(q: Handle, job_id: str, timeout: object) -> WaitOutcome:
     check_job_id(job_id)
     seconds = arguments.wait_seconds(timeout, "timeout")
     deadline = time.monotonic() + seconds
@@ -158,7 +159,7 @@ def wait_for_completion(q: Queue, job_id: str, timeout: Any) -> WaitOutcome:
                 q._final.pop(job_id, None)
 
 
-def reap(q: Queue) -> int:
+def reap(q: Handle) -> int:
     """Requeue (or dead-letter) jobs whose lease expired and sweep retention."""
     with q._lock:
         q._check_open_locked()
@@ -184,7 +185,7 @@ def reap(q: Queue) -> int:
         return len(expired)
 
 
-def check_fence(q: Queue) -> None:
+def check_fence(q: Handle) -> None:
     """Ask the log whether a newer writer exists; if so, the handle refuses from now on."""
     with q._lock:
         q._check_open_locked()

@@ -25,11 +25,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .arguments import batch_items, payload_bytes
 from .config import (
     Buffer,
+    EnqueueKwargs,
     EnqueueOptions,
     check_job_id,
     check_queue_name,
@@ -46,7 +47,10 @@ from .inbox import (
     object_name,
     submission_frames,
 )
-from .storage import ObjectExists, Store, open_store
+from .storage import Location, ObjectExists, Store, open_store
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 _PLAIN = EnqueueOptions()
 
@@ -109,8 +113,8 @@ class Producer:
             self.store = self._store_factory()
 
     @classmethod
-    def open(cls, location: Any, path: str | None = None, *,
-             storage_options: Mapping[str, Any] | None = None,
+    def open(cls, location: Location, path: str | None = None, *,
+             storage_options: Mapping[str, object] | None = None,
              clock: Callable[[], float] | None = None) -> Producer:
         """Open a producer on the queue root at ``location`` (as for ``Queue.open``).
 
@@ -120,12 +124,15 @@ class Producer:
             path: the root inside a filesystem instance (or appended to ``location``).
             storage_options: passed to fsspec for URLs.
             clock: a zero-argument callable returning epoch seconds, used to turn
-                ``delay=`` into a time (default ``time.time``).
+                ``delay=`` into a time and to make job ids (default ``time.time``).
 
-        Nothing is written at open; the root need not hold a queue yet.
+        Returns:
+            The open producer. The root need not hold a queue yet.
 
         Raises:
             ConfigError: a malformed location or option.
+
+        Durability: nothing is written at open.
         """
         if clock is not None and not callable(clock):
             raise ConfigError(f"clock must be a zero-argument callable, got {clock!r}")
@@ -137,13 +144,18 @@ class Producer:
         return cls(factory, clock=clock)
 
     def __enter__(self) -> Producer:
+        """The producer itself: ``with Producer.open(...) as p:`` closes it at the end."""
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        """Release the storage connection. Idempotent; later calls raise ``QueueClosed``."""
+        """Release the storage connection. Idempotent.
+
+        A submission being written when ``close`` is called finishes first; later calls
+        raise ``QueueClosed``.
+        """
         with self._cond:
             if self._closed:
                 return
@@ -154,21 +166,33 @@ class Producer:
 
     @property
     def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
         return self._closed
 
     # -- submitting ------------------------------------------------------------------------
 
-    def enqueue(self, queue: str, payload: Buffer, **options: Any) -> str:
-        """Submit one job; keyword options as in :class:`~taquba.EnqueueOptions`.
+    def enqueue(self, queue: str, payload: Buffer, **options: Unpack[EnqueueKwargs]) -> str:
+        """Submit one job; the owner creates it when it takes the submission in.
 
-        Returns the job's id once the submission is durable. ``delay=`` counts from now
-        (this process's clock). A ``dedup_key`` is applied when the owner takes the job in:
-        if a pending or scheduled job of the queue holds the key then, no job is created.
+        Args:
+            queue: the queue's name (1-255 UTF-8 bytes).
+            payload: the job's bytes (``bytes``, ``bytearray`` or ``memoryview``, copied).
+            **options: the fields of :class:`~taquba.EnqueueOptions` (see
+                :class:`~taquba.config.EnqueueKwargs`). ``delay=`` counts from now (this
+                process's clock). A ``dedup_key`` is applied when the owner takes the job
+                in: if a pending or scheduled job of the queue holds the key then, no job
+                is created.
+
+        Returns:
+            The job's id (chosen here, so known before the owner takes the job in).
 
         Raises:
             InvalidArgument: a bad queue name, payload or option (nothing is written).
             QueueClosed: the producer is closed.
             StorageError: the submission could not be written (it may still have landed).
+
+        Durability: returns once the submission is durable under the root (its inbox
+        object fsynced, or acknowledged by the object store); no owner needs to be running.
         """
         self._ensure_open()
         if not options:
@@ -180,7 +204,24 @@ class Producer:
         return self._enqueue(queue, payload, opts)
 
     def enqueue_with(self, queue: str, payload: Buffer, options: EnqueueOptions) -> str:
-        """Submit one job with explicit :class:`~taquba.EnqueueOptions`; as :meth:`enqueue`."""
+        """Submit one job with explicit :class:`~taquba.EnqueueOptions`; as :meth:`enqueue`.
+
+        Args:
+            queue: the queue's name.
+            payload: the job's bytes.
+            options: an :class:`~taquba.EnqueueOptions`.
+
+        Returns:
+            The job's id.
+
+        Raises:
+            InvalidArgument: ``options`` is not an ``EnqueueOptions``, or a bad queue name
+                or payload (nothing is written).
+            QueueClosed: the producer is closed.
+            StorageError: the submission could not be written (it may still have landed).
+
+        Durability: as for :meth:`enqueue`.
+        """
         self._ensure_open()
         if not isinstance(options, EnqueueOptions):
             raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
@@ -189,7 +230,19 @@ class Producer:
     def enqueue_batch(self, queue: str, payloads: Iterable[Buffer]) -> list[str]:
         """Submit many jobs that the owner creates all together or not at all.
 
-        Returns their ids in input order, once the submission is durable.
+        Args:
+            queue: the queue's name.
+            payloads: an iterable of payloads, each as for :meth:`enqueue`.
+
+        Returns:
+            Their ids, in input order (empty for no payloads).
+
+        Raises:
+            InvalidArgument: a bad queue name or payload, or too many (nothing is written).
+            QueueClosed: the producer is closed.
+            StorageError: the submission could not be written (it may still have landed).
+
+        Durability: as for :meth:`enqueue`; the jobs are one submission.
         """
         self._ensure_open()
         items = batch_items(payloads)
@@ -203,15 +256,42 @@ class Producer:
         return list(job_ids)
 
     def cancel(self, job_id: str) -> None:
-        """Submit ``Queue.cancel(job_id)``: the owner removes the job if it is pending or
-        scheduled, or asks its running handler to stop. Returns once durable."""
+        """Submit ``Queue.cancel(job_id)``.
+
+        When the owner takes this in, it removes the job if it is pending or scheduled, or
+        asks its running handler to stop; an unknown, done or dead job is left alone. The
+        outcome is not reported back.
+
+        Args:
+            job_id: the job's id.
+
+        Raises:
+            InvalidArgument: a malformed id.
+            QueueClosed: the producer is closed.
+            StorageError: the submission could not be written (it may still have landed).
+
+        Durability: as for :meth:`enqueue`.
+        """
         self._ensure_open()
         check_job_id(job_id)
         self._submit(SubmitCancel(job_id))
 
     def requeue_dead_job(self, job_id: str) -> None:
-        """Submit ``Queue.requeue_dead_job(job_id)``: if the job is dead when the owner
-        takes this in, it goes back to pending with its attempts reset."""
+        """Submit ``Queue.requeue_dead_job(job_id)``.
+
+        If the job is dead when the owner takes this in, it goes back to pending with its
+        attempts reset; otherwise nothing happens (not reported back).
+
+        Args:
+            job_id: the job's id.
+
+        Raises:
+            InvalidArgument: a malformed id.
+            QueueClosed: the producer is closed.
+            StorageError: the submission could not be written (it may still have landed).
+
+        Durability: as for :meth:`enqueue`.
+        """
         self._ensure_open()
         check_job_id(job_id)
         self._submit(SubmitRequeueDead(job_id))

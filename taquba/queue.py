@@ -23,10 +23,12 @@ Rules this module keeps:
 - Once the handle knows it has been fenced (a write lost to a newer writer, or
   ``check_fence_now`` saw a newer manifest), every call raises ``FencedError``, reads included.
 
-This module holds the public methods; the lock, the mutation path and the refusals are in
-handle.py (the base class), and the work is done by concern in producing.py (enqueues), consuming.py (claims and settling them),
-inspecting.py (looking at jobs, operating on them, the background ticks) and intake.py
-(taking in what producers submitted).
+This module holds the public methods that open and close a queue, enqueue, claim and settle;
+those that look at jobs, operate on them and run the background ticks are in operations.py
+(a base class). The lock, the mutation path and the refusals are in handle.py (the base of
+both), and the work is done by concern in producing.py (enqueues), consuming.py (claims and
+settling them), inspecting.py (looking at jobs, operating on them, the background ticks)
+and intake.py (taking in what producers submitted).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING
 
-from . import arguments, consuming, inspecting, intake, producing
+from . import arguments, consuming, intake, producing
 from .background import Background
 from .config import (
     MAX_PAYLOAD_SIZE,
     Buffer,
+    Duration,
+    EnqueueKwargs,
     EnqueueOptions,
     OpenOptions,
     check_queue_name,
@@ -49,18 +53,17 @@ from .config import (
 from .core import events as ev
 from .core.state import State
 from .errors import ConfigError, InvalidArgument
-from .handle import Handle, register, unregister
+from .handle import register, unregister
 from .log import Log
+from .operations import Operations
 from .records import (
-    Attempt,
-    CancelOutcome,
     Claim,
     EnqueueResult,
-    JobRecord,
-    QueueStats,
-    WaitOutcome,
 )
-from .storage import Store, open_store
+from .storage import Location, Store, open_store
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("taquba.queue")
 
@@ -68,12 +71,18 @@ MAX_CLAIM_BATCH = consuming.MAX_CLAIM_BATCH
 _PLAIN = EnqueueOptions()
 
 
-class Queue(Handle):
+class Queue(Operations):
     """A durable task queue on one fsspec root. Open it with :meth:`Queue.open`.
 
-    One handle per root and process; it is thread-safe. Every method raises
-    ``QueueClosed`` after :meth:`close`, ``FencedError`` once another process has opened
-    the root, and ``QueueBroken`` after a storage failure (reopen to recover).
+    One handle per root and process; it is thread-safe. Besides the errors each method
+    lists, every method raises ``QueueClosed`` after :meth:`close`, ``FencedError`` once
+    another process has opened the root (and taken the queue over), and ``QueueBroken``
+    after a storage failure broke the handle (reopen to recover) or in a process forked
+    from the one that opened it.
+
+    Durations are seconds (``int`` or ``float``) or a ``timedelta``. A method that changes
+    the queue either returns once its change is durable ("Durability" in each docstring)
+    or says that it does not wait; a read reports only durable state.
     """
 
     def __init__(self, store: Store, options: OpenOptions, *, _log: Log, _state: State) -> None:
@@ -95,15 +104,18 @@ class Queue(Handle):
     # -- opening and closing -------------------------------------------------------------
 
     @classmethod
-    def open(cls, location: Any, path: str | None = None, options: OpenOptions | None = None,
-             *, storage_options: Mapping[str, Any] | None = None) -> Queue:
+    def open(cls, location: Location, path: str | None = None,
+             options: OpenOptions | None = None, *,
+             storage_options: Mapping[str, object] | None = None) -> Queue:
         """Open (or create) the queue at ``location`` and take over as its single writer.
 
         Args:
-            location: a local path, an fsspec URL (``s3://bucket/prefix``, ``memory://x``)
-                or an ``fsspec.AbstractFileSystem``.
-            path: the root inside ``location`` when it is a filesystem object.
-            options: :class:`OpenOptions` (defaults if None).
+            location: a local path (``str`` or ``os.PathLike``), an fsspec URL
+                (``s3://bucket/prefix``, ``gs://``, ``az://``, ``memory://x``, ``file://``)
+                or an ``fsspec.AbstractFileSystem`` instance.
+            path: the root inside ``location`` when it is a filesystem instance (or
+                appended to ``location`` otherwise).
+            options: :class:`OpenOptions` (the defaults if None).
             storage_options: passed to fsspec when ``location`` is a URL.
 
         Returns:
@@ -113,10 +125,16 @@ class Queue(Handle):
             reaper and scheduler threads unless ``options.background_threads`` is False.
 
         Raises:
-            ConfigError: ``options`` is not an ``OpenOptions``.
+            ConfigError: ``options`` is not an ``OpenOptions``, or ``location``, ``path``
+                or ``storage_options`` is malformed (or names a backend whose library is
+                not installed).
             StorageError: the store could not be read or written (after retries).
             CorruptionError: a stored object fails its checksum or cannot be decoded.
             FencedError: other processes kept opening the root meanwhile.
+
+        Durability: the fence that takes the queue over is durable before this returns;
+        the jobs put back are written soon after (a crash before that puts them back again
+        at the next open).
         """
         if options is None:
             options = OpenOptions()
@@ -148,23 +166,29 @@ class Queue(Handle):
         return q
 
     def __enter__(self) -> Queue:
+        """The handle itself: ``with Queue.open(...) as q:`` closes it at the end."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """:meth:`close` (with no timeout), whether or not the block raised."""
         self.close()
 
-    def close(self, timeout: float | None = None) -> None:
+    def close(self, timeout: Duration | None = None) -> None:
         """Stop the background threads, write what is pending, close the log. Idempotent.
 
         Args:
-            timeout: seconds to wait for each thread to stop (None: as long as it takes).
+            timeout: how long to wait for each thread to stop (seconds or a ``timedelta``;
+                None: as long as it takes).
 
-        Every record submitted before ``close`` is written before it returns (unless the
-        committer fails to stop within ``timeout``, which is logged). Waiting claims and
-        completion waits wake up and raise ``QueueClosed``; so does every later call.
+        Raises:
+            InvalidArgument: a bad ``timeout``.
 
-        In a process forked from the one that opened the handle, ``close`` writes nothing
-        and takes no lock: it only marks this copy of the handle closed.
+        Waiting claims and completion waits wake up and raise ``QueueClosed``; so does every
+        later call. In a process forked from the one that opened the handle, ``close``
+        writes nothing and takes no lock: it only marks this copy of the handle closed.
+
+        Durability: every record submitted before ``close`` is written before it returns
+        (unless the committer fails to stop within ``timeout``, which is logged).
         """
         if timeout is not None:
             timeout = min(to_seconds(timeout, "timeout"), threading.TIMEOUT_MAX)
@@ -184,22 +208,24 @@ class Queue(Handle):
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, queue: str, payload: Buffer, **options: Any) -> str:
+    def enqueue(self, queue: str, payload: Buffer, **options: Unpack[EnqueueKwargs]) -> str:
         """Enqueue one job and return its id once the job is durable.
 
         Args:
             queue: the queue's name (1-255 UTF-8 bytes).
-            payload: the job's bytes (``bytes``, ``bytearray`` or ``memoryview``), stored
-                as is, at most ``MAX_PAYLOAD_SIZE``.
+            payload: the job's bytes (``bytes``, ``bytearray`` or ``memoryview``, copied),
+                stored as is, at most ``MAX_PAYLOAD_SIZE`` (64 MiB).
             **options: the fields of :class:`EnqueueOptions` (``priority``, ``run_at``,
-                ``delay``, ``dedup_key``, ``max_attempts``, ``headers``, ``job_id``).
+                ``delay``, ``dedup_key``, ``max_attempts``, ``headers``, ``job_id``); see
+                :class:`~taquba.config.EnqueueKwargs`.
 
         Returns:
             The job's id; on a dedup hit, the id of the pending or scheduled job that holds
             the key (nothing new is written).
 
         Raises:
-            InvalidArgument: a bad queue name, payload or option (nothing is written).
+            InvalidArgument: a bad queue name, payload or option, or an unknown option
+                (nothing is written).
             StorageError: the record could not be written; the handle is broken.
 
         Durability: returns only after the record is in a durable segment.
@@ -214,9 +240,22 @@ class Queue(Handle):
         return producing.enqueue_one(self, queue, payload, opts, [])[0]
 
     def enqueue_with(self, queue: str, payload: Buffer, options: EnqueueOptions) -> str:
-        """Enqueue one job with explicit :class:`EnqueueOptions`; as :meth:`enqueue`.
+        """Enqueue one job with explicit :class:`EnqueueOptions`; otherwise as :meth:`enqueue`.
 
-        Raises ``InvalidArgument`` if ``options`` is not an ``EnqueueOptions``.
+        Args:
+            queue: the queue's name.
+            payload: the job's bytes, as for :meth:`enqueue`.
+            options: an :class:`EnqueueOptions`.
+
+        Returns:
+            The job's id (on a dedup hit, the id of the job that holds the key).
+
+        Raises:
+            InvalidArgument: ``options`` is not an ``EnqueueOptions``, or a bad queue name
+                or payload (nothing is written).
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: returns only after the record is in a durable segment.
         """
         self._ensure_open()
         if not isinstance(options, EnqueueOptions):
@@ -228,10 +267,12 @@ class Queue(Handle):
 
         Args:
             queue: the queue's name.
-            payloads: an iterable of payloads (at most ``MAX_BATCH_JOBS``).
+            payloads: an iterable of payloads (at most ``MAX_BATCH_JOBS``), each as for
+                :meth:`enqueue`.
 
         Returns:
-            The new ids, in input order (empty for no payloads).
+            The new ids, in input order (empty for no payloads); the jobs are claimed in
+            that order.
 
         Raises:
             InvalidArgument: a bad queue name or payload, or too many (nothing is written).
@@ -259,9 +300,10 @@ class Queue(Handle):
         """Enqueue one job and write ``kv_writes`` to the KV namespace in the same record.
 
         Args:
-            queue, payload: as for :meth:`enqueue`.
-            kv_writes: keys (non-empty bytes, at most ``MAX_KV_KEY_SIZE``) to values (at
-                most ``MAX_KV_VALUE_SIZE``), written together with the job.
+            queue: the queue's name.
+            payload: the job's bytes, as for :meth:`enqueue`.
+            kv_writes: keys (non-empty, at most ``MAX_KV_KEY_SIZE`` bytes) to values (at
+                most ``MAX_KV_VALUE_SIZE`` bytes), written together with the job.
             options: :class:`EnqueueOptions` (None: the queue's defaults).
 
         Returns:
@@ -269,7 +311,8 @@ class Queue(Handle):
             writes either) and ``is_new`` is False.
 
         Raises:
-            InvalidArgument: a bad argument; ``KvValueTooLarge`` for a value over the limit.
+            InvalidArgument: a bad argument (nothing is written).
+            KvValueTooLarge: a value over ``MAX_KV_VALUE_SIZE`` (an ``InvalidArgument``).
             StorageError: the record could not be written; the handle is broken.
 
         Durability: the job and the writes are one record; returns once it is durable.
@@ -285,10 +328,20 @@ class Queue(Handle):
     # -- KV --------------------------------------------------------------------------------
 
     def kv_get(self, key: Buffer) -> bytes | None:
-        """The value stored under ``key`` in the KV namespace, or None.
+        """The value stored under ``key`` in the KV namespace.
 
-        Raises ``InvalidArgument`` for an empty or oversized key. A value written by a call
-        that has returned is always seen, and only durable values are reported.
+        Args:
+            key: the key (non-empty, at most ``MAX_KV_KEY_SIZE`` bytes).
+
+        Returns:
+            The value, or None if the key holds none.
+
+        Raises:
+            InvalidArgument: an empty or oversized key.
+            StorageError: a write this read waited for failed.
+
+        Durability: a value written by a call that has returned is always seen, and only
+        durable values are reported (the read waits for the writes before it).
         """
         self._ensure_open()
         data = arguments.kv_key(key)
@@ -301,9 +354,15 @@ class Queue(Handle):
     def kv_delete(self, key: Buffer) -> None:
         """Delete ``key`` from the KV namespace. A missing key is not an error.
 
-        Raises ``InvalidArgument`` for an empty or oversized key, ``StorageError`` if the
-        record could not be written. Durability: returns once the deletion is durable
-        (for a missing key: once everything submitted before is durable).
+        Args:
+            key: the key (non-empty, at most ``MAX_KV_KEY_SIZE`` bytes).
+
+        Raises:
+            InvalidArgument: an empty or oversized key.
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: returns once the deletion is durable (for a missing key: once
+        everything submitted before is durable).
         """
         self._ensure_open()
         data = arguments.kv_key(key)
@@ -316,19 +375,22 @@ class Queue(Handle):
 
     # -- consuming (consuming.py) ------------------------------------------------------------
 
-    def claim(self, queue: str, lease: Any = None, *, wait: Any = 0.0) -> Claim | None:
+    def claim(self, queue: str, lease: Duration | None = None, *,
+              wait: Duration = 0.0) -> Claim | None:
         """Claim the first pending job of ``queue`` (by priority, then enqueue order).
+
+        Due scheduled jobs of the queue are made pending first.
 
         Args:
             queue: the queue's name.
-            lease: seconds (or ``timedelta``) the claim holds the job before the reaper
-                puts it back (None: the queue's ``QueueConfig.lease``).
-            wait: seconds to wait for a job when none is pending (0: do not wait;
+            lease: how long the claim holds the job before the reaper puts it back
+                (seconds or a ``timedelta``, > 0; None: the queue's ``QueueConfig.lease``).
+            wait: how long to wait for a job when none is pending (0: do not wait;
                 ``math.inf``: until one comes or the queue closes).
 
         Returns:
-            A :class:`Claim` to settle with :meth:`ack`, :meth:`nack` or
-            :meth:`dead_letter`, or None if no job came within ``wait``.
+            A :class:`Claim` to settle with :meth:`ack`, :meth:`nack`,
+            :meth:`dead_letter` or :meth:`release`, or None if no job came within ``wait``.
 
         Raises:
             InvalidArgument: a bad queue name, lease or wait.
@@ -341,12 +403,25 @@ class Queue(Handle):
         claims = consuming.claim(self, queue, 1, lease, wait)
         return claims[0] if claims else None
 
-    def claim_batch(self, queue: str, max_jobs: int, lease: Any = None, *,
-                    wait: Any = 0.0) -> list[Claim]:
+    def claim_batch(self, queue: str, max_jobs: int, lease: Duration | None = None, *,
+                    wait: Duration = 0.0) -> list[Claim]:
         """Claim up to ``max_jobs`` pending jobs, waiting up to ``wait`` for the first.
 
-        Arguments, errors and durability as for :meth:`claim`; ``max_jobs`` is an int in
-        1..``MAX_CLAIM_BATCH``. Returns the claims in claim order (empty if none came).
+        Args:
+            queue: the queue's name.
+            max_jobs: an int in 1..``MAX_CLAIM_BATCH``.
+            lease: as for :meth:`claim`, for every claim of the batch.
+            wait: as for :meth:`claim`; once one job is pending, the pending jobs up to
+                ``max_jobs`` are claimed without waiting for more.
+
+        Returns:
+            The claims in claim order (priority, then enqueue order); empty if none came.
+
+        Raises:
+            InvalidArgument: a bad queue name, ``max_jobs``, lease or wait.
+            QueueClosed: the queue was closed, also while waiting.
+
+        Durability: as for :meth:`claim`: not waited for; a lost claim redelivers its job.
         """
         self._ensure_open()
         if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) \
@@ -393,12 +468,19 @@ class Queue(Handle):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
         consuming.dead_letter(self, claim, arguments.error_text(reason))
 
-    def renew_lease(self, claim: Claim, extension: Any) -> None:
-        """Extend the claim's lease to now + ``extension`` (seconds or ``timedelta``, > 0).
+    def renew_lease(self, claim: Claim, extension: Duration) -> None:
+        """Extend the claim's lease to now + ``extension``.
 
-        Updates ``claim.lease_expires_at``. Raises ``InvalidArgument`` for a bad extension
-        and ``ClaimLost`` if the claim is not current. Durability: not waited for (a lost
-        renewal can only let the lease expire early, which redelivers the job).
+        Args:
+            claim: the current claim; its ``lease_expires_at`` is updated.
+            extension: seconds or a ``timedelta``, > 0.
+
+        Raises:
+            InvalidArgument: ``claim`` is not a ``Claim``, or a bad extension.
+            ClaimLost: the claim is no longer current (nothing changes).
+
+        Durability: not waited for: a lost renewal can only let the lease expire early,
+        which redelivers the job.
         """
         self._ensure_open()
         consuming.renew_lease(self, claim, extension)
@@ -413,164 +495,54 @@ class Queue(Handle):
         the job whose handler raised ``KeyboardInterrupt``, ``SystemExit`` or another
         ``BaseException`` that is not an ``Exception``.
 
-        Raises ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or
-        ``StorageError`` as :meth:`ack` does. Durability: returns once it is durable.
+        Args:
+            claim: the current claim.
+            reason: a str stored as the job's ``last_error``.
+
+        Raises:
+            InvalidArgument: ``claim`` is not a ``Claim``, or ``reason`` not a str.
+            ClaimLost: the claim is no longer current (nothing changes).
+            StorageError: the record could not be written; the handle is broken.
+
+        Durability: returns once the release is durable.
         """
         self._ensure_open()
         if not isinstance(reason, str):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
         consuming.release(self, claim, arguments.error_text(reason))
 
-    # -- inspecting and operating (inspecting.py) -------------------------------------------
-
-    def get_job(self, job_id: str) -> JobRecord | None:
-        """A snapshot of the job ``job_id``, or None if there is no such job (any more).
-
-        Raises ``InvalidArgument`` for an id that is not 1-128 characters of
-        ``[A-Za-z0-9_-]``. Durability: reports only durable state (it returns once every
-        change made before it, claims and renewals aside, is durable).
-        """
-        self._ensure_open()
-        return inspecting.get_job(self, job_id)
-
-    def attempt_history(self, job_id: str) -> list[Attempt]:
-        """The deliveries of job ``job_id``, oldest first: one :class:`Attempt` each.
-
-        Kept while the job's record is kept (a job acked without ``keep_done`` or cancelled
-        takes its history with it), at most the last ten per job. Empty for a job never
-        delivered or not known. Raises ``InvalidArgument`` for a malformed id.
-        Durability: reports only durable state, as :meth:`get_job`.
-        """
-        self._ensure_open()
-        return inspecting.attempt_history(self, job_id)
-
-    def stats(self, queue: str) -> QueueStats:
-        """The job counts of ``queue`` (all zero for a queue never used).
-
-        ``done`` counts every ack since the queue began; ``dead`` is the current dead set.
-        Raises ``InvalidArgument`` for a bad queue name.
-        """
-        self._ensure_open()
-        return inspecting.stats(self, queue)
-
-    def list_queues(self) -> list[str]:
-        """The names of the queues that have had jobs, sorted."""
-        self._ensure_open()
-        return inspecting.list_queues(self)
-
-    def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
-                  ) -> list[JobRecord]:
-        """A page of the dead jobs of ``queue``, in enqueue order.
-
-        Args:
-            queue: the queue's name.
-            after: the last id of the previous page (None: from the start).
-            limit: the page size, 1..10000.
-
-        Raises:
-            InvalidArgument: a bad argument.
-            JobNotFound: ``after`` is not a known job.
-        """
-        self._ensure_open()
-        return inspecting.dead_jobs(self, queue, after, limit)
-
-    def requeue_dead_job(self, job_id: str) -> None:
-        """Move a dead job back to pending with its attempts reset.
-
-        Raises ``InvalidArgument`` for a bad id, ``JobNotFound`` if the job is not dead,
-        ``StorageError`` if the record could not be written. Durability: returns once the
-        change is durable.
-        """
-        self._ensure_open()
-        inspecting.requeue_dead_job(self, job_id)
-
-    def cancel(self, job_id: str) -> CancelOutcome:
-        """Remove a pending or scheduled job, or ask a claimed one to stop.
-
-        Returns:
-            ``REMOVED`` (it will never run), ``REQUESTED`` (claimed: the request is
-            persisted and ``claim.cancel_requested`` is set; a nack or an expired lease
-            then kills the job instead of retrying it) or ``NOT_FOUND`` (no such job, or
-            it is done or dead).
-
-        Raises ``InvalidArgument`` for a bad id, ``StorageError`` if the record could not
-        be written. Durability: returns once the change is durable.
-        """
-        self._ensure_open()
-        return inspecting.cancel(self, job_id)
-
-    def wait_for_completion(self, job_id: str, timeout: Any) -> WaitOutcome:
-        """Block until the job is done or dead, or ``timeout`` passes.
-
-        Args:
-            job_id: the job to wait for.
-            timeout: seconds, a ``timedelta``, or ``math.inf``.
-
-        Returns:
-            ``WaitOutcome(COMPLETED, record)`` once the job is done or dead (the record is
-            None for a job acked without retention), ``TIMED_OUT``, or ``NOT_FOUND`` for an
-            unknown or cancelled job.
-
-        Raises ``InvalidArgument`` for a bad argument and ``QueueClosed`` if the queue
-        closes meanwhile. Durability: an outcome is reported once it is durable.
-        """
-        self._ensure_open()
-        return inspecting.wait_for_completion(self, job_id, timeout)
-
-    # -- background ticks (inspecting.py) ----------------------------------------------------
-
-    def reap_now(self) -> int:
-        """Put back (or dead-letter) jobs whose lease expired, and sweep retention.
-
-        The reaper thread calls this every ``reaper_interval``; tests call it with a manual
-        clock. Returns how many expired claims were moved. Not waited for durably.
-        """
-        self._ensure_open()
-        return inspecting.reap(self)
-
-    def promote_scheduled_now(self) -> int:
-        """Make scheduled jobs whose time has come pending; returns how many.
-
-        The scheduler thread calls this every ``scheduler_interval`` (claims also promote
-        due jobs of their queue first). Not waited for durably.
-        """
-        self._ensure_open()
-        with self._lock:
-            self._check_open_locked()
-            return inspecting.promote_locked(self, self._now())
-
-    def check_fence_now(self) -> None:
-        """Ask the storage, with one small request, whether another process has opened this
-        root since this handle did; if so raise ``FencedError``, here and from every later call.
-
-        The background thread ``taquba-fence-check`` calls this every
-        ``OpenOptions.fence_check_interval`` seconds; a handle learns it was fenced at its
-        next write anyway, so this is what tells an idle or read-only handle.
-        """
-        self._ensure_open()
-        inspecting.check_fence(self)
-
     # -- intake from producers (intake.py) ----------------------------------------------------
 
     def intake_now(self) -> int:
         """Take in what :class:`~taquba.Producer` processes submitted, now.
 
-        Each inbox object is applied as one durable event together with its producer's
-        high-water mark, then deleted, so every submission takes effect exactly once (see
-        ``taquba.inbox``). The intake thread calls this every ``OpenOptions.inbox_interval``
-        or sooner; tests call it directly. Returns how many submissions were applied
-        (enqueues that hit a dedup key, cancels of unknown jobs and the like count too).
-        Returns 0 when intake is turned off (``inbox_interval=None``).
+        The intake thread calls this every ``OpenOptions.inbox_interval`` or sooner; tests
+        call it directly.
+
+        Returns:
+            How many submissions were applied (enqueues that hit a dedup key, cancels of
+            unknown jobs and the like count too); 0 when intake is turned off
+            (``inbox_interval=None``).
 
         Raises:
-            QueueClosed, QueueBroken, FencedError: as every call.
             StorageError: the inbox could not be read or the intake not made durable.
+
+        Durability: each inbox object is applied as one durable event together with its
+        producer's high-water mark, then deleted, so every submission takes effect exactly
+        once (see ``taquba.inbox``).
         """
         self._ensure_open()
         return self._intake.round()
 
     def inbox_marks(self) -> dict[str, int]:
-        """Each producer id with the last inbox ``seq`` taken in from it (for inspection)."""
+        """The producers the queue has taken submissions from, for inspection.
+
+        Returns:
+            Each producer id with the ``seq`` of the last inbox object taken in from it.
+
+        Durability: reports the state as applied, which may include an intake whose write
+        is still under way.
+        """
         self._ensure_open()
         with self._lock:
             self._ensure_open()

@@ -121,6 +121,7 @@ class JobView:
 
     @classmethod
     def from_claim(cls, claim: Claim) -> JobView:
+        """The picklable fields of ``claim`` (copies: the view shares nothing with it)."""
         return cls(id=claim.id, queue=claim.queue, payload=bytes(claim.payload),
                    headers=dict(claim.headers), attempts=claim.attempts,
                    priority=claim.priority)
@@ -339,9 +340,35 @@ def run_worker(q: Queue, queue: str, handler: Handler, *, shutdown: threading.Ev
                poll_interval: Duration = 1.0) -> None:
     """Process jobs of ``queue`` one at a time, in the calling thread, until ``shutdown`` is set.
 
-    The job being processed when ``shutdown`` is set finishes and is settled first. Raises
-    ``QueueClosed`` / ``QueueBroken`` / ``FencedError`` when the queue can no longer be used,
-    and re-raises a handler's ``KeyboardInterrupt`` or ``SystemExit`` after releasing its job.
+    Each job is claimed, handed to ``handler`` and settled by how the handler ended:
+    returning acks it, raising :class:`PermanentFailure` dead-letters it with its reason,
+    raising any other ``Exception`` nacks it (retried with backoff, or dead once its
+    attempts are spent). The claim's lease is renewed while the handler runs. A failing
+    settlement (the claim was lost to a cancel or the reaper, a storage error) is logged
+    and the loop goes on.
+
+    Args:
+        q: the open queue.
+        queue: the queue's name.
+        handler: a callable taking the :class:`Claim`, or an object with a
+            ``process(claim)`` method (:class:`Worker`); it must be synchronous.
+        shutdown: set it to stop: the job in hand finishes and is settled first.
+        poll_interval: the longest wait for a job before looking at ``shutdown`` again
+            (seconds or a ``timedelta``, > 0; default 1 s). Enqueues wake the wait at once.
+
+    Returns:
+        None, once ``shutdown`` is set and the job in hand is settled.
+
+    Raises:
+        InvalidArgument: a bad queue name, handler (not callable, or async) or
+            ``poll_interval``, before anything is claimed.
+        QueueClosed, QueueBroken, FencedError: the queue can no longer be used (found by
+            the next claim, after the job in hand was settled or its settlement failed).
+        BaseException: a handler's ``KeyboardInterrupt``, ``SystemExit`` or other
+            non-``Exception``, re-raised after its job is released (:meth:`Queue.release`).
+
+    Durability: every settlement returns once it is durable, as :meth:`Queue.ack` and the
+    others do; a job whose settlement was lost (a crash) is delivered again.
     """
     poll = _check_common(queue, handler, poll_interval)
     renewer = _LeaseRenewer(q)
@@ -526,10 +553,33 @@ def run_worker_concurrent(q: Queue, queue: str, handler: Handler, *, concurrency
     a ``ThreadPoolExecutor`` gets the :class:`Claim` itself; any other executor (a
     ``ProcessPoolExecutor``, a Dask ``client.get_executor()``) gets a picklable
     :class:`JobView`, and the queue process settles the job when the future resolves. The
-    executor is not shut down here. On shutdown, claiming stops and every job in flight is
-    finished and settled before this returns. A handler's ``KeyboardInterrupt`` or
-    ``SystemExit`` (its job released), or a closed, broken or fenced queue, stops claiming the
-    same way, and is re-raised once the jobs in flight are settled.
+    executor is not shut down here. Outcomes settle jobs as in :func:`run_worker`, and never
+    more than ``concurrency`` jobs are claimed and unsettled at once.
+
+    Args:
+        q: the open queue.
+        queue: the queue's name.
+        handler: as for :func:`run_worker`; picklable when ``executor`` is a
+            ``ProcessPoolExecutor``.
+        concurrency: the most jobs in flight, an int >= 1.
+        shutdown: set it to stop: claiming stops and every job in flight is finished and
+            settled before this returns.
+        poll_interval: as for :func:`run_worker`.
+        executor: where handlers run (None: threads of this call).
+
+    Returns:
+        None, once ``shutdown`` is set and every job in flight is settled.
+
+    Raises:
+        InvalidArgument: a bad queue name, handler, ``concurrency``, ``poll_interval`` or
+            ``executor``, or a handler that does not pickle for a process pool, before
+            anything is claimed.
+        QueueClosed, QueueBroken, FencedError: the queue can no longer be used; claiming
+            stops and it is re-raised once the jobs in flight are settled.
+        BaseException: a handler's ``KeyboardInterrupt``, ``SystemExit`` or other
+            non-``Exception`` (its job released), re-raised the same way.
+
+    Durability: as for :func:`run_worker`.
     """
     poll = _check_common(queue, handler, poll_interval)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:

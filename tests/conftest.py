@@ -1,4 +1,5 @@
 """Backend fixtures: every backend-facing test runs on memory, local disk, S3, GCS and Azure.
+The fixtures of the ``Queue`` API tests (``clock``, ``open_queue``, ``q``) are at the end.
 
 Emulators (moto, fake-gcs-server, Azurite) start lazily, once per session, on 127.0.0.1;
 each test gets a fresh root (a new prefix in the shared bucket, or a new directory). An
@@ -11,12 +12,13 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from backends import (  # after the sys.path entry; sets the env before gcsfs loads
+from support.backends import (  # after the sys.path entry; sets the env before gcsfs loads
     ALL_BACKENDS,
     EMULATORS,
     FAST_BACKENDS,
@@ -27,6 +29,10 @@ from backends import (  # after the sys.path entry; sets the env before gcsfs lo
     local_root,
     memory_root,
 )
+from support.clock import ManualClock
+from support.queues import Opener
+
+from taquba import OpenOptions, Queue, QueueConfig
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -93,3 +99,34 @@ def fsspec_backend_root(request: pytest.FixtureRequest, tmp_path: Path) -> Itera
     """A fresh root on each backend served through fsspec (all but local disk), e.g. to wrap
     its filesystem in ``faulty.FaultyFileSystem``."""
     yield from _fresh_root(request, request.param, tmp_path)
+
+
+# -- the Queue API tests (tests/test_queue_*.py; helpers in tests/support/queues.py) ----------
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def open_queue(fast_backend_root: BackendRoot, clock: ManualClock) -> Iterator[Opener]:
+    """Open (or reopen) the test's root; every handle is closed at teardown."""
+    handles: list[Queue] = []
+
+    def opener(config: QueueConfig | None = None, **options: Any) -> Queue:
+        opts = OpenOptions(clock=clock, background_threads=False,
+                           default_queue_config=config or QueueConfig(), **options)
+        q = Queue.open(fast_backend_root.location,
+                       storage_options=fast_backend_root.storage_options, options=opts)
+        handles.append(q)
+        return q
+
+    yield opener
+    for q in handles:
+        q.close()
+
+
+@pytest.fixture
+def q(open_queue: Opener) -> Queue:
+    return open_queue()

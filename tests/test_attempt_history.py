@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from clock import T0, ManualClock
+from support.clock import T0, ManualClock
 
 from taquba import Attempt, OpenOptions, Queue, QueueConfig, QueueReader
 from taquba.core import attempts

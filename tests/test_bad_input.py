@@ -19,7 +19,7 @@ from typing import Any
 
 import fsspec
 import pytest
-from clock import T0, ManualClock
+from support.clock import T0, ManualClock
 
 from taquba import (
     MAX_KV_VALUE_SIZE,

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import Owner, taquba, taquba_json
+from support.cli import Owner, taquba, taquba_json
 
 from taquba import OpenOptions, Queue, QueueConfig
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import ENV
+from support.cli import ENV
 
 from taquba import OpenOptions, Queue, QueueConfig, QueueReader
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import fsspec
 import pytest
-from backends import drop_memory_root, memory_root
-from faulty import FaultyFileSystem
+from support.backends import drop_memory_root, memory_root
+from support.faulty import FaultyFileSystem
 
 from taquba.committer import Committer
 from taquba.errors import (
@@ -296,7 +296,7 @@ def test_fenced_committer_fails_its_waiters_and_every_later_call(fast_backend_ro
     assert replay(fast_backend_root).records == [b"acked", b"new"]
 
 
-# -- fault injection (tests/faulty.py over the memory filesystem) ----------------------------
+# -- fault injection (tests/support/faulty.py over the memory filesystem) ----------------------------
 
 
 @dataclass

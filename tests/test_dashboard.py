@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_helpers import ENV, REPO, Owner
+from support.cli import ENV, REPO, Owner
 
 from taquba import OpenOptions, Queue, QueueConfig
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import fsspec
 import pytest
-from clock import T0, ManualClock
+from support.clock import T0, ManualClock
 
 from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig
 from taquba.core import events as ev

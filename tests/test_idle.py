@@ -22,7 +22,7 @@ from typing import Any
 
 import fsspec
 import pytest
-from faulty import OPS, FaultyFileSystem
+from support.faulty import OPS, FaultyFileSystem
 
 from taquba import OpenOptions, Queue, QueueConfig, QueueStats
 

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 import fsspec
-from faulty import FaultyFileSystem
+from support.faulty import FaultyFileSystem
 
 from taquba import OpenOptions, Producer, Queue
 from taquba.intake import LOCAL_INTERVAL, IntakePace

@@ -1,6 +1,6 @@
 """Separate OS processes on one root: SIGKILL at random moments, and fencing.
 
-The writer is tests/_log_child.py. Only local disk and emulator backends can be shared
+The writer is tests/support/log_child.py. Only local disk and emulator backends can be shared
 between processes (the memory filesystem lives inside one process).
 
 ``TAQUBA_CRASH_ROUNDS`` sets the number of kills (default 24), ``TAQUBA_CRASH_SEED`` the
@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from _log_child import Chain
-from backends import BackendRoot, local_root
+from support import log_child
+from support.backends import BackendRoot, local_root
+from support.log_child import Chain
 
 import taquba
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
@@ -31,7 +32,7 @@ from taquba.log.format import MAGIC_SEGMENT, decode
 from taquba.log.manifest import decode_manifest
 from taquba.storage import Store
 
-CHILD = str(Path(__file__).with_name("_log_child.py"))
+CHILD = log_child.__file__
 ROUNDS = int(os.environ.get("TAQUBA_CRASH_ROUNDS", "24"))
 LINE_TIMEOUT = 60.0  # generous: only guards against a hung child, never measures speed
 
@@ -52,7 +53,7 @@ def _no_orphans() -> Iterator[None]:
 
 @dataclass
 class Child:
-    """A running tests/_log_child.py whose stdout lines are collected by a thread."""
+    """A running tests/support/log_child.py whose stdout lines are collected by a thread."""
 
     proc: subprocess.Popen[str]
     lines: queue.Queue[str | None] = field(default_factory=queue.Queue)

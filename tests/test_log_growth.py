@@ -12,8 +12,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from backends import BackendRoot, local_root
-from faulty import FaultyFileSystem
+from support.backends import BackendRoot, local_root
+from support.faulty import FaultyFileSystem
 from test_log import open_log
 
 from taquba import OpenOptions, Queue

@@ -12,10 +12,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cli_helpers import ENV
-from clock import T0, ManualClock
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support.cli import ENV
+from support.clock import T0, ManualClock
 
 from taquba import InvalidArgument, OpenOptions, Producer, Queue, QueueConfig, QueueReader
 from taquba.metrics import PrometheusCollector

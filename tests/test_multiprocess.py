@@ -7,7 +7,7 @@
 - A reader refreshes in a loop while the owner checkpoints and collects garbage, and ends
   equal to the owner; it never writes.
 
-Children are tests/_inbox_child.py; they print each call only after it returned.
+Children are tests/support/inbox_child.py; they print each call only after it returned.
 ``TAQUBA_INTAKE_KILLS`` overrides the number of owner kills (default 20).
 """
 
@@ -30,7 +30,7 @@ import pytest
 from taquba import JobStatus, OpenOptions, Queue, QueueReader
 
 HERE = Path(__file__).resolve().parent
-CHILD = str(HERE / "_inbox_child.py")
+CHILD = str(HERE / "support" / "inbox_child.py")
 REPO = str(HERE.parent)
 KILLS = int(os.environ.get("TAQUBA_INTAKE_KILLS", "20"))
 QUEUE = "jobs"
@@ -100,7 +100,7 @@ def shared_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]
 
 @pytest.fixture
 def backend_root_local(tmp_path: Path) -> Any:
-    from backends import local_root
+    from support.backends import local_root
 
     return local_root(tmp_path / "root")
 

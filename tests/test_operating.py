@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import _queue_child as child_mod
-from cli_helpers import taquba_json
+from support import queue_child as child_mod
+from support.cli import taquba_json
 
 from taquba import CorruptionError, OpenOptions, Queue, QueueReader, StorageError
 from taquba.reader import QueueNotFound
 
-CHILD = str(Path(__file__).with_name("_queue_child.py"))
+CHILD = str(Path(__file__).parent / "support" / "queue_child.py")
 COPIES = 20  # attempts at a consistent copy (README: "copy again")
 
 

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from clock import ManualClock
+from support.clock import ManualClock
 
 from taquba import (
     PRIORITY_HIGH,

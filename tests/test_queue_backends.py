@@ -13,7 +13,7 @@ import threading
 from typing import Any
 
 import pytest
-from clock import T0, ManualClock
+from support.clock import T0, ManualClock
 
 from taquba import (
     PRIORITY_HIGH,

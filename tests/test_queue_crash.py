@@ -1,6 +1,6 @@
 """SIGKILL a queue-owning process under load, many times, and check what comes back.
 
-The child (tests/_queue_child.py, mode ``crash``) runs producer threads (``enqueue`` and
+The child (tests/support/queue_child.py, mode ``crash``) runs producer threads (``enqueue`` and
 ``enqueue_with_kv``) and worker threads (``claim`` -> ``ack``) on one root with frequent
 checkpoints, printing each call only after it returned. The parent kills it at a random
 moment, reopens the root in-process and checks, against everything any child reported:
@@ -38,10 +38,10 @@ from taquba import JobStatus, Queue
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _queue_child as child_mod
-from backends import BackendRoot
+from support import queue_child as child_mod
+from support.backends import BackendRoot
 
-CHILD = str(Path(__file__).with_name("_queue_child.py"))
+CHILD = child_mod.__file__
 CI = os.environ.get("CI", "").lower() == "true"
 KILLS = int(os.environ.get("TAQUBA_CRASH_KILLS", "50" if CI else "15"))
 CHECKPOINT_MIN_BYTES = 4096

@@ -18,8 +18,8 @@ from typing import Any
 
 import fsspec
 import pytest
-from backends import BackendRoot
-from faulty import FaultyFileSystem
+from support.backends import BackendRoot
+from support.faulty import FaultyFileSystem
 
 from taquba import (
     CancelOutcome,

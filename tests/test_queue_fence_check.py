@@ -21,8 +21,8 @@ from pathlib import Path
 
 import fsspec
 import pytest
-from backends import BackendRoot
-from faulty import FaultyFileSystem
+from support.backends import BackendRoot
+from support.faulty import FaultyFileSystem
 from test_bad_input import CLOSED, make_env
 
 from taquba import FencedError, OpenOptions, Queue, QueueClosed, QueueConfig
@@ -31,7 +31,7 @@ from taquba.worker import run_worker, run_worker_concurrent
 
 Q = "jobs"
 WAIT = 60.0  # upper bound for something that must happen; never a speed assertion
-CHILD = str(Path(__file__).with_name("_idle_worker_child.py"))
+CHILD = str(Path(__file__).parent / "support" / "idle_worker_child.py")
 
 
 def objects(root: BackendRoot) -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """Two writers on one root: the newer one fences the older, and nothing acknowledged is lost.
 
-- Across processes (local disk and the S3 emulator): process A (tests/_queue_child.py) owns
+- Across processes (local disk and the S3 emulator): process A (tests/support/queue_child.py) owns
   the queue; this test process opens the same root as B. A's next durable call raises
   ``FencedError`` (A prints it), A writes nothing more, and B has every job A reported
   durable. Once while A is idle (each kind of durable call checked one by one), once while
@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,12 +37,12 @@ from taquba import (
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _queue_child as child_mod
-from backends import BackendRoot
+from support import queue_child as child_mod
+from support.backends import BackendRoot
 
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR
 
-CHILD = str(Path(__file__).with_name("_queue_child.py"))
+CHILD = child_mod.__file__
 LINE_TIMEOUT = 60.0  # only guards against a hung child, never measures speed
 CHECKPOINT_MIN_BYTES = 2048
 Q = child_mod.QUEUE
@@ -51,7 +50,7 @@ TWO_PROCESS_BACKENDS = ["local", "s3"]
 
 
 class Child:
-    """A running tests/_queue_child.py whose stdout lines are collected by a thread."""
+    """A running tests/support/queue_child.py whose stdout lines are collected by a thread."""
 
     def __init__(self, mode: str, root: BackendRoot, run: int, checkpoint_min_bytes: int) -> None:
         spec = {"mode": mode, "location": root.location,

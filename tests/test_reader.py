@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faulty import FaultyFileSystem
+from support.faulty import FaultyFileSystem
 
 from taquba import (
     InvalidArgument,

@@ -9,9 +9,9 @@ import math
 import struct
 
 import pytest
-from clock import T0
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.clock import T0
 
 from taquba.core import events as ev
 from taquba.core import ids

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from backends import BackendRoot
-from faulty import FaultyFileSystem
+from support.backends import BackendRoot
+from support.faulty import FaultyFileSystem
 
 from taquba.errors import PermanentStorageError, StorageError, TransientStorageError
 from taquba.storage import LocalStore, ObjectExists, ObjectNotFound, Store, open_store

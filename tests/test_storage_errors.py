@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from backends import BUCKET, REPO, BackendRoot, Emulator
+from support.backends import BUCKET, REPO, BackendRoot, Emulator
 
 import taquba
 from taquba import ConfigError, PermanentStorageError, Queue, TransientStorageError

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from backends import AZURITE_ACCOUNT_KEY, BUCKET, EMULATORS, HOST, BackendRoot, free_port
-from faulty import FaultyFileSystem
+from support.backends import AZURITE_ACCOUNT_KEY, BUCKET, EMULATORS, HOST, BackendRoot, free_port
+from support.faulty import FaultyFileSystem
 
 from taquba import OpenOptions, Queue
 from taquba.errors import ConfigError, TransientStorageError

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from backends import BackendRoot, Emulator
-from httpcount import CountingProxy, Request
+from support.backends import BackendRoot, Emulator
+from support.httpcount import CountingProxy, Request
 
 from taquba import Queue
 from taquba.storage import ObjectExists, ObjectNotFound, RequestCounts, Store

@@ -13,12 +13,18 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from ..errors import ConfigError
 from .base import DEFAULT_RETRY_BUDGET, Appender, RequestCounts, Store
 from .errors import ObjectExists, ObjectNotFound
 from .local import LocalStore
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
+
+Location: TypeAlias = "str | os.PathLike[str] | AbstractFileSystem"
+"""Where a queue lives: a local path, an fsspec URL, or an fsspec filesystem instance."""
 
 _CACHELESS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 # URL scheme -> the taquba extra that installs its library, and that library.
@@ -156,4 +162,5 @@ def open_store(location: Any, path: str | None = None, *,
     return _store_for(fs, root, configured, **kwargs)
 
 
-__all__ = ["Appender", "LocalStore", "ObjectExists", "ObjectNotFound", "RequestCounts", "Store", "open_store"]
+__all__ = ["Appender", "LocalStore", "Location", "ObjectExists", "ObjectNotFound", "RequestCounts",
+           "Store", "open_store"]

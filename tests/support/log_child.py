@@ -1,8 +1,8 @@
 """A writer process for tests/test_log_crash.py: SIGKILLed at random, or fenced by its parent.
 
-    python tests/_log_child.py MODE ROOT_JSON
+    python tests/support/log_child.py MODE ROOT_JSON
 
-``ROOT_JSON`` is ``BackendRoot.to_json()`` (see tests/backends.py). Every stdout line is one
+``ROOT_JSON`` is ``BackendRoot.to_json()`` (see tests/support/backends.py). Every stdout line is one
 event, written with a single ``os.write`` (atomic on a pipe) only after the fact it reports:
 an ``ack <id>`` line is written after ``Committer.append`` returned for that record.
 
@@ -29,10 +29,10 @@ import sys
 import threading
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# tests/ on the path, for ``support.backends`` when run as a script
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backends import BackendRoot
-
+from support.backends import BackendRoot
 from taquba.committer import Committer
 from taquba.log import Log
 

@@ -1,6 +1,6 @@
 """Producer and owner processes for tests/test_multiprocess.py.
 
-    python tests/_inbox_child.py SPEC_JSON
+    python tests/support/inbox_child.py SPEC_JSON
 
 ``SPEC_JSON`` holds ``mode``, ``location``, ``storage_options`` and mode-specific fields.
 Every stdout line is one event, written with one ``os.write`` (atomic, so threads never

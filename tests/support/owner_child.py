@@ -1,6 +1,6 @@
 """A live queue owner in its own process, for the command line and dashboard tests.
 
-    python tests/_owner_child.py LOCATION
+    python tests/support/owner_child.py LOCATION
 
 Opens the queue at LOCATION (taking it over), claims one job of the queue ``held`` if
 there is one and keeps it running, prints ``ready`` and then answers one line of stdin at a

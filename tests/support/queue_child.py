@@ -1,6 +1,6 @@
 """A queue-owning process for tests/test_queue_crash.py and tests/test_queue_fencing.py.
 
-    python tests/_queue_child.py SPEC_JSON
+    python tests/support/queue_child.py SPEC_JSON
 
 ``SPEC_JSON`` holds ``mode``, ``location``, ``storage_options``, ``run`` (a number that
 makes this process's job ids unique on the root) and ``checkpoint_min_bytes``.

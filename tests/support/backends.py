@@ -2,8 +2,9 @@
 
 Importing this module sets the environment the emulators need (it must happen before
 ``gcsfs`` is imported, which reads ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT`` at import time).
-A child process spawned by a test imports this module (put ``tests/`` on ``sys.path``),
-rebuilds a :class:`BackendRoot` from its JSON form and opens the same root.
+A child process spawned by a test imports this module (it puts ``tests/`` on ``sys.path``
+and imports ``support.backends``), rebuilds a :class:`BackendRoot` from its JSON form and
+opens the same root.
 
 Emulators bind 127.0.0.1 on a free port, are waited for until they accept requests, and are
 stopped by the session fixtures. Subprocess emulators also get SIGTERM from the kernel if
@@ -39,10 +40,10 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 # moto creates buckets in this region without a LocationConstraint; s3fs gets no region.
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 if "gcsfs" in sys.modules:  # pragma: no cover - a plugin imported gcsfs first
-    print("warning: gcsfs was imported before tests/backends.py; GCS tests may be slow",
+    print("warning: gcsfs was imported before tests/support/backends.py; GCS tests may be slow",
           file=sys.stderr)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 BUCKET = "taquba-test"
 AZURITE_ACCOUNT_KEY = (

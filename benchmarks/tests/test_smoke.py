@@ -17,11 +17,10 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from benchmarks import report
+from benchmarks.latencyfs import LatencyFileSystem
 
-from benchmarks import report  # noqa: E402
-from benchmarks.latencyfs import LatencyFileSystem  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(tmp_path, *args: str, timeout: float = 240) -> tuple[dict, str]:

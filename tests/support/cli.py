@@ -1,5 +1,5 @@
 """Helpers of the command line and dashboard tests: run ``taquba`` as a subprocess, and a
-live owner in another process (tests/_owner_child.py) that can say whether it was fenced."""
+live owner in another process (support/owner_child.py) that can say whether it was fenced."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
@@ -33,12 +33,13 @@ def taquba_json(*args: str) -> Any:
 
 
 class Owner:
-    """tests/_owner_child.py on ``location``: a live owner in another process."""
+    """support/owner_child.py on ``location``: a live owner in another process."""
 
     def __init__(self, location: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "_owner_child.py"),
-                                      location], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True, env=ENV)
+        child = REPO / "tests" / "support" / "owner_child.py"
+        self.proc = subprocess.Popen([sys.executable, str(child), location],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=ENV)
         assert self._line() == "ready"
 
     def _line(self) -> str:

@@ -1,6 +1,6 @@
 """An idle queue owner for tests/test_queue_fence_check.py.
 
-    python tests/_idle_worker_child.py SPEC_JSON
+    python tests/support/idle_worker_child.py SPEC_JSON
 
 ``SPEC_JSON`` holds ``location``, ``storage_options``, ``fence_check_interval`` and
 ``concurrent`` (which worker loop to run). The process opens the queue, prints ``ready``
