@@ -13,6 +13,7 @@ from .config import (
     OpenOptions,
     QueueConfig,
 )
+from .effects import EnqueueRequest, SettlementEffects
 from .errors import (
     ClaimLost,
     ConfigError,
@@ -39,6 +40,7 @@ from .records import (
     JobRecord,
     JobStatus,
     QueueStats,
+    Schedule,
     WaitOutcome,
     WaitStatus,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "ConfigError",
     "CorruptionError",
     "EnqueueOptions",
+    "EnqueueRequest",
     "EnqueueResult",
     "FencedError",
     "InvalidArgument",
@@ -76,6 +79,8 @@ __all__ = [
     "QueueNotFound",
     "QueueReader",
     "QueueStats",
+    "Schedule",
+    "SettlementEffects",
     "StorageError",
     "TaqubaError",
     "TransientStorageError",

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING
 
 from . import arguments
 from .batch import Batch
-from .config import check_queue_name, to_seconds
+from .config import EnqueueOptions, check_queue_name, to_seconds
 from .core import attempts
 from .core import events as ev
 from .core.codec import id_key
 from .core.jobs import Job
+from .effects import SettlementEffects
 from .errors import ClaimLost, InvalidArgument
+from .producing import job_event_locked
 from .records import Claim, JobStatus, WaitOutcome, WaitStatus
 
 if TYPE_CHECKING:
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("taquba.queue")
 
 MAX_CLAIM_BATCH = 10_000
+_PLAIN = EnqueueOptions()
 
 
 def claim(q: Queue, queue: str, max_jobs: int, lease: object, wait: object) -> list[Claim]:
@@ -129,16 +132,25 @@ def current_job_locked(q: Queue, claim: object, action: str) -> Job:
     return job
 
 
-def ack(q: Queue, claim: Claim) -> None:
-    """Settle ``claim`` as done and wait until that is durable."""
+def ack(q: Queue, claim: Claim, effects: SettlementEffects | None = None) -> None:
+    """Settle ``claim`` as done, with ``effects`` in the same record; wait until durable."""
     lock = q._lock
     lock.acquire()
     try:
         job = current_job_locked(q, claim, "ack")
         job_id = job.id
         keep = q._config(job.queue).keep_done is not None
-        batch = q._commit(ev.Acked(job_id, keep, q._now() if keep else None, claim._key))
+        now = q._now() if keep or effects is not None else None
+        acked = ev.Acked(job_id, keep, now if keep else None, claim._key)
+        event: ev.Event = acked
+        woken: list[str] = []
+        if effects is not None:
+            assert now is not None
+            event, woken = with_effects_locked(q, acked, effects, now)
+        batch = q._commit(event)
         del q._claims[job_id]
+        for name in woken:
+            q._wake_claimers_locked(name)
         if job_id in q._waiters:
             # The job is done now: with keep, its record shows it (completed_at set).
             q._finished_locked(job_id, batch, WaitOutcome(
@@ -149,28 +161,32 @@ def ack(q: Queue, claim: Claim) -> None:
     q._wait(batch)
 
 
-def nack(q: Queue, claim: Claim, text: str) -> None:
-    """Settle ``claim`` as failed with ``text``: retry after backoff, or dead."""
+def nack(q: Queue, claim: Claim, text: str, effects: SettlementEffects | None = None) -> None:
+    """Settle ``claim`` as failed with ``text``: retry after backoff, or dead (only then
+    with ``effects``, which are checked either way)."""
     with q._lock:
         job = current_job_locked(q, claim, "nack")
         now = q._now()
         if job.cancel_requested:
             batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
-                                cause=attempts.CAUSE_CANCEL)
+                                cause=attempts.CAUSE_CANCEL, effects=effects)
         elif job.attempts >= job.max_attempts:
-            batch = fail_locked(q, job, now, text, dead=True)
+            batch = fail_locked(q, job, now, text, dead=True, effects=effects)
         else:
+            if effects is not None:  # not applied, but checked as if the job went dead
+                with_effects_locked(q, ev.Acked(job.id, False), effects, now)
             delay = q._config(job.queue).backoff(job.attempts)
             batch = fail_locked(q, job, now, text, dead=False,
                                 run_at=now + delay if delay else None)
         q._wait_locked(batch)
 
 
-def dead_letter(q: Queue, claim: Claim, text: str) -> None:
-    """Settle ``claim`` by moving the job to the dead set with ``text``."""
+def dead_letter(q: Queue, claim: Claim, text: str,
+                effects: SettlementEffects | None = None) -> None:
+    """Settle ``claim`` by moving the job to the dead set with ``text``, and ``effects``."""
     with q._lock:
         job = current_job_locked(q, claim, "dead_letter")
-        q._wait_locked(fail_locked(q, job, q._now(), text, dead=True))
+        q._wait_locked(fail_locked(q, job, q._now(), text, dead=True, effects=effects))
 
 
 def release(q: Queue, claim: Claim, text: str) -> None:
@@ -187,22 +203,78 @@ def release(q: Queue, claim: Claim, text: str) -> None:
 
 
 def fail_locked(q: Handle, job: Job, now: float, error: str, *, dead: bool,
-                run_at: float | None = None, cause: int = attempts.CAUSE_HANDLER) -> Batch:
-    """End the current attempt of ``job`` at ``now`` with ``error``: dead, scheduled or
-    pending. ``cause`` (``attempts.CAUSES``) says why, for the attempt history."""
+                run_at: float | None = None, cause: int = attempts.CAUSE_HANDLER,
+                effects: SettlementEffects | None = None) -> Batch:
+    """End the current attempt of ``job`` at ``now`` with ``error``: dead (then with
+    ``effects``, in the same record), scheduled or pending. ``cause``
+    (``attempts.CAUSES``) says why, for the attempt history."""
+    event: ev.Failed
     if dead:
         event = ev.Failed(job.id, ev.TO_DEAD, now, None, error, cause)
     elif run_at is not None and run_at > now:
         event = ev.Failed(job.id, ev.TO_SCHEDULED, now, run_at, error, cause)
     else:
         event = ev.Failed(job.id, ev.TO_PENDING, now, None, error, cause)
-    batch = q._commit(event)
+    record: ev.Event = event
+    woken: list[str] = []
+    if dead and effects is not None:
+        record, woken = with_effects_locked(q, event, effects, now)
+    batch = q._commit(record)
     q._claims.pop(job.id, None)
+    for name in woken:
+        q._wake_claimers_locked(name)
     if dead:
         q._finished_locked(job.id, batch, WaitOutcome(WaitStatus.COMPLETED, job.record()))
     elif event.to == ev.TO_PENDING:
         q._wake_claimers_locked(job.queue)
     return batch
+
+
+def with_effects_locked(q: Handle, settlement: ev.Acked | ev.Failed, effects: SettlementEffects,
+                        now: float) -> tuple[ev.Event, list[str]]:
+    """The record of ``settlement`` with ``effects`` (see taquba.effects), and the queues
+    that get a pending job from it. Changes nothing: raises ``InvalidArgument`` (a
+    ``job_id`` already in use) before anything is committed.
+
+    A follow-up whose dedup key a pending or scheduled job of its queue holds, or an
+    earlier follow-up of this settlement took, is left out. With nothing left, the record
+    is the plain settlement.
+    """
+    state = q._state
+    out: list[ev.Effect] = []
+    woken: list[str] = []
+    taken_ids: set[str] = set()
+    taken_keys: set[tuple[str, str]] = set()
+    for i, request in enumerate(effects.enqueue):
+        queue = request.queue
+        opts = request.options or _PLAIN
+        dedup_key = opts.dedup_key
+        if dedup_key is not None:
+            index = state.queues.get(queue)
+            if (index is not None and dedup_key in index.dedup) \
+                    or (queue, dedup_key) in taken_keys:
+                continue
+            taken_keys.add((queue, dedup_key))
+        cfg = q._config(queue)
+        priority = cfg.default_priority if opts.priority is None else opts.priority
+        max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
+        try:
+            job_id, event, pending = job_event_locked(q, queue, request.payload, opts,
+                                                      priority, max_attempts, now, [],
+                                                      taken_ids)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"effects.enqueue[{i}]: {exc}") from None
+        taken_ids.add(job_id)
+        out.append(event)
+        if pending:
+            woken.append(queue)
+    if effects.kv_writes:
+        out.append(ev.KvWritten(list(effects.kv_writes.items())))
+    if effects.kv_deletes:
+        out.append(ev.KvDeleted(list(effects.kv_deletes)))
+    if not out:
+        return settlement, woken
+    return ev.Settled(settlement, out), woken
 
 
 def renew_lease(q: Queue, claim: Claim, extension: object) -> None:

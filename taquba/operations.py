@@ -7,10 +7,10 @@ and hands the work to ``inspecting.py``. The rules of ``queue.py``'s docstring h
 
 from __future__ import annotations
 
-from . import inspecting
-from .config import Duration
+from . import inspecting, scheduling, views
+from .config import Buffer, Duration, EnqueueOptions
 from .handle import Handle
-from .records import Attempt, CancelOutcome, JobRecord, QueueStats, WaitOutcome
+from .records import Attempt, CancelOutcome, JobRecord, QueueStats, Schedule, WaitOutcome
 
 
 class Operations(Handle):
@@ -197,20 +197,75 @@ class Operations(Handle):
         return inspecting.reap(self)
 
     def promote_scheduled_now(self) -> int:
-        """Make scheduled jobs whose time has come pending.
+        """Make scheduled jobs whose time has come pending, and fire the cron schedules
+        that are due.
 
         The scheduler thread calls this every ``OpenOptions.scheduler_interval`` (claims
         also promote the due jobs of their queue first); tests call it with a manual clock.
 
         Returns:
-            How many jobs were made pending.
+            How many jobs were made pending or enqueued by schedules.
 
-        Durability: not waited for: a lost promotion is done again by the next one.
+        Durability: not waited for: a tick lost in a crash is made again after it.
         """
         self._ensure_open()
         with self._lock:
             self._check_open_locked()
-            return inspecting.promote_locked(self, self._now())
+            now = self._now()
+            return inspecting.promote_locked(self, now) + scheduling.fire_due_locked(self, now)
+
+    # -- cron schedules (scheduling.py) -------------------------------------------------------
+
+    def add_schedule(self, name: str, cron: str, queue: str, payload: Buffer = b"", *,
+                     options: EnqueueOptions | None = None, timezone: str = "UTC") -> Schedule:
+        """Enqueue ``payload`` into ``queue`` at every occurrence of ``cron``.
+
+        Args:
+            name: the schedule's name (1-255 UTF-8 bytes); re-adding a name replaces it.
+            cron: a 5-field cron expression or a macro (``@hourly``, ``@daily``, ...).
+            queue: the queue's name.
+            payload: the jobs' bytes.
+            options: ``priority``, ``max_attempts`` and ``headers`` of the jobs (the other
+                fields of :class:`EnqueueOptions` are refused).
+            timezone: the IANA time zone the expression is read in (daylight saving
+                included; see ``taquba.cron``).
+
+        Returns:
+            The :class:`Schedule`, with its ``next_run_at`` (the first occurrence after now).
+
+        Raises:
+            InvalidArgument: a bad name, cron expression, time zone, queue name, payload or
+                option (nothing changes).
+
+        Every due occurrence is enqueued exactly once, across restarts and takeovers; after
+        a downtime the missed occurrences give one catch-up job. Durability: returns once
+        the schedule is durable.
+        """
+        self._ensure_open()
+        return scheduling.add(self, name, cron, queue, payload, options, timezone)
+
+    def remove_schedule(self, name: str) -> bool:
+        """Remove the schedule ``name``.
+
+        Returns:
+            False if there was none.
+
+        Durability: returns once the removal is durable.
+        """
+        self._ensure_open()
+        return scheduling.remove(self, name)
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every schedule, by name.
+
+        Durability: reports only durable state, as :meth:`get_job`.
+        """
+        self._ensure_open()
+        with self._lock:
+            self._check_open_locked()
+            out = views.schedules(self._state)
+            self._wait_reported_locked()
+            return out
 
     def check_fence_now(self) -> None:
         """Ask the storage, with one small request, whether another process has opened this

@@ -8,6 +8,7 @@ durable.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from . import arguments
@@ -17,6 +18,7 @@ from .core import events as ev
 from .errors import InvalidArgument
 
 if TYPE_CHECKING:
+    from .handle import Handle
     from .queue import Queue
 
 
@@ -163,13 +165,31 @@ def enqueue_one_locked(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, 
         if existing is not None:
             # A dedup hit: what we point at must be durable.
             return existing, False, q.committer.latest_locked()
+    job_id, event, pending = job_event_locked(q, queue, data, opts, priority, max_attempts,
+                                              now, kv)
+    batch = q._commit(event)
+    if pending:
+        q._wake_claimers_locked(queue)
+    return job_id, True, batch
+
+
+def job_event_locked(q: Handle, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
+                     max_attempts: int, now: float, kv: list[tuple[bytes, bytes]],
+                     taken: Collection[str] = ()) -> tuple[str, ev.Enqueued, bool]:
+    """The id and the event of one new job, and whether it is pending (else scheduled).
+    Dedup keys are the caller's business.
+
+    ``opts.job_id`` must not be a known job's id nor in ``taken`` (``InvalidArgument``); a
+    generated id avoids both. A ``run_at`` (or ``delay``) not after ``now`` is no schedule.
+    """
+    jobs = q._state.jobs
     job_id = opts.job_id
     if job_id is not None:
-        if job_id in state.jobs:
+        if job_id in jobs or job_id in taken:
             raise InvalidArgument(f"job_id {job_id!r} is already in use")
     else:
         job_id = q._ids.new(now)
-        while job_id in state.jobs:
+        while job_id in jobs or job_id in taken:
             job_id = q._ids.new(now)
     run_at: float | None = None
     if opts.run_at is not None:
@@ -179,11 +199,8 @@ def enqueue_one_locked(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, 
     if run_at is not None and run_at <= now:
         run_at = None
     specs = None
-    if run_at is not None or dedup_key is not None or opts.headers:
-        specs = [ev.JobSpec(priority, max_attempts, run_at, dedup_key,
+    if run_at is not None or opts.dedup_key is not None or opts.headers:
+        specs = [ev.JobSpec(priority, max_attempts, run_at, opts.dedup_key,
                             dict(opts.headers) if opts.headers else None)]
-    batch = q._commit(ev.Enqueued(queue, now, [job_id], [data], priority, max_attempts,
-                                  specs, kv))
-    if run_at is None:
-        q._wake_claimers_locked(queue)
-    return job_id, True, batch
+    event = ev.Enqueued(queue, now, [job_id], [data], priority, max_attempts, specs, kv)
+    return job_id, event, run_at is None

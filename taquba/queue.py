@@ -52,6 +52,8 @@ from .config import (
 )
 from .core import events as ev
 from .core.state import State
+from .effects import SettlementEffects
+from .effects import check as effects_check
 from .errors import ConfigError, InvalidArgument
 from .handle import register, unregister
 from .log import Log
@@ -351,6 +353,19 @@ class Queue(Operations):
             self._wait_reported_locked()
             return value
 
+    def kv_put(self, key: Buffer, value: Buffer) -> None:
+        """Store ``value`` under ``key`` in the KV namespace (replacing any value).
+
+        Raises ``InvalidArgument`` for an empty or oversized key, ``KvValueTooLarge`` for a
+        value over ``MAX_KV_VALUE_SIZE`` (nothing is written), ``StorageError`` if the
+        record could not be written. Durability: returns once the write is durable.
+        """
+        self._ensure_open()
+        pairs = arguments.kv_writes({arguments.kv_key(key): value})
+        with self._lock:
+            self._check_open_locked()
+            self._wait_locked(self._commit(ev.KvWritten(pairs)))
+
     def kv_delete(self, key: Buffer) -> None:
         """Delete ``key`` from the KV namespace. A missing key is not an error.
 
@@ -430,43 +445,57 @@ class Queue(Operations):
                                   f"{max_jobs!r}")
         return consuming.claim(self, queue, max_jobs, lease, wait)
 
-    def ack(self, claim: Claim) -> None:
+    def ack(self, claim: Claim, effects: SettlementEffects | None = None) -> None:
         """Mark the claimed job done (kept as done if the queue has ``keep_done``).
 
+        Args:
+            claim: the current claim.
+            effects: :class:`SettlementEffects` (follow-up jobs, KV writes and deletes)
+                committed in the same record as the ack: all of them or none.
+
         Raises:
-            InvalidArgument: ``claim`` is not a ``Claim``.
-            ClaimLost: the claim is no longer current (nothing changes).
+            InvalidArgument: ``claim`` is not a ``Claim``, ``effects`` is not a
+                ``SettlementEffects``, or an effect is invalid (a follow-up ``job_id``
+                already in use); nothing changes and the claim stays current.
+            ClaimLost: the claim is no longer current (nothing changes, no effect applies).
             StorageError: the record could not be written; the handle is broken.
 
-        Durability: returns once the ack is durable; the job is never delivered again.
+        Durability: returns once the ack (and its effects) is durable; the job is never
+        delivered again.
         """
         self._ensure_open()
-        consuming.ack(self, claim)
+        consuming.ack(self, claim, effects_check(effects))
 
-    def nack(self, claim: Claim, error: object) -> None:
+    def nack(self, claim: Claim, error: object, effects: SettlementEffects | None = None) -> None:
         """Report a failed attempt: retried after the queue's backoff, or dead once the
         job's attempts are spent (or a cancel was requested).
 
         Args:
             claim: the current claim.
             error: a str or an exception, stored as the job's ``last_error``.
+            effects: :class:`SettlementEffects` applied, in the same record, only if this
+                failure makes the job dead; checked either way.
 
         Raises ``InvalidArgument``, ``ClaimLost`` or ``StorageError`` as :meth:`ack` does.
         Durability: returns once the failure is durable.
         """
         self._ensure_open()
-        consuming.nack(self, claim, arguments.error_text(error))
+        checked = effects_check(effects)
+        consuming.nack(self, claim, arguments.error_text(error), checked)
 
-    def dead_letter(self, claim: Claim, reason: str) -> None:
+    def dead_letter(self, claim: Claim, reason: str,
+                    effects: SettlementEffects | None = None) -> None:
         """Move the claimed job straight to the dead set with ``reason`` as its last error.
 
-        Raises ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or
-        ``StorageError`` as :meth:`ack` does. Durability: returns once it is durable.
+        ``effects`` (:class:`SettlementEffects`) commit in the same record. Raises
+        ``InvalidArgument`` (also for a non-str reason), ``ClaimLost`` or ``StorageError``
+        as :meth:`ack` does. Durability: returns once it is durable.
         """
         self._ensure_open()
         if not isinstance(reason, str):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
-        consuming.dead_letter(self, claim, arguments.error_text(reason))
+        checked = effects_check(effects)
+        consuming.dead_letter(self, claim, arguments.error_text(reason), checked)
 
     def renew_lease(self, claim: Claim, extension: Duration) -> None:
         """Extend the claim's lease to now + ``extension``.

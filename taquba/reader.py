@@ -16,7 +16,7 @@ from .core.state import State
 from .errors import ConfigError, JobNotFound, QueueClosed
 from .log.manifest import MANIFEST_DIR
 from .log.reader import LogReader, RootNotFound
-from .records import Attempt, JobRecord, QueueStats
+from .records import Attempt, JobRecord, QueueStats, Schedule
 from .storage import Location, Store, open_store
 from .views import (
     attempt_history,
@@ -25,6 +25,7 @@ from .views import (
     kv_key,
     oldest_pending_at,
     queue_stats,
+    schedules,
 )
 
 
@@ -228,6 +229,12 @@ class QueueReader:
         with self._lock:
             self._ensure_open()
             return self._state.kv.get(data)
+
+    def list_schedules(self) -> list[Schedule]:
+        """Every cron schedule, by name (see ``Queue.add_schedule``)."""
+        with self._lock:
+            self._ensure_open()
+            return schedules(self._state)
 
     def __repr__(self) -> str:
         return f"QueueReader({self.store.description!r}{', closed' if self._closed else ''})"

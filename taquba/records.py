@@ -1,11 +1,11 @@
-"""Value types returned by the queue: job records, claims, stats and outcomes."""
+"""Value types returned by the queue: job records, claims, stats, schedules and outcomes."""
 
 from __future__ import annotations
 
 import enum
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -97,6 +97,27 @@ class QueueStats:
     claimed: int = 0
     done: int = 0
     dead: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    """A cron schedule (see :meth:`taquba.Queue.add_schedule`). Times are epoch seconds.
+
+    ``next_run_at`` is the next occurrence to fire; ``last_run_at`` the last one fired (None
+    before the first). ``priority``, ``max_attempts`` and ``headers`` are the options of its
+    jobs (None: the queue's defaults).
+    """
+
+    name: str
+    cron: str
+    queue: str
+    payload: bytes
+    timezone: str
+    next_run_at: float
+    last_run_at: float | None = None
+    priority: int | None = None
+    max_attempts: int | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

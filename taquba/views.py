@@ -7,9 +7,10 @@ import heapq
 
 from .arguments import kv_key as kv_key  # the check the owner applies too
 from .config import check_job_id, check_queue_name
+from .core.schedule import ScheduleSet
 from .core.state import State
 from .errors import InvalidArgument, JobNotFound
-from .records import Attempt, JobRecord, JobStatus, QueueStats
+from .records import Attempt, JobRecord, JobStatus, QueueStats, Schedule
 
 MAX_PAGE = 10_000
 
@@ -86,3 +87,16 @@ def dead_page(state: State, queue: str, after: str | None, limit: int) -> list[J
             raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
         after_seq = ref.seq
     return [j.record() for j in state.dead_page(queue, after_seq, limit)]
+
+
+def schedule_record(s: ScheduleSet) -> Schedule:
+    """The public record of a schedule as the state holds it."""
+    return Schedule(name=s.name, cron=s.cron, queue=s.queue, payload=s.payload,
+                    timezone=s.timezone, next_run_at=s.next_run_at, last_run_at=s.last_run_at,
+                    priority=s.priority, max_attempts=s.max_attempts,
+                    headers=dict(s.headers) if s.headers else {})
+
+
+def schedules(state: State) -> list[Schedule]:
+    """Every schedule, by name."""
+    return [schedule_record(state.schedules[name]) for name in sorted(state.schedules)]

@@ -2,7 +2,9 @@
 
 Rules this module keeps:
 
-- A handler's outcome decides the settlement: returning acks, raising
+- A handler's outcome decides the settlement: returning acks (returning a
+  :class:`~taquba.SettlementEffects` acks with those effects, in the same record; effects
+  the queue rejects nack the job with the reason), raising
   :class:`PermanentFailure` dead-letters with its reason, raising anything else nacks with
   the exception's text (the queue retries with backoff or dead-letters once attempts run out).
 - Never more than ``concurrency`` jobs are claimed and unsettled at once: the loop claims
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 from .config import Duration, check_queue_name, to_seconds
+from .effects import SettlementEffects
 from .errors import ClaimLost, InvalidArgument, QueueBroken, QueueClosed, exception_text
 from .records import Claim
 
@@ -100,7 +103,8 @@ class Job(Protocol):
 
 @runtime_checkable
 class Worker(Protocol):
-    """A handler object: ``process(claim)`` returns to ack, raises to nack or dead-letter."""
+    """A handler object: ``process(claim)`` returns to ack (a ``SettlementEffects`` to ack
+    with those effects), raises to nack or dead-letter."""
 
     def process(self, claim: Claim) -> object: ...
 
@@ -132,12 +136,14 @@ class JobView:
 
 @dataclass(frozen=True, slots=True)
 class _Outcome:
-    """How a handler ended. ``error`` is only set in-process (exceptions need not pickle)."""
+    """How a handler ended. ``error`` is only set in-process (exceptions need not pickle);
+    ``effects`` is what an ack also does."""
 
     kind: Literal["ack", "dead", "nack"]
     text: str = ""
     error: BaseException | None = None
     details: str = ""
+    effects: SettlementEffects | None = None
 
 
 _ACK = _Outcome("ack")
@@ -166,6 +172,8 @@ def _call(handler: Handler, job: Any) -> _Outcome:
         return _Outcome("dead", exc.reason)
     except Exception as exc:
         return _Outcome("nack", exception_text(exc), exc, traceback.format_exc())
+    if isinstance(result, SettlementEffects):
+        return _Outcome("ack", effects=result)
     return _ACK
 
 
@@ -173,7 +181,7 @@ def _run_remote(handler: Handler, job: JobView) -> _Outcome:
     """Entry point in the executor's process: the outcome travels back without the exception."""
     outcome = _call(handler, job)
     if outcome.error is not None:
-        return _Outcome(outcome.kind, outcome.text, None, outcome.details)
+        return _Outcome(outcome.kind, outcome.text, None, outcome.details, outcome.effects)
     return outcome
 
 
@@ -195,7 +203,14 @@ def _settle(q: Queue, claim: Claim, outcome: _Outcome) -> None:
     """Settle ``claim`` as ``outcome`` says; log (never raise) when the settlement fails."""
     verb = {"ack": "ack", "dead": "dead-letter", "nack": "nack"}[outcome.kind]
     try:
-        if outcome.kind == "ack":
+        if outcome.kind == "ack" and outcome.effects is not None:
+            try:
+                q.ack(claim, outcome.effects)
+            except InvalidArgument as exc:
+                logger.warning("job %s: the effects its handler returned were rejected: %s",
+                               claim.id, exc)
+                q.nack(claim, f"invalid settlement effects: {exc}")
+        elif outcome.kind == "ack":
             q.ack(claim)
         elif outcome.kind == "dead":
             q.dead_letter(claim, outcome.text)

@@ -122,6 +122,22 @@ def sample_events() -> list[tuple[str, ev.Event]]:
         out.append((f"{ev.KIND_NAMES[ev.KIND_OF[cls]]}-mixed", cls(mixed)))
         out.append((f"{ev.KIND_NAMES[ev.KIND_OF[cls]]}-empty", cls([])))
     out.append(("kv-delete", ev.KvDeleted([b"a", b"\x00" * 300, b""])))
+    out.append(("kv-put", ev.KvWritten([(b"a", b"b"), (b"\x00" * 300, b"\xff" * 70_000)])))
+    out.append(("settled-ack", ev.Settled(ev.Acked(A, True, ODD_TIME), [
+        enqueued("next", T0, [job(B, b"n", run_at=T0 + 5, dedup_key="d")], []),
+        ev.KvWritten([(b"k", b"v")]), ev.KvDeleted([b"x"])])))
+    out.append(("settled-dead", ev.Settled(ev.Failed("x", ev.TO_DEAD, ODD_TIME, None, "e"),
+                                           [ev.KvDeleted([b"x"])])))
+    out.append(("settled-nothing", ev.Settled(ev.Acked(A, False), [])))
+    out.append(("schedule-set", ev.ScheduleSet("nightly", "30 2 * * *", "Europe/Paris", "q",
+                                               b"\x00p", ODD_TIME)))
+    out.append(("schedule-set-all", ev.ScheduleSet("é", "@hourly", "America/New_York", "q",
+                                                   b"", T0, ODD_TIME, 0, 2**32 - 1,
+                                                   {"a": "b"})))
+    out.append(("schedule-removed", ev.ScheduleRemoved("é")))
+    out.append(("schedule-fired", ev.ScheduleFired("n", T0, ODD_TIME)))
+    out.append(("schedule-fired-job", ev.ScheduleFired("n", T0, ODD_TIME, enqueued(
+        "q", T0, [job(A, b"p", dedup_key="taquba-schedule:n:1", headers={"h": "v"})], []))))
     return out
 
 
@@ -244,9 +260,13 @@ def test_other_format_versions_and_unknown_kinds_are_rejected_by_name() -> None:
     for version in (0, 1, 3, 15):
         with pytest.raises(CorruptionError, match=f"format version {version}"):
             ev.decode(bytes([version << 4 | ev.CLAIM]) + claim[1:])
-    for kind in (0, 14, ev.SNAPSHOT):
+    for kind in (0, ev.SNAPSHOT):
         with pytest.raises(CorruptionError, match=f"unknown queue record kind {kind}"):
             ev.decode(bytes([RECORD_FORMAT_VERSION << 4 | kind]) + claim[1:])
+    # Kind 14 is followed by a sub-kind: an unknown one is named as such.
+    for sub in (0, 99):
+        with pytest.raises(CorruptionError, match=f"unknown extended queue record kind {sub}"):
+            ev.decode(bytes([RECORD_FORMAT_VERSION << 4 | ev.EXTENDED, sub]) + claim[1:])
     # The orjson records and snapshots of 0.1.0.dev0 began with the kind byte itself.
     with pytest.raises(CorruptionError, match=r"format version 0.*0\.1\.0\.dev0"):
         ev.decode(b"\x02\x00\x00\x00\x02{}")
@@ -427,7 +447,7 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s = State()
     s.apply(enqueued("jobs", T0, [job(A)]))
     data = s.snapshot()
-    _, queues, _, kv, _, _ = snap.decode(data)
+    _, queues, _, kv, _, _, _ = snap.decode(data)
     twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues],
                         [s.jobs[A], s.jobs[A]], kv)
     with pytest.raises(CorruptionError, match="twice"):

@@ -46,12 +46,15 @@ from taquba import (
     Claim,
     ClaimLost,
     EnqueueOptions,
+    EnqueueRequest,
     FencedError,
+    InvalidArgument,
     JobNotFound,
     JobStatus,
     OpenOptions,
     Queue,
     QueueConfig,
+    SettlementEffects,
 )
 
 PENDING = JobStatus.PENDING
@@ -324,6 +327,9 @@ class QueueMachine(RuleBasedStateMachine):
     def ack(self, i: int) -> None:
         claim, job = self._pick_claim(i)
         self.q.ack(claim)
+        self._acked(job)
+
+    def _acked(self, job: MJob) -> None:
         self._lose_claim(job.id)
         self.done_total[job.queue] += 1
         if KEEP_DONE[job.queue] is None:
@@ -337,7 +343,10 @@ class QueueMachine(RuleBasedStateMachine):
         claim, job = self._pick_claim(i)
         error: str | Exception = ValueError(f"bad {i}") if as_exception else f"boom {i}"
         self.q.nack(claim, error)
-        text = f"ValueError: bad {i}" if as_exception else f"boom {i}"
+        self._nacked(job, f"ValueError: bad {i}" if as_exception else f"boom {i}")
+
+    def _nacked(self, job: MJob, text: str) -> bool:
+        """The model's nack of ``job``; whether the job went dead."""
         self._lose_claim(job.id)
         if job.cancel_requested:
             self._to_dead(job, f"cancelled: {text}")
@@ -350,6 +359,8 @@ class QueueMachine(RuleBasedStateMachine):
                 job.status, job.run_at = SCHEDULED, self.now + delay
             else:
                 self._to_pending(job)
+            return False
+        return True
 
     @precondition(lambda self: self.claims)
     @rule(i=pick)
@@ -358,6 +369,61 @@ class QueueMachine(RuleBasedStateMachine):
         self.q.dead_letter(claim, f"poison {i}")
         self._lose_claim(job.id)
         self._to_dead(job, f"poison {i}")
+
+    @precondition(lambda self: self.claims)
+    @rule(i=pick, action=st.sampled_from(["ack", "nack", "dead_letter"]),
+          follow_ups=st.lists(st.tuples(st.sampled_from(QUEUES),
+                                        st.sampled_from([None, None, "d0", "d1"]),
+                                        st.sampled_from([None, None, 4.0])), max_size=3),
+          kv_write=st.sampled_from([None, b"k0", b"k1"]),
+          kv_delete=st.sampled_from([None, b"k1", b"k2"]),
+          invalid=st.sampled_from([False, False, False, True]))
+    def settle_with_effects(self, i: int, action: str,
+                            follow_ups: list[tuple[str, str | None, float | None]],
+                            kv_write: bytes | None, kv_delete: bytes | None,
+                            invalid: bool) -> None:
+        """A settlement with follow-up jobs and KV writes: all or nothing. An invalid one
+        (a follow-up with an id in use: the settled job's own) changes nothing at all."""
+        claim, job = self._pick_claim(i)
+        if kv_write is not None and kv_write == kv_delete:
+            kv_delete = None
+        requests = []
+        for n, (queue, dedup_key, delay) in enumerate(follow_ups):
+            job_id = f"fx{len(self.known)}-{n}"
+            if invalid and n == len(follow_ups) - 1:
+                job_id, dedup_key = job.id, None  # a dedup hit would skip it, id and all
+            requests.append(EnqueueRequest(queue, job_id.encode(), EnqueueOptions(
+                job_id=job_id, dedup_key=dedup_key, delay=delay)))
+        effects = SettlementEffects(
+            enqueue=requests,
+            kv_writes=None if kv_write is None else {kv_write: job.id.encode()},
+            kv_deletes=[] if kv_delete is None else [kv_delete])
+        settle = {"ack": lambda: self.q.ack(claim, effects),
+                  "nack": lambda: self.q.nack(claim, f"fx {i}", effects),
+                  "dead_letter": lambda: self.q.dead_letter(claim, f"fx {i}", effects)}[action]
+        if invalid and follow_ups:
+            with pytest.raises(InvalidArgument, match="already in use"):
+                settle()
+            return
+        settle()
+        if action == "ack":
+            self._acked(job)
+        elif action == "nack":
+            if not self._nacked(job, f"fx {i}"):
+                return  # retried: the effects do not apply
+        else:
+            self._lose_claim(job.id)
+            self._to_dead(job, f"fx {i}")
+        for request, (queue, dedup_key, delay) in zip(requests, follow_ups):
+            if dedup_key is not None and (queue, dedup_key) in self.dedup:
+                continue
+            assert request.options is not None and request.options.job_id is not None
+            self._created(request.options.job_id, queue, request.payload, delay=delay,
+                          dedup_key=dedup_key)
+        if kv_write is not None:
+            self.kv[kv_write] = job.id.encode()
+        if kv_delete is not None:
+            self.kv.pop(kv_delete, None)
 
     @precondition(lambda self: self.claims)
     @rule(i=pick, extension=st.sampled_from([1.0, 10.0, 15.0, 60.0]))

@@ -204,7 +204,36 @@ EXAMPLES: list[ev.Event] = [
     ev.Intake("0123456789abcdef", 7, T0, [ev.Enqueued("q", T0, [A], [b"a"]), ev.Cancelled(A),
                                           ev.DeadRequeued("x")]),
     ev.Intake("p", 0, T0, []), ev.InboxForgot(["p", "0123456789abcdef"]),
+    ev.KvWritten([(b"k", b"v"), (b"\x00" * 300, b"")]),
+    ev.Settled(ev.Acked(A, False), [ev.Enqueued("q", T0, ["f1"], [b"f"]),
+                                    ev.KvWritten([(b"k", b"v")]), ev.KvDeleted([b"d"])]),
+    ev.Settled(ev.Failed(A, ev.TO_DEAD, T0, None, "e"), []),
+    ev.ScheduleSet("s", "*/5 * * * *", "UTC", "q", b"p", T0 + 300),
+    ev.ScheduleSet("s2", "@daily", "Europe/Paris", "q", b"", T0, T0 - 86400, 5, 2, {"h": "v"}),
+    ev.ScheduleRemoved("s"),
+    ev.ScheduleFired("s", T0, T0 + 300),
+    ev.ScheduleFired("s", T0, T0 + 300, ev.Enqueued("q", T0, ["sj"], [b"p"], specs=[
+        ev.JobSpec(dedup_key="taquba-schedule:s:1", headers={"taquba-schedule": "s"})])),
 ]
+
+
+def test_schedules_are_set_fired_removed_and_kept_by_snapshots() -> None:
+    s = State()
+    s.apply(ev.ScheduleSet("s", "*/5 * * * *", "UTC", "q", b"p", T0 + 300))
+    s.apply(ev.ScheduleSet("t", "@daily", "Europe/Paris", "q2", b"x" * 50, T0 + 9, None, 5,
+                           None, {"h": "v"}))
+    s.apply(ev.ScheduleFired("s", T0 + 300, T0 + 600, ev.Enqueued("q", T0 + 301, [A], [b"p"])))
+    assert s.schedules["s"].last_run_at == T0 + 300 and s.schedules["s"].next_run_at == T0 + 600
+    assert set(s.jobs) == {A}
+    before = s.live_bytes
+    r = State.restore(s.snapshot())
+    assert r.schedules == s.schedules and r.live_bytes == before
+    s.apply(ev.ScheduleRemoved("t"))
+    s.apply(ev.ScheduleRemoved("unknown"))
+    assert list(s.schedules) == ["s"] and s.live_bytes < before
+    s.apply(ev.ScheduleRemoved("s"))
+    assert State.restore(s.snapshot()).schedules == {}
+    assert s.live_bytes == State.restore(s.snapshot()).live_bytes
 
 
 def test_intake_records_keep_the_layout_of_the_first_inbox_release() -> None:
@@ -253,7 +282,8 @@ def test_each_event_class_round_trips(event: ev.Event) -> None:
     got = ev.decode(record)
     assert type(got) is type(event)
     assert got.encode() == record
-    if not isinstance(event, (ev.Enqueued, ev.Intake)):  # sequences may come back as lists
+    if not isinstance(event, (ev.Enqueued, ev.Intake, ev.Settled, ev.ScheduleFired)):
+        # sequences may come back as lists
         assert got == event
 
 

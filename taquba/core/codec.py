@@ -42,8 +42,18 @@ _unpack_f64 = F64.unpack_from
 _TEXT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}").fullmatch
 
 
+EXTENDED = 14  # the record kind followed by a uvarint sub-kind (see events.py)
+
+
 def tag(kind: int) -> int:
     return RECORD_FORMAT_VERSION << 4 | kind
+
+
+def extended_head(sub_kind: int) -> bytearray:
+    """The start of an EXTENDED record of ``sub_kind``."""
+    buf = bytearray((tag(EXTENDED),))
+    put_uvarint(buf, sub_kind)
+    return buf
 
 
 def check_tag(data: bytes) -> int:

@@ -31,6 +31,13 @@ present only when its flag is set::
     INTAKE     tag | str producer | uvarint seq | f64 at | uvarint n | n x bytes record
                (ordinary records, applied in order, then the producer's mark is set)
     INBOX_FORGET  tag | uvarint n | n x str producer
+    EXTENDED   tag | uvarint sub-kind | body: the kinds added once the four tag bits ran
+               out (the X_* sub-kinds below; new kinds go here too)
+      KV_PUT     uvarint n | n x (bytes key | bytes value)
+      SETTLED    bytes settlement | uvarint n | n x bytes effect: the settlement (an ACK or
+                 FAIL record) and then each effect (ENQUEUE, KV_PUT or KV_DELETE records) in
+                 order, in one record so that replay applies all of them or none
+      SCHEDULE_SET, SCHEDULE_REMOVED, SCHEDULE_FIRED   see schedule.py
 
 In the single-job records, flag F_TEXT_ID says the id is stored as text. Unknown flag
 bits are corruption.
@@ -51,10 +58,12 @@ from typing import NamedTuple, Union
 from ..errors import CorruptionError
 from .attempts import CAUSE_HANDLER, CAUSES
 from .codec import (
+    EXTENDED,
     F_TEXT_ID,
     Corrupt,
     Reader,
     check_tag,
+    extended_head,
     id_key,
     id_list_record,
     put_blob,
@@ -78,6 +87,12 @@ from .enqueue import J_PRIORITY as J_PRIORITY
 from .enqueue import J_RUN_AT as J_RUN_AT
 from .enqueue import Enqueued as Enqueued
 from .enqueue import JobSpec as JobSpec
+from .schedule import X_SCHEDULE_FIRED as X_SCHEDULE_FIRED
+from .schedule import X_SCHEDULE_REMOVED as X_SCHEDULE_REMOVED
+from .schedule import X_SCHEDULE_SET as X_SCHEDULE_SET
+from .schedule import ScheduleFired as ScheduleFired
+from .schedule import ScheduleRemoved as ScheduleRemoved
+from .schedule import ScheduleSet as ScheduleSet
 
 CLAIM = 2
 RENEW = 3
@@ -93,11 +108,19 @@ INTAKE = 12
 INBOX_FORGET = 13
 SNAPSHOT = 15  # see snapshot.py
 
+# Sub-kinds of EXTENDED records.
+X_KV_PUT = 1
+X_SETTLED = 2
+
 KIND_NAMES = {  # for messages
     ENQUEUE: "enqueue", CLAIM: "claim", RENEW: "renew", ACK: "ack", FAIL: "fail",
     CANCEL: "cancel", REQUEUE_DEAD: "requeue_dead", PROMOTE: "promote", PURGE: "purge",
     KV_DELETE: "kv_delete", RELEASE: "release", INTAKE: "intake",
-    INBOX_FORGET: "inbox_forget", SNAPSHOT: "snapshot",
+    INBOX_FORGET: "inbox_forget", EXTENDED: "extended", SNAPSHOT: "snapshot",
+}
+X_NAMES = {  # for messages
+    X_KV_PUT: "kv_put", X_SETTLED: "settled", X_SCHEDULE_SET: "schedule_set",
+    X_SCHEDULE_REMOVED: "schedule_removed", X_SCHEDULE_FIRED: "schedule_fired",
 }
 
 # Where a failed attempt sends the job (FAIL records).
@@ -342,6 +365,88 @@ class KvDeleted(NamedTuple):
         return cls([r.blob() for _ in range(r.count(1))])
 
 
+class KvWritten(NamedTuple):
+    """Keys get values in the KV namespace (``pairs`` of key and value, in order)."""
+
+    pairs: Sequence[tuple[bytes, bytes]]
+
+    def encode(self) -> bytes:
+        buf = extended_head(X_KV_PUT)
+        put_uvarint(buf, len(self.pairs))
+        for key, value in self.pairs:
+            put_blob(buf, key)
+            put_blob(buf, value)
+        return bytes(buf)
+
+    @classmethod
+    def read(cls, r: Reader) -> KvWritten:
+        pairs = []
+        for _ in range(r.count(2)):
+            key = r.blob()
+            pairs.append((key, r.blob()))
+        return cls(pairs)
+
+
+# What a settlement can do besides settling (inside a Settled).
+Effect = Union[Enqueued, KvWritten, KvDeleted]  # noqa: UP007
+_EFFECT_TYPES = (Enqueued, KvWritten, KvDeleted)
+
+
+class Settled(NamedTuple):
+    """A claim settled with effects: ``settlement`` (an ``Acked`` or ``Failed``), then each
+    of ``effects`` in order, in one record so that they commit together or not at all."""
+
+    settlement: Acked | Failed
+    effects: Sequence[Effect]
+
+    def encode(self) -> bytes:
+        if not isinstance(self.settlement, (Acked, Failed)):
+            raise ValueError("a settlement is an ack or a failure")
+        buf = extended_head(X_SETTLED)
+        put_blob(buf, self.settlement.encode())
+        put_uvarint(buf, len(self.effects))
+        for effect in self.effects:
+            if not isinstance(effect, _EFFECT_TYPES):
+                raise ValueError(f"a settlement cannot have a {type(effect).__name__} effect")
+            put_blob(buf, effect.encode())
+        return bytes(buf)
+
+    @classmethod
+    def read(cls, r: Reader) -> Settled:
+        settlement = _inner(r.blob())
+        if not isinstance(settlement, (Acked, Failed)):
+            raise Corrupt(f"a settled record settles with a {type(settlement).__name__}")
+        effects: list[Effect] = []
+        for _ in range(r.count(1)):
+            effect = _inner(r.blob())
+            if not isinstance(effect, _EFFECT_TYPES):
+                raise Corrupt(f"a settled record holds a {type(effect).__name__} effect")
+            effects.append(effect)
+        return cls(settlement, effects)
+
+
+def _inner(data: bytes) -> Event:
+    """The event of a record nested in a SETTLED one (``Corrupt`` if it does not decode,
+    or is itself an EXTENDED record: the kinds that may be nested are all older)."""
+    if data[:1] == bytes((tag(EXTENDED),)) and data[1:2] != bytes((X_KV_PUT,)):
+        raise Corrupt("a settled record nests an extended record other than kv_put")
+    try:
+        return decode(data)
+    except CorruptionError as exc:
+        raise Corrupt(f"nested record: {exc}") from None
+
+
+def decode_schedule(data: bytes) -> ScheduleSet:
+    """A schedule as a snapshot stores it (``Corrupt`` unless a SCHEDULE_SET record)."""
+    try:
+        event = decode(data)
+    except CorruptionError as exc:
+        raise Corrupt(f"schedule: {exc}") from None
+    if not isinstance(event, ScheduleSet):
+        raise Corrupt(f"a schedule is stored as a {type(event).__name__} record")
+    return event
+
+
 # An event an inbox submission can hold (inside an Intake).
 Submitted = Union[Enqueued, Cancelled, DeadRequeued]  # noqa: UP007
 
@@ -402,28 +507,45 @@ class InboxForgot(NamedTuple):
 
 # Any event: what State.apply takes and decode returns.
 Event = Union[Enqueued, Claimed, Renewed, Acked, Failed, Cancelled, DeadRequeued,  # noqa: UP007
-              Promoted, Purged, KvDeleted, Released, Intake, InboxForgot]
+              Promoted, Purged, KvDeleted, Released, Intake, InboxForgot, KvWritten, Settled,
+              ScheduleSet, ScheduleRemoved, ScheduleFired]
 # The record kind of each event type.
 KIND_OF: dict[type[Event], int] = {
     Enqueued: ENQUEUE, Claimed: CLAIM, Renewed: RENEW, Acked: ACK, Failed: FAIL,
     Cancelled: CANCEL, DeadRequeued: REQUEUE_DEAD, Promoted: PROMOTE, Purged: PURGE,
-    KvDeleted: KV_DELETE, Released: RELEASE, Intake: INTAKE, InboxForgot: INBOX_FORGET}
+    KvDeleted: KV_DELETE, Released: RELEASE, Intake: INTAKE, InboxForgot: INBOX_FORGET,
+    KvWritten: EXTENDED, Settled: EXTENDED, ScheduleSet: EXTENDED, ScheduleRemoved: EXTENDED,
+    ScheduleFired: EXTENDED}
+# The sub-kind of each EXTENDED event type.
+SUB_KIND_OF: dict[type[Event], int] = {
+    KvWritten: X_KV_PUT, Settled: X_SETTLED, ScheduleSet: X_SCHEDULE_SET,
+    ScheduleRemoved: X_SCHEDULE_REMOVED, ScheduleFired: X_SCHEDULE_FIRED}
 EVENT_TYPES: tuple[type[Event], ...] = tuple(KIND_OF)
 _READERS: dict[int, Callable[[Reader], Event]] = {
-    tag(kind): cls.read for cls, kind in KIND_OF.items()}
+    tag(kind): cls.read for cls, kind in KIND_OF.items() if kind != EXTENDED}
+_X_READERS: dict[int, Callable[[Reader], Event]] = {
+    sub: cls.read for cls, sub in SUB_KIND_OF.items()}
 
 
 def decode(data: bytes) -> Event:
     """The event of one record (raises ``CorruptionError`` naming what is wrong)."""
     t = check_tag(data)
-    reader = _READERS.get(t)
-    if reader is None:
-        raise CorruptionError(f"unknown queue record kind {t & 0x0F}")
     r = Reader(data, 1)
+    name = KIND_NAMES.get(t & 0x0F)
     try:
+        if t & 0x0F == EXTENDED:
+            sub = r.uvarint()
+            reader = _X_READERS.get(sub)
+            if reader is None:
+                raise CorruptionError(f"unknown extended queue record kind {sub} (written by a "
+                                      "newer build?)")
+            name = X_NAMES[sub]
+        else:
+            reader = _READERS.get(t)
+            if reader is None:
+                raise CorruptionError(f"unknown queue record kind {t & 0x0F}")
         event = reader(r)
         r.finish()
     except Corrupt as exc:
-        raise CorruptionError(f"malformed {KIND_NAMES[t & 0x0F]} record ({len(data)} bytes): "
-                              f"{exc}") from None
+        raise CorruptionError(f"malformed {name} record ({len(data)} bytes): {exc}") from None
     return event

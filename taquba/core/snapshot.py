@@ -4,6 +4,8 @@ Field types are those of codec.py; ``[x]`` is present only when its flag is set:
 
     tag (kind SNAPSHOT) | uvarint next_seq
     | uvarint n | n x queue | uvarint n | n x job | uvarint n | n x (bytes key | bytes value)
+    | [uvarint n | n x (str producer | uvarint seq | f64 at)]
+    | [uvarint n | n x bytes schedule]
     queue  str name | uvarint done_total | uvarint d | d x (str dedup_key | id)
     job    uvarint flags | id | uvarint queue index | uvarint attempts | uvarint max_attempts
            | uvarint priority | uvarint seq | f64 enqueued_at | [f64 run_at]
@@ -12,6 +14,11 @@ Field types are those of codec.py; ``[x]`` is present only when its flag is set:
            | bytes payload
     flags  bits 0-2 the status (index in STATUS_CODES), then the S_* bits below
     history  the job's attempt history (attempts.py), present for jobs delivered at least once
+
+The inbox marks are present only when there are marks or schedules (their count is then
+non-zero, or zero followed by schedules); the schedules only when there are schedules, each
+as its SCHEDULE_SET record (core/schedule.py). Snapshots written before either existed end
+after the KV entries.
 
 The dedup index is stored as is: a key is released at a job's first claim, so it cannot be
 derived from the jobs (a retried job keeps its dedup_key). A job of a status that needs a
@@ -47,7 +54,7 @@ from .codec import (
     tag,
     text_id,
 )
-from .events import SNAPSHOT
+from .events import SNAPSHOT, ScheduleSet, decode_schedule
 from .jobs import Job, JobDetail
 
 STATUS_CODES = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.CLAIMED, JobStatus.DONE,
@@ -88,6 +95,7 @@ QueueRow = tuple[str, int, dict[str, str]]
 def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
            jobs: Collection[Job], kv: Mapping[bytes, bytes],
            marks: Mapping[str, tuple[int, float]] | None = None,
+           schedules: Sequence[ScheduleSet] = (),
            history: Mapping[str, list[AttemptEntry]] | None = None) -> bytes:
     """The whole state. Every job's queue must be among ``queues``; ``history`` holds the
     attempt history of jobs that have had a delivery (those have a ``detail``).
@@ -219,20 +227,25 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
     for kv_key, kv_value in kv.items():
         put_blob(buf, kv_key)
         put_blob(buf, kv_value)
-    if marks:  # absent in snapshots written before the inbox existed
+    if marks or schedules:  # absent in snapshots written before the inbox existed
+        marks = marks or {}
         put_uvarint(buf, len(marks))
         for producer, (seq, at) in marks.items():
             put_str(buf, producer)
             put_uvarint(buf, seq)
             put_time(buf, at)
+    if schedules:  # absent in snapshots written before schedules existed
+        put_uvarint(buf, len(schedules))
+        for schedule in schedules:
+            put_blob(buf, schedule.encode())
     return bytes(buf)
 
 
 def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes],
-                                 dict[str, tuple[int, float]],
+                                 dict[str, tuple[int, float]], list[ScheduleSet],
                                  dict[str, list[AttemptEntry]]]:
-    """``(next_seq, queues, jobs, kv, inbox marks, attempt history)`` of a snapshot made
-    by :func:`encode`."""
+    """``(next_seq, queues, jobs, kv, inbox marks, schedules, attempt history)`` of a
+    snapshot made by :func:`encode`."""
     t = check_tag(data)
     if t != _T_SNAPSHOT:
         raise CorruptionError(f"expected a snapshot, found a record of kind {t & 0x0F}")
@@ -261,20 +274,29 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
             key = r.blob()
             kv[key] = r.blob()
         marks: dict[str, tuple[int, float]] = {}
+        schedules: list[ScheduleSet] = []
         if r.pos < r.end:
             n = r.count(10)
-            if not n:
+            if not n and r.pos == r.end:
                 raise Corrupt(f"trailing bytes after the KV entries at byte {r.pos - 1}")
             for _ in range(n):
                 producer = r.text()
                 seq = r.uvarint()
                 marks[producer] = (seq, r.time())
+        if r.pos < r.end:
+            n = r.count(20)
+            if not n:
+                raise Corrupt(f"trailing bytes after the inbox marks at byte {r.pos - 1}")
+            for _ in range(n):
+                schedules.append(decode_schedule(r.blob()))
+            if len({s.name for s in schedules}) != n:
+                raise Corrupt("a schedule is listed twice")
         r.finish()
     except Corrupt as exc:
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): {exc}") from None
     except (IndexError, struct.error):  # a read past the end in _decode_jobs' fast paths
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): truncated") from None
-    return next_seq, queues, rows, kv, marks, history
+    return next_seq, queues, rows, kv, marks, schedules, history
 
 
 def _decode_jobs(r: Reader, next_seq: int, names: list[str],

@@ -28,9 +28,10 @@ takes it, so that is harmless.
 
 ``live_bytes`` estimates the size of a snapshot of the state: per job ``JOB_BYTES`` plus its
 payload, header names and values, dedup key and last error (string lengths in characters),
-and per KV entry its key and value, and per attempt history entry ``attempts.ENTRY_BYTES``
-plus its error. It grows with enqueues and KV writes and shrinks when
-jobs are dropped (acked without retention, cancelled, purged) and KV keys deleted.
+and per KV entry its key and value, per schedule ``ScheduleSet.size()``, and per attempt
+history entry ``attempts.ENTRY_BYTES`` plus its error. It grows with enqueues and KV writes
+and shrinks when jobs are dropped (acked without retention, cancelled, purged) and KV keys
+deleted.
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class State:
         self.live_bytes = 0  # estimated size of a snapshot (see the module docstring)
         # producer id -> (last inbox seq taken in, when): see taquba.inbox
         self.inbox_marks: dict[str, tuple[int, float]] = {}
+        # schedule name -> the schedule, as its latest SCHEDULE_SET (see core/schedule.py)
+        self.schedules: dict[str, ev.ScheduleSet] = {}
         # job id -> its deliveries, for jobs that have had one (see attempts.py)
         self.history: dict[str, list[attempts.AttemptEntry]] = {}
 
@@ -442,6 +445,40 @@ class State:
             if old is not None:
                 self.live_bytes -= len(key) + len(old) + KV_ENTRY_BYTES
 
+    def _kv_written(self, e: ev.KvWritten) -> None:
+        for key, value in e.pairs:
+            self._kv_put(key, value)
+
+    def _settled(self, e: ev.Settled) -> None:
+        """A settlement and its effects, in order (all in one record)."""
+        _APPLY[type(e.settlement)](self, e.settlement)
+        for effect in e.effects:
+            _APPLY[type(effect)](self, effect)
+
+    def _schedule_set(self, e: ev.ScheduleSet) -> None:
+        self._put_schedule(e)
+
+    def _schedule_removed(self, e: ev.ScheduleRemoved) -> None:
+        old = self.schedules.pop(e.name, None)
+        if old is not None:
+            self.live_bytes -= old.size()
+
+    def _schedule_fired(self, e: ev.ScheduleFired) -> None:
+        """The occurrence's job (if any), and the schedule moves past the occurrence."""
+        if e.job is not None:
+            self._enqueued(e.job)
+        old = self.schedules.get(e.name)
+        if old is not None:
+            self._put_schedule(old._replace(last_run_at=e.occurrence,
+                                            next_run_at=e.next_run_at))
+
+    def _put_schedule(self, schedule: ev.ScheduleSet) -> None:
+        old = self.schedules.get(schedule.name)
+        if old is not None:
+            self.live_bytes -= old.size()
+        self.schedules[schedule.name] = schedule
+        self.live_bytes += schedule.size()
+
     def _intake(self, e: ev.Intake) -> None:
         """An inbox object taken in: its events in order, then the producer's mark."""
         for event in e.events:
@@ -515,7 +552,7 @@ class State:
         """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
         queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
         return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv,
-                           self.inbox_marks, self.history)
+                           self.inbox_marks, list(self.schedules.values()), self.history)
 
     @classmethod
     def restore(cls, data: bytes) -> State:
@@ -523,9 +560,10 @@ class State:
 
         Raises ``CorruptionError`` for a malformed snapshot or one that lists a job twice.
         """
-        next_seq, queues, decoded, kv, marks, history = snap.decode(data)
+        next_seq, queues, decoded, kv, marks, schedules, history = snap.decode(data)
         state = cls()
         state.inbox_marks = marks
+        state.schedules = {s.name: s for s in schedules}
         state.next_seq = next_seq
         for name, done_total, dedup in queues:
             index = state.queue(name)
@@ -566,6 +604,7 @@ class State:
         for key, value in kv.items():
             size += len(key) + len(value) + KV_ENTRY_BYTES
         size += sum(MARK_BYTES + len(p) for p in marks)
+        size += sum(s.size() for s in schedules)
         for entries in history.values():
             size += sum(e.size() for e in entries)
         state.history = history
@@ -591,4 +630,9 @@ _APPLY: dict[type[Any], Callable[[State, Any], None]] = {
     ev.KvDeleted: State._kv_deleted,
     ev.Intake: State._intake,
     ev.InboxForgot: State._inbox_forgot,
+    ev.KvWritten: State._kv_written,
+    ev.Settled: State._settled,
+    ev.ScheduleSet: State._schedule_set,
+    ev.ScheduleRemoved: State._schedule_removed,
+    ev.ScheduleFired: State._schedule_fired,
 }
