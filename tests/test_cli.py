@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support.cli import Owner, taquba, taquba_json
 
-from taquba import OpenOptions, Queue, QueueConfig
+from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig
 
 
 def _seed(location: str, storage_options: dict[str, object] | None = None) -> dict[str, str]:
@@ -120,6 +120,7 @@ def test_write_commands_go_through_the_inbox(tmp_path: Path) -> None:
     (("stats",), 2, "LOCATION"),
     (("stats", "nosuchprotocol://x"), 2, "nosuchprotocol"),
     (("stats", "{missing}"), 1, "no queue"),
+    (("schedules", "{missing}"), 1, "no queue"),
     (("job", "{q}", "no-such-job"), 1, "not found"),
     (("job", "{q}", "not a job id!"), 2, "job_id"),
     (("stats", "{q}", "--queue", "nope"), 1, "not found"),
@@ -173,6 +174,29 @@ def test_storage_options_reach_an_object_store(s3_emulator: object) -> None:
 def test_python_dash_m_and_help() -> None:
     done = taquba("--help")
     assert done.returncode == 0
-    for command in ("worker", "stats", "queues", "job", "dead", "enqueue", "cancel",
-                    "requeue", "dashboard"):
+    for command in ("worker", "stats", "queues", "job", "dead", "schedules", "enqueue",
+                    "cancel", "requeue", "dashboard"):
         assert command in done.stdout
+
+
+def test_schedules_against_a_live_owner(tmp_path: Path) -> None:
+    location = str(tmp_path / "q")
+    _seed(location)
+    with Queue.open(location, options=OpenOptions(background_threads=False)) as q:
+        q.add_schedule("nightly", "30 2 * * *", "reports", b"\x00run", timezone="Europe/Paris")
+        q.add_schedule("hourly", "@hourly", "emails", options=EnqueueOptions(priority=5))
+    with Owner(location) as owner:
+        got = {s["name"]: s for s in taquba_json("schedules", location)}
+        assert set(got) == {"nightly", "hourly"}
+        nightly = got["nightly"]
+        assert (nightly["cron"], nightly["queue"], nightly["timezone"]) == \
+            ("30 2 * * *", "reports", "Europe/Paris")
+        assert base64.b64decode(nightly["payload_b64"]) == b"\x00run"
+        assert nightly["last_run_at"] is None and nightly["next_run_at"] > 0
+        assert got["hourly"]["priority"] == 5
+        text = taquba("schedules", location)
+        assert text.returncode == 0
+        assert text.stdout.split("\n")[0].split() == ["NAME", "CRON", "TIMEZONE", "QUEUE",
+                                                      "NEXT_RUN", "LAST_RUN"]
+        assert "Europe/Paris" in text.stdout and "@hourly" in text.stdout
+        owner.assert_not_fenced()

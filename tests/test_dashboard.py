@@ -87,6 +87,7 @@ def _seed(location: str) -> dict[str, str]:
         claim = q.claim("emails")
         assert claim is not None
         q.ack(claim)
+        q.add_schedule("<nightly>", "30 2 * * *", "reports", timezone="Europe/Paris")
     return ids
 
 
@@ -139,6 +140,7 @@ def test_overview_shows_queues_and_counts(browser: Any, live: Any) -> None:
     _, server, _ = live
     browser.get(server.url + "/")
     cells = _cells(browser)
+    assert cells["<nightly>"][:3] == ["30 2 * * *", "Europe/Paris", "reports"]
     # pending, scheduled, claimed, done, dead
     assert cells["emails"][:5] == ["2", "0", "0", "1", "0"]
     assert cells["reports"][:5] == ["0", "0", "0", "0", "2"]

@@ -8,6 +8,7 @@
     taquba queues LOCATION [--json]
     taquba job LOCATION JOB_ID [--json]
     taquba dead LOCATION QUEUE [--after ID] [--limit N] [--json]
+    taquba schedules LOCATION [--json]
     taquba enqueue LOCATION QUEUE [PAYLOAD | -] [--delay S] [--priority P] [--dedup-key K]
     taquba cancel LOCATION JOB_ID
     taquba requeue LOCATION JOB_ID
@@ -27,7 +28,8 @@ Rules this package keeps:
 - ``--json`` prints one JSON document on stdout (``stats``: a list of objects with the
   ``QueueStats`` fields; ``job``: the ``JobRecord`` fields with the payload as base64 under
   ``payload_b64``, and its ``attempt_history``; ``dead``: a list of such job objects
-  without history; ``queues``: a list of names).
+  without history; ``queues``: a list of names; ``schedules``: a list of objects with the
+  ``Schedule`` fields, the payload as base64 under ``payload_b64``).
 """
 
 from __future__ import annotations
@@ -147,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue", metavar="QUEUE")
     p.add_argument("--after", metavar="ID", help="the last id of the previous page")
     p.add_argument("--limit", type=int, default=100, metavar="N", help="page size (default 100)")
+    _common(p, json_output=True)
+
+    p = sub.add_parser("schedules", help="the cron schedules")
+    p.add_argument("location", metavar="LOCATION")
     _common(p, json_output=True)
 
     p = sub.add_parser("enqueue", help="submit a job (through the inbox; prints its id)")

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..producer import Producer
 from ..reader import QueueReader, holds_queue
-from ..records import Attempt, JobRecord, JobStatus
+from ..records import Attempt, JobRecord, JobStatus, Schedule
 from . import EXIT_OK, CommandError, UsageError
 
 Options = Mapping[str, Any] | None
@@ -48,6 +48,19 @@ def job_json(record: JobRecord, history: Sequence[Attempt] | None = None) -> dic
     out["headers"] = dict(record.headers)
     if history is not None:
         out["attempt_history"] = [attempt_json(a) for a in history]
+    return out
+
+
+def schedule_json(schedule: Schedule) -> dict[str, Any]:
+    """A schedule as a JSON object: the ``Schedule`` fields with ``payload`` replaced by
+    ``payload_b64``."""
+    out: dict[str, Any] = {}
+    for f in fields(schedule):
+        if f.name == "payload":
+            out["payload_b64"] = base64.b64encode(schedule.payload).decode("ascii")
+        else:
+            out[f.name] = getattr(schedule, f.name)
+    out["headers"] = dict(schedule.headers)
     return out
 
 
@@ -174,6 +187,19 @@ def dead_command(args: argparse.Namespace, options: Options) -> int:
     return EXIT_OK
 
 
+def schedules_command(args: argparse.Namespace, options: Options) -> int:
+    """``taquba schedules LOCATION [--json]``."""
+    with _reader(args, options) as r:
+        schedules = r.list_schedules()
+    if args.json:
+        _print_json([schedule_json(s) for s in schedules])
+    else:
+        print(table(("NAME", "CRON", "TIMEZONE", "QUEUE", "NEXT_RUN", "LAST_RUN"),
+                    [(s.name, s.cron, s.timezone, s.queue, when(s.next_run_at),
+                      when(s.last_run_at)) for s in schedules]))
+    return EXIT_OK
+
+
 # -- writing (through the inbox) -----------------------------------------------------------
 
 
@@ -254,4 +280,4 @@ def dashboard_command(args: argparse.Namespace, options: Options) -> int:
     return EXIT_OK
 
 
-__all__ = ["job_json", "payload_preview", "table", "when"]
+__all__ = ["job_json", "payload_preview", "schedule_json", "table", "when"]

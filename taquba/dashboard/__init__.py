@@ -5,7 +5,8 @@ without JavaScript (pages.py). It reads through a :class:`~taquba.QueueReader` (
 every page) and acts through a :class:`~taquba.Producer`, so it never fences the owner.
 
 Pages: ``/`` the queues with their counts, oldest pending age and throughput (acks a
-minute, measured by this dashboard between refreshes), refreshed automatically;
+minute, measured by this dashboard between refreshes), and the cron schedules, refreshed
+automatically;
 ``/queues/<name>/dead?after=<id>`` the dead jobs, paged; ``/jobs/<id>`` a job with its
 headers, a payload preview and its attempt history; ``POST /jobs/<id>/requeue`` and
 ``POST /jobs/<id>/cancel`` submit those actions.
@@ -280,8 +281,10 @@ class _Handler(BaseHTTPRequestHandler):
         parts = [urllib.parse.unquote(p) for p in url.path.split("/") if p]
         try:
             if not parts:
+                rows = self.board.overview_rows()
                 self._send(HTTPStatus.OK, pages.overview(
-                    self.board.location, self.board.overview_rows(), self.board.refresh))
+                    self.board.location, rows, self.board.refresh,
+                    self.board.reader.list_schedules()))
             elif parts == ["jobs"]:
                 self._redirect(f"/jobs/{pages.quote(query.get('id', [''])[0].strip())}")
             elif len(parts) == 2 and parts[0] == "jobs":

@@ -12,7 +12,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
-from ..records import Attempt, JobRecord, JobStatus, QueueStats
+from ..records import Attempt, JobRecord, JobStatus, QueueStats, Schedule
 
 PREVIEW_BYTES = 4096
 
@@ -86,8 +86,9 @@ def action_button(job_id: str, action: str, label: str, csrf: str) -> str:
 
 
 def overview(location: str, rows: Sequence[tuple[QueueStats, float | None, float | None]],
-             refresh: float) -> str:
-    """The queues with their counts, oldest pending age and throughput (acks a minute)."""
+             refresh: float, schedules: Sequence[Schedule] = ()) -> str:
+    """The queues with their counts, oldest pending age and throughput (acks a minute),
+    and the cron schedules."""
     cells = []
     for s, oldest, rate in rows:
         name = quote(s.queue)
@@ -101,6 +102,11 @@ def overview(location: str, rows: Sequence[tuple[QueueStats, float | None, float
                        "oldest pending", "done/min"), cells, numeric=(1, 2, 3, 4, 5, 6, 7))
     else:
         body += "<p>No queues yet.</p>"
+    if schedules:
+        body += "<h2>Schedules</h2>" + table(
+            ("schedule", "cron", "time zone", "queue", "next run", "last run"),
+            [(esc(s.name), esc(s.cron), esc(s.timezone), esc(s.queue), esc(when(s.next_run_at)),
+              esc(when(s.last_run_at))) for s in schedules])
     body += ('<h2>Find a job</h2><form method="get" action="/jobs">'
              '<input name="id" placeholder="job id" size="32"> <button>Show</button></form>')
     return page("queues", body, refresh=refresh)
