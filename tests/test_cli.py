@@ -200,3 +200,17 @@ def test_schedules_against_a_live_owner(tmp_path: Path) -> None:
                                                       "NEXT_RUN", "LAST_RUN"]
         assert "Europe/Paris" in text.stdout and "@hourly" in text.stdout
         owner.assert_not_fenced()
+
+
+def test_the_console_script_points_at_main() -> None:
+    import configparser
+    import importlib
+
+    from support.cli import REPO
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    scripts = config["options.entry_points"]["console_scripts"].strip().splitlines()
+    assert scripts == ["taquba = taquba.cli:main"]
+    module, _, attr = scripts[0].split(" = ")[1].partition(":")
+    assert callable(getattr(importlib.import_module(module), attr))
