@@ -89,11 +89,11 @@ def failure_outcome(cause: int, dead: bool) -> str:
 def started(history: dict[str, list[AttemptEntry]], job_id: str, attempt: int,
             at: float) -> int:
     """Open an entry for delivery ``attempt`` of ``job_id``; returns the change in size."""
-    entry = AttemptEntry(attempt, at)
     entries = history.get(job_id)
     if entries is None:
-        history[job_id] = [entry]
+        history[job_id] = [AttemptEntry(attempt, at)]
         return ENTRY_BYTES
+    entry = AttemptEntry(attempt, at)
     entries.append(entry)
     delta = ENTRY_BYTES
     if len(entries) > MAX_HISTORY:
@@ -125,7 +125,11 @@ def ended(history: dict[str, list[AttemptEntry]], job_id: str, attempt: int,
 def dropped(history: dict[str, list[AttemptEntry]], job_id: str) -> int:
     """Forget the history of ``job_id``; returns the change in size (zero or negative)."""
     entries = history.pop(job_id, None)
-    return 0 if entries is None else -sum(e.size() for e in entries)
+    if entries is None:
+        return 0
+    if len(entries) == 1:  # the common case: a job acked at its first delivery
+        return -entries[0].size()
+    return -sum(e.size() for e in entries)
 
 
 def write_entries(buf: bytearray, entries: list[AttemptEntry]) -> None:

@@ -527,7 +527,7 @@ class State:
         self._release_dedup(job)
         self.live_bytes -= job_size(job)
         del self.jobs[job.id]
-        if job.id in self.history:
+        if self.history:
             self.live_bytes += attempts.dropped(self.history, job.id)
 
     @staticmethod
