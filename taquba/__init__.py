@@ -33,6 +33,7 @@ from .producer import Producer
 from .queue import Queue
 from .reader import QueueNotFound, QueueReader
 from .records import (
+    Attempt,
     CancelOutcome,
     Claim,
     EnqueueResult,
@@ -51,6 +52,7 @@ __all__ = [
     "PRIORITY_HIGH",
     "PRIORITY_LOW",
     "PRIORITY_NORMAL",
+    "Attempt",
     "CancelOutcome",
     "Claim",
     "ClaimLost",

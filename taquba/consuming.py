@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from . import arguments
 from .batch import Batch
 from .config import EnqueueOptions, check_queue_name, to_seconds
+from .core import attempts
 from .core import events as ev
 from .core.codec import id_key
 from .core.jobs import Job
@@ -167,7 +168,8 @@ def nack(q: Queue, claim: Claim, text: str, effects: SettlementEffects | None = 
         job = current_job_locked(q, claim, "nack")
         now = q._now()
         if job.cancel_requested:
-            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True, effects=effects)
+            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
+                                cause=attempts.CAUSE_CANCEL, effects=effects)
         elif job.attempts >= job.max_attempts:
             batch = fail_locked(q, job, now, text, dead=True, effects=effects)
         else:
@@ -193,23 +195,26 @@ def release(q: Queue, claim: Claim, text: str) -> None:
         job = current_job_locked(q, claim, "release")
         now = q._now()
         if job.cancel_requested:
-            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True)
+            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
+                                cause=attempts.CAUSE_CANCEL)
         else:
             batch = fail_locked(q, job, now, text, dead=False)
         q._wait_locked(batch)
 
 
 def fail_locked(q: Handle, job: Job, now: float, error: str, *, dead: bool,
-                run_at: float | None = None, effects: SettlementEffects | None = None) -> Batch:
-    """End the current attempt of ``job`` with ``error``: dead (then with ``effects``, in the
-    same record), scheduled or pending."""
+                run_at: float | None = None, cause: int = attempts.CAUSE_HANDLER,
+                effects: SettlementEffects | None = None) -> Batch:
+    """End the current attempt of ``job`` at ``now`` with ``error``: dead (then with
+    ``effects``, in the same record), scheduled or pending. ``cause``
+    (``attempts.CAUSES``) says why, for the attempt history."""
     event: ev.Failed
     if dead:
-        event = ev.Failed(job.id, ev.TO_DEAD, now, None, error)
+        event = ev.Failed(job.id, ev.TO_DEAD, now, None, error, cause)
     elif run_at is not None and run_at > now:
-        event = ev.Failed(job.id, ev.TO_SCHEDULED, None, run_at, error)
+        event = ev.Failed(job.id, ev.TO_SCHEDULED, now, run_at, error, cause)
     else:
-        event = ev.Failed(job.id, ev.TO_PENDING, None, None, error)
+        event = ev.Failed(job.id, ev.TO_PENDING, now, None, error, cause)
     record: ev.Event = event
     woken: list[str] = []
     if dead and effects is not None:
@@ -299,7 +304,8 @@ def release_previous_claims(q: Queue) -> None:
                     "with their attempts used up", len(ids), len(spent))
         for job in spent:
             reason = "cancelled: " if job.cancel_requested else ""
-            fail_locked(q, job, now, f"{reason}claim abandoned by a previous process", dead=True)
+            fail_locked(q, job, now, f"{reason}claim abandoned by a previous process", dead=True,
+                        cause=attempts.CAUSE_ABANDONED)
         if ids:
             q._commit(ev.Released(ids))
             for job_id in ids:

@@ -16,9 +16,18 @@ from typing import TYPE_CHECKING
 from . import arguments, views
 from .config import check_job_id, check_queue_name
 from .consuming import fail_locked, promote_due_locked
+from .core import attempts
 from .core import events as ev
 from .errors import FencedError, JobNotFound
-from .records import CancelOutcome, JobRecord, JobStatus, QueueStats, WaitOutcome, WaitStatus
+from .records import (
+    Attempt,
+    CancelOutcome,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WaitOutcome,
+    WaitStatus,
+)
 
 if TYPE_CHECKING:
     from .handle import Handle
@@ -38,6 +47,16 @@ def get_job(q: Handle, job_id: str) -> JobRecord | None:
         record = views.job_record(q._state, job_id)
         q._wait_reported_locked()
         return record
+
+
+def attempt_history(q: Handle, job_id: str) -> list[Attempt]:
+    """The deliveries of ``job_id``, oldest first (as reported: once durable)."""
+    check_job_id(job_id)
+    with q._lock:
+        q._check_open_locked()
+        history = views.attempt_history(q._state, job_id)
+        q._wait_reported_locked()
+        return history
 
 
 def stats(q: Handle, queue: str) -> QueueStats:
@@ -149,9 +168,11 @@ def reap(q: Handle) -> int:
         expired = state.expired_leases(now)
         for job in expired:
             if job.cancel_requested:
-                fail_locked(q, job, now, "cancelled: lease expired", dead=True)
+                fail_locked(q, job, now, "cancelled: lease expired", dead=True,
+                            cause=attempts.CAUSE_CANCEL)
             else:
-                fail_locked(q, job, now, "lease expired", dead=job.attempts >= job.max_attempts)
+                fail_locked(q, job, now, "lease expired", dead=job.attempts >= job.max_attempts,
+                            cause=attempts.CAUSE_LEASE)
         purge: list[str] = []
         for name in list(state.queues):
             cfg = q._config(name)

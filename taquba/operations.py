@@ -10,7 +10,7 @@ from __future__ import annotations
 from . import inspecting, scheduling, views
 from .config import Buffer, Duration, EnqueueOptions
 from .handle import Handle
-from .records import CancelOutcome, JobRecord, QueueStats, Schedule, WaitOutcome
+from .records import Attempt, CancelOutcome, JobRecord, QueueStats, Schedule, WaitOutcome
 
 
 class Operations(Handle):
@@ -38,6 +38,29 @@ class Operations(Handle):
         """
         self._ensure_open()
         return inspecting.get_job(self, job_id)
+
+    def attempt_history(self, job_id: str) -> list[Attempt]:
+        """The deliveries of job ``job_id``, oldest first: one :class:`Attempt` each.
+
+        Args:
+            job_id: 1-128 characters of ``[A-Za-z0-9_-]``.
+
+        Returns:
+            One entry per delivery with its claim and finish times, its outcome
+            (``"acked"``, ``"nacked"``, ``"dead"``, ``"lease_expired"``, ``"cancelled"``,
+            ``"abandoned"``, or None while it runs) and its error. At most the last ten
+            deliveries, kept while the job's record is kept (a job acked without
+            ``keep_done``, or cancelled while waiting, takes its history with it). Empty
+            for a job never delivered or not known.
+
+        Raises:
+            InvalidArgument: a malformed id.
+            StorageError: a write this read waited for failed.
+
+        Durability: reports only durable state, as :meth:`get_job`.
+        """
+        self._ensure_open()
+        return inspecting.attempt_history(self, job_id)
 
     def stats(self, queue: str) -> QueueStats:
         """The job counts of ``queue``.
@@ -181,33 +204,15 @@ class Operations(Handle):
         also promote the due jobs of their queue first); tests call it with a manual clock.
 
         Returns:
-            How many jobs were made pending or enqueued by a schedule.
+            How many jobs were made pending or enqueued by schedules.
 
-        Durability: not waited for: a lost promotion is done again by the next one.
+        Durability: not waited for: a tick lost in a crash is made again after it.
         """
         self._ensure_open()
         with self._lock:
             self._check_open_locked()
             now = self._now()
             return inspecting.promote_locked(self, now) + scheduling.fire_due_locked(self, now)
-
-    def check_fence_now(self) -> None:
-        """Ask the storage, with one small request, whether another process has opened this
-        root since this handle did.
-
-        The background thread ``taquba-fence-check`` calls this every
-        ``OpenOptions.fence_check_interval`` seconds; a handle learns it was fenced at its
-        next write anyway, so this is what tells an idle or read-only handle.
-
-        Raises:
-            FencedError: another process has opened the root; from now on every call on
-                this handle raises it.
-            StorageError: the storage could not be asked.
-
-        Durability: writes nothing.
-        """
-        self._ensure_open()
-        inspecting.check_fence(self)
 
     # -- cron schedules (scheduling.py) -------------------------------------------------------
 
@@ -218,7 +223,8 @@ class Operations(Handle):
         Args:
             name: the schedule's name (1-255 UTF-8 bytes); re-adding a name replaces it.
             cron: a 5-field cron expression or a macro (``@hourly``, ``@daily``, ...).
-            queue, payload: as for :meth:`enqueue`.
+            queue: the queue's name.
+            payload: the jobs' bytes.
             options: ``priority``, ``max_attempts`` and ``headers`` of the jobs (the other
                 fields of :class:`EnqueueOptions` are refused).
             timezone: the IANA time zone the expression is read in (daylight saving
@@ -239,15 +245,42 @@ class Operations(Handle):
         return scheduling.add(self, name, cron, queue, payload, options, timezone)
 
     def remove_schedule(self, name: str) -> bool:
-        """Remove the schedule ``name``; False if there was none. Returns once durable."""
+        """Remove the schedule ``name``.
+
+        Returns:
+            False if there was none.
+
+        Durability: returns once the removal is durable.
+        """
         self._ensure_open()
         return scheduling.remove(self, name)
 
     def list_schedules(self) -> list[Schedule]:
-        """Every schedule, by name (only durable state is reported)."""
+        """Every schedule, by name.
+
+        Durability: reports only durable state, as :meth:`get_job`.
+        """
         self._ensure_open()
         with self._lock:
             self._check_open_locked()
             out = views.schedules(self._state)
             self._wait_reported_locked()
             return out
+
+    def check_fence_now(self) -> None:
+        """Ask the storage, with one small request, whether another process has opened this
+        root since this handle did.
+
+        The background thread ``taquba-fence-check`` calls this every
+        ``OpenOptions.fence_check_interval`` seconds; a handle learns it was fenced at its
+        next write anyway, so this is what tells an idle or read-only handle.
+
+        Raises:
+            FencedError: another process has opened the root; from now on every call on
+                this handle raises it.
+            StorageError: the storage could not be asked.
+
+        Durability: writes nothing.
+        """
+        self._ensure_open()
+        inspecting.check_fence(self)

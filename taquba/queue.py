@@ -163,6 +163,7 @@ class Queue(Operations):
                        checkpoint_max_segments=options.checkpoint_max_segments,
                        segment_max_bytes=options.segment_max_bytes,
                        background_cleanup=True)
+        holder[0].reset_tallies()  # the metrics count what happens from now on
         q = cls(store, options, _log=log, _state=holder[0])
         consuming.release_previous_claims(q)
         if options.background_threads:

@@ -14,10 +14,19 @@ from collections.abc import Mapping
 from .config import Buffer, check_job_id, check_queue_name
 from .core.state import State
 from .errors import ConfigError, JobNotFound, QueueClosed
+from .log.manifest import MANIFEST_DIR
 from .log.reader import LogReader, RootNotFound
-from .records import JobRecord, QueueStats, Schedule
+from .records import Attempt, JobRecord, QueueStats, Schedule
 from .storage import Location, Store, open_store
-from .views import dead_page, job_record, kv_key, queue_stats, schedules
+from .views import (
+    attempt_history,
+    dead_page,
+    job_record,
+    kv_key,
+    oldest_pending_at,
+    queue_stats,
+    schedules,
+)
 
 
 class QueueNotFound(ConfigError):
@@ -142,6 +151,14 @@ class QueueReader:
             self._ensure_open()
             return job_record(self._state, job_id)
 
+    def attempt_history(self, job_id: str) -> list[Attempt]:
+        """The deliveries of job ``job_id``, oldest first (as ``Queue.attempt_history``)."""
+        self._ensure_open()
+        check_job_id(job_id)
+        with self._lock:
+            self._ensure_open()
+            return attempt_history(self._state, job_id)
+
     def stats(self, queue: str) -> QueueStats:
         """The job counts of ``queue`` as of the last refresh.
 
@@ -159,6 +176,14 @@ class QueueReader:
         with self._lock:
             self._ensure_open()
             return queue_stats(self._state, queue)
+
+    def oldest_pending_at(self, queue: str) -> float | None:
+        """The enqueue time of the oldest pending job of ``queue`` (None if none is)."""
+        self._ensure_open()
+        check_queue_name(queue)
+        with self._lock:
+            self._ensure_open()
+            return oldest_pending_at(self._state, queue)
 
     def list_queues(self) -> list[str]:
         """The names of the queues that have jobs or counts, sorted, as of the last refresh."""
@@ -215,4 +240,19 @@ class QueueReader:
         return f"QueueReader({self.store.description!r}{', closed' if self._closed else ''})"
 
 
-__all__ = ["JobNotFound", "QueueNotFound", "QueueReader"]
+def holds_queue(location: Location, path: str | None = None, *,
+                storage_options: Mapping[str, object] | None = None) -> bool:
+    """Whether the root at ``location`` holds a queue (a manifest), with one listing and
+    without reading the queue's state (for a check before submitting to it).
+
+    Raises ``ConfigError`` for a malformed location and ``StorageError`` if the storage
+    cannot be listed.
+    """
+    store = open_store(location, path, storage_options=storage_options)
+    try:
+        return bool(store.list_dir(MANIFEST_DIR))
+    finally:
+        store.close()
+
+
+__all__ = ["JobNotFound", "QueueNotFound", "QueueReader", "holds_queue"]

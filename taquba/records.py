@@ -68,6 +68,26 @@ class JobRecord:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One delivery of a job, from :meth:`taquba.Queue.attempt_history`.
+
+    ``attempt`` is the job's attempt number (1 on first delivery; it starts again after
+    ``requeue_dead_job``). ``outcome`` is None while the delivery runs, else one of
+    ``"acked"``, ``"nacked"`` (failed, retried), ``"dead"`` (failed, the job went dead),
+    ``"lease_expired"`` (the reaper took it back, or killed the job), ``"cancelled"`` (it
+    ended after a cancel request: the job went dead) or ``"abandoned"`` (the process that
+    held it died: ``finished_at`` is None, as the time is unknown, unless the job went
+    dead for it). ``error`` is the failure's text.
+    """
+
+    attempt: int
+    claimed_at: float
+    finished_at: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class QueueStats:
     """Job counts of one queue. ``done`` is cumulative; ``dead`` is the current dead set."""
 

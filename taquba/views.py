@@ -3,22 +3,62 @@ owner's ``Queue`` and for ``QueueReader``. Callers hold their own lock around th
 
 from __future__ import annotations
 
+import heapq
+
 from .arguments import kv_key as kv_key  # the check the owner applies too
 from .config import check_job_id, check_queue_name
 from .core.schedule import ScheduleSet
 from .core.state import State
 from .errors import InvalidArgument, JobNotFound
-from .records import JobRecord, JobStatus, QueueStats, Schedule
+from .records import Attempt, JobRecord, JobStatus, QueueStats, Schedule
 
 MAX_PAGE = 10_000
 
 
 def job_record(state: State, job_id: str) -> JobRecord | None:
+    """The record of job ``job_id``, or None if it is not kept."""
     job = state.jobs.get(job_id)
     return None if job is None else job.record()
 
 
+def oldest_pending_at(state: State, queue: str) -> float | None:
+    """The enqueue time of the oldest pending job of ``queue`` (None if none is pending).
+
+    Looks at the head of each priority's lane, dropping stale entries on the way as
+    ``State.peek_pending`` does: O(priorities) plus the stale entries it drops. A job that
+    became pending again (retried, promoted) counts from its enqueue time.
+    """
+    index = state.queues.get(queue)
+    if index is None or not index.counts[JobStatus.PENDING]:
+        return None
+    jobs = state.jobs
+    pending = JobStatus.PENDING
+    oldest: float | None = None
+    for lane in index.lanes.values():
+        fresh = lane.fresh
+        while fresh and not (fresh[0].status is pending and jobs.get(fresh[0].id) is fresh[0]):
+            fresh.popleft()
+        returned = lane.returned
+        while returned:
+            other = jobs.get(returned[0][1])
+            if other is not None and other.status is pending and other.seq == returned[0][0]:
+                break
+            heapq.heappop(returned)
+        for job in (fresh[0] if fresh else None, jobs[returned[0][1]] if returned else None):
+            if job is not None and (oldest is None or job.enqueued_at < oldest):
+                oldest = job.enqueued_at
+    return oldest
+
+
+def attempt_history(state: State, job_id: str) -> list[Attempt]:
+    """The deliveries of ``job_id``, oldest first (empty for an unknown or unclaimed job)."""
+    return [Attempt(attempt=e.attempt, claimed_at=e.claimed_at, finished_at=e.finished_at,
+                    outcome=e.outcome, error=e.error)
+            for e in state.history.get(job_id, ())]
+
+
 def queue_stats(state: State, queue: str) -> QueueStats:
+    """The counts of ``queue`` (zeros for a queue the state does not know)."""
     index = state.queues.get(queue)
     if index is None:
         return QueueStats(queue=queue)

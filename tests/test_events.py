@@ -16,6 +16,7 @@ from taquba import EnqueueOptions, OpenOptions, Queue, QueueConfig
 from taquba.core import events as ev
 from taquba.core import ids
 from taquba.core import snapshot as snap
+from taquba.core.attempts import ENTRY_BYTES
 from taquba.core.codec import RECORD_FORMAT_VERSION
 from taquba.core.state import JOB_BYTES, State
 from taquba.errors import CorruptionError
@@ -228,7 +229,9 @@ def test_encoders_refuse_what_no_decoder_would_accept() -> None:
     with pytest.raises(ValueError):
         ev.Failed(A, ev.TO_SCHEDULED).encode()
     with pytest.raises(ValueError):
-        ev.Failed(A, ev.TO_PENDING, T0).encode()  # a time only a dead job keeps
+        ev.Failed(A, ev.TO_DEAD).encode()  # a dead job needs its failure time
+    with pytest.raises(ValueError):
+        ev.Failed(A, ev.TO_PENDING, T0, cause=7).encode()
     with pytest.raises(ValueError):
         ev.Failed(A, 3).encode()
     with pytest.raises(ValueError):
@@ -444,7 +447,7 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s = State()
     s.apply(enqueued("jobs", T0, [job(A)]))
     data = s.snapshot()
-    _, queues, _, kv, _, _ = snap.decode(data)
+    _, queues, _, kv, _, _, _ = snap.decode(data)
     twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues],
                         [s.jobs[A], s.jobs[A]], kv)
     with pytest.raises(CorruptionError, match="twice"):
@@ -488,7 +491,8 @@ def test_live_bytes_follows_what_a_snapshot_holds() -> None:
     s.apply(ev.Acked(B, False))
     s.apply(ev.Claimed(C, 1, T0, 30.0))
     s.apply(ev.Acked(C, True, T0))
-    assert s.live_bytes == JOB_BYTES + 20  # the kept record of C
+    # the kept record of C, with its one delivery in its history
+    assert s.live_bytes == JOB_BYTES + 20 + ENTRY_BYTES
     s.apply(ev.Purged([C]))
     assert s.live_bytes == 0
 

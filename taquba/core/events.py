@@ -21,9 +21,10 @@ present only when its flag is set::
     CLAIM      tag | u8 flags | id | uvarint attempts | f64 claimed_at | dur lease
     RENEW      tag | u8 flags | id | f64 lease_expires_at
     ACK        tag | u8 flags | id | [f64 completed_at]    F_KEEP: the record is retained
-    FAIL       tag | u8 flags | id | [f64 failed_at] | [f64 run_at] | [str error]
-               flags bits 1-2: TO_PENDING, TO_SCHEDULED (run_at), TO_DEAD (failed_at);
-               F_ERROR: an error text follows
+    FAIL       tag | u8 flags | id | [f64 at] | [f64 run_at] | [str error]
+               flags bits 1-2: TO_PENDING, TO_SCHEDULED (run_at), TO_DEAD (at, always);
+               F_ERROR: an error text follows; F_AT: ``at`` follows (not dead);
+               bits 4-5: the cause (attempts.CAUSES; 0 in records written before it)
     CANCEL, REQUEUE_DEAD     tag | u8 flags | id
     PROMOTE, PURGE, RELEASE  tag | uvarint n | n x id (each with its leading form byte)
     KV_DELETE  tag | uvarint n | n x bytes key
@@ -44,8 +45,8 @@ bits are corruption.
 What is left out, and why replay still rebuilds the same state: a job's sequence number
 (the state numbers enqueued jobs in log order); a claim's expiry (the state computes
 ``claimed_at + lease``, the same float the queue computed); an ack's completion time when
-the record is dropped, a failure's time unless the job dies, the time of a requeue (none
-of them is ever visible).
+the record is dropped, the time of a requeue (none of them is ever visible). A failure's
+time is kept for the attempt history (core/attempts.py).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Union
 
 from ..errors import CorruptionError
+from .attempts import CAUSE_HANDLER, CAUSES
 from .codec import (
     EXTENDED,
     F_TEXT_ID,
@@ -130,6 +132,8 @@ TO_DEAD = 2
 F_KEEP = 0x02  # ACK
 _FAIL_TO = 0x06  # FAIL: destination << 1
 F_ERROR = 0x08  # FAIL
+_FAIL_CAUSE = 0x30  # FAIL: cause << 4 (attempts.CAUSES)
+F_AT = 0x40  # FAIL: the time of a failure that does not kill the job follows
 
 
 _T_ENQUEUE = tag(ENQUEUE)
@@ -227,10 +231,12 @@ class Acked(NamedTuple):
 
 
 class Failed(NamedTuple):
-    """An attempt failed with ``error``: the job goes to ``to``.
+    """An attempt failed with ``error`` at ``at``: the job goes to ``to``.
 
     ``to`` is TO_PENDING, TO_SCHEDULED (``run_at`` given) or TO_DEAD (``at``, the failure
-    time, given); the other time is None.
+    time, required: the job keeps it as ``failed_at``). ``cause`` is one of
+    ``attempts.CAUSES``: why the attempt ended, for its history. Records written before
+    causes and times of retried failures existed read back with cause 0 and ``at`` None.
     """
 
     job_id: str
@@ -238,6 +244,7 @@ class Failed(NamedTuple):
     at: float | None = None
     run_at: float | None = None
     error: str | None = None
+    cause: int = CAUSE_HANDLER
 
     def encode(self) -> bytes:
         to = self.to
@@ -245,12 +252,17 @@ class Failed(NamedTuple):
             raise ValueError(f"bad destination {to!r} for a failed job")
         if (to == TO_SCHEDULED) != (self.run_at is not None):
             raise ValueError("run_at is given exactly when a failed job is scheduled")
-        if (to == TO_DEAD) != (self.at is not None):
-            raise ValueError("the failure time is given exactly when a failed job dies")
-        buf = single_head(FAIL, to << 1 | (0 if self.error is None else F_ERROR), self.job_id)
+        if to == TO_DEAD and self.at is None:
+            raise ValueError("a failed job that dies needs the failure time")
+        if self.cause not in CAUSES:
+            raise ValueError(f"bad cause {self.cause!r} for a failed job")
+        flags = to << 1 | self.cause << 4 | (0 if self.error is None else F_ERROR)
+        if self.at is not None and to != TO_DEAD:
+            flags |= F_AT
+        buf = single_head(FAIL, flags, self.job_id)
         if self.at is not None:
             put_time(buf, self.at)
-        elif self.run_at is not None:
+        if self.run_at is not None:
             put_time(buf, self.run_at)
         if self.error is not None:
             put_str(buf, self.error)
@@ -258,15 +270,17 @@ class Failed(NamedTuple):
 
     @classmethod
     def read(cls, r: Reader) -> Failed:
-        flags = r.flags(F_TEXT_ID | _FAIL_TO | F_ERROR)
+        flags = r.flags(F_TEXT_ID | _FAIL_TO | F_ERROR | _FAIL_CAUSE | F_AT)
         to = (flags & _FAIL_TO) >> 1
         if to not in (TO_PENDING, TO_SCHEDULED, TO_DEAD):
             raise Corrupt(f"unknown destination {to}")
+        if to == TO_DEAD and flags & F_AT:
+            raise Corrupt("a dead job's failure time is flagged as optional")
         job_id = single_id(r, flags)
-        at = r.time() if to == TO_DEAD else None
+        at = r.time() if to == TO_DEAD or flags & F_AT else None
         run_at = r.time() if to == TO_SCHEDULED else None
         error = r.text() if flags & F_ERROR else None
-        return cls(job_id, to, at, run_at, error)
+        return cls(job_id, to, at, run_at, error, (flags & _FAIL_CAUSE) >> 4)
 
 
 class Cancelled(NamedTuple):

@@ -10,8 +10,10 @@ Field types are those of codec.py; ``[x]`` is present only when its flag is set:
     job    uvarint flags | id | uvarint queue index | uvarint attempts | uvarint max_attempts
            | uvarint priority | uvarint seq | f64 enqueued_at | [f64 run_at]
            | [f64 claimed_at] | [f64 lease_expires_at] | [f64 completed_at]
-           | [f64 failed_at] | [str last_error] | [str dedup_key] | [headers] | bytes payload
+           | [f64 failed_at] | [str last_error] | [str dedup_key] | [headers] | [history]
+           | bytes payload
     flags  bits 0-2 the status (index in STATUS_CODES), then the S_* bits below
+    history  the job's attempt history (attempts.py), present for jobs delivered at least once
 
 The inbox marks are present only when there are marks or schedules (their count is then
 non-zero, or zero followed by schedules); the schedules only when there are schedules, each
@@ -36,6 +38,7 @@ from collections.abc import Collection, Mapping, Sequence
 from ..errors import CorruptionError
 from ..records import JobStatus
 from . import ids
+from .attempts import AttemptEntry, read_entries, write_entries
 from .codec import (
     F64,
     Corrupt,
@@ -70,9 +73,10 @@ S_LAST_ERROR = 1 << 9
 S_DEDUP = 1 << 10
 S_HEADERS = 1 << 11
 S_CANCEL = 1 << 12
-_S_KNOWN = (1 << 13) - 1
+S_HISTORY = 1 << 13
+_S_KNOWN = (1 << 14) - 1
 _S_TIMES = S_RUN_AT | S_CLAIMED_AT | S_LEASE | S_COMPLETED_AT | S_FAILED_AT
-_S_STRINGS = S_LAST_ERROR | S_DEDUP | S_HEADERS
+_S_STRINGS = S_LAST_ERROR | S_DEDUP | S_HEADERS | S_HISTORY
 
 # A job's bytes in a snapshot besides its payload, headers and strings: flags 1-2, id 16,
 # queue index 1, attempts + max_attempts 2, priority 1-5, seq 1-5, enqueued_at 8, payload
@@ -91,8 +95,10 @@ QueueRow = tuple[str, int, dict[str, str]]
 def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
            jobs: Collection[Job], kv: Mapping[bytes, bytes],
            marks: Mapping[str, tuple[int, float]] | None = None,
-           schedules: Sequence[ScheduleSet] = ()) -> bytes:
-    """The whole state. Every job's queue must be among ``queues``.
+           schedules: Sequence[ScheduleSet] = (),
+           history: Mapping[str, list[AttemptEntry]] | None = None) -> bytes:
+    """The whole state. Every job's queue must be among ``queues``; ``history`` holds the
+    attempt history of jobs that have had a delivery (those have a ``detail``).
 
     Everything is written into one buffer, so the peak memory is about twice the snapshot.
     """
@@ -113,6 +119,7 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
     codes = _STATUS_CODE
     pack = pack_f64
     append = buf.append
+    histories = history or {}
     for job in jobs:
         value = decode_id(job.id)
         flags = codes[job.status]
@@ -124,6 +131,7 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
             last_error = dedup_key = None
             headers = None
             cancel = False
+            entries = None
         else:
             run_at = d.run_at
             claimed_at = d.claimed_at
@@ -134,6 +142,7 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
             dedup_key = d.dedup_key
             headers = d.headers
             cancel = d.cancel_requested
+            entries = histories.get(job.id) if histories else None
         if run_at is not None:
             flags |= S_RUN_AT
         if claimed_at is not None:
@@ -152,6 +161,8 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
             flags |= S_HEADERS
         if cancel:
             flags |= S_CANCEL
+        if entries:
+            flags |= S_HISTORY
         if flags < 0x80:
             append(flags)
         else:
@@ -203,6 +214,8 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
                 put_str(buf, dedup_key)
             if headers:
                 put_headers(buf, headers)
+            if entries:
+                write_entries(buf, entries)
         payload = job.payload
         n = len(payload)
         if n < 0x80:
@@ -229,9 +242,10 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
 
 
 def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes],
-                                 dict[str, tuple[int, float]], list[ScheduleSet]]:
-    """``(next_seq, queues, jobs, kv, inbox marks, schedules)`` of a snapshot made by
-    :func:`encode`."""
+                                 dict[str, tuple[int, float]], list[ScheduleSet],
+                                 dict[str, list[AttemptEntry]]]:
+    """``(next_seq, queues, jobs, kv, inbox marks, schedules, attempt history)`` of a
+    snapshot made by :func:`encode`."""
     t = check_tag(data)
     if t != _T_SNAPSHOT:
         raise CorruptionError(f"expected a snapshot, found a record of kind {t & 0x0F}")
@@ -253,7 +267,8 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
             names.append(name)
         if len(set(names)) != len(names):
             raise Corrupt("a queue is listed twice")
-        rows = _decode_jobs(r, next_seq, names)
+        history: dict[str, list[AttemptEntry]] = {}
+        rows = _decode_jobs(r, next_seq, names, history)
         kv: dict[bytes, bytes] = {}
         for _ in range(r.count(2)):
             key = r.blob()
@@ -281,12 +296,14 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): {exc}") from None
     except (IndexError, struct.error):  # a read past the end in _decode_jobs' fast paths
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): truncated") from None
-    return next_seq, queues, rows, kv, marks, schedules
+    return next_seq, queues, rows, kv, marks, schedules, history
 
 
-def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Job]:
+def _decode_jobs(r: Reader, next_seq: int, names: list[str],
+                 history: dict[str, list[AttemptEntry]]) -> list[Job]:
     """The jobs, read with the position in a local and one-byte varints inline (this is
-    most of a reopen); anything unusual goes through the Reader's checked methods."""
+    most of a reopen); anything unusual goes through the Reader's checked methods. The
+    attempt histories go to ``history``."""
     rows: list[Job] = []
     append = rows.append
     n_queues = len(names)
@@ -356,6 +373,8 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str]) -> list[Job]:
             job_dedup = r.text() if flags & S_DEDUP else None
             if flags & S_HEADERS:
                 headers = r.headers()
+            if flags & S_HISTORY:
+                history[job_id] = read_entries(r)
         if code and (None, run_at, lease, completed_at, failed_at)[code] is None:
             raise Corrupt(f"{STATUS_CODES[code].value} job {job_id} has no {_NEEDED[code]}")
         detail = None

@@ -16,7 +16,10 @@ Indexes, all independent of history:
 - one heap of scheduled jobs by ``run_at`` and one of leases by expiry;
 - per queue, heaps of retained done and dead jobs by completion / failure time (for the
   retention sweeps) and an ordered index of dead jobs for paging;
-- per queue, the dedup keys of pending and scheduled jobs.
+- per queue, the dedup keys of pending and scheduled jobs;
+- per job that has had a delivery, its attempt history (attempts.py), bounded per job;
+- per queue, tallies of what happened since they were last reset (``TALLIES``): the
+  queue resets them after replay, so they count what this process saw.
 
 Indexes are lazy: an entry is valid only while the job still matches it, and stale entries
 are dropped when they surface. A job may have two entries in its lane (say, claimed and
@@ -25,9 +28,10 @@ takes it, so that is harmless.
 
 ``live_bytes`` estimates the size of a snapshot of the state: per job ``JOB_BYTES`` plus its
 payload, header names and values, dedup key and last error (string lengths in characters),
-and per KV entry its key and value, and per schedule ``ScheduleSet.size()``. It grows with
-enqueues and KV writes and shrinks when jobs are dropped (acked without retention,
-cancelled, purged) and KV keys deleted.
+and per KV entry its key and value, per schedule ``ScheduleSet.size()``, and per attempt
+history entry ``attempts.ENTRY_BYTES`` plus its error. It grows with enqueues and KV writes
+and shrinks when jobs are dropped (acked without retention, cancelled, purged) and KV keys
+deleted.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 
 from ..errors import CorruptionError
 from ..records import JobStatus
+from . import attempts
 from . import events as ev
 from . import snapshot as snap
 from .jobs import Job, JobDetail
@@ -53,6 +58,12 @@ DEAD = JobStatus.DEAD
 JOB_BYTES = snap.JOB_BYTES
 KV_ENTRY_BYTES = 4  # the two lengths of a KV entry in a snapshot
 MARK_BYTES = 12  # an inbox mark's seq and time besides its producer id
+
+# What ``QueueIndex.tally`` counts, by position: jobs enqueued, deliveries, acks, failed
+# attempts sent back for a retry (not lease expiries), jobs that went dead (any way), and
+# leases that expired (the reaper).
+TALLIES = ("enqueued", "claimed", "completed", "nacked", "dead_lettered", "reaped")
+T_ENQUEUED, T_CLAIMED, T_COMPLETED, T_NACKED, T_DEAD, T_REAPED = range(len(TALLIES))
 
 
 def job_size(job: Job) -> int:
@@ -83,7 +94,7 @@ class QueueIndex:
     """Indexes and counters of one named queue."""
 
     __slots__ = ("counts", "dead", "dead_heap", "dedup", "done_heap", "done_total", "lanes",
-                 "name", "priorities")
+                 "name", "priorities", "tally")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -95,6 +106,7 @@ class QueueIndex:
         self.done_heap: list[tuple[float, str]] = []  # retained done jobs by completed_at
         self.dead_heap: list[tuple[float, str]] = []  # dead jobs by failed_at
         self.dead: list[tuple[int, str]] = []  # dead jobs by enqueue seq, for paging
+        self.tally = [0] * len(TALLIES)  # see TALLIES; not in snapshots
 
     def lane(self, priority: int) -> Lane:
         lane = self.lanes.get(priority)
@@ -119,6 +131,8 @@ class State:
         self.inbox_marks: dict[str, tuple[int, float]] = {}
         # schedule name -> the schedule, as its latest SCHEDULE_SET (see core/schedule.py)
         self.schedules: dict[str, ev.ScheduleSet] = {}
+        # job id -> its deliveries, for jobs that have had one (see attempts.py)
+        self.history: dict[str, list[attempts.AttemptEntry]] = {}
 
     # -- queries -------------------------------------------------------------------------
 
@@ -154,6 +168,11 @@ class State:
             if fresh:
                 return fresh[0]
         return None
+
+    def reset_tallies(self) -> None:
+        """Zero every queue's tallies (the queue does this once it has replayed the log)."""
+        for index in self.queues.values():
+            index.tally = [0] * len(TALLIES)
 
     def due_scheduled(self, now: float) -> list[Job]:
         """Take the scheduled jobs whose ``run_at`` has passed, oldest first."""
@@ -264,6 +283,7 @@ class State:
                 seq += 1
             n = seq - self.next_seq
             index.counts[PENDING] += n
+            index.tally[T_ENQUEUED] += n
             self.live_bytes += size + n * JOB_BYTES
         else:
             for job_id, payload, spec in zip(e.ids, e.payloads, specs):
@@ -292,6 +312,7 @@ class State:
                     index.lane(job.priority).fresh.append(job)
                     index.counts[PENDING] += 1
                 seq += 1
+            index.tally[T_ENQUEUED] += len(e.ids)
         self.next_seq = seq
         for key, value in e.kv:
             self._kv_put(key, value)
@@ -308,6 +329,8 @@ class State:
         d.lease_expires_at = expires = e.at + e.lease
         d.run_at = None
         heapq.heappush(self.leases, (expires, job.id, e.attempts))
+        self.queues[job.queue].tally[T_CLAIMED] += 1
+        self.live_bytes += attempts.started(self.history, job.id, e.attempts, e.at)
 
     def _renewed(self, e: ev.Renewed) -> None:
         job = self.jobs.get(e.job_id)
@@ -322,12 +345,15 @@ class State:
             return
         index = self.queue(job.queue)
         index.done_total += 1
+        index.tally[T_COMPLETED] += 1
         if e.at is not None:
             d = job.more()
             d.lease_expires_at = None
             d.completed_at = e.at
             self._set_status(job, DONE)
             heapq.heappush(index.done_heap, (e.at, job.id))
+            self.live_bytes += attempts.ended(self.history, job.id, job.attempts, d.claimed_at,
+                                              e.at, attempts.ACKED)
         else:
             self._forget(job)
 
@@ -343,7 +369,19 @@ class State:
             self.live_bytes += len(e.error) + 2
         d.last_error = e.error
         d.lease_expires_at = None
-        if e.to == ev.TO_DEAD:
+        dead = e.to == ev.TO_DEAD
+        if job.status is CLAIMED:
+            self.live_bytes += attempts.ended(
+                self.history, job.id, job.attempts, d.claimed_at, e.at,
+                attempts.failure_outcome(e.cause, dead), e.error)
+        tally = self.queue(job.queue).tally
+        if e.cause == attempts.CAUSE_LEASE:
+            tally[T_REAPED] += 1
+        if dead:
+            tally[T_DEAD] += 1
+        elif e.cause != attempts.CAUSE_LEASE:
+            tally[T_NACKED] += 1
+        if dead:
             d.failed_at = e.at
             self._set_status(job, DEAD)
             index = self.queue(job.queue)
@@ -395,6 +433,8 @@ class State:
             job = self.jobs.get(job_id)
             if job is not None and job.status is CLAIMED:
                 d = job.more()
+                self.live_bytes += attempts.ended(self.history, job_id, job.attempts,
+                                                  d.claimed_at, None, attempts.ABANDONED)
                 d.lease_expires_at = None
                 d.claimed_at = None
                 self._make_pending(job)
@@ -487,6 +527,8 @@ class State:
         self._release_dedup(job)
         self.live_bytes -= job_size(job)
         del self.jobs[job.id]
+        if self.history:
+            self.live_bytes += attempts.dropped(self.history, job.id)
 
     @staticmethod
     def _unindex_dead(index: QueueIndex, job: Job) -> None:
@@ -510,7 +552,7 @@ class State:
         """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
         queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
         return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv,
-                           self.inbox_marks, list(self.schedules.values()))
+                           self.inbox_marks, list(self.schedules.values()), self.history)
 
     @classmethod
     def restore(cls, data: bytes) -> State:
@@ -518,7 +560,7 @@ class State:
 
         Raises ``CorruptionError`` for a malformed snapshot or one that lists a job twice.
         """
-        next_seq, queues, decoded, kv, marks, schedules = snap.decode(data)
+        next_seq, queues, decoded, kv, marks, schedules, history = snap.decode(data)
         state = cls()
         state.inbox_marks = marks
         state.schedules = {s.name: s for s in schedules}
@@ -563,6 +605,9 @@ class State:
             size += len(key) + len(value) + KV_ENTRY_BYTES
         size += sum(MARK_BYTES + len(p) for p in marks)
         size += sum(s.size() for s in schedules)
+        for entries in history.values():
+            size += sum(e.size() for e in entries)
+        state.history = history
         state.live_bytes = size
         return state
 

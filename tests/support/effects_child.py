@@ -32,7 +32,7 @@ from taquba import (
 
 SOURCE = "source"
 NEXT = "next"
-JOBS = 400
+JOBS = 2000  # more than 4 workers settle in the longest wait before a kill
 WORKERS = 4
 CONFIG = QueueConfig(lease=3600.0, keep_done=30 * 24 * 3600.0, max_attempts=1_000_000)
 
