@@ -170,7 +170,7 @@ def test_an_enqueue_that_lists_one_id_twice_is_corruption() -> None:
     a, b = gen.new_many(T0, 2)
     record = ev.Enqueued("q", T0, [a, b, a], [b"1", b"2", b"3"]).encode()
     state = State()
-    with pytest.raises(CorruptionError, match="twice"):
+    with pytest.raises(CorruptionError, match="repeats the id of a known job, or lists one twice"):
         state.apply_record(record)
     assert state.jobs == {}
 

@@ -233,7 +233,8 @@ class State:
 
         Raises:
             CorruptionError: an ``Enqueued`` event repeats the id of a known job (only a
-                damaged log can say that; the queue never makes one).
+                damaged log can say that; the queue never makes one). The state is then
+                unusable: replay stops there, and the open that replays fails.
         """
         _APPLY[type(event)](self, event)
 
@@ -259,16 +260,18 @@ class State:
             priority = e.priority
             max_attempts = e.max_attempts
             job_ids = e.ids
-            if not jobs.keys().isdisjoint(job_ids) or len(set(job_ids)) != len(job_ids):
-                known = next((i for i in job_ids if i in jobs), None)
-                raise CorruptionError(f"enqueue record repeats the id {known!r} of a known job"
-                                      if known is not None else
-                                      "enqueue record lists a job id twice")
             new = [Job(job_id, queue, payload, priority, max_attempts, s, at)
                    for job_id, payload, s in zip(job_ids, e.payloads, range(seq, seq + len(job_ids)))]
-            jobs.update(zip(job_ids, new))
-            index.lane(priority).fresh.extend(new)
             n = len(new)
+            known = len(jobs)
+            jobs.update(zip(job_ids, new))
+            if len(jobs) != known + n:  # an id repeated (checked after: a look-up less a job)
+                for job_id, job in zip(job_ids, new):
+                    if jobs.get(job_id) is job:
+                        del jobs[job_id]
+                raise CorruptionError("enqueue record repeats the id of a known job, or lists "
+                                      "one twice")
+            index.lane(priority).fresh.extend(new)
             seq += n
             index.counts[PENDING] += n
             self.live_bytes += sum(map(len, e.payloads)) + n * JOB_BYTES
