@@ -24,6 +24,7 @@ from taquba.core.codec import Reader
 from taquba.core.state import State
 from taquba.errors import CorruptionError, FencedError
 from taquba.log import CHECKPOINT_DIR, SEGMENT_DIR
+from taquba.log.policy import CLOSE_MIN_BYTES
 from taquba.log.replay import parse_segment
 
 QUIET = OpenOptions(background_threads=False, fence_check_interval=None,
@@ -53,7 +54,8 @@ def _work(q: Queue, done: int, pending: int) -> list[str]:
 def test_a_clean_close_checkpoints_when_the_log_outweighs_the_live_state(
         fast_backend_root: BackendRoot) -> None:
     q = Queue.open(fast_backend_root.location, options=QUIET)
-    left = _work(q, 300, 5)
+    left = _work(q, 700, 5)  # a log past CLOSE_MIN_BYTES, of jobs nearly all gone
+    assert q.committer.log.bytes_since_checkpoint > CLOSE_MIN_BYTES
     assert q.committer.stats.checkpoints_written == 0  # below the floor: none while running
     q.close()
 
@@ -63,11 +65,18 @@ def test_a_clean_close_checkpoints_when_the_log_outweighs_the_live_state(
 
     with Queue.open(fast_backend_root.location, options=QUIET) as q:
         assert q.stats("work").pending == 5
-        assert q.stats("work").done == 300
+        assert q.stats("work").done == 700
         got = [q.claim("work") for _ in left]
         assert [h.id for h in got if h is not None] == left
         assert [bytes(h.payload) for h in got if h is not None] == \
             [b"left %d" % i for i in range(5)]
+
+
+def test_a_clean_close_leaves_a_short_log_to_replay(fast_backend_root: BackendRoot) -> None:
+    with Queue.open(fast_backend_root.location, options=QUIET) as q:
+        _work(q, 20, 1)
+        assert q.committer.log.bytes_since_checkpoint < CLOSE_MIN_BYTES
+    assert fast_backend_root.store().list_dir(CHECKPOINT_DIR) == []
 
 
 def test_a_clean_close_copies_no_backlog_the_log_already_holds(
@@ -82,13 +91,13 @@ def test_a_clean_close_copies_no_backlog_the_log_already_holds(
 
 def test_the_close_of_a_displaced_handle_loses_nothing(fast_backend_root: BackendRoot) -> None:
     old = Queue.open(fast_backend_root.location, options=QUIET)
-    left = _work(old, 100, 3)
+    left = _work(old, 700, 3)
     new = Queue.open(fast_backend_root.location, options=QUIET)
     old.close()  # its checkpoint cannot be published: it is fenced off (a logged warning)
     assert isinstance(old.committer.log.broken, FencedError)
     try:
         assert new.stats("work").pending == 3
-        assert new.stats("work").done == 100
+        assert new.stats("work").done == 700
     finally:
         new.close()
     with Queue.open(fast_backend_root.location, options=QUIET) as q:

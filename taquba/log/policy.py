@@ -7,14 +7,18 @@ ratio * size of the last snapshot)``): reopening reads O(live state) bytes, and 
 never cost more than a constant factor of the log itself.
 
 At a clean close the bar is lower (:func:`checkpoint_due_at_close`): a checkpoint is due once
-the log since the last one outweighs the live state, so that the next open reads about the
-live state and not the history that led to it. A close is a moment when nobody waits for
-the write.
+the log since the last one outweighs the live state and ``CLOSE_MIN_BYTES`` (or
+``min_bytes``, if smaller), so that the next open reads about the live state and not the
+history that led to it. A close is a moment when nobody waits for the write; the floor
+spares a queue that is opened and closed often (a command-line tool) a checkpoint each
+time for a log that replays in a few milliseconds.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+CLOSE_MIN_BYTES = 64 * 1024
 
 
 class _Counters(Protocol):
@@ -37,8 +41,9 @@ def _calibrated(log: _Counters, live_bytes: int) -> float:
 def checkpoint_due_at_close(log: _Counters, live_bytes: int | None = None) -> bool:
     """Whether a clean close should write a checkpoint: the log since the last one holds
     more bytes than the live state (``live_bytes``, the caller's estimate; without it, the
-    last snapshot), so a snapshot now makes the next open read less."""
-    if log.bytes_since_checkpoint <= 0:
+    last snapshot) and than ``min(CLOSE_MIN_BYTES, checkpoint_min_bytes)``, so a snapshot
+    now makes the next open read less."""
+    if log.bytes_since_checkpoint <= min(CLOSE_MIN_BYTES, log.checkpoint_min_bytes):
         return False
     live = log.last_snapshot_size if live_bytes is None else _calibrated(log, live_bytes)
     return log.bytes_since_checkpoint > live
