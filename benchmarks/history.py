@@ -125,7 +125,7 @@ def child_history_build(args: dict[str, Any]) -> dict[str, Any]:
     # The fresh store stays open while the history is built; then claims are timed on the
     # two stores in alternating rounds, so that both are measured at the same moments (the
     # machine's speed drifts over the minute the history takes to build).
-    fresh = fresh_dir(args["workdir"], f"fresh-{system}")
+    fresh = args["fresh"]  # the parent removes it (a killed child cannot)
     f = open_system(system, fresh, durable=False)
     try:
         f.enqueue_many([payload] * claims)
@@ -164,7 +164,6 @@ def child_history_build(args: dict[str, Any]) -> dict[str, Any]:
         s.close()
     finally:
         f.close()
-        remove_dir(fresh)
     out["store_bytes"], out["store_files"] = dir_size(d)
     out["peak_rss"] = peak_rss_bytes()
     return out
@@ -255,8 +254,9 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for end in ("close", "kill"):
             d = fresh_dir(cfg.workdir, f"history-{system}-{end}")
+            fresh = fresh_dir(cfg.workdir, f"fresh-{system}")
             try:
-                args = {"system": system, "dir": d, "workdir": cfg.workdir, "end": end,
+                args = {"system": system, "dir": d, "fresh": fresh, "end": end,
                         "finished": cfg.history_finished, "pending": cfg.history_pending,
                         "claims": cfg.history_claims}
                 b = run_child("history_build", args, timeout=1800) if end == "close" \
@@ -271,6 +271,7 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
                                    "after close" if end == "close" else "after SIGKILL")
             finally:
                 remove_dir(d)
+                remove_dir(fresh)
             if system == "taquba":
                 for r in reopens:
                     if r.get("pending_after_open") != cfg.history_pending:
