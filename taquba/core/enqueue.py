@@ -213,14 +213,18 @@ class Enqueued(NamedTuple):
                 flags = data[pos]
                 if flags == _ID_NEXT and prev >= 0:
                     k = 0
-                    while i + k < count and pos + 1 < end and data[pos] == _ID_NEXT:
-                        n = data[pos + 1]
-                        stop = pos + 2 + n
-                        if n >= 0x80 or stop > end:
-                            break
-                        add_payload(data[pos + 2:stop])
-                        pos = stop
-                        k += 1
+                    left = count - i
+                    try:
+                        while k < left and data[pos] == _ID_NEXT:
+                            n = data[pos + 1]
+                            stop = pos + 2 + n
+                            if n >= 0x80 or stop > end:
+                                break
+                            add_payload(data[pos + 2:stop])
+                            pos = stop
+                            k += 1
+                    except IndexError:  # the record ends inside a job: the general path says so
+                        pass
                     if k:
                         if prev + k > _MAX_ID_VALUE:
                             raise Corrupt("job id value out of range")
