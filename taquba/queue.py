@@ -169,7 +169,10 @@ class Queue(Handle):
             timeout: seconds to wait for each thread to stop (None: as long as it takes).
 
         Every record submitted before ``close`` is written before it returns (unless the
-        committer fails to stop within ``timeout``, which is logged). Waiting claims and
+        committer fails to stop within ``timeout``, which is logged). When the log since
+        the last checkpoint outweighs the live state, a checkpoint is written too, so the
+        next open reads the live jobs instead of their history (a failure there is logged
+        and loses nothing). Waiting claims and
         completion waits wake up and raise ``QueueClosed``; so does every later call.
 
         In a process forked from the one that opened the handle, ``close`` writes nothing
