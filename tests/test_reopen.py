@@ -194,3 +194,38 @@ def test_ids_following_is_what_the_generator_makes() -> None:
         expected = [gen.new(T0) for _ in range(700)]
         assert ids.following(start_text, start, 700) == expected
         assert first
+
+
+# -- the garbage collector around a replay -------------------------------------------------
+
+
+def test_open_leaves_the_collector_as_it_found_it(tmp_path: object) -> None:
+    import gc
+
+    root = str(tmp_path)
+    with Queue.open(root, options=QUIET) as q:
+        q.enqueue_batch("work", [b"x"] * 100)
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            (gc.enable if enabled else gc.disable)()
+            Queue.open(root, options=QUIET).close()
+            assert gc.isenabled() is enabled
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_open_keeps_the_objects_an_application_froze_frozen(tmp_path: object) -> None:
+    import gc
+
+    root = str(tmp_path)
+    with Queue.open(root, options=QUIET) as q:
+        q.enqueue_batch("work", [b"x"] * 100)
+    gc.freeze()  # as an application does before forking workers
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        Queue.open(root, options=QUIET).close()
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
