@@ -223,9 +223,10 @@ def test_open_keeps_the_objects_an_application_froze_frozen(tmp_path: object) ->
         q.enqueue_batch("work", [b"x"] * 100)
     gc.freeze()  # as an application does before forking workers
     try:
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
+        assert gc.get_freeze_count() > 0
         Queue.open(root, options=QUIET).close()
-        assert gc.get_freeze_count() == frozen
+        # still frozen (an unfreeze empties the permanent generation; a frozen object may
+        # still be freed meanwhile, so the count is not compared exactly)
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
