@@ -19,6 +19,7 @@ CHILDREN = {
     "batch": ("local", "child_batch"),
     "latency": ("latency", "child_latency"),
     "history_build": ("history", "child_history_build"),
+    "pending_build": ("history", "child_pending_build"),
     "reopen": ("history", "child_reopen"),
     "rss": ("memory", "child_rss"),
     "rss_reopen": ("memory", "child_rss_reopen"),
@@ -65,7 +66,8 @@ def parser() -> argparse.ArgumentParser:
                    help="latency windows per system, taking turns; medians reported (default 5)")
     r.add_argument("--history-finished", type=int, help="finished jobs in the history store (100000)")
     r.add_argument("--history-pending", type=int, help="pending jobs in the history store (1000)")
-    r.add_argument("--rss-pending", type=int, help="pending jobs for the RSS scenario (100000)")
+    r.add_argument("--big-pending", type=int, help="pending jobs of the big reopen store (1000000)")
+    r.add_argument("--rss-pending", type=int, help="pending jobs for the RSS scenario (1000000)")
     r.add_argument("--obj-latency", type=float, help="injected seconds per request (0.020)")
     r.add_argument("--obj-concurrency", type=_ints, help="concurrency levels (default 1,10,100)")
     r.add_argument("--idle-window", type=float, help="seconds to watch an idle queue (20)")
@@ -127,7 +129,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         "latency_duration": ns.latency_duration, "latency_rate": ns.latency_rate,
         "latency_reps": ns.latency_reps,
         "history_finished": ns.history_finished, "history_pending": ns.history_pending,
-        "rss_pending": ns.rss_pending, "obj_latency": ns.obj_latency,
+        "rss_pending": ns.rss_pending, "big_pending": ns.big_pending, "obj_latency": ns.obj_latency,
         "obj_concurrency": ns.obj_concurrency, "idle_window": ns.idle_window,
         "prod_jobs": ns.producer_jobs, "prod_reps": ns.producer_reps,
         "prod_idle_window": ns.producer_idle_window, "tasks_jobs": ns.tasks_jobs,

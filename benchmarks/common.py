@@ -225,6 +225,40 @@ def run_child(scenario: str, args: dict[str, Any], *, timeout: float = 600.0,
                      f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
 
 
+def run_child_killed(scenario: str, args: dict[str, Any], *, timeout: float = 600.0
+                     ) -> dict[str, Any]:
+    """Run a child that reports its result and then waits; SIGKILL it once it has reported.
+
+    The child is killed while running (its threads, files and locks as they are), the way
+    a crash or an OOM kill ends a process; its result is returned.
+    """
+    import signal
+
+    cmd = [sys.executable, "-m", "benchmarks", "child", scenario, json.dumps(args)]
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = REPO_DIR + os.pathsep + full_env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(cmd, cwd=REPO_DIR, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith(RESULT_MARKER):
+                result: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                if proc.returncode != -signal.SIGKILL:
+                    raise BenchError(f"{scenario} ended with {proc.returncode} before the kill")
+                return result
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    raise BenchError(f"{scenario} {args} exited {proc.returncode} without a result")
+
+
 def module_available(name: str) -> bool:
     import importlib.util
 

@@ -34,8 +34,11 @@ class Config:
     history_pending: int = 1_000
     history_claims: int = 1_000
     reopen_reps: int = 3
+    big_pending: int = 1_000_000
+    big_reopen_reps: int = 3
     # 4. memory
-    rss_pending: int = 100_000
+    rss_pending: int = 1_000_000
+    index_jobs: int = 200_000
     # 5. object storage
     obj_latency: float = 0.020
     obj_concurrency: tuple[int, ...] = (1, 10, 100)
@@ -71,7 +74,7 @@ class Config:
 QUICK = dict(
     quick=True, n=300, reps=1, fsync_samples=50, batch_size=200, batches=3,
     latency_duration=0.6, latency_reps=1, history_finished=1_500, history_pending=50, history_claims=50,
-    reopen_reps=1, rss_pending=1_000, obj_latency=0.002, obj_concurrency=(1, 10),
+    reopen_reps=1, big_pending=2_000, big_reopen_reps=1, rss_pending=1_000, index_jobs=2_000, obj_latency=0.002, obj_concurrency=(1, 10),
     obj_jobs={1: 10, 10: 60, 100: 200}, idle_window=1.0, idle_settle=0.3,
     prod_processes=2, prod_threads=4, prod_jobs=400, prod_reps=1, prod_lat_duration=0.5,
     prod_lat_reps=1, prod_obj_threads=10, prod_obj_jobs=200, prod_idle_settle=0.3,

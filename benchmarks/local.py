@@ -21,6 +21,7 @@ from .common import (
     fresh_dir,
     make_payload,
     median,
+    peak_rss_bytes,
     remove_dir,
     run_child,
     run_threads,
@@ -125,7 +126,9 @@ def child_throughput(args: dict[str, Any]) -> dict[str, Any]:
             "enqueue_ops": n / enq_s, "drain_ops": n / drain_s,
             # CPU of the whole process (all threads, kernel included) per job: less
             # sensitive than the rates to how long the disk takes to fsync.
-            "enqueue_cpu_us": 1e6 * enq_cpu / n, "drain_cpu_us": 1e6 * drain_cpu / n}
+            "enqueue_cpu_us": 1e6 * enq_cpu / n, "drain_cpu_us": 1e6 * drain_cpu / n,
+            # the whole process: interpreter, imports, threads, the system's own state
+            "peak_rss": peak_rss_bytes()}
 
 
 def child_batch(args: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +202,7 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
                     "system": system, "payload": size, "threads": threads, "n": cfg.n,
                     "enqueue_ops": median([r["enqueue_ops"] for r in runs[system]]),
                     "drain_ops": median([r["drain_ops"] for r in runs[system]]),
+                    "peak_rss": median([r["peak_rss"] for r in runs[system]]),
                     "runs": runs[system],
                 }
     res["throughput"] = table

@@ -117,4 +117,14 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
         log(f"  {system:13s} {cfg.rss_pending} pending: peak RSS {r['peak_rss'] / 2**20:.1f} MiB "
             f"(+{r['growth'] / 2**20:.1f} MiB, {r['bytes_per_job']:.0f} B/job); reopen peak "
             f"{r2['peak_rss'] / 2**20:.1f} MiB")
+    if "taquba" in systems:
+        d = fresh_dir(cfg.workdir, "index-bytes")
+        try:
+            res["index_bytes"] = run_child("index_bytes", {"n": cfg.index_jobs, "dir": d})
+        finally:
+            remove_dir(d)
+        r = res["index_bytes"]
+        log(f"  taquba index per pending job ({cfg.index_jobs} jobs, tracemalloc): "
+            f"{r['enqueued_bytes_per_job']:.0f} B enqueued, "
+            f"{r['reopened_bytes_per_job_beyond_payload']:.0f} B beyond the payload reopened")
     return res

@@ -70,8 +70,9 @@ class CommitStats:
     records_committed: int = 0
     segments_written: int = 0
     bytes_committed: int = 0
-    checkpoints_written: int = 0
+    checkpoints_written: int = 0  # including those at close
     checkpoint_failures: int = 0
+    checkpoints_at_close: int = 0
 
 
 class Committer:
@@ -553,5 +554,31 @@ class Committer:
         with self.lock:
             self._closed = True
         if stopped:
+            self._checkpoint_at_close()
             self.log.close()
         return stopped
+
+    def _checkpoint_at_close(self) -> None:
+        """Checkpoint once everything is written, if the log since the last checkpoint
+        outweighs the live state: the next open then reads the live state, not the history.
+
+        A failure here loses nothing (every record is durable in its segment): it is logged
+        and the close goes on; the next open replays the segments instead.
+        """
+        if self._snapshot is None or self._failure is not None:
+            return
+        with self.lock:
+            live = None if self._live_bytes is None else self._live_bytes()
+            if not self.log.checkpoint_due_at_close(live):
+                return
+            snapshot = self._snapshot()
+        try:
+            self.log.checkpoint(snapshot, self.log.next_seq - 1, live or 0)
+        except Exception as exc:
+            if not isinstance(exc, FencedError):
+                self.stats.checkpoint_failures += 1
+            logger.warning("taquba checkpoint at close failed (nothing is lost; the next "
+                           "open replays the log instead): %s", exc)
+            return
+        self.stats.checkpoints_written += 1
+        self.stats.checkpoints_at_close += 1

@@ -314,7 +314,7 @@ class OpenOptions:
     queue_configs: Mapping[str, QueueConfig] = field(default_factory=dict)
     clock: Callable[[], float] | None = None
     max_batch_bytes: int = 8 * 1024 * 1024
-    checkpoint_min_bytes: int = 1024 * 1024
+    checkpoint_min_bytes: int = 512 * 1024
     checkpoint_ratio: float = 4.0
     checkpoint_max_segments: int = 256
     segment_max_bytes: int = 8 * 1024 * 1024

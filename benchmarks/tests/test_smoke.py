@@ -65,9 +65,14 @@ def test_taquba_scenarios_quick(tmp_path):
     assert _positive(hist["open_ms"]) and _positive(hist["first_claim_ms"])
     assert all(r["pending_after_open"] == cfg["history_pending"] for r in hist["reopens"])
     assert hist["reopens"][0]["requests_at_open"]["gets"] >= 1
+    killed, big = hist["killed"], hist["big"]
+    assert killed["build"]["end"] == "kill" and _positive(killed["total_ms"])
+    assert all(r["pending_after_open"] == cfg["history_pending"] for r in killed["reopens"])
+    assert all(r["pending_after_open"] == cfg["big_pending"] for r in big["reopens"])
 
     mem = res["memory"]["taquba"]
     assert mem["peak_rss"] >= mem["base_rss"] > 0
+    assert res["memory"]["index_bytes"]["enqueued_bytes_per_job"] > 0
 
     obj = res["objectstore"]
     assert [r["concurrency"] for r in obj["latency"] if r["payload"] == cfg["payloads"][0]] \
@@ -127,7 +132,8 @@ def test_taquba_scenarios_quick(tmp_path):
         assert ("| claim p99 after history vs fresh" in targets_table) is retargeted
 
     names = [t["name"] for t in res["targets"]]
-    assert any("reopen" in n for n in names) and any("commits per PUT" in n for n in names)
+    assert any("open -> first claim" in n for n in names) and \
+        any("commits per PUT" in n for n in names)
     assert "### Targets" in table and "taquba" in table
 
 
@@ -213,7 +219,7 @@ def test_targets_flag_a_miss():
                   "throughput": {"taquba/64/8": {"enqueue_ops": 20000.0, "drain_ops": 9000.0},
                                  "huey/64/8": {"enqueue_ops": 5000.0, "drain_ops": 5000.0},
                                  "taquba/64/1": {"enqueue_ops": 3000.0, "drain_ops": 1.0}}},
-        "history": {"taquba": {"open_ms": 80.0, "claim_p99_ratio": 1.2}},
+        "history": {"taquba": {"total_ms": 80.0, "claim_p99_ratio": 1.2}},
         "idle": {"per_minute": 0.0},
     }
     by_name = {t["name"]: t for t in report.targets(results)}
@@ -223,7 +229,7 @@ def test_targets_flag_a_miss():
     assert by_name["claim+ack 8 workers vs huey (64 B)"]["met"] is False
     assert by_name["claim p99 after history vs fresh"]["met"] is True
     assert by_name["storage requests per minute, idle"]["met"] is True
-    reopen = next(t for t in by_name if t.startswith("reopen"))
+    reopen = next(t for t in by_name if t.startswith("open -> first claim"))
     assert by_name[reopen]["met"] is False
     assert "MISSED" in report.render({"config": results["config"], "targets": list(by_name.values())})
 

@@ -44,6 +44,21 @@ _TEXT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}").fullmatch
 
 EXTENDED = 14  # the record kind followed by a uvarint sub-kind (see events.py)
 
+# The text of recently read 16-byte ids: a job's id is read back several times in a short
+# stretch of log (its claim, then its ack), and making the text costs more than a look-up.
+_RECENT_IDS: dict[bytes, str] = {}
+_RECENT_MAX = 4096
+
+
+def id_text(key: bytes) -> str:
+    """The canonical id whose stored 16-byte value is ``key``."""
+    text = _RECENT_IDS.get(key)
+    if text is None:
+        if len(_RECENT_IDS) >= _RECENT_MAX:
+            _RECENT_IDS.clear()
+        text = _RECENT_IDS[key] = ids.encode(int.from_bytes(key, "big"))
+    return text
+
 
 def tag(kind: int) -> int:
     return RECORD_FORMAT_VERSION << 4 | kind
@@ -317,7 +332,11 @@ class Reader:
         return int.from_bytes(self.data[pos:pos + 16], "big")
 
     def value_id(self) -> str:
-        return ids.encode(self.id_value())
+        pos = self.pos
+        if pos + 16 > self.end:
+            raise Corrupt(f"truncated job id at byte {pos}")
+        self.pos = pos + 16
+        return id_text(self.data[pos:pos + 16])
 
     def text_id(self) -> str:
         n = self.u8()

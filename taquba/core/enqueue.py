@@ -13,6 +13,7 @@ from . import ids
 from .codec import (
     Corrupt,
     Reader,
+    id_text,
     put_blob,
     put_headers,
     put_str,
@@ -42,6 +43,7 @@ J_HEADERS = 0x40
 _J_KNOWN = 0x7F
 
 _MAX_ID_VALUE = (1 << 128) - 1
+_DEFAULTS = (DEFAULT_PRIORITY, DEFAULT_MAX_ATTEMPTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +198,60 @@ class Enqueued(NamedTuple):
         prev = -2
         text = ""
         successor = ids.successor
-        for i in range(count):
+        data = r.data
+        end = r.end
+        add_payload = payloads.append
+        i = 0
+        while i < count:
+            # Fast paths for jobs with the default priority and attempts and nothing else,
+            # with payloads under 128 bytes: a run of them whose ids each follow the one
+            # before (a batch's generated ids: payloads sliced here, ids made together),
+            # or one whose id is stored as its value. They make the checks the general
+            # path below makes; anything else goes there.
+            pos = r.pos
+            if (common is None or common == _DEFAULTS) and pos < end:
+                flags = data[pos]
+                if flags == _ID_NEXT and prev >= 0:
+                    k = 0
+                    left = count - i
+                    try:
+                        while k < left and data[pos] == _ID_NEXT:
+                            n = data[pos + 1]
+                            stop = pos + 2 + n
+                            if n >= 0x80 or stop > end:
+                                break
+                            add_payload(data[pos + 2:stop])
+                            pos = stop
+                            k += 1
+                    except IndexError:  # the record ends inside a job: the general path says so
+                        pass
+                    if k:
+                        if prev + k > _MAX_ID_VALUE:
+                            raise Corrupt("job id value out of range")
+                        job_ids += ids.following(text, prev, k)
+                        prev += k
+                        text = job_ids[-1]
+                        r.pos = pos
+                        i += k
+                        common = _DEFAULTS
+                        if specs is not None:
+                            specs += [None] * k
+                        continue
+                elif flags == _ID_VALUE and pos + 17 < end:
+                    n = data[pos + 17]
+                    stop = pos + 18 + n
+                    if n < 0x80 and stop <= end:
+                        key = data[pos + 1:pos + 17]
+                        prev = int.from_bytes(key, "big")
+                        text = id_text(key)
+                        job_ids.append(text)
+                        add_payload(data[pos + 18:stop])
+                        r.pos = stop
+                        i += 1
+                        common = _DEFAULTS
+                        if specs is not None:
+                            specs.append(None)
+                        continue
             flags = r.flags(_J_KNOWN)
             form = flags & _ID_FORM
             if form == _ID_NEXT:
@@ -237,6 +292,7 @@ class Enqueued(NamedTuple):
                 specs.append(spec)
             job_ids.append(job_id)
             payloads.append(r.blob())
+            i += 1
         kv: list[tuple[bytes, bytes]] = []
         if head & 1:
             n = r.count(2)

@@ -112,25 +112,31 @@ class IdGenerator:
         if n <= 0:
             return []
         out = [self.new(now)]
-        value = self._last
-        text = self._text
-        left = n - 1
-        tails = TAILS
-        while left:
-            low = value & 0xFF
-            if low == 0xFF:  # the next value carries out of the last group
-                value += 1
-                text = encode(value)
-                out.append(text)
-                left -= 1
-                continue
-            # The values low+1 .. up to 255 share the first 24 digits of ``text``.
-            take = min(left, 0xFF - low)
-            head = text[:24]
-            out += [head + tails[k] for k in range(low + 1, low + 1 + take)]
-            value += take
-            text = out[-1]
-            left -= take
-        self._last = value
-        self._text = text
+        if n > 1:
+            out += following(self._text, self._last, n - 1)
+            self._last += n - 1
+            self._text = out[-1]
         return out
+
+
+def following(text: str, value: int, n: int) -> list[str]:
+    """The texts of the ``n`` values after ``value``, whose text is ``text`` (the caller
+    makes sure they stay within 128 bits)."""
+    out: list[str] = []
+    tails = TAILS
+    while n:
+        low = value & 0xFF
+        if low == 0xFF:  # the next value carries out of the last group
+            value += 1
+            text = encode(value)
+            out.append(text)
+            n -= 1
+            continue
+        # The values low+1 .. up to 255 share the first 24 digits of ``text``.
+        take = min(n, 0xFF - low)
+        head = text[:24]
+        out += [head + tails[k] for k in range(low + 1, low + 1 + take)]
+        value += take
+        text = out[-1]
+        n -= take
+    return out

@@ -48,7 +48,8 @@ class Job:
     __slots__ = ("attempts", "detail", "enqueued_at", "id", "max_attempts", "payload",
                  "priority", "queue", "seq", "status")
 
-    def __init__(self, id: str, queue: str, payload: bytes, *, priority: int,
+    # Positional arguments allowed: replay makes one per enqueued job, and keywords cost.
+    def __init__(self, id: str, queue: str, payload: bytes, priority: int,
                  max_attempts: int, seq: int, enqueued_at: float,
                  status: JobStatus = JobStatus.PENDING, attempts: int = 0,
                  detail: JobDetail | None = None) -> None:

@@ -349,9 +349,33 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
             pos = r.pos
         if qi >= n_queues:
             raise Corrupt(f"queue index {qi} out of range")
+        # priority and seq: varints of up to two and three bytes inline
+        b = data[pos] if pos < end else 0x80
+        if b < 0x80:
+            priority = b
+            pos += 1
+        elif pos + 1 < end and data[pos + 1] < 0x80:
+            priority = b & 0x7F | data[pos + 1] << 7
+            pos += 2
+        else:
+            r.pos = pos
+            priority = r.u32("priority")
+            pos = r.pos
+        b = data[pos] if pos < end else 0x80
+        if b < 0x80:
+            seq = b
+            pos += 1
+        elif pos + 1 < end and data[pos + 1] < 0x80:
+            seq = b & 0x7F | data[pos + 1] << 7
+            pos += 2
+        elif pos + 2 < end and data[pos + 2] < 0x80:
+            seq = b & 0x7F | (data[pos + 1] & 0x7F) << 7 | data[pos + 2] << 14
+            pos += 3
+        else:
+            r.pos = pos
+            seq = r.uvarint()
+            pos = r.pos
         r.pos = pos
-        priority = r.u32("priority")
-        seq = r.uvarint()
         if seq >= next_seq:
             raise Corrupt(f"job seq {seq} is not below next_seq {next_seq}")
         pos = r.pos
@@ -389,7 +413,13 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
             detail.dedup_key = job_dedup
             detail.headers = headers or None
             detail.cancel_requested = bool(flags & S_CANCEL)
-        append(Job(job_id, names[qi], r.blob(), priority=priority, max_attempts=max_attempts,
-                   seq=seq, enqueued_at=enqueued_at, status=STATUS_CODES[code],
-                   attempts=attempts, detail=detail))
+        pos = r.pos
+        n = data[pos] if pos < end else 0x80
+        if n < 0x80 and pos + 1 + n <= end:
+            payload = data[pos + 1:pos + 1 + n]
+            r.pos = pos + 1 + n
+        else:
+            payload = r.blob()
+        append(Job(job_id, names[qi], payload, priority, max_attempts, seq, enqueued_at,
+                   STATUS_CODES[code], attempts, detail))
     return rows

@@ -233,7 +233,16 @@ class State:
         return [self.jobs[job_id] for _, job_id in index.dead[start:start + limit]]
 
     def claimed_jobs(self) -> list[Job]:
-        return [j for j in self.jobs.values() if j.status is CLAIMED]
+        """The claimed jobs in enqueue order, found through the lease heap, not by a scan
+        over every job: every claimed job has an entry there until :meth:`expired_leases`
+        hands it out (so all of them do in a state just rebuilt by a replay)."""
+        jobs = self.jobs
+        found = {}
+        for _, job_id, _ in self.leases:
+            job = jobs.get(job_id)
+            if job is not None and job.status is CLAIMED:
+                found[job_id] = job
+        return sorted(found.values(), key=_seq_of)
 
     # -- applying events -------------------------------------------------------------------
 
@@ -246,7 +255,8 @@ class State:
 
         Raises:
             CorruptionError: an ``Enqueued`` event repeats the id of a known job (only a
-                damaged log can say that; the queue never makes one).
+                damaged log can say that; the queue never makes one). The state is then
+                unusable: replay stops there, and the open that replays fails.
         """
         _APPLY[type(event)](self, event)
 
@@ -268,23 +278,26 @@ class State:
         specs = e.specs
         if specs is None:
             # The common case: every job pending, with the event's priority and attempts.
-            lane = index.lane(e.priority)
-            fresh = lane.fresh
+            # In bulk: a replay makes a million jobs this way.
             priority = e.priority
             max_attempts = e.max_attempts
-            size = 0
-            for job_id, payload in zip(e.ids, e.payloads):
-                if job_id in jobs:
-                    raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
-                job = jobs[job_id] = Job(job_id, queue, payload, priority=priority,
-                                         max_attempts=max_attempts, seq=seq, enqueued_at=at)
-                fresh.append(job)
-                size += len(payload)
-                seq += 1
-            n = seq - self.next_seq
+            job_ids = e.ids
+            new = [Job(job_id, queue, payload, priority, max_attempts, s, at)
+                   for job_id, payload, s in zip(job_ids, e.payloads, range(seq, seq + len(job_ids)))]
+            n = len(new)
+            known = len(jobs)
+            jobs.update(zip(job_ids, new))
+            if len(jobs) != known + n:  # an id repeated (checked after: a look-up less a job)
+                for job_id, job in zip(job_ids, new):
+                    if jobs.get(job_id) is job:
+                        del jobs[job_id]
+                raise CorruptionError("enqueue record repeats the id of a known job, or lists "
+                                      "one twice")
+            index.lane(priority).fresh.extend(new)
+            seq += n
             index.counts[PENDING] += n
             index.tally[T_ENQUEUED] += n
-            self.live_bytes += size + n * JOB_BYTES
+            self.live_bytes += sum(map(len, e.payloads)) + n * JOB_BYTES
         else:
             for job_id, payload, spec in zip(e.ids, e.payloads, specs):
                 if job_id in jobs:

@@ -19,7 +19,8 @@ says ``"blocks": true`` and ``count`` 0, and each commit is one block::
 
     b"TQBK" | record count (u32, >= 1) | body length (u32) | CRC32 of the body (u32) | body
 
-whose body is the records' frames. The first block is published with the header (whole or
+whose body is the records' frames (within a block whose CRC holds, the frames' own CRCs
+are not checked again: the block's covers them). The first block is published with the header (whole or
 absent); each later one is written after the one before, with one ``pwrite`` and one
 ``fdatasync``, into space the writer reserved ahead and filled with zeros (or, where space
 cannot be reserved, at the end of the file). A later block is at most
@@ -141,25 +142,30 @@ def decode_header(name: str, magic: bytes, data: bytes | memoryview) -> tuple[di
     return fields, pos + hlen
 
 
-def decode_frames(name: str, view: memoryview, pos: int, end: int, base: int = 0) -> list[bytes]:
+def decode_frames(name: str, view: memoryview, pos: int, end: int, base: int = 0, *,
+                  checked: bool = True) -> list[bytes]:
     """The frames in ``view[pos:end]``, which must hold whole frames and nothing else;
-    ``base`` is the object offset of ``view[0]`` (for messages)."""
+    ``base`` is the object offset of ``view[0]`` (for messages). ``checked`` false skips
+    each frame's own CRC: for the frames of a block, whose CRC covers them all and has
+    been checked already."""
     frames: list[bytes] = []
+    append = frames.append
     unpack = _FRAME.unpack_from
     crc = zlib.crc32
+    size = _FRAME.size
     while pos < end:
-        if end - pos < _FRAME.size:
+        if end - pos < size:
             raise CorruptionError(f"{name}: truncated frame header at byte {base + pos}")
         length, fcrc = unpack(view, pos)
-        pos += _FRAME.size
-        if length > end - pos:
-            raise CorruptionError(f"{name}: truncated frame at byte {base + pos - _FRAME.size}")
-        chunk = view[pos:pos + length]
-        if crc(chunk) != fcrc:
+        pos += size
+        stop = pos + length
+        if stop > end:
+            raise CorruptionError(f"{name}: truncated frame at byte {base + pos - size}")
+        if checked and crc(view[pos:stop]) != fcrc:
             raise CorruptionError(f"{name}: checksum mismatch in frame {len(frames)} at byte "
-                                  f"{base + pos - _FRAME.size}")
-        frames.append(chunk.tobytes())
-        pos += length
+                                  f"{base + pos - size}")
+        append(view[pos:stop].tobytes())
+        pos = stop
     return frames
 
 
@@ -177,7 +183,7 @@ def _valid_block(name: str, view: memoryview, pos: int, base: int
     stop = start + length
     if magic != MAGIC_BLOCK or count < 1 or stop > end or zlib.crc32(view[start:stop]) != bcrc:
         return None
-    frames = decode_frames(name, view, start, stop, base)
+    frames = decode_frames(name, view, start, stop, base, checked=False)
     if len(frames) != count:
         raise CorruptionError(f"{name}: block at byte {base + pos} says {count} records, "
                               f"holds {len(frames)}")

@@ -77,7 +77,7 @@ from .manifest import (
     seq_name,
     void_ranges,
 )
-from .policy import checkpoint_due
+from .policy import checkpoint_due, checkpoint_due_at_close
 from .replay import Replay
 
 _OPEN_ATTEMPTS = 20
@@ -91,7 +91,7 @@ class Log:
     :meth:`check_fenced` may be called from another thread meanwhile.
     """
 
-    def __init__(self, store: Store, *, checkpoint_min_bytes: int = 1024 * 1024,
+    def __init__(self, store: Store, *, checkpoint_min_bytes: int = 512 * 1024,
                  checkpoint_ratio: float = 1.0, checkpoint_max_segments: int = 256,
                  background_cleanup: bool = False,
                  segment_max_bytes: int = 8 * 1024 * 1024) -> None:
@@ -442,6 +442,11 @@ class Log:
     def checkpoint_due(self, live_bytes: int | None = None) -> bool:
         """Whether the next batch should carry a checkpoint (see :func:`checkpoint_due`)."""
         return checkpoint_due(self, live_bytes)
+
+    def checkpoint_due_at_close(self, live_bytes: int | None = None) -> bool:
+        """Whether a clean close should checkpoint (see :func:`checkpoint_due_at_close`)."""
+        return self._broken is None and not self._closed and \
+            checkpoint_due_at_close(self, live_bytes)
 
     def checkpoint(self, snapshot: bytes, seq: int, live_bytes: int = 0) -> None:
         """Record ``snapshot`` as the state after segment ``seq`` and drop what it covers.

@@ -5,11 +5,20 @@ holds more than ``max(min_bytes, ratio * live state)`` superseded bytes, given t
 estimate of its live state (otherwise: once the segments since exceed ``max(min_bytes,
 ratio * size of the last snapshot)``): reopening reads O(live state) bytes, and checkpoints
 never cost more than a constant factor of the log itself.
+
+At a clean close the bar is lower (:func:`checkpoint_due_at_close`): a checkpoint is due once
+the log since the last one outweighs the live state and ``CLOSE_MIN_BYTES`` (or
+``min_bytes``, if smaller), so that the next open reads about the live state and not the
+history that led to it. A close is a moment when nobody waits for the write; the floor
+spares a queue that is opened and closed often (a command-line tool) a checkpoint each
+time for a log that replays in a few milliseconds.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+CLOSE_MIN_BYTES = 64 * 1024
 
 
 class _Counters(Protocol):
@@ -20,6 +29,24 @@ class _Counters(Protocol):
     bytes_since_checkpoint: int
     last_snapshot_size: int
     live_at_checkpoint: int
+
+
+def _calibrated(log: _Counters, live_bytes: int) -> float:
+    """``live_bytes`` scaled by what the last snapshot really took against its estimate."""
+    if log.live_at_checkpoint > 0:
+        return live_bytes * log.last_snapshot_size / log.live_at_checkpoint
+    return live_bytes
+
+
+def checkpoint_due_at_close(log: _Counters, live_bytes: int | None = None) -> bool:
+    """Whether a clean close should write a checkpoint: the log since the last one holds
+    more bytes than the live state (``live_bytes``, the caller's estimate; without it, the
+    last snapshot) and than ``min(CLOSE_MIN_BYTES, checkpoint_min_bytes)``, so a snapshot
+    now makes the next open read less."""
+    if log.bytes_since_checkpoint <= min(CLOSE_MIN_BYTES, log.checkpoint_min_bytes):
+        return False
+    live = log.last_snapshot_size if live_bytes is None else _calibrated(log, live_bytes)
+    return log.bytes_since_checkpoint > live
 
 
 def checkpoint_due(log: _Counters, live_bytes: int | None = None) -> bool:
@@ -38,11 +65,7 @@ def checkpoint_due(log: _Counters, live_bytes: int | None = None) -> bool:
             log.bytes_since_checkpoint > log.last_snapshot_size:
         return True
     if live_bytes is not None:
-        if log.live_at_checkpoint > 0:
-            # Calibrate the estimate against what the last snapshot really took.
-            live = live_bytes * log.last_snapshot_size / log.live_at_checkpoint
-        else:
-            live = live_bytes
+        live = _calibrated(log, live_bytes)
         superseded = log.last_snapshot_size + log.bytes_since_checkpoint - live
         return superseded > max(log.checkpoint_min_bytes, log.checkpoint_ratio * live)
     proportional = int(log.checkpoint_ratio * log.last_snapshot_size)
