@@ -43,7 +43,7 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .core.state import T_CLAIMED, T_COMPLETED, T_DEAD, T_ENQUEUED, T_NACKED, T_REAPED
+from .core.index import T_CLAIMED, T_COMPLETED, T_DEAD, T_ENQUEUED, T_NACKED, T_REAPED
 from .errors import InvalidArgument
 from .queue import Queue
 from .records import JobStatus

@@ -1,5 +1,6 @@
 """The methods of :class:`~taquba.Queue` that look at jobs and operate on them, and its
-background ticks (reaper sweep, scheduler, fence check), and its cron schedules.
+background ticks (reaper sweep, scheduler, fence check, intake from producers), and its
+cron schedules.
 
 ``Queue`` inherits them from :class:`Operations`; each checks that the handle is usable
 and hands the work to ``inspecting.py``. The rules of ``queue.py``'s docstring hold here.
@@ -10,12 +11,15 @@ from __future__ import annotations
 from . import inspecting, scheduling, views
 from .config import Buffer, Duration, EnqueueOptions
 from .handle import Handle
+from .intake import OwnerIntake
 from .records import Attempt, CancelOutcome, JobRecord, QueueStats, Schedule, WaitOutcome
 
 
 class Operations(Handle):
     """Looking at jobs, operating on them, and the background ticks: part of
     :class:`~taquba.Queue`'s public API (see there for the errors every method raises)."""
+
+    _intake: OwnerIntake  # set by Queue.__init__
 
     # -- inspecting and operating -----------------------------------------------------------
 
@@ -284,3 +288,40 @@ class Operations(Handle):
         """
         self._ensure_open()
         inspecting.check_fence(self)
+
+    # -- intake from producers (intake.py) ----------------------------------------------------
+
+    def intake_now(self) -> int:
+        """Take in what :class:`~taquba.Producer` processes submitted, now.
+
+        The intake thread calls this every ``OpenOptions.inbox_interval`` or sooner; tests
+        call it directly.
+
+        Returns:
+            How many submissions were applied (enqueues that hit a dedup key, cancels of
+            unknown jobs and the like count too); 0 when intake is turned off
+            (``inbox_interval=None``).
+
+        Raises:
+            StorageError: the inbox could not be read or the intake not made durable.
+
+        Durability: each inbox object is applied as one durable event together with its
+        producer's high-water mark, then deleted, so every submission takes effect exactly
+        once (see ``taquba.inbox``).
+        """
+        self._ensure_open()
+        return self._intake.round()
+
+    def inbox_marks(self) -> dict[str, int]:
+        """The producers the queue has taken submissions from, for inspection.
+
+        Returns:
+            Each producer id with the ``seq`` of the last inbox object taken in from it.
+
+        Durability: reports the state as applied, which may include an intake whose write
+        is still under way.
+        """
+        self._ensure_open()
+        with self._lock:
+            self._ensure_open()
+            return {p: seq for p, (seq, _) in self._state.inbox_marks.items()}

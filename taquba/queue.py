@@ -564,42 +564,5 @@ class Queue(Operations):
             raise InvalidArgument(f"reason must be a str, got {type(reason).__name__}")
         consuming.release(self, claim, arguments.error_text(reason))
 
-    # -- intake from producers (intake.py) ----------------------------------------------------
-
-    def intake_now(self) -> int:
-        """Take in what :class:`~taquba.Producer` processes submitted, now.
-
-        The intake thread calls this every ``OpenOptions.inbox_interval`` or sooner; tests
-        call it directly.
-
-        Returns:
-            How many submissions were applied (enqueues that hit a dedup key, cancels of
-            unknown jobs and the like count too); 0 when intake is turned off
-            (``inbox_interval=None``).
-
-        Raises:
-            StorageError: the inbox could not be read or the intake not made durable.
-
-        Durability: each inbox object is applied as one durable event together with its
-        producer's high-water mark, then deleted, so every submission takes effect exactly
-        once (see ``taquba.inbox``).
-        """
-        self._ensure_open()
-        return self._intake.round()
-
-    def inbox_marks(self) -> dict[str, int]:
-        """The producers the queue has taken submissions from, for inspection.
-
-        Returns:
-            Each producer id with the ``seq`` of the last inbox object taken in from it.
-
-        Durability: reports the state as applied, which may include an intake whose write
-        is still under way.
-        """
-        self._ensure_open()
-        with self._lock:
-            self._ensure_open()
-            return {p: seq for p, (seq, _) in self._state.inbox_marks.items()}
-
     def __repr__(self) -> str:
         return f"Queue({self.store.description!r}{', closed' if self._closed else ''})"
