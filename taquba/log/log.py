@@ -426,6 +426,11 @@ class Log:
             self._close_appender()
             raise self._fenced(f"segment {seq_name(seq + 1)} was created by another "
                                "process") from exc
+        except ObjectNotFound as exc:
+            # Only a newer writer deletes a segment (it replayed it, then checkpointed).
+            self._close_appender()
+            raise self._fenced(f"segment {seq_name(seq)} was removed by another process"
+                               ) from exc
         except StorageError as exc:
             self._close_appender()
             raise self._fail(exc)  # noqa: B904 - keeps the backend cause
