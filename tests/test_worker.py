@@ -26,6 +26,7 @@ from taquba import (
     StorageError,
 )
 from taquba.queue import Queue
+from taquba.handling import LeaseRenewer
 from taquba.records import Claim, JobRecord, WaitStatus
 from taquba.worker import (
     JobView,
@@ -332,6 +333,50 @@ def test_handler_outliving_its_lease_keeps_it(tmp_path: Path, concurrent: bool,
         assert record.status == JobStatus.DONE and record.attempts == 1
     assert calls == [1]  # never redelivered
     assert not [r for r in caplog.records if r.name.startswith("taquba.worker")]
+
+
+def test_a_shorter_lease_added_while_the_renewer_sleeps_is_renewed_in_time(
+        tmp_path: Path) -> None:
+    """The renewer sleeps until its first known renewal; a claim due sooner wakes it."""
+    with open_queue(tmp_path / "q") as q:
+        q.enqueue_batch(QUEUE, [b"long lease", b"short lease"])
+        long_claim = q.claim(QUEUE, lease=3600)
+        short_claim = q.claim(QUEUE, lease=0.5)
+        assert long_claim is not None and short_claim is not None
+        renewer = LeaseRenewer(q)
+        renewer.start()
+        try:
+            renewer.add(long_claim)  # the renewer now sleeps for half an hour
+            time.sleep(0.1)
+            renewer.add(short_claim)
+            time.sleep(2.0)  # four of its leases; the reaper looks every 50 ms
+            renewer.remove(short_claim)
+            renewer.remove(long_claim)
+        finally:
+            renewer.stop()
+        q.ack(short_claim)  # ClaimLost if its lease had run out
+        q.ack(long_claim)
+        assert q.get_job(short_claim.id).status == JobStatus.DONE  # type: ignore[union-attr]
+
+
+def test_a_long_job_keeps_its_lease_while_short_jobs_flow(tmp_path: Path) -> None:
+    done_short: list[str] = []
+
+    def handler(claim: Claim) -> None:
+        if claim.payload == b"long":
+            time.sleep(2.0)  # four leases long
+        else:
+            done_short.append(claim.id)
+
+    with open_queue(tmp_path / "q", lease=0.5) as q:
+        long_job = q.enqueue(QUEUE, b"long")
+        short = q.enqueue_batch(QUEUE, [b"short"] * 200)
+        with running(run_worker_concurrent, q, QUEUE, handler, concurrency=2):
+            for job_id in short:
+                finished(q, job_id)
+            record = finished(q, long_job)
+        assert record.status == JobStatus.DONE and record.attempts == 1  # never reaped
+    assert len(done_short) == 200
 
 
 # --------------------------------------------------------------------------- cancellation
