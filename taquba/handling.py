@@ -256,10 +256,13 @@ class LeaseRenewer:
 
     def __init__(self, q: Queue) -> None:
         self._q = q
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # taken directly on the per-job paths (add, remove)
+        self._cond = threading.Condition(self._lock)
         self._leases: dict[int, _Lease] = {}
         self._stopped = False
         self._wake = math.inf
+        self._adds = 0  # claims added so far; with no lease left, adds since the last look
+        self._idle_wait = 0.0  # half the last lease added: how soon an idle renewer looks again
         self._thread = threading.Thread(target=self._run, name="taquba-lease-renewer",
                                         daemon=True)
 
@@ -276,18 +279,27 @@ class LeaseRenewer:
     def add(self, claim: Claim) -> None:
         length = _granted_lease(claim)
         due = time.monotonic() + length / 2
-        with self._cond:
-            self._leases[id(claim)] = _Lease(claim, length, due)
+        lease = _Lease(claim, length, due)
+        with self._lock:
+            self._leases[id(claim)] = lease
+            self._adds += 1
+            self._idle_wait = length / 2
             if due < self._wake:
                 self._wake = due
                 self._cond.notify()
 
     def remove(self, claim: Claim) -> None:
-        with self._cond:
+        with self._lock:
             self._leases.pop(id(claim), None)
 
     def _due(self) -> list[_Lease]:
-        """Wait (lock held) until some lease is due or the renewer stops; return those due."""
+        """Wait (lock held) until some lease is due or the renewer stops; return those due.
+
+        With no lease registered, it sleeps until notified, unless claims were added since
+        it last looked (short jobs flow): then it plans to look again half a lease later,
+        so that the next claims, due after that, need not wake it.
+        """
+        seen = self._adds
         while not self._stopped:
             now = time.monotonic()
             leases = self._leases.values()
@@ -295,7 +307,13 @@ class LeaseRenewer:
             if due:
                 self._wake = now  # renewing: nothing added meanwhile can be due sooner
                 return due
-            self._wake = min((lease.due for lease in leases), default=math.inf)
+            if leases:
+                self._wake = min(lease.due for lease in leases)
+            elif self._adds != seen:
+                seen = self._adds
+                self._wake = now + self._idle_wait
+            else:
+                self._wake = math.inf
             self._cond.wait(None if self._wake == math.inf else min(self._wake - now, MAX_WAIT))
         return []
 

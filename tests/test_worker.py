@@ -25,8 +25,8 @@ from taquba import (
     QueueConfig,
     StorageError,
 )
-from taquba.queue import Queue
 from taquba.handling import LeaseRenewer
+from taquba.queue import Queue
 from taquba.records import Claim, JobRecord, WaitStatus
 from taquba.worker import (
     JobView,
@@ -359,7 +359,10 @@ def test_a_shorter_lease_added_while_the_renewer_sleeps_is_renewed_in_time(
         assert q.get_job(short_claim.id).status == JobStatus.DONE  # type: ignore[union-attr]
 
 
-def test_a_long_job_keeps_its_lease_while_short_jobs_flow(tmp_path: Path) -> None:
+@pytest.mark.parametrize("long_first", [True, False], ids=["long_first", "long_last"])
+def test_a_long_job_keeps_its_lease_among_short_jobs(tmp_path: Path, long_first: bool) -> None:
+    """Short jobs do not wake the renewer; it still renews a long job started before them
+    (while they flow) or after them (when it planned to look again for them)."""
     done_short: list[str] = []
 
     def handler(claim: Claim) -> None:
@@ -369,8 +372,10 @@ def test_a_long_job_keeps_its_lease_while_short_jobs_flow(tmp_path: Path) -> Non
             done_short.append(claim.id)
 
     with open_queue(tmp_path / "q", lease=0.5) as q:
-        long_job = q.enqueue(QUEUE, b"long")
+        long_job = q.enqueue(QUEUE, b"long") if long_first else ""
         short = q.enqueue_batch(QUEUE, [b"short"] * 200)
+        if not long_first:
+            long_job = q.enqueue(QUEUE, b"long")
         with running(run_worker_concurrent, q, QUEUE, handler, concurrency=2):
             for job_id in short:
                 finished(q, job_id)
