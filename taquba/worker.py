@@ -13,7 +13,8 @@ Rules this module keeps:
 - Waiting for work is ``q.claim(queue, wait=poll_interval)``: woken by enqueues, no busy
   polling. ``poll_interval`` is also how long it takes to notice ``shutdown``.
 - Once ``shutdown`` is set no new job is claimed; every job already claimed runs to the end
-  and is settled before the loop returns.
+  and is settled before the loop returns. The same happens to ``run_worker_concurrent``
+  loops still running when the interpreter exits (run from a daemon thread).
 - A failing settlement (``ClaimLost`` because the job was cancelled or reaped, a storage
   error, ...) is logged and the loop goes on.
 - A handler that raises a ``BaseException`` that is not an ``Exception``
@@ -45,6 +46,7 @@ import logging
 import pickle
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -195,13 +197,15 @@ class _ConcurrentRunner:
         self.fatal: BaseException | None = None  # stops claiming; re-raised after the drain
         self.stopping = threading.Event()  # set with fatal, or when the caller is interrupted
         self.renewer = LeaseRenewer(q)
+        self.threads: list[threading.Thread] = []
 
     def run(self) -> None:
         self.renewer.start()
+        _running.add(self)
         logger.info("worker started on queue %r (concurrency %d, %s)", self.queue,
                     self.concurrency, "in-process threads" if self.executor is None
                     else type(self.executor).__name__)
-        threads: list[threading.Thread] = []
+        threads = self.threads
         try:
             for n in range(1, self.concurrency + 1):
                 thread = threading.Thread(target=self._work, name=f"taquba-worker-{n}",
@@ -216,6 +220,7 @@ class _ConcurrentRunner:
             self._join(threads)
             raise
         finally:
+            _running.discard(self)
             self.renewer.stop()
             logger.info("worker on queue %r stopped", self.queue)
         if self.fatal is not None:
@@ -289,6 +294,26 @@ class _ConcurrentRunner:
             outcome = Outcome("nack", f"executor returned {outcome!r}, not an outcome")
         log_outcome(claim, outcome)
         settle(self.q, claim, outcome)
+
+
+_running: weakref.WeakSet[_ConcurrentRunner] = weakref.WeakSet()
+
+
+def _stop_at_exit() -> None:
+    """The interpreter is exiting (its non-daemon threads are about to be joined): every
+    ``run_worker_concurrent`` stops claiming, and its jobs in flight finish and settle."""
+    runners = list(_running)
+    for runner in runners:
+        runner.stopping.set()
+    for runner in runners:
+        runner._join(list(runner.threads))
+
+
+# Where the interpreter offers it (CPython, as concurrent.futures uses it): run before the
+# worker threads, which are daemons, would be cut off.
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_stop_at_exit)
 
 
 def run_worker_concurrent(q: Queue, queue: str, handler: Handler, *, concurrency: int,

@@ -384,6 +384,51 @@ def test_a_long_job_keeps_its_lease_among_short_jobs(tmp_path: Path, long_first:
     assert len(done_short) == 200
 
 
+_EXIT_SCRIPT = """
+import sys, threading, time
+from taquba import OpenOptions, Queue, QueueConfig
+from taquba.worker import run_worker_concurrent
+
+q = Queue.open(sys.argv[1], options=OpenOptions(
+    default_queue_config=QueueConfig(keep_done=600)))
+started = threading.Event()
+
+def handler(claim):
+    started.set()
+    time.sleep(1.0)
+    with open(sys.argv[2], "a") as f:
+        f.write(claim.payload.decode() + "\\n")
+
+threading.Thread(target=run_worker_concurrent, args=(q, "jobs", handler),
+                 kwargs=dict(concurrency=2, shutdown=threading.Event(), poll_interval=0.05),
+                 daemon=True).start()
+started.wait(20)
+print("exiting", flush=True)
+"""
+
+
+def test_interpreter_exit_lets_the_jobs_in_flight_finish(tmp_path: Path) -> None:
+    """A loop in a daemon thread, no shutdown set, the main thread returns: the job in hand
+    runs to its end and is acked before the process exits; nothing more is claimed."""
+    import subprocess
+    import sys
+
+    root, log = tmp_path / "q", tmp_path / "ran"
+    with open_queue(root) as q:
+        first = q.enqueue(QUEUE, b"first")
+    script = tmp_path / "exit_worker.py"
+    script.write_text(_EXIT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(script), str(root), str(log)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "exiting" in out.stdout
+    assert log.read_text() == "first\n"  # the handler ran to its end
+    with open_queue(root) as q:
+        job = q.get_job(first)
+        assert job is not None and job.status == JobStatus.DONE and job.attempts == 1
+
+
 # --------------------------------------------------------------------------- cancellation
 
 
