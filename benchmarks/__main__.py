@@ -102,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
     ab.add_argument("--memory-jobs", type=int, default=200_000,
                     help="pending jobs for the index memory case (200000)")
     ab.add_argument("--only", type=_csv, default=["throughput", "batch", "latency", "memory"],
-                    help="comma-separated subset of throughput,batch,latency,memory")
+                    help="comma-separated subset of throughput,batch,latency,memory,tasks")
     ab.add_argument("--json", dest="json_path", help="also write the result here")
 
     rep = sub.add_parser("report", help="print the table of a results JSON file")

@@ -9,7 +9,9 @@ ratio above 1 is a slowdown there and a speed-up elsewhere).
 
 Cases: the local throughput child (enqueue and claim+ack drain, per payload and thread
 count), ``enqueue_batch`` (one thread, jobs/s), latency at a steady rate, and the memory of
-the in-memory index per pending job (tracemalloc; once per tree).
+the in-memory index per pending job (tracemalloc; once per tree), and (only when asked
+for, ``--only tasks``) scenario 9's ``raw`` and no-op ``tasks`` children, with their ratio
+within each repetition.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from .common import SOURCE_ENV, fresh_dir, median, remove_dir, run_child
 
-CASES = ("throughput", "batch", "latency", "memory")
+CASES = ("throughput", "batch", "latency", "memory", "tasks")
 THROUGHPUT_KEYS = ("enqueue_ops", "drain_ops")
 LATENCY_KEYS = ("pickup_p50_ms", "done_p50_ms", "done_p99_ms")
 
@@ -69,6 +71,16 @@ def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
                 add(f"latency {key[:-3]} at {latency_rate:.0f}/s (ms)", side, r[key])
             log(f"  rep {rep + 1} {side} latency: done p50 {r['done_p50_ms']:.2f} ms "
                 f"p99 {r['done_p99_ms']:.2f} ms")
+        for side in order if "tasks" in only else ():
+            args = {"n": n, "workdir": workdir}
+            raw = _child("tasks_raw", args, trees[side])["jobs_per_s"]
+            tasks = _child("tasks_tasks", {**args, "store_result": False},
+                           trees[side])["jobs_per_s"]
+            add("tasks: raw claim+ack x8 (jobs/s)", side, raw)
+            add("tasks: no-op task x8 (jobs/s)", side, tasks)
+            add("tasks: no-op task / raw (same rep)", side, tasks / raw)
+            log(f"  rep {rep + 1} {side} tasks: raw {raw:8.0f}/s tasks {tasks:8.0f}/s "
+                f"({tasks / raw:.2f}x)")
     if "memory" in only:  # deterministic enough that one measurement each will do
         for side in ("A", "B"):
             d = fresh_dir(workdir, "index")

@@ -25,6 +25,7 @@ from taquba import (
     QueueConfig,
     StorageError,
 )
+from taquba.handling import LeaseRenewer
 from taquba.queue import Queue
 from taquba.records import Claim, JobRecord, WaitStatus
 from taquba.worker import (
@@ -332,6 +333,100 @@ def test_handler_outliving_its_lease_keeps_it(tmp_path: Path, concurrent: bool,
         assert record.status == JobStatus.DONE and record.attempts == 1
     assert calls == [1]  # never redelivered
     assert not [r for r in caplog.records if r.name.startswith("taquba.worker")]
+
+
+def test_a_shorter_lease_added_while_the_renewer_sleeps_is_renewed_in_time(
+        tmp_path: Path) -> None:
+    """The renewer sleeps until its first known renewal; a claim due sooner wakes it."""
+    with open_queue(tmp_path / "q") as q:
+        q.enqueue_batch(QUEUE, [b"long lease", b"short lease"])
+        long_claim = q.claim(QUEUE, lease=3600)
+        short_claim = q.claim(QUEUE, lease=0.5)
+        assert long_claim is not None and short_claim is not None
+        renewer = LeaseRenewer(q)
+        renewer.start()
+        try:
+            renewer.add(long_claim)  # the renewer now sleeps for half an hour
+            time.sleep(0.1)
+            renewer.add(short_claim)
+            time.sleep(2.0)  # four of its leases; the reaper looks every 50 ms
+            renewer.remove(short_claim)
+            renewer.remove(long_claim)
+        finally:
+            renewer.stop()
+        q.ack(short_claim)  # ClaimLost if its lease had run out
+        q.ack(long_claim)
+        assert q.get_job(short_claim.id).status == JobStatus.DONE  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("long_first", [True, False], ids=["long_first", "long_last"])
+def test_a_long_job_keeps_its_lease_among_short_jobs(tmp_path: Path, long_first: bool) -> None:
+    """Short jobs do not wake the renewer; it still renews a long job started before them
+    (while they flow) or after them (when it planned to look again for them)."""
+    done_short: list[str] = []
+
+    def handler(claim: Claim) -> None:
+        if claim.payload == b"long":
+            time.sleep(2.0)  # four leases long
+        else:
+            done_short.append(claim.id)
+
+    with open_queue(tmp_path / "q", lease=0.5) as q:
+        long_job = q.enqueue(QUEUE, b"long") if long_first else ""
+        short = q.enqueue_batch(QUEUE, [b"short"] * 200)
+        if not long_first:
+            long_job = q.enqueue(QUEUE, b"long")
+        with running(run_worker_concurrent, q, QUEUE, handler, concurrency=2):
+            for job_id in short:
+                finished(q, job_id)
+            record = finished(q, long_job)
+        assert record.status == JobStatus.DONE and record.attempts == 1  # never reaped
+    assert len(done_short) == 200
+
+
+_EXIT_SCRIPT = """
+import sys, threading, time
+from taquba import OpenOptions, Queue, QueueConfig
+from taquba.worker import run_worker_concurrent
+
+q = Queue.open(sys.argv[1], options=OpenOptions(
+    default_queue_config=QueueConfig(keep_done=600)))
+started = threading.Event()
+
+def handler(claim):
+    started.set()
+    time.sleep(1.0)
+    with open(sys.argv[2], "a") as f:
+        f.write(claim.payload.decode() + "\\n")
+
+threading.Thread(target=run_worker_concurrent, args=(q, "jobs", handler),
+                 kwargs=dict(concurrency=2, shutdown=threading.Event(), poll_interval=0.05),
+                 daemon=True).start()
+started.wait(20)
+print("exiting", flush=True)
+"""
+
+
+def test_interpreter_exit_lets_the_jobs_in_flight_finish(tmp_path: Path) -> None:
+    """A loop in a daemon thread, no shutdown set, the main thread returns: the job in hand
+    runs to its end and is acked before the process exits; nothing more is claimed."""
+    import subprocess
+    import sys
+
+    root, log = tmp_path / "q", tmp_path / "ran"
+    with open_queue(root) as q:
+        first = q.enqueue(QUEUE, b"first")
+    script = tmp_path / "exit_worker.py"
+    script.write_text(_EXIT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, str(script), str(root), str(log)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "exiting" in out.stdout
+    assert log.read_text() == "first\n"  # the handler ran to its end
+    with open_queue(root) as q:
+        job = q.get_job(first)
+        assert job is not None and job.status == JobStatus.DONE and job.attempts == 1
 
 
 # --------------------------------------------------------------------------- cancellation

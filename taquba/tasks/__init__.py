@@ -57,6 +57,7 @@ from ..core.ids import IdGenerator
 from ..cron import CronSpec
 from ..effects import EnqueueRequest, SettlementEffects
 from ..errors import ConfigError, InvalidArgument, exception_text
+from ..handling import PermanentFailure
 from ..producer import Producer
 from ..queue import Queue
 from ..reader import QueueReader
@@ -351,23 +352,23 @@ class Tasks:
         job with an error naming the task. Jobs of :data:`RESULTS_QUEUE` delete the result
         they name.
         """
-        from ..worker import PermanentFailure
-
         if claim.queue == RESULTS_QUEUE:
             return _expire(claim)
         try:
-            call = decode_call(claim.payload)
+            name, args, kwargs = decode_call(claim.payload)
         except BadTaskPayload as exc:
             raise PermanentFailure(str(exc)) from None
-        task = self._registry.get(call.task)
+        task = self._registry.get(name)
         if task is None:
-            raise PermanentFailure(dispatch_error(call.task, claim.queue, sorted(self._registry)))
+            raise PermanentFailure(dispatch_error(name, claim.queue, sorted(self._registry)))
         pending: list[FollowUp] = []
         token = follow_ups.set(pending)
         try:
-            value = task.func(*call.args, **call.kwargs)
+            value = task.func(*args, **kwargs)
         finally:
             follow_ups.reset(token)
+        if not pending and not task.store_result:  # the common case: a plain ack
+            return None
         enqueue = [EnqueueRequest(f.task.queue, f.payload, EnqueueOptions(
             job_id=f.job_id, priority=f.task.priority, max_attempts=f.task.max_attempts))
             for f in pending]
@@ -380,8 +381,6 @@ class Tasks:
             if task.expiry_options is not None:
                 enqueue.append(EnqueueRequest(RESULTS_QUEUE, claim.id.encode("ascii"),
                                               task.expiry_options))
-        if not enqueue and kv_writes is None:
-            return None
         return SettlementEffects(enqueue=tuple(enqueue), kv_writes=kv_writes)
 
     def run_worker(self, *, shutdown: threading.Event, concurrency: int = 1,
@@ -468,8 +467,6 @@ class Tasks:
 
 def _expire(claim: Claim) -> SettlementEffects:
     """Ack a :data:`RESULTS_QUEUE` job with the deletion of the result it names."""
-    from ..worker import PermanentFailure
-
     job_id = bytes(claim.payload).decode("ascii", "replace")
     try:
         check_job_id(job_id)

@@ -16,8 +16,7 @@ Rules this module keeps:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -47,8 +46,7 @@ class BadTaskPayload(ValueError):
     """A job's payload is not a task call this worker can read (the message says why)."""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskCall:
+class TaskCall(NamedTuple):
     """A decoded task job: the task's registered name and the arguments to call it with."""
 
     task: str
@@ -96,7 +94,7 @@ def decode_call(payload: bytes) -> TaskCall:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise BadTaskPayload(f"not a task payload (not JSON: {exc})") from None
-    if not isinstance(data, dict):
+    if type(data) is not dict:
         raise BadTaskPayload(f"not a task payload (a JSON {type(data).__name__}, "
                              "not an object)")
     version = data.get("v")
