@@ -466,7 +466,8 @@ def test_a_worker_killed_mid_task_makes_its_follow_up_exactly_once(tmp_path: Pat
     try:
         result = parent.delay(str(marker), 3600)
         for _ in range(int(WAIT / 0.01)):
-            if marker.exists():
+            # the file appears before its line is written: wait for the whole line
+            if marker.exists() and marker.read_text().endswith("\n"):
                 break
             threading.Event().wait(0.01)
         assert marker.read_text() == "parent\n"  # it asked for its follow-up, then sleeps

@@ -93,9 +93,11 @@ class ShutdownSignals:
         if self.shutdown.is_set():
             os.write(2, f"taquba: {name} again: exiting now\n".encode())
             os._exit(128 + signum)
+        # Set before saying so: a second signal may arrive (and its handler run) while the
+        # message is being written, and it must find the shutdown already under way.
+        self.shutdown.set()
         logger.warning("%s received: finishing the jobs in flight (send it again to exit "
                        "at once)", name)
-        self.shutdown.set()
 
 
 @contextmanager
