@@ -1,10 +1,11 @@
 """One job's in-memory state, laid out for a large backlog.
 
 A pending job is most of what a queue holds, so :class:`Job` keeps only what every job has
-(id, queue, payload, priority, attempts, sequence, enqueue time, status) in slots of its
-own. What only some jobs have — a schedule, a lease, a completion or failure time, an
-error, a dedup key, headers, a cancel request — lives in a :class:`JobDetail` that is made
-when a job first needs one. A freshly enqueued job without options has none: no dict for
+(id, queue, payload, priority, attempt limit, sequence, enqueue time, status) in slots of
+its own. What only some jobs have — attempts made, a schedule, a lease, a completion or
+failure time, an error, a dedup key, headers, a cancel request — lives in a
+:class:`JobDetail` that is made when a job first needs one (a job that has been delivered
+has one anyway, for its claim time). A freshly enqueued job without options has none: no dict for
 absent headers, no slots for times it does not have.
 
 Values shared by many jobs are shared objects, not copies: the queue name, the priority
@@ -24,10 +25,11 @@ _NO_HEADERS: Mapping[str, str] = {}
 class JobDetail:
     """The fields a job has only at times (all unset on a fresh pending job)."""
 
-    __slots__ = ("cancel_requested", "claimed_at", "completed_at", "dedup_key", "failed_at",
-                 "headers", "last_error", "lease_expires_at", "run_at")
+    __slots__ = ("attempts", "cancel_requested", "claimed_at", "completed_at", "dedup_key",
+                 "failed_at", "headers", "last_error", "lease_expires_at", "run_at")
 
     def __init__(self) -> None:
+        self.attempts = 0
         self.run_at: float | None = None
         self.claimed_at: float | None = None
         self.lease_expires_at: float | None = None
@@ -45,8 +47,8 @@ class Job:
     Only the state machine (state.py) and snapshot decoding change a job.
     """
 
-    __slots__ = ("attempts", "detail", "enqueued_at", "id", "max_attempts", "payload",
-                 "priority", "queue", "seq", "status")
+    __slots__ = ("detail", "enqueued_at", "id", "max_attempts", "payload", "priority",
+                 "queue", "seq", "status")
 
     # Positional arguments allowed: replay makes one per enqueued job, and keywords cost.
     def __init__(self, id: str, queue: str, payload: bytes, priority: int,
@@ -61,8 +63,9 @@ class Job:
         self.seq = seq
         self.enqueued_at = enqueued_at
         self.status = status
-        self.attempts = attempts
         self.detail = detail
+        if attempts:
+            self.more().attempts = attempts
 
     def more(self) -> JobDetail:
         """This job's :class:`JobDetail`, made on first use."""
@@ -71,7 +74,17 @@ class Job:
             detail = self.detail = JobDetail()
         return detail
 
-    # The occasional fields, read through the detail (None / empty / False without one).
+    # The occasional fields, read through the detail (None / empty / False / 0 without one).
+
+    @property
+    def attempts(self) -> int:
+        d = self.detail
+        return 0 if d is None else d.attempts
+
+    @attempts.setter
+    def attempts(self, value: int) -> None:
+        if value or self.detail is not None:
+            self.more().attempts = value
 
     @property
     def run_at(self) -> float | None:
@@ -125,12 +138,12 @@ class Job:
         d = self.detail
         if d is None:
             return JobRecord(id=self.id, queue=self.queue, payload=self.payload, headers={},
-                             status=self.status, attempts=self.attempts,
+                             status=self.status, attempts=0,
                              max_attempts=self.max_attempts, priority=self.priority,
                              enqueued_at=self.enqueued_at)
         return JobRecord(id=self.id, queue=self.queue, payload=self.payload,
                          headers=dict(d.headers or {}), status=self.status,
-                         attempts=self.attempts, max_attempts=self.max_attempts,
+                         attempts=d.attempts, max_attempts=self.max_attempts,
                          priority=self.priority, enqueued_at=self.enqueued_at,
                          run_at=d.run_at, claimed_at=d.claimed_at,
                          lease_expires_at=d.lease_expires_at, completed_at=d.completed_at,

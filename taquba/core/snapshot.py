@@ -314,6 +314,7 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
     from_bytes = int.from_bytes
     unpack = _unpack_f64
     isfinite = math.isfinite
+    last_at = math.nan  # the previous job's enqueued_at, shared by the next equal one
     for _ in range(r.count(17)):
         pos = r.pos
         flags = data[pos]
@@ -382,6 +383,12 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
         enqueued_at = unpack(data, pos)[0]
         if not isfinite(enqueued_at):
             raise Corrupt(f"non-finite time {enqueued_at!r} at byte {pos}")
+        # The jobs of one enqueue are adjacent and share one time: one float object for
+        # them all, as the writer had (0.0 is left alone: it would also match -0.0).
+        if enqueued_at == last_at and enqueued_at:
+            enqueued_at = last_at
+        else:
+            last_at = enqueued_at
         r.pos = pos + 8
         run_at = claimed_at = lease = completed_at = failed_at = None
         last_error = job_dedup = None

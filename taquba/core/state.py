@@ -270,8 +270,8 @@ class State:
             return
         self._release_dedup(job)
         self._set_status(job, CLAIMED)
-        job.attempts = e.attempts
         d = job.more()
+        d.attempts = e.attempts
         d.claimed_at = e.at
         d.lease_expires_at = expires = e.at + e.lease
         d.run_at = None
