@@ -140,11 +140,17 @@ class ClaimedJob(Protocol):
     """What a :class:`Claim` reads of the queue's job: the fields a job never changes."""
 
     id: str
-    queue: str
     payload: bytes
-    priority: int
-    max_attempts: int
     enqueued_at: float
+
+    @property
+    def queue(self) -> str: ...
+
+    @property
+    def priority(self) -> int: ...
+
+    @property
+    def max_attempts(self) -> int: ...
 
     @property
     def headers(self) -> Mapping[str, str]: ...

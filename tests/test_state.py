@@ -190,6 +190,28 @@ def test_a_job_with_two_lane_entries_is_claimed_once() -> None:
     assert s.peek_pending("q") is None
 
 
+def test_jobs_alike_share_their_kind_and_restored_jobs_of_one_enqueue_share_their_time() -> None:
+    """What keeps a pending job small: one kind object per (queue, priority, attempt
+    limit), made once whether by enqueues or by a snapshot, and one enqueue-time float per
+    enqueue, also after a restore; a job never delivered has no detail."""
+    s = State()
+    enqueue(s, "q", A, B)
+    enqueue(s, "q", C, at=T0 + 1)
+    enqueue(s, "q", D, priority=5)
+    a, b, c, d = (s.jobs[i] for i in (A, B, C, D))
+    assert a.kind is b.kind is c.kind and d.kind is not a.kind
+    assert (d.queue, d.priority, d.max_attempts, d.attempts) == ("q", 5, 3, 0)
+    assert a.detail is None
+    r = State.restore(s.snapshot())
+    ra, rb, rc, rd = (r.jobs[i] for i in (A, B, C, D))
+    assert ra.enqueued_at is rb.enqueued_at and ra.enqueued_at == T0
+    assert rc.enqueued_at == T0 + 1 and rd.enqueued_at == T0
+    assert ra.kind is rb.kind is rc.kind and rd.kind is not ra.kind
+    assert (rd.priority, ra.attempts, ra.detail) == (5, 0, None)
+    enqueue(r, "q", "late")
+    assert r.jobs["late"].kind is ra.kind
+
+
 # -- encode / decode round trips -------------------------------------------------------------
 
 EXAMPLES: list[ev.Event] = [

@@ -1,15 +1,16 @@
 """One job's in-memory state, laid out for a large backlog.
 
 A pending job is most of what a queue holds, so :class:`Job` keeps only what every job has
-(id, queue, payload, priority, attempts, sequence, enqueue time, status) in slots of its
-own. What only some jobs have — a schedule, a lease, a completion or failure time, an
-error, a dedup key, headers, a cancel request — lives in a :class:`JobDetail` that is made
-when a job first needs one. A freshly enqueued job without options has none: no dict for
-absent headers, no slots for times it does not have.
+(id, kind, payload, sequence, enqueue time, status) in slots of its own. Its queue,
+priority and attempt limit are a :class:`JobKind`, one object shared by every job with the
+same three (a queue holds a handful of them). What only some jobs have — attempts made, a schedule, a lease, a completion or
+failure time, an error, a dedup key, headers, a cancel request — lives in a
+:class:`JobDetail` that is made when a job first needs one (a job that has been delivered
+has one anyway, for its claim time). A freshly enqueued job without options has none: no
+dict for absent headers, no slots for times it does not have.
 
-Values shared by many jobs are shared objects, not copies: the queue name, the priority
-and the enqueue time of a batch, and the status are the same object for every job that
-holds them.
+Values shared by many jobs are shared objects, not copies: the kind, the enqueue time of a
+batch, and the status are the same object for every job that holds them.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ _NO_HEADERS: Mapping[str, str] = {}
 class JobDetail:
     """The fields a job has only at times (all unset on a fresh pending job)."""
 
-    __slots__ = ("cancel_requested", "claimed_at", "completed_at", "dedup_key", "failed_at",
-                 "headers", "last_error", "lease_expires_at", "run_at")
+    __slots__ = ("attempts", "cancel_requested", "claimed_at", "completed_at", "dedup_key",
+                 "failed_at", "headers", "last_error", "lease_expires_at", "run_at")
 
     def __init__(self) -> None:
+        self.attempts = 0
         self.run_at: float | None = None
         self.claimed_at: float | None = None
         self.lease_expires_at: float | None = None
@@ -39,30 +41,54 @@ class JobDetail:
         self.cancel_requested = False
 
 
+class JobKind:
+    """What many jobs share and never change: their queue, priority and attempt limit."""
+
+    __slots__ = ("max_attempts", "priority", "queue")
+
+    def __init__(self, queue: str, priority: int, max_attempts: int) -> None:
+        self.queue = queue
+        self.priority = priority
+        self.max_attempts = max_attempts
+
+
+class JobKinds:
+    """One :class:`JobKind` per (queue, priority, attempt limit), made on first use."""
+
+    __slots__ = ("_kinds",)
+
+    def __init__(self) -> None:
+        self._kinds: dict[tuple[str, int, int], JobKind] = {}
+
+    def get(self, queue: str, priority: int, max_attempts: int) -> JobKind:
+        key = (queue, priority, max_attempts)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kinds[key] = JobKind(queue, priority, max_attempts)
+        return kind
+
+
 class Job:
     """One job's mutable state (internal: callers get frozen :class:`JobRecord` copies).
 
     Only the state machine (state.py) and snapshot decoding change a job.
     """
 
-    __slots__ = ("attempts", "detail", "enqueued_at", "id", "max_attempts", "payload",
-                 "priority", "queue", "seq", "status")
+    __slots__ = ("detail", "enqueued_at", "id", "kind", "payload", "seq", "status")
 
     # Positional arguments allowed: replay makes one per enqueued job, and keywords cost.
-    def __init__(self, id: str, queue: str, payload: bytes, priority: int,
-                 max_attempts: int, seq: int, enqueued_at: float,
+    def __init__(self, id: str, kind: JobKind, payload: bytes, seq: int, enqueued_at: float,
                  status: JobStatus = JobStatus.PENDING, attempts: int = 0,
                  detail: JobDetail | None = None) -> None:
         self.id = id
-        self.queue = queue
+        self.kind = kind
         self.payload = payload
-        self.priority = priority
-        self.max_attempts = max_attempts
         self.seq = seq
         self.enqueued_at = enqueued_at
         self.status = status
-        self.attempts = attempts
         self.detail = detail
+        if attempts:
+            self.more().attempts = attempts
 
     def more(self) -> JobDetail:
         """This job's :class:`JobDetail`, made on first use."""
@@ -71,7 +97,31 @@ class Job:
             detail = self.detail = JobDetail()
         return detail
 
-    # The occasional fields, read through the detail (None / empty / False without one).
+    # The kind's fields.
+
+    @property
+    def queue(self) -> str:
+        return self.kind.queue
+
+    @property
+    def priority(self) -> int:
+        return self.kind.priority
+
+    @property
+    def max_attempts(self) -> int:
+        return self.kind.max_attempts
+
+    # The occasional fields, read through the detail (None / empty / False / 0 without one).
+
+    @property
+    def attempts(self) -> int:
+        d = self.detail
+        return 0 if d is None else d.attempts
+
+    @attempts.setter
+    def attempts(self, value: int) -> None:
+        if value or self.detail is not None:
+            self.more().attempts = value
 
     @property
     def run_at(self) -> float | None:
@@ -125,12 +175,12 @@ class Job:
         d = self.detail
         if d is None:
             return JobRecord(id=self.id, queue=self.queue, payload=self.payload, headers={},
-                             status=self.status, attempts=self.attempts,
+                             status=self.status, attempts=0,
                              max_attempts=self.max_attempts, priority=self.priority,
                              enqueued_at=self.enqueued_at)
         return JobRecord(id=self.id, queue=self.queue, payload=self.payload,
                          headers=dict(d.headers or {}), status=self.status,
-                         attempts=self.attempts, max_attempts=self.max_attempts,
+                         attempts=d.attempts, max_attempts=self.max_attempts,
                          priority=self.priority, enqueued_at=self.enqueued_at,
                          run_at=d.run_at, claimed_at=d.claimed_at,
                          lease_expires_at=d.lease_expires_at, completed_at=d.completed_at,

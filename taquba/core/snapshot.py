@@ -55,7 +55,7 @@ from .codec import (
     text_id,
 )
 from .events import SNAPSHOT, ScheduleSet, decode_schedule
-from .jobs import Job, JobDetail
+from .jobs import Job, JobDetail, JobKind, JobKinds
 
 STATUS_CODES = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.CLAIMED, JobStatus.DONE,
                 JobStatus.DEAD)
@@ -241,11 +241,12 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
     return bytes(buf)
 
 
-def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes],
+def decode(data: bytes, kinds: JobKinds | None = None) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes],
                                  dict[str, tuple[int, float]], list[ScheduleSet],
                                  dict[str, list[AttemptEntry]]]:
     """``(next_seq, queues, jobs, kv, inbox marks, schedules, attempt history)`` of a
-    snapshot made by :func:`encode`."""
+    snapshot made by :func:`encode`; the jobs' kinds come from ``kinds`` (a new table
+    without one)."""
     t = check_tag(data)
     if t != _T_SNAPSHOT:
         raise CorruptionError(f"expected a snapshot, found a record of kind {t & 0x0F}")
@@ -268,7 +269,7 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
         if len(set(names)) != len(names):
             raise Corrupt("a queue is listed twice")
         history: dict[str, list[AttemptEntry]] = {}
-        rows = _decode_jobs(r, next_seq, names, history)
+        rows = _decode_jobs(r, next_seq, names, history, kinds or JobKinds())
         kv: dict[bytes, bytes] = {}
         for _ in range(r.count(2)):
             key = r.blob()
@@ -300,7 +301,7 @@ def decode(data: bytes) -> tuple[int, list[QueueRow], list[Job], dict[bytes, byt
 
 
 def _decode_jobs(r: Reader, next_seq: int, names: list[str],
-                 history: dict[str, list[AttemptEntry]]) -> list[Job]:
+                 history: dict[str, list[AttemptEntry]], kinds: JobKinds) -> list[Job]:
     """The jobs, read with the position in a local and one-byte varints inline (this is
     most of a reopen); anything unusual goes through the Reader's checked methods. The
     attempt histories go to ``history``."""
@@ -314,6 +315,8 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
     from_bytes = int.from_bytes
     unpack = _unpack_f64
     isfinite = math.isfinite
+    last_at = math.nan  # the previous job's enqueued_at, shared by the next equal one
+    kind: JobKind | None = None  # the previous job's, for the next one alike
     for _ in range(r.count(17)):
         pos = r.pos
         flags = data[pos]
@@ -382,6 +385,12 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
         enqueued_at = unpack(data, pos)[0]
         if not isfinite(enqueued_at):
             raise Corrupt(f"non-finite time {enqueued_at!r} at byte {pos}")
+        # The jobs of one enqueue are adjacent and share one time: one float object for
+        # them all, as the writer had (0.0 is left alone: it would also match -0.0).
+        if enqueued_at == last_at and enqueued_at:
+            enqueued_at = last_at
+        else:
+            last_at = enqueued_at
         r.pos = pos + 8
         run_at = claimed_at = lease = completed_at = failed_at = None
         last_error = job_dedup = None
@@ -420,6 +429,10 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
             r.pos = pos + 1 + n
         else:
             payload = r.blob()
-        append(Job(job_id, names[qi], payload, priority, max_attempts, seq, enqueued_at,
-                   STATUS_CODES[code], attempts, detail))
+        queue = names[qi]
+        if kind is None or kind.queue is not queue or kind.priority != priority \
+                or kind.max_attempts != max_attempts:
+            kind = kinds.get(queue, priority, max_attempts)
+        append(Job(job_id, kind, payload, seq, enqueued_at, STATUS_CODES[code], attempts,
+                   detail))
     return rows

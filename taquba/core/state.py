@@ -47,7 +47,7 @@ from .index import (
     QueueIndex,
     job_size,
 )
-from .jobs import Job, JobDetail
+from .jobs import Job, JobDetail, JobKinds
 
 
 class State:
@@ -55,6 +55,7 @@ class State:
 
     def __init__(self) -> None:
         self.jobs: dict[str, Job] = {}
+        self.kinds = JobKinds()  # what jobs share: queue, priority, attempt limit
         self.queues: dict[str, QueueIndex] = {}
         self.scheduled: list[tuple[float, int, str]] = []  # (run_at, seq, id)
         self.leases: list[tuple[float, str, int]] = []  # (expires_at, id, attempts)
@@ -214,9 +215,9 @@ class State:
             # The common case: every job pending, with the event's priority and attempts.
             # In bulk: a replay makes a million jobs this way.
             priority = e.priority
-            max_attempts = e.max_attempts
+            kind = self.kinds.get(queue, priority, e.max_attempts)
             job_ids = e.ids
-            new = [Job(job_id, queue, payload, priority, max_attempts, s, at)
+            new = [Job(job_id, kind, payload, s, at)
                    for job_id, payload, s in zip(job_ids, e.payloads, range(seq, seq + len(job_ids)))]
             n = len(new)
             known = len(jobs)
@@ -237,17 +238,16 @@ class State:
                 if job_id in jobs:
                     raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
                 if spec is None:
-                    job = Job(job_id, queue, payload, priority=e.priority,
-                              max_attempts=e.max_attempts, seq=seq, enqueued_at=at)
+                    kind = self.kinds.get(queue, e.priority, e.max_attempts)
                 else:
-                    job = Job(job_id, queue, payload, priority=spec.priority,
-                              max_attempts=spec.max_attempts, seq=seq, enqueued_at=at)
-                    if spec.headers or spec.dedup_key is not None:
-                        d = job.detail = JobDetail()
-                        d.headers = dict(spec.headers) if spec.headers else None
-                        d.dedup_key = spec.dedup_key
-                        if spec.dedup_key is not None:
-                            index.dedup[spec.dedup_key] = job_id
+                    kind = self.kinds.get(queue, spec.priority, spec.max_attempts)
+                job = Job(job_id, kind, payload, seq=seq, enqueued_at=at)
+                if spec is not None and (spec.headers or spec.dedup_key is not None):
+                    d = job.detail = JobDetail()
+                    d.headers = dict(spec.headers) if spec.headers else None
+                    d.dedup_key = spec.dedup_key
+                    if spec.dedup_key is not None:
+                        index.dedup[spec.dedup_key] = job_id
                 jobs[job_id] = job
                 self.live_bytes += job_size(job)
                 if spec is not None and spec.run_at is not None:
@@ -270,8 +270,8 @@ class State:
             return
         self._release_dedup(job)
         self._set_status(job, CLAIMED)
-        job.attempts = e.attempts
         d = job.more()
+        d.attempts = e.attempts
         d.claimed_at = e.at
         d.lease_expires_at = expires = e.at + e.lease
         d.run_at = None
@@ -507,8 +507,9 @@ class State:
 
         Raises ``CorruptionError`` for a malformed snapshot or one that lists a job twice.
         """
-        next_seq, queues, decoded, kv, marks, schedules, history = snap.decode(data)
         state = cls()
+        next_seq, queues, decoded, kv, marks, schedules, history = snap.decode(data,
+                                                                           state.kinds)
         state.inbox_marks = marks
         state.schedules = {s.name: s for s in schedules}
         state.next_seq = next_seq
