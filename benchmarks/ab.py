@@ -31,10 +31,23 @@ def _child(scenario: str, args: dict[str, Any], source: str) -> dict[str, Any]:
     return run_child(scenario, args, env={SOURCE_ENV: source}, steal=True)
 
 
-def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
-        threads: tuple[int, ...], latency_rate: float, latency_duration: float,
-        batch: int, batches: int, workdir: str, log: Any,
-        only: tuple[str, ...] = CASES, memory_jobs: int = 200_000) -> dict[str, Any]:
+def run(
+    a: str,
+    b: str,
+    *,
+    reps: int,
+    n: int,
+    payloads: tuple[int, ...],
+    threads: tuple[int, ...],
+    latency_rate: float,
+    latency_duration: float,
+    batch: int,
+    batches: int,
+    workdir: str,
+    log: Any,
+    only: tuple[str, ...] = CASES,
+    memory_jobs: int = 200_000,
+) -> dict[str, Any]:
     trees = {"A": os.path.abspath(a), "B": os.path.abspath(b)}
     samples: dict[str, dict[str, list[float]]] = {}
 
@@ -46,41 +59,76 @@ def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
         for size in payloads if "throughput" in only else ():
             for t in threads:
                 for side in order:
-                    r = _child("throughput", {"system": "taquba", "payload": size, "threads": t,
-                                              "n": n, "workdir": workdir}, trees[side])
+                    r = _child(
+                        "throughput",
+                        {
+                            "system": "taquba",
+                            "payload": size,
+                            "threads": t,
+                            "n": n,
+                            "workdir": workdir,
+                        },
+                        trees[side],
+                    )
                     for key in THROUGHPUT_KEYS:
                         add(f"{key.split('_')[0]} {size} B x{t} (ops/s)", side, r[key])
                     for key in ("enqueue_cpu_us", "drain_cpu_us"):
                         if key in r:  # (a harness that did not measure it)
                             add(f"{key.split('_')[0]} {size} B x{t} (CPU us/job)", side, r[key])
-                    log(f"  rep {rep + 1} {side} {size:5d} B x{t}: enqueue "
-                        f"{r['enqueue_ops']:8.0f}/s drain {r['drain_ops']:8.0f}/s")
+                    log(
+                        f"  rep {rep + 1} {side} {size:5d} B x{t}: enqueue "
+                        f"{r['enqueue_ops']:8.0f}/s drain {r['drain_ops']:8.0f}/s"
+                    )
         for side in order if "batch" in only else ():
-            r = _child("batch", {"workdir": workdir, "payloads": list(payloads), "batch": batch,
-                                 "batches": batches}, trees[side])
+            r = _child(
+                "batch",
+                {
+                    "workdir": workdir,
+                    "payloads": list(payloads),
+                    "batch": batch,
+                    "batches": batches,
+                },
+                trees[side],
+            )
             r = {size: v for size, v in r.items() if isinstance(v, dict)}  # not steal_pct
             for size, v in r.items():
                 add(f"enqueue_batch {size} B (jobs/s)", side, v["jobs_per_s"])
-            log(f"  rep {rep + 1} {side} enqueue_batch: "
-                + ", ".join(f"{s} B {v['jobs_per_s']:.0f}/s" for s, v in r.items()))
+            log(
+                f"  rep {rep + 1} {side} enqueue_batch: "
+                + ", ".join(f"{s} B {v['jobs_per_s']:.0f}/s" for s, v in r.items())
+            )
         for side in order if "latency" in only else ():
-            r = _child("latency", {"system": "taquba", "rate": latency_rate,
-                                   "duration": latency_duration, "workers": 4, "payload": 64,
-                                   "workdir": workdir}, trees[side])
+            r = _child(
+                "latency",
+                {
+                    "system": "taquba",
+                    "rate": latency_rate,
+                    "duration": latency_duration,
+                    "workers": 4,
+                    "payload": 64,
+                    "workdir": workdir,
+                },
+                trees[side],
+            )
             for key in LATENCY_KEYS:
                 add(f"latency {key[:-3]} at {latency_rate:.0f}/s (ms)", side, r[key])
-            log(f"  rep {rep + 1} {side} latency: done p50 {r['done_p50_ms']:.2f} ms "
-                f"p99 {r['done_p99_ms']:.2f} ms")
+            log(
+                f"  rep {rep + 1} {side} latency: done p50 {r['done_p50_ms']:.2f} ms "
+                f"p99 {r['done_p99_ms']:.2f} ms"
+            )
         for side in order if "tasks" in only else ():
             args = {"n": n, "workdir": workdir}
             raw = _child("tasks_raw", args, trees[side])["jobs_per_s"]
-            tasks = _child("tasks_tasks", {**args, "store_result": False},
-                           trees[side])["jobs_per_s"]
+            tasks = _child("tasks_tasks", {**args, "store_result": False}, trees[side])[
+                "jobs_per_s"
+            ]
             add("tasks: raw claim+ack x8 (jobs/s)", side, raw)
             add("tasks: no-op task x8 (jobs/s)", side, tasks)
             add("tasks: no-op task / raw (same rep)", side, tasks / raw)
-            log(f"  rep {rep + 1} {side} tasks: raw {raw:8.0f}/s tasks {tasks:8.0f}/s "
-                f"({tasks / raw:.2f}x)")
+            log(
+                f"  rep {rep + 1} {side} tasks: raw {raw:8.0f}/s tasks {tasks:8.0f}/s "
+                f"({tasks / raw:.2f}x)"
+            )
     if "memory" in only:  # deterministic enough that one measurement each will do
         for side in ("A", "B"):
             d = fresh_dir(workdir, "index")
@@ -88,23 +136,38 @@ def run(a: str, b: str, *, reps: int, n: int, payloads: tuple[int, ...],
                 r = _child("index_bytes", {"n": memory_jobs, "dir": d}, trees[side])
             finally:
                 remove_dir(d)
-            add(f"index bytes per pending job, {memory_jobs} enqueued", side,
-                r["enqueued_bytes_per_job"])
-            add(f"index bytes per pending job beyond payload, {memory_jobs} reopened", side,
-                r["reopened_bytes_per_job_beyond_payload"])
-            log(f"  {side} index: {r['enqueued_bytes_per_job']:.0f} B/job enqueued, "
-                f"{r['reopened_bytes_per_job_beyond_payload']:.0f} B/job reopened")
-    table = {case: {"A": median(v["A"]), "B": median(v["B"]), "A_runs": v["A"],
-                    "B_runs": v["B"]} for case, v in samples.items()}
+            add(
+                f"index bytes per pending job, {memory_jobs} enqueued",
+                side,
+                r["enqueued_bytes_per_job"],
+            )
+            add(
+                f"index bytes per pending job beyond payload, {memory_jobs} reopened",
+                side,
+                r["reopened_bytes_per_job_beyond_payload"],
+            )
+            log(
+                f"  {side} index: {r['enqueued_bytes_per_job']:.0f} B/job enqueued, "
+                f"{r['reopened_bytes_per_job_beyond_payload']:.0f} B/job reopened"
+            )
+    table = {
+        case: {"A": median(v["A"]), "B": median(v["B"]), "A_runs": v["A"], "B_runs": v["B"]}
+        for case, v in samples.items()
+    }
     for row in table.values():
         row["B/A"] = row["B"] / row["A"] if row["A"] else float("nan")
     return {"trees": trees, "reps": reps, "table": table}
 
 
 def render(result: dict[str, Any]) -> str:
-    lines = [f"A = {result['trees']['A']}", f"B = {result['trees']['B']}",
-             f"medians of {result['reps']} interleaved repetitions", "",
-             "| case | A | B | B/A |", "|---|---:|---:|---:|"]
+    lines = [
+        f"A = {result['trees']['A']}",
+        f"B = {result['trees']['B']}",
+        f"medians of {result['reps']} interleaved repetitions",
+        "",
+        "| case | A | B | B/A |",
+        "|---|---:|---:|---:|",
+    ]
     for case, row in result["table"].items():
         lines.append(f"| {case} | {row['A']:.2f} | {row['B']:.2f} | {row['B/A']:.3f} |")
     return "\n".join(lines)

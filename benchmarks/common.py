@@ -82,7 +82,9 @@ def current_rss_bytes() -> int:
 # -- threads ---------------------------------------------------------------------------------
 
 
-def run_threads(count: int, target: Callable[[int], Any], name: str = "bench") -> tuple[float, list[Any]]:
+def run_threads(
+    count: int, target: Callable[[int], Any], name: str = "bench"
+) -> tuple[float, list[Any]]:
     """Start ``count`` threads running ``target(i)`` together; return (wall seconds, results).
 
     The clock starts when every thread has been created and released by a barrier and stops
@@ -99,8 +101,10 @@ def run_threads(count: int, target: Callable[[int], Any], name: str = "bench") -
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=body, args=(i,), name=f"{name}-{i}", daemon=True)
-               for i in range(count)]
+    threads = [
+        threading.Thread(target=body, args=(i,), name=f"{name}-{i}", daemon=True)
+        for i in range(count)
+    ]
     for t in threads:
         t.start()
     barrier.wait()
@@ -124,8 +128,9 @@ def fs_type(path: str) -> str:
         with open("/proc/mounts") as f:
             for line in f:
                 parts = line.split()
-                inside = len(parts) >= 3 and (path == parts[1]
-                                              or path.startswith(parts[1].rstrip("/") + "/"))
+                inside = len(parts) >= 3 and (
+                    path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")
+                )
                 if inside and len(parts[1]) > len(best):
                     best, kind = parts[1], parts[2]
     except OSError:
@@ -194,8 +199,14 @@ def steal_note(result: dict[str, Any]) -> str:
     return f"  steal {pct:.1f}%" if pct else ""
 
 
-def run_child(scenario: str, args: dict[str, Any], *, timeout: float = 600.0,
-              env: dict[str, str] | None = None, steal: bool = False) -> dict[str, Any]:
+def run_child(
+    scenario: str,
+    args: dict[str, Any],
+    *,
+    timeout: float = 600.0,
+    env: dict[str, str] | None = None,
+    steal: bool = False,
+) -> dict[str, Any]:
     """Run ``python -m benchmarks child SCENARIO JSON`` and return its result dict.
 
     With ``steal``, the result gets ``steal_pct``: the share of CPU time the hypervisor gave
@@ -209,24 +220,34 @@ def run_child(scenario: str, args: dict[str, Any], *, timeout: float = 600.0,
         full_env.update(env)
     before = cpu_times()
     try:
-        proc = subprocess.run(cmd, cwd=REPO_DIR, env=full_env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        proc = subprocess.run(
+            cmd,
+            cwd=REPO_DIR,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{scenario} {args} timed out after {timeout:.0f} s") from exc
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_MARKER):
-            result: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
+            result: dict[str, Any] = json.loads(line[len(RESULT_MARKER) :])
             if proc.returncode != 0:
                 raise BenchError(f"{scenario} exited {proc.returncode}: {proc.stderr[-2000:]}")
             if steal:
                 result["steal_pct"] = steal_pct(before, cpu_times())
             return result
-    raise BenchError(f"{scenario} {args} exited {proc.returncode} without a result:\n"
-                     f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    raise BenchError(
+        f"{scenario} {args} exited {proc.returncode} without a result:\n"
+        f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    )
 
 
-def run_child_killed(scenario: str, args: dict[str, Any], *, timeout: float = 600.0
-                     ) -> dict[str, Any]:
+def run_child_killed(
+    scenario: str, args: dict[str, Any], *, timeout: float = 600.0
+) -> dict[str, Any]:
     """Run a child that reports its result and then waits; SIGKILL it once it has reported.
 
     The child is killed while running (its threads, files and locks as they are), the way
@@ -237,15 +258,21 @@ def run_child_killed(scenario: str, args: dict[str, Any], *, timeout: float = 60
     cmd = [sys.executable, "-m", "benchmarks", "child", scenario, json.dumps(args)]
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = REPO_DIR + os.pathsep + full_env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(cmd, cwd=REPO_DIR, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO_DIR,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     timer = threading.Timer(timeout, proc.kill)
     timer.start()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith(RESULT_MARKER):
-                result: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
+                result: dict[str, Any] = json.loads(line[len(RESULT_MARKER) :])
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 if proc.returncode != -signal.SIGKILL:

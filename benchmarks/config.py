@@ -8,8 +8,7 @@ from typing import Any
 
 from .common import RESULTS_DIR
 
-SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle", "producers",
-             "tasks")
+SCENARIOS = ("local", "latency", "history", "memory", "objectstore", "idle", "producers", "tasks")
 
 
 @dataclass(frozen=True)
@@ -72,13 +71,39 @@ class Config:
 
 
 QUICK = dict(
-    quick=True, n=300, reps=1, fsync_samples=50, batch_size=200, batches=3,
-    latency_duration=0.6, latency_reps=1, history_finished=1_500, history_pending=50, history_claims=50,
-    reopen_reps=1, big_pending=2_000, big_reopen_reps=1, rss_pending=1_000, index_jobs=2_000, obj_latency=0.002, obj_concurrency=(1, 10),
-    obj_jobs={1: 10, 10: 60, 100: 200}, idle_window=1.0, idle_settle=0.3,
-    prod_processes=2, prod_threads=4, prod_jobs=400, prod_reps=1, prod_lat_duration=0.5,
-    prod_lat_reps=1, prod_obj_threads=10, prod_obj_jobs=200, prod_idle_settle=0.3,
-    prod_idle_window=1.0, tasks_jobs=300, tasks_reps=1,
+    quick=True,
+    n=300,
+    reps=1,
+    fsync_samples=50,
+    batch_size=200,
+    batches=3,
+    latency_duration=0.6,
+    latency_reps=1,
+    history_finished=1_500,
+    history_pending=50,
+    history_claims=50,
+    reopen_reps=1,
+    big_pending=2_000,
+    big_reopen_reps=1,
+    rss_pending=1_000,
+    index_jobs=2_000,
+    obj_latency=0.002,
+    obj_concurrency=(1, 10),
+    obj_jobs={1: 10, 10: 60, 100: 200},
+    idle_window=1.0,
+    idle_settle=0.3,
+    prod_processes=2,
+    prod_threads=4,
+    prod_jobs=400,
+    prod_reps=1,
+    prod_lat_duration=0.5,
+    prod_lat_reps=1,
+    prod_obj_threads=10,
+    prod_obj_jobs=200,
+    prod_idle_settle=0.3,
+    prod_idle_window=1.0,
+    tasks_jobs=300,
+    tasks_reps=1,
 )
 
 

@@ -113,15 +113,27 @@ def app_workload(s: System, n: int, payload: bytes, threads: int = APP_THREADS) 
 
 
 def _summary(lat: list[float]) -> dict[str, float]:
-    return {"p50_us": percentile(lat, 50) * 1e6, "p99_us": percentile(lat, 99) * 1e6,
-            "max_us": max(lat) * 1e6 if lat else float("nan")}
+    return {
+        "p50_us": percentile(lat, 50) * 1e6,
+        "p99_us": percentile(lat, 99) * 1e6,
+        "max_us": max(lat) * 1e6 if lat else float("nan"),
+    }
 
 
 def child_history_build(args: dict[str, Any]) -> dict[str, Any]:
-    system, finished, pending, claims = args["system"], args["finished"], args["pending"], args["claims"]
+    system, finished, pending, claims = (
+        args["system"],
+        args["finished"],
+        args["pending"],
+        args["claims"],
+    )
     payload = make_payload(64)
-    out: dict[str, Any] = {"system": system, "finished": finished, "pending": pending,
-                           "end": args.get("end", "close")}
+    out: dict[str, Any] = {
+        "system": system,
+        "finished": finished,
+        "pending": pending,
+        "end": args.get("end", "close"),
+    }
 
     # The fresh store stays open while the history is built; then claims are timed on the
     # two stores in alternating rounds, so that both are measured at the same moments (the
@@ -210,11 +222,16 @@ def child_reopen(args: dict[str, Any]) -> dict[str, Any]:
         cpu = time.process_time() - cpu0
         if h is None:
             raise BenchError(f"{system}: nothing to claim after reopen")
-        out: dict[str, Any] = {"system": system, "open_ms": (t1 - t0) * 1e3,
-                               "first_claim_ms": (t2 - t1) * 1e3, "total_ms": (t2 - t0) * 1e3,
-                               # CPU of the whole process (all threads): what the open
-                               # costs without the waits for the disk and other processes
-                               "cpu_ms": cpu * 1e3, "import_ms": imports}
+        out: dict[str, Any] = {
+            "system": system,
+            "open_ms": (t1 - t0) * 1e3,
+            "first_claim_ms": (t2 - t1) * 1e3,
+            "total_ms": (t2 - t0) * 1e3,
+            # CPU of the whole process (all threads): what the open
+            # costs without the waits for the disk and other processes
+            "cpu_ms": cpu * 1e3,
+            "import_ms": imports,
+        }
         if system == "taquba":
             q = s.q  # type: ignore[attr-defined]
             out["requests_at_open"] = request_counts(q)
@@ -242,19 +259,23 @@ def _reopens(system: str, d: str, reps: int, log: Any, what: str) -> list[dict[s
         finally:
             remove_dir(copy)
         reopens.append(r)
-        log(f"  {system:13s} {what}: reopen {r['open_ms']:.1f} ms, first claim "
+        log(
+            f"  {system:13s} {what}: reopen {r['open_ms']:.1f} ms, first claim "
             f"{r['first_claim_ms']:.2f} ms"
-            + (f", requests {r['requests_at_open']}" if r.get("requests_at_open") else ""))
+            + (f", requests {r['requests_at_open']}" if r.get("requests_at_open") else "")
+        )
     return reopens
 
 
 def _summarise(reopens: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"reopens": reopens,
-            "open_ms": median([r["open_ms"] for r in reopens]),
-            "first_claim_ms": median([r["first_claim_ms"] for r in reopens]),
-            "total_ms": median([r["total_ms"] for r in reopens]),
-            "cpu_ms": median([r.get("cpu_ms") for r in reopens]),
-            "peak_rss": median([r["peak_rss"] for r in reopens])}
+    return {
+        "reopens": reopens,
+        "open_ms": median([r["open_ms"] for r in reopens]),
+        "first_claim_ms": median([r["first_claim_ms"] for r in reopens]),
+        "total_ms": median([r["total_ms"] for r in reopens]),
+        "cpu_ms": median([r.get("cpu_ms") for r in reopens]),
+        "peak_rss": median([r["peak_rss"] for r in reopens]),
+    }
 
 
 def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
@@ -265,42 +286,66 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
             d = fresh_dir(cfg.workdir, f"history-{system}-{end}")
             fresh = fresh_dir(cfg.workdir, f"fresh-{system}")
             try:
-                args = {"system": system, "dir": d, "fresh": fresh, "end": end,
-                        "finished": cfg.history_finished, "pending": cfg.history_pending,
-                        "claims": cfg.history_claims}
-                b = run_child("history_build", args, timeout=1800) if end == "close" \
+                args = {
+                    "system": system,
+                    "dir": d,
+                    "fresh": fresh,
+                    "end": end,
+                    "finished": cfg.history_finished,
+                    "pending": cfg.history_pending,
+                    "claims": cfg.history_claims,
+                }
+                b = (
+                    run_child("history_build", args, timeout=1800)
+                    if end == "close"
                     else run_child_killed("history_build", args, timeout=1800)
-                log(f"  {system:13s} built {cfg.history_finished} finished + "
+                )
+                log(
+                    f"  {system:13s} built {cfg.history_finished} finished + "
                     f"{cfg.history_pending} pending by 8 producers + 8 workers in "
                     f"{b['build_s']:.1f} s, then {'closed' if end == 'close' else 'SIGKILLed'} "
                     f"({b['store_bytes'] / 1e6:.1f} MB in {b['store_files']} files); claim p99 "
                     f"fresh {b['fresh_claim']['p99_us']:.0f} us, after history "
-                    f"{b['history_claim']['p99_us']:.0f} us")
-                reopens = _reopens(system, d, cfg.reopen_reps, log,
-                                   "after close" if end == "close" else "after SIGKILL")
+                    f"{b['history_claim']['p99_us']:.0f} us"
+                )
+                reopens = _reopens(
+                    system,
+                    d,
+                    cfg.reopen_reps,
+                    log,
+                    "after close" if end == "close" else "after SIGKILL",
+                )
             finally:
                 remove_dir(d)
                 remove_dir(fresh)
             if system == "taquba":
                 for r in reopens:
                     if r.get("pending_after_open") != cfg.history_pending:
-                        raise BenchError(f"taquba reopened with {r.get('pending_after_open')} "
-                                         f"pending, expected {cfg.history_pending}")
+                        raise BenchError(
+                            f"taquba reopened with {r.get('pending_after_open')} "
+                            f"pending, expected {cfg.history_pending}"
+                        )
             out[end] = {"build": b, **_summarise(reopens)}
         b = out["close"]["build"]
         # The top-level figures are those after a clean close (as in earlier results files).
         res[system] = {
-            **out["close"], "killed": out["kill"],
+            **out["close"],
+            "killed": out["kill"],
             "fresh_claim_p99_us": b["fresh_claim"]["p99_us"],
             "history_claim_p99_us": b["history_claim"]["p99_us"],
             "claim_p99_ratio": b["history_claim"]["p99_us"] / b["fresh_claim"]["p99_us"],
         }
         d = fresh_dir(cfg.workdir, f"pending-{system}")
         try:
-            b = run_child("pending_build", {"system": system, "dir": d, "n": cfg.big_pending},
-                          timeout=1800)
-            res[system]["big"] = {"build": b, **_summarise(
-                _reopens(system, d, cfg.big_reopen_reps, log, f"{cfg.big_pending} pending"))}
+            b = run_child(
+                "pending_build", {"system": system, "dir": d, "n": cfg.big_pending}, timeout=1800
+            )
+            res[system]["big"] = {
+                "build": b,
+                **_summarise(
+                    _reopens(system, d, cfg.big_reopen_reps, log, f"{cfg.big_pending} pending")
+                ),
+            }
         finally:
             remove_dir(d)
     return res

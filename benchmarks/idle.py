@@ -60,14 +60,22 @@ def child_idle(args: dict[str, Any]) -> dict[str, Any]:
     per_min = 60.0 / window
     local_reqs = sum(ld.get(k, 0) for k in ("puts", "gets", "lists", "deletes"))
     mem_reqs = sum(fd.values())
-    return {"window_s": window, "local_requests": ld, "memory_fs_requests": fd,
-            "local_per_minute": local_reqs * per_min, "memory_fs_per_minute": mem_reqs * per_min,
-            "per_minute": max(local_reqs, mem_reqs) * per_min}
+    return {
+        "window_s": window,
+        "local_requests": ld,
+        "memory_fs_requests": fd,
+        "local_per_minute": local_reqs * per_min,
+        "memory_fs_per_minute": mem_reqs * per_min,
+        "per_minute": max(local_reqs, mem_reqs) * per_min,
+    }
 
 
 def run(cfg: Any, log: Any) -> dict[str, Any]:
-    r = run_child("idle", {"window": cfg.idle_window, "workdir": cfg.workdir,
-                           "settle": cfg.idle_settle})
-    log(f"  idle {cfg.idle_window:.0f} s: local {r['local_per_minute']:.1f}/min, "
-        f"object-store-like fs {r['memory_fs_per_minute']:.1f}/min")
+    r = run_child(
+        "idle", {"window": cfg.idle_window, "workdir": cfg.workdir, "settle": cfg.idle_settle}
+    )
+    log(
+        f"  idle {cfg.idle_window:.0f} s: local {r['local_per_minute']:.1f}/min, "
+        f"object-store-like fs {r['memory_fs_per_minute']:.1f}/min"
+    )
     return r

@@ -57,8 +57,10 @@ def child_latency(args: dict[str, Any]) -> dict[str, Any]:
                 except BaseException as exc:
                     errors.append(exc)
 
-            threads = [threading.Thread(target=worker, name=f"worker-{k}", daemon=True)
-                       for k in range(workers)]
+            threads = [
+                threading.Thread(target=worker, name=f"worker-{k}", daemon=True)
+                for k in range(workers)
+            ]
             for t in threads:
                 t.start()
             senders = int(args.get("senders", 8))
@@ -76,8 +78,10 @@ def child_latency(args: dict[str, Any]) -> dict[str, Any]:
                 except BaseException as exc:
                     errors.append(exc)
 
-            sender_threads = [threading.Thread(target=send, args=(k,), name=f"sender-{k}",
-                                               daemon=True) for k in range(senders)]
+            sender_threads = [
+                threading.Thread(target=send, args=(k,), name=f"sender-{k}", daemon=True)
+                for k in range(senders)
+            ]
             for t in sender_threads:
                 t.start()
             for t in sender_threads:
@@ -101,12 +105,19 @@ def child_latency(args: dict[str, Any]) -> dict[str, Any]:
     skip = total // 20
     pk, dn = pickup[skip:], done[skip:]
     return {
-        "system": system, "rate": rate, "jobs": total, "workers": workers, "payload": size,
+        "system": system,
+        "rate": rate,
+        "jobs": total,
+        "workers": workers,
+        "payload": size,
         "achieved_rate": total / (send_end - t0),
-        "late_sends": sum(late), "senders": len(late),
-        "pickup_p50_ms": percentile(pk, 50) * 1e3, "pickup_p99_ms": percentile(pk, 99) * 1e3,
+        "late_sends": sum(late),
+        "senders": len(late),
+        "pickup_p50_ms": percentile(pk, 50) * 1e3,
+        "pickup_p99_ms": percentile(pk, 99) * 1e3,
         "pickup_max_ms": max(pk) * 1e3,
-        "done_p50_ms": percentile(dn, 50) * 1e3, "done_p99_ms": percentile(dn, 99) * 1e3,
+        "done_p50_ms": percentile(dn, 50) * 1e3,
+        "done_p99_ms": percentile(dn, 99) * 1e3,
         "done_max_ms": max(dn) * 1e3,
     }
 
@@ -121,30 +132,49 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     for rep in range(reps):
         for k in range(len(systems)):
             system = systems[(rep + k) % len(systems)]
-            r = run_child("latency", {"system": system, "rate": cfg.latency_rate,
-                                      "duration": cfg.latency_duration,
-                                      "workers": cfg.latency_workers, "payload": 64,
-                                      "workdir": cfg.workdir}, steal=True)
+            r = run_child(
+                "latency",
+                {
+                    "system": system,
+                    "rate": cfg.latency_rate,
+                    "duration": cfg.latency_duration,
+                    "workers": cfg.latency_workers,
+                    "payload": 64,
+                    "workdir": cfg.workdir,
+                },
+                steal=True,
+            )
             r["round"] = rep + 1
             runs[system].append(r)
-            log(f"  {system:13s} window {rep + 1}: {r['jobs']} jobs at "
+            log(
+                f"  {system:13s} window {rep + 1}: {r['jobs']} jobs at "
                 f"{r['achieved_rate']:.0f}/s: pickup p50 {r['pickup_p50_ms']:.2f} ms p99 "
                 f"{r['pickup_p99_ms']:.2f} ms; done p50 {r['done_p50_ms']:.2f} ms p99 "
-                f"{r['done_p99_ms']:.2f} ms max {r['done_max_ms']:.1f} ms{steal_note(r)}")
+                f"{r['done_p99_ms']:.2f} ms max {r['done_max_ms']:.1f} ms{steal_note(r)}"
+            )
     res: dict[str, Any] = {}
     for system, rs in runs.items():
         out = dict(rs[0])
         out.pop("round", None)
-        for key in ("achieved_rate", "late_sends", "pickup_p50_ms", "pickup_p99_ms",
-                    "pickup_max_ms", "done_p50_ms", "done_p99_ms", "done_max_ms"):
+        for key in (
+            "achieved_rate",
+            "late_sends",
+            "pickup_p50_ms",
+            "pickup_p99_ms",
+            "pickup_max_ms",
+            "done_p50_ms",
+            "done_p99_ms",
+            "done_max_ms",
+        ):
             out[key] = median([r[key] for r in rs])
         out["windows"] = rs
         res[system] = out
     return res
 
 
-def round_pairs(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
-                ) -> list[tuple[float, float]]:
+def round_pairs(
+    res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
+) -> list[tuple[float, float]]:
     """(``system``'s ``key``, ``peer``'s ``key``) for each round both ran a window in.
 
     The windows of one round ran back to back, so they saw much the same machine.
@@ -159,8 +189,9 @@ def round_pairs(res: dict[str, Any], system: str, peer: str, key: str = "done_p9
     return [(x, theirs[r]) for r, x in sorted(ours.items()) if r in theirs]
 
 
-def rounds_won(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
-               ) -> tuple[int, int] | None:
+def rounds_won(
+    res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
+) -> tuple[int, int] | None:
     """(rounds in which ``system``'s ``key`` was lower than ``peer``'s, rounds compared).
 
     Shows whether a median was decided by one noisy stretch of the machine.
@@ -171,8 +202,9 @@ def rounds_won(res: dict[str, Any], system: str, peer: str, key: str = "done_p99
     return sum(1 for x, y in pairs if x < y), len(pairs)
 
 
-def round_ratio(res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
-                ) -> float | None:
+def round_ratio(
+    res: dict[str, Any], system: str, peer: str, key: str = "done_p99_ms"
+) -> float | None:
     """The median, over rounds, of ``system``'s ``key`` divided by ``peer``'s.
 
     A stall of the machine inflates the windows it hits; compared within rounds, it

@@ -26,8 +26,9 @@ class LatencyFileSystem(AbstractFileSystem):
     protocol = "latency"
     cachable = False
 
-    def __init__(self, inner: AbstractFileSystem | None = None, latency: float = 0.02,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, inner: AbstractFileSystem | None = None, latency: float = 0.02, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if inner is None:
             from fsspec.implementations.memory import MemoryFileSystem
@@ -60,8 +61,9 @@ class LatencyFileSystem(AbstractFileSystem):
         self._request("put", len(value))
         self.inner.pipe_file(path, value, mode=mode, **kwargs)
 
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
-                 **kwargs: Any) -> bytes:
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
         self._request("get")
         return bytes(self.inner.cat_file(path, start=start, end=end, **kwargs))
 
@@ -94,5 +96,6 @@ class LatencyFileSystem(AbstractFileSystem):
         pass
 
     def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
-        raise NotImplementedError("LatencyFileSystem counts whole-object requests only; "
-                                  "use pipe_file / cat_file")
+        raise NotImplementedError(
+            "LatencyFileSystem counts whole-object requests only; use pipe_file / cat_file"
+        )

@@ -121,14 +121,22 @@ def child_throughput(args: dict[str, Any]) -> dict[str, Any]:
         remove_dir(d)
     if drained != n or left is not None:
         raise BenchError(f"{system}: enqueued {n}, drained {drained}, left over {left is not None}")
-    return {"system": system, "payload": size, "threads": threads, "n": n,
-            "enqueue_s": enq_s, "drain_s": drain_s,
-            "enqueue_ops": n / enq_s, "drain_ops": n / drain_s,
-            # CPU of the whole process (all threads, kernel included) per job: less
-            # sensitive than the rates to how long the disk takes to fsync.
-            "enqueue_cpu_us": 1e6 * enq_cpu / n, "drain_cpu_us": 1e6 * drain_cpu / n,
-            # the whole process: interpreter, imports, threads, the system's own state
-            "peak_rss": peak_rss_bytes()}
+    return {
+        "system": system,
+        "payload": size,
+        "threads": threads,
+        "n": n,
+        "enqueue_s": enq_s,
+        "drain_s": drain_s,
+        "enqueue_ops": n / enq_s,
+        "drain_ops": n / drain_s,
+        # CPU of the whole process (all threads, kernel included) per job: less
+        # sensitive than the rates to how long the disk takes to fsync.
+        "enqueue_cpu_us": 1e6 * enq_cpu / n,
+        "drain_cpu_us": 1e6 * drain_cpu / n,
+        # the whole process: interpreter, imports, threads, the system's own state
+        "peak_rss": peak_rss_bytes(),
+    }
 
 
 def child_batch(args: dict[str, Any]) -> dict[str, Any]:
@@ -153,8 +161,9 @@ def child_batch(args: dict[str, Any]) -> dict[str, Any]:
                 # concurrent batches: 4 threads, to show group commit of batches
                 per = max(1, args["batches"] // 2)
 
-                def batches(_i: int, s: TaqubaSystem = s, payloads: list[bytes] = payloads,
-                            per: int = per) -> None:
+                def batches(
+                    _i: int, s: TaqubaSystem = s, payloads: list[bytes] = payloads, per: int = per
+                ) -> None:
                     for _ in range(per):
                         s.q.enqueue_batch(QUEUE, payloads)
 
@@ -164,10 +173,14 @@ def child_batch(args: dict[str, Any]) -> dict[str, Any]:
         finally:
             remove_dir(d)
         m = statistics.median(times)
-        out[str(size)] = {"batch": args["batch"], "batches": args["batches"],
-                          "median_batch_ms": m * 1e3, "jobs_per_s": args["batch"] / m,
-                          "best_jobs_per_s": args["batch"] / min(times),
-                          "threads4_jobs_per_s": 4 * per * args["batch"] / el}
+        out[str(size)] = {
+            "batch": args["batch"],
+            "batches": args["batches"],
+            "median_batch_ms": m * 1e3,
+            "jobs_per_s": args["batch"] / m,
+            "best_jobs_per_s": args["batch"] / min(times),
+            "threads4_jobs_per_s": 4 * per * args["batch"] / el,
+        }
     return out
 
 
@@ -178,8 +191,10 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     res: dict[str, Any] = {}
     log("fsync reference: 4 KiB append + fsync")
     res["fsync"] = run_child("fsync", {"workdir": cfg.workdir, "samples": cfg.fsync_samples})
-    log(f"  median {res['fsync']['write_fsync_4k_ms']:.3f} ms -> serial limit "
-        f"{res['fsync']['serial_fsync_limit_ops']:.0f} ops/s")
+    log(
+        f"  median {res['fsync']['write_fsync_4k_ms']:.3f} ms -> serial limit "
+        f"{res['fsync']['serial_fsync_limit_ops']:.0f} ops/s"
+    )
 
     # Systems take turns within each configuration (rep 1 of each, then rep 2 of each...):
     # a machine whose speed drifts over minutes then shifts every system alike, and the
@@ -190,16 +205,29 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
             runs: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
             for rep in range(cfg.reps):
                 for system in systems:
-                    r = run_child("throughput", {"system": system, "payload": size,
-                                                 "threads": threads, "n": cfg.n,
-                                                 "workdir": cfg.workdir}, steal=True)
+                    r = run_child(
+                        "throughput",
+                        {
+                            "system": system,
+                            "payload": size,
+                            "threads": threads,
+                            "n": cfg.n,
+                            "workdir": cfg.workdir,
+                        },
+                        steal=True,
+                    )
                     runs[system].append(r)
-                    log(f"  {system:13s} {size:5d} B x{threads} rep {rep + 1}: enqueue "
+                    log(
+                        f"  {system:13s} {size:5d} B x{threads} rep {rep + 1}: enqueue "
                         f"{r['enqueue_ops']:8.0f}/s  drain {r['drain_ops']:8.0f}/s"
-                        f"{steal_note(r)}")
+                        f"{steal_note(r)}"
+                    )
             for system in systems:
                 table[f"{system}/{size}/{threads}"] = {
-                    "system": system, "payload": size, "threads": threads, "n": cfg.n,
+                    "system": system,
+                    "payload": size,
+                    "threads": threads,
+                    "n": cfg.n,
                     "enqueue_ops": median([r["enqueue_ops"] for r in runs[system]]),
                     "drain_ops": median([r["drain_ops"] for r in runs[system]]),
                     "peak_rss": median([r["peak_rss"] for r in runs[system]]),
@@ -209,10 +237,18 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
 
     if "taquba" in systems:
         log("taquba enqueue_batch")
-        res["batch"] = run_child("batch", {"workdir": cfg.workdir, "payloads": list(cfg.payloads),
-                                           "batch": cfg.batch_size, "batches": cfg.batches})
+        res["batch"] = run_child(
+            "batch",
+            {
+                "workdir": cfg.workdir,
+                "payloads": list(cfg.payloads),
+                "batch": cfg.batch_size,
+                "batches": cfg.batches,
+            },
+        )
         for size, r in res["batch"].items():
-            log(f"  {size} B: {r['jobs_per_s']:.0f} jobs/s (median of {r['batches']} batches of "
-                f"{r['batch']})")
+            log(
+                f"  {size} B: {r['jobs_per_s']:.0f} jobs/s (median of {r['batches']} batches of "
+                f"{r['batch']})"
+            )
     return res
-

@@ -48,8 +48,15 @@ def child_rss(args: dict[str, Any]) -> dict[str, Any]:
         now = current_rss_bytes()
     finally:
         s.close()
-    return {"system": system, "n": n, "base_rss": base, "peak_rss": peak, "rss_after": now,
-            "growth": peak - base, "bytes_per_job": (peak - base) / n}
+    return {
+        "system": system,
+        "n": n,
+        "base_rss": base,
+        "peak_rss": peak,
+        "rss_after": now,
+        "growth": peak - base,
+        "bytes_per_job": (peak - base) / n,
+    }
 
 
 def child_rss_reopen(args: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +107,11 @@ def child_index_bytes(args: dict[str, Any]) -> dict[str, Any]:
     reopened = tracemalloc.get_traced_memory()[0] - base
     q.close()
     tracemalloc.stop()
-    return {"n": n, "enqueued_bytes_per_job": enqueued / n,
-            "reopened_bytes_per_job_beyond_payload": reopened / n - 64}
+    return {
+        "n": n,
+        "enqueued_bytes_per_job": enqueued / n,
+        "reopened_bytes_per_job_beyond_payload": reopened / n - 64,
+    }
 
 
 def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
@@ -114,9 +124,11 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
         finally:
             remove_dir(d)
         res[system] = {**r, "reopen": r2}
-        log(f"  {system:13s} {cfg.rss_pending} pending: peak RSS {r['peak_rss'] / 2**20:.1f} MiB "
+        log(
+            f"  {system:13s} {cfg.rss_pending} pending: peak RSS {r['peak_rss'] / 2**20:.1f} MiB "
             f"(+{r['growth'] / 2**20:.1f} MiB, {r['bytes_per_job']:.0f} B/job); reopen peak "
-            f"{r2['peak_rss'] / 2**20:.1f} MiB")
+            f"{r2['peak_rss'] / 2**20:.1f} MiB"
+        )
     if "taquba" in systems:
         d = fresh_dir(cfg.workdir, "index-bytes")
         try:
@@ -124,7 +136,9 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
         finally:
             remove_dir(d)
         r = res["index_bytes"]
-        log(f"  taquba index per pending job ({cfg.index_jobs} jobs, tracemalloc): "
+        log(
+            f"  taquba index per pending job ({cfg.index_jobs} jobs, tracemalloc): "
             f"{r['enqueued_bytes_per_job']:.0f} B enqueued, "
-            f"{r['reopened_bytes_per_job_beyond_payload']:.0f} B beyond the payload reopened")
+            f"{r['reopened_bytes_per_job_beyond_payload']:.0f} B beyond the payload reopened"
+        )
     return res

@@ -35,8 +35,9 @@ from .common import make_payload, median, run_threads
 TARGET = 0.97
 
 
-def drain_once(workdir: str, n: int, threads: int, *, metrics: bool, interval: float,
-               backend: str = "local") -> dict[str, float]:
+def drain_once(
+    workdir: str, n: int, threads: int, *, metrics: bool, interval: float, backend: str = "local"
+) -> dict[str, float]:
     """Enqueue ``n`` jobs, then time ``threads`` claim+ack loops draining them."""
     root = tempfile.mkdtemp(prefix="metrics-", dir=workdir)
     location = root if backend == "local" else f"memory://{os.path.basename(root)}"
@@ -86,37 +87,57 @@ def drain_once(workdir: str, n: int, threads: int, *, metrics: bool, interval: f
     return {"ops": n / seconds, "cpu_us": 1e6 * cpu / n, "scrapes": scrapes[0]}
 
 
-def run(n: int, reps: int, threads: list[int], interval: float, workdir: str,
-        backend: str = "local") -> list[dict[str, Any]]:
+def run(
+    n: int, reps: int, threads: list[int], interval: float, workdir: str, backend: str = "local"
+) -> list[dict[str, Any]]:
     """Every thread count, ``reps`` times each way, taking turns; the medians and ratios."""
     rows = []
     for t in threads:
         without: list[dict[str, float]] = []
         with_: list[dict[str, float]] = []
         for _ in range(reps):
-            without.append(drain_once(workdir, n, t, metrics=False, interval=interval,
-                                      backend=backend))
-            with_.append(drain_once(workdir, n, t, metrics=True, interval=interval,
-                                    backend=backend))
+            without.append(
+                drain_once(workdir, n, t, metrics=False, interval=interval, backend=backend)
+            )
+            with_.append(
+                drain_once(workdir, n, t, metrics=True, interval=interval, backend=backend)
+            )
         base = median([r["ops"] for r in without])
         scraped = median([r["ops"] for r in with_])
-        rows.append({"backend": backend, "threads": t, "n": n, "reps": reps,
-                     "ops_without": base, "ops_with": scraped, "ratio": scraped / base,
-                     "cpu_us_without": median([r["cpu_us"] for r in without]),
-                     "cpu_us_with": median([r["cpu_us"] for r in with_]),
-                     "scrapes": sum(r["scrapes"] for r in with_), "target": TARGET})
+        rows.append(
+            {
+                "backend": backend,
+                "threads": t,
+                "n": n,
+                "reps": reps,
+                "ops_without": base,
+                "ops_with": scraped,
+                "ratio": scraped / base,
+                "cpu_us_without": median([r["cpu_us"] for r in without]),
+                "cpu_us_with": median([r["cpu_us"] for r in with_]),
+                "scrapes": sum(r["scrapes"] for r in with_),
+                "target": TARGET,
+            }
+        )
     return rows
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.metrics", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.metrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--n", type=int, default=20000, help="jobs per drain (default 20000)")
     p.add_argument("--reps", type=int, default=5, help="drains each way (default 5)")
     p.add_argument("--threads", default="1,8", help="thread counts (default 1,8)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes (1)")
-    p.add_argument("--backend", choices=("local", "memory"), default="local",
-                   help="local disk (default) or fsspec's memory filesystem")
+    p.add_argument(
+        "--backend",
+        choices=("local", "memory"),
+        default="local",
+        help="local disk (default) or fsspec's memory filesystem",
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
     p.add_argument("--workdir", help="where the queues are created (default: a temp dir)")
     p.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
@@ -126,14 +147,20 @@ def main() -> None:
     workdir = args.workdir or tempfile.gettempdir()
     os.makedirs(workdir, exist_ok=True)
     rows = run(n, reps, threads, interval, workdir, args.backend)
-    print(f"claim+ack throughput, {args.backend}, {n} jobs x {reps} reps each way, "
-          f"scraped every {interval:g}s")
-    print(f"{'threads':>7} {'without/s':>10} {'with/s':>10} {'ratio':>6} "
-          f"{'cpu us/job':>14} {'scrapes':>7}")
+    print(
+        f"claim+ack throughput, {args.backend}, {n} jobs x {reps} reps each way, "
+        f"scraped every {interval:g}s"
+    )
+    print(
+        f"{'threads':>7} {'without/s':>10} {'with/s':>10} {'ratio':>6} "
+        f"{'cpu us/job':>14} {'scrapes':>7}"
+    )
     for r in rows:
-        print(f"{r['threads']:>7} {r['ops_without']:>10.0f} {r['ops_with']:>10.0f} "
-              f"{r['ratio']:>6.3f} {r['cpu_us_without']:>6.1f}/{r['cpu_us_with']:<7.1f} "
-              f"{r['scrapes']:>7}")
+        print(
+            f"{r['threads']:>7} {r['ops_without']:>10.0f} {r['ops_with']:>10.0f} "
+            f"{r['ratio']:>6.3f} {r['cpu_us_without']:>6.1f}/{r['cpu_us_with']:<7.1f} "
+            f"{r['scrapes']:>7}"
+        )
     if args.json_path:
         with open(args.json_path, "w") as f:
             json.dump(rows, f, indent=2)

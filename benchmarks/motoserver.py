@@ -32,7 +32,10 @@ class MotoServer:
         env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -66,8 +69,13 @@ def s3_filesystem(endpoint: str) -> Any:
     """A fresh s3fs filesystem for ``endpoint`` with no listing cache and no instance cache."""
     import s3fs
 
-    return s3fs.S3FileSystem(key="x", secret="x", endpoint_url=endpoint,
-                             use_listings_cache=False, skip_instance_cache=True)
+    return s3fs.S3FileSystem(
+        key="x",
+        secret="x",
+        endpoint_url=endpoint,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+    )
 
 
 def new_bucket(endpoint: str) -> str:

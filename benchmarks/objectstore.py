@@ -97,12 +97,21 @@ def child_objectstore(args: dict[str, Any]) -> dict[str, Any]:
 
     enq, run_, total = counts_delta(c1, c0), counts_delta(c2, c0), counts_delta(c3, c0)
     out: dict[str, Any] = {
-        "backend": args["backend"], "latency_ms": args.get("latency", 0) * 1e3,
-        "concurrency": conc, "jobs": jobs, "payload": size,
-        "enqueue_s": enq_s, "drain_s": drain_s, "close_s": close_s,
-        "enqueue_ops": jobs / enq_s, "drain_ops": jobs / drain_s,
-        "reopen_ms": reopen_s * 1e3, "requests_at_reopen": reopen_counts,
-        "requests_enqueue": enq, "requests_run": run_, "requests_with_close": total,
+        "backend": args["backend"],
+        "latency_ms": args.get("latency", 0) * 1e3,
+        "concurrency": conc,
+        "jobs": jobs,
+        "payload": size,
+        "enqueue_s": enq_s,
+        "drain_s": drain_s,
+        "close_s": close_s,
+        "enqueue_ops": jobs / enq_s,
+        "drain_ops": jobs / drain_s,
+        "reopen_ms": reopen_s * 1e3,
+        "requests_at_reopen": reopen_counts,
+        "requests_enqueue": enq,
+        "requests_run": run_,
+        "requests_with_close": total,
     }
     if s0 is not None and s1 is not None and s2 is not None:
         e_rec, e_seg = s1["records"] - s0["records"], s1["segments"] - s0["segments"]
@@ -125,8 +134,11 @@ def child_objectstore(args: dict[str, Any]) -> dict[str, Any]:
         out["bytes_per_job"] = run_["bytes_written"] / jobs
         out["bytes_ratio"] = out["bytes_per_job"] / size
         out["bytes_per_job_with_close"] = total["bytes_written"] / jobs if total else None
-        out["reopen_requests"] = (sum(reopen_counts[k] for k in ("puts", "gets", "lists", "deletes"))
-                                  if reopen_counts else None)
+        out["reopen_requests"] = (
+            sum(reopen_counts[k] for k in ("puts", "gets", "lists", "deletes"))
+            if reopen_counts
+            else None
+        )
     if fs0 is not None and fs2 is not None:
         out["fs_requests_run"] = {k: fs2.get(k, 0) - fs0.get(k, 0) for k in fs2}
     return out
@@ -137,7 +149,8 @@ def run(cfg: Any, log: Any) -> dict[str, Any]:
 
     res: dict[str, Any] = {"latency": [], "moto": []}
     plans: list[tuple[str, dict[str, Any], list[int]]] = [
-        ("latency", {"latency": cfg.obj_latency}, list(cfg.payloads))]
+        ("latency", {"latency": cfg.obj_latency}, list(cfg.payloads))
+    ]
     moto = None
     if cfg.moto and module_available("moto") and module_available("s3fs"):
         from .motoserver import MotoServer
@@ -152,17 +165,27 @@ def run(cfg: Any, log: Any) -> dict[str, Any]:
             for size in payloads:
                 for conc in cfg.obj_concurrency:
                     jobs = cfg.obj_jobs.get(conc, max(10, conc * 100))
-                    r = run_child("objectstore", {"backend": backend, "concurrency": conc,
-                                                  "jobs": jobs, "payload": size, **extra},
-                                  timeout=900)
+                    r = run_child(
+                        "objectstore",
+                        {
+                            "backend": backend,
+                            "concurrency": conc,
+                            "jobs": jobs,
+                            "payload": size,
+                            **extra,
+                        },
+                        timeout=900,
+                    )
                     res[backend].append(r)
                     cpp = r.get("commits_per_put_enqueue")
-                    log(f"  {backend:7s} {size:5d} B C={conc:3d}: enqueue {r['enqueue_ops']:7.0f}/s "
+                    log(
+                        f"  {backend:7s} {size:5d} B C={conc:3d}: enqueue {r['enqueue_ops']:7.0f}/s "
                         f"drain {r['drain_ops']:7.0f}/s  commits/PUT "
                         f"{cpp if cpp is None else round(cpp, 1)}  PUTs/job "
                         f"{r.get('puts_per_job', float('nan')):.3f}  bytes/job "
                         f"{r.get('bytes_per_job', float('nan')):.0f}  reopen "
-                        f"{r['reopen_ms']:.0f} ms / {r.get('reopen_requests')} requests")
+                        f"{r['reopen_ms']:.0f} ms / {r.get('reopen_requests')} requests"
+                    )
     finally:
         if moto is not None:
             moto.stop()

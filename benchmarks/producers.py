@@ -72,8 +72,9 @@ def _spawn(scenario: str, args: dict[str, Any]) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "benchmarks", "child", scenario, json.dumps(args)]
     env = dict(os.environ)
     env["PYTHONPATH"] = REPO_DIR + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen(cmd, cwd=REPO_DIR, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _collect(proc: subprocess.Popen[str], what: str, timeout: float = 600.0) -> dict[str, Any]:
@@ -85,10 +86,11 @@ def _collect(proc: subprocess.Popen[str], what: str, timeout: float = 600.0) -> 
         raise BenchError(f"{what} timed out after {timeout:.0f} s") from exc
     for line in reversed(out.splitlines()):
         if line.startswith(RESULT_MARKER) and proc.returncode == 0:
-            result: dict[str, Any] = json.loads(line[len(RESULT_MARKER):])
+            result: dict[str, Any] = json.loads(line[len(RESULT_MARKER) :])
             return result
-    raise BenchError(f"{what} exited {proc.returncode} without a result:\n{out[-2000:]}\n"
-                     f"{err[-4000:]}")
+    raise BenchError(
+        f"{what} exited {proc.returncode} without a result:\n{out[-2000:]}\n{err[-4000:]}"
+    )
 
 
 def _kill_all(procs: list[subprocess.Popen[str]]) -> None:
@@ -157,6 +159,7 @@ def child_submit(args: dict[str, Any]) -> dict[str, Any]:
 
         huey = HueySystem(root, durable=True)
         huey.s.conn  # noqa: B018 - connect now, not in the timed part
+
         def enqueue() -> None:
             huey.enqueue(payload)
 
@@ -224,8 +227,15 @@ def child_owner(args: dict[str, Any]) -> dict[str, Any]:
     if final != expected:
         raise BenchError(f"owner: {final} jobs for {expected} submissions")
     delta = {k: counts[k] - c0[k] for k in counts} if counts and c0 else None
-    return {"start": start, "first": first, "done": now, "jobs": final, "cpu_s": cpu,
-            "producers_seen": producers, "requests": delta}
+    return {
+        "start": start,
+        "first": first,
+        "done": now,
+        "jobs": final,
+        "cpu_s": cpu,
+        "producers_seen": producers,
+        "requests": delta,
+    }
 
 
 def _throughput_once(cfg: Any, system: str, jobs: int) -> dict[str, Any]:
@@ -244,13 +254,27 @@ def _throughput_once(cfg: Any, system: str, jobs: int) -> dict[str, Any]:
 
             HueySystem(root, durable=True).close()  # the schema, before the processes race
         shares = split(jobs, cfg.prod_processes)
-        producers = [_spawn("producers_submit", {
-            "system": system, "root": root, "sync": sync, "index": k, "jobs": shares[k],
-            "threads": cfg.prod_threads, "payload": cfg.prod_payload})
-            for k in range(cfg.prod_processes)]
+        producers = [
+            _spawn(
+                "producers_submit",
+                {
+                    "system": system,
+                    "root": root,
+                    "sync": sync,
+                    "index": k,
+                    "jobs": shares[k],
+                    "threads": cfg.prod_threads,
+                    "payload": cfg.prod_payload,
+                },
+            )
+            for k in range(cfg.prod_processes)
+        ]
         procs += producers
-        _wait_files([os.path.join(sync, f"ready-{k}") for k in range(len(producers))], procs,
-                    f"{system} producers")
+        _wait_files(
+            [os.path.join(sync, f"ready-{k}") for k in range(len(producers))],
+            procs,
+            f"{system} producers",
+        )
         start = time.time() + 0.05
         cpu0 = cpu_times()
         _touch(os.path.join(sync, "go"), repr(start))
@@ -268,10 +292,14 @@ def _throughput_once(cfg: Any, system: str, jobs: int) -> dict[str, Any]:
         _kill_all(procs)
         remove_dir(d)
     end = max(s["end"] for s in subs)
-    out: dict[str, Any] = {"system": system, "jobs": jobs, "submit_s": end - start,
-                           "submit_ops": jobs / (end - start),
-                           "producer_cpu_us_per_job": sum(s["cpu_s"] for s in subs) / jobs * 1e6,
-                           "steal_pct": steal}
+    out: dict[str, Any] = {
+        "system": system,
+        "jobs": jobs,
+        "submit_s": end - start,
+        "submit_ops": jobs / (end - start),
+        "producer_cpu_us_per_job": sum(s["cpu_s"] for s in subs) / jobs * 1e6,
+        "steal_pct": steal,
+    }
     if own is not None:
         out["intake_s"] = own["done"] - start
         out["intake_ops"] = jobs / (own["done"] - start)
@@ -297,6 +325,7 @@ def child_latency_owner(args: dict[str, Any]) -> dict[str, Any]:
     errors: list[BaseException] = []
     q = Queue.open(args["root"])
     try:
+
         def work() -> None:
             try:
                 while not stop.is_set():
@@ -364,8 +393,12 @@ def child_latency_producer(args: dict[str, Any]) -> dict[str, Any]:
     producer.close()
     if errors:
         raise errors[0]
-    return {"t0": t0, "returned": returned, "late_sends": sum(late),
-            "achieved_rate": total / (max(returned) - t0)}
+    return {
+        "t0": t0,
+        "returned": returned,
+        "late_sends": sum(late),
+        "achieved_rate": total / (max(returned) - t0),
+    }
 
 
 def _latency_window(cfg: Any) -> dict[str, Any]:
@@ -375,14 +408,28 @@ def _latency_window(cfg: Any) -> dict[str, Any]:
     os.makedirs(sync)
     procs: list[subprocess.Popen[str]] = []
     try:
-        owner = _spawn("producers_latency_owner", {
-            "root": root, "sync": sync, "total": total, "workers": cfg.prod_lat_workers,
-            "timeout": cfg.prod_lat_duration + 60.0})
+        owner = _spawn(
+            "producers_latency_owner",
+            {
+                "root": root,
+                "sync": sync,
+                "total": total,
+                "workers": cfg.prod_lat_workers,
+                "timeout": cfg.prod_lat_duration + 60.0,
+            },
+        )
         procs.append(owner)
         _wait_files([os.path.join(sync, "owner-ready")], procs, "latency owner")
-        producer = _spawn("producers_latency_producer", {
-            "root": root, "rate": cfg.prod_lat_rate, "total": total, "senders": 8,
-            "payload": cfg.prod_payload})
+        producer = _spawn(
+            "producers_latency_producer",
+            {
+                "root": root,
+                "rate": cfg.prod_lat_rate,
+                "total": total,
+                "senders": 8,
+                "payload": cfg.prod_payload,
+            },
+        )
         procs.append(producer)
         cpu0 = cpu_times()
         prod = _collect(producer, "latency producer")
@@ -399,12 +446,17 @@ def _latency_window(cfg: Any) -> dict[str, Any]:
     after_send = [c - (t0 + i / rate) for i, c in enumerate(own["claimed"]) if i >= skip]
     call = [r - (t0 + i / rate) for i, r in enumerate(prod["returned"]) if i >= skip]
     return {
-        "jobs": total, "achieved_rate": prod["achieved_rate"], "late_sends": prod["late_sends"],
-        "p50_ms": percentile(after_return, 50) * 1e3, "p99_ms": percentile(after_return, 99) * 1e3,
-        "max_ms": max(after_return) * 1e3, "min_ms": min(after_return) * 1e3,
+        "jobs": total,
+        "achieved_rate": prod["achieved_rate"],
+        "late_sends": prod["late_sends"],
+        "p50_ms": percentile(after_return, 50) * 1e3,
+        "p99_ms": percentile(after_return, 99) * 1e3,
+        "max_ms": max(after_return) * 1e3,
+        "min_ms": min(after_return) * 1e3,
         "from_send_p50_ms": percentile(after_send, 50) * 1e3,
         "from_send_p99_ms": percentile(after_send, 99) * 1e3,
-        "enqueue_p50_ms": percentile(call, 50) * 1e3, "enqueue_p99_ms": percentile(call, 99) * 1e3,
+        "enqueue_p50_ms": percentile(call, 50) * 1e3,
+        "enqueue_p99_ms": percentile(call, 99) * 1e3,
         "steal_pct": steal,
     }
 
@@ -481,14 +533,26 @@ def child_objectstore(args: dict[str, Any]) -> dict[str, Any]:
         q.close()
     own, prod = _fs_delta(o1, o0), _fs_delta(p1, p0)
     total = sum(own.values()) + sum(prod.values())
-    return {"threads": conc, "jobs": jobs, "latency_ms": latency * 1e3,
-            "payload": len(payload), "submit_s": submit_s, "intake_s": intake_s,
-            "submit_ops": jobs / submit_s, "intake_ops": jobs / intake_s,
-            "owner_requests": own, "producer_requests": prod,
-            "objects": prod["put"], "jobs_per_object": jobs / prod["put"] if prod["put"] else None,
-            "requests": total, "requests_per_job": total / jobs,
-            "puts_lists_gets_deletes_per_job":
-                sum(own[k] + prod[k] for k in ("put", "get", "list", "delete")) / jobs}
+    return {
+        "threads": conc,
+        "jobs": jobs,
+        "latency_ms": latency * 1e3,
+        "payload": len(payload),
+        "submit_s": submit_s,
+        "intake_s": intake_s,
+        "submit_ops": jobs / submit_s,
+        "intake_ops": jobs / intake_s,
+        "owner_requests": own,
+        "producer_requests": prod,
+        "objects": prod["put"],
+        "jobs_per_object": jobs / prod["put"] if prod["put"] else None,
+        "requests": total,
+        "requests_per_job": total / jobs,
+        "puts_lists_gets_deletes_per_job": sum(
+            own[k] + prod[k] for k in ("put", "get", "list", "delete")
+        )
+        / jobs,
+    }
 
 
 def child_idle(args: dict[str, Any]) -> dict[str, Any]:
@@ -522,19 +586,27 @@ def child_idle(args: dict[str, Any]) -> dict[str, Any]:
         q.close()
     counts = _fs_delta(f1, f0)
     per_hour = sum(counts.values()) * 3600.0 / window
-    return {"window_s": window, "settle_s": settle, "requests": counts,
-            "per_hour": per_hour, "inbox_interval_s": float(options.inbox_interval),
-            "inbox_busy_interval_s": float(options.inbox_busy_interval),
-            "reaper_interval_s": float(options.reaper_interval),
-            "scheduler_interval_s": float(options.scheduler_interval)}
+    return {
+        "window_s": window,
+        "settle_s": settle,
+        "requests": counts,
+        "per_hour": per_hour,
+        "inbox_interval_s": float(options.inbox_interval),
+        "inbox_busy_interval_s": float(options.inbox_busy_interval),
+        "reaper_interval_s": float(options.reaper_interval),
+        "scheduler_interval_s": float(options.scheduler_interval),
+    }
 
 
 # -- the parent ------------------------------------------------------------------------------
 
 
 def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
-    res: dict[str, Any] = {"processes": cfg.prod_processes, "threads": cfg.prod_threads,
-                           "payload": cfg.prod_payload}
+    res: dict[str, Any] = {
+        "processes": cfg.prod_processes,
+        "threads": cfg.prod_threads,
+        "payload": cfg.prod_payload,
+    }
     order = ["taquba"] + (["huey"] if "huey" in systems else [])
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in order}
     for rep in range(cfg.prod_reps):
@@ -543,44 +615,83 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
             r = _throughput_once(cfg, system, cfg.prod_jobs)
             r["round"] = rep + 1
             runs[system].append(r)
-            extra = (f", owner held all {r['intake_lag_ms']:.0f} ms later: "
-                     f"{r['intake_ops']:.0f}/s" if system == "taquba" else "")
-            log(f"  {cfg.prod_processes} x {cfg.prod_threads} {system:6s} rep {rep + 1}: "
-                f"{r['jobs']} jobs submitted at {r['submit_ops']:.0f}/s{extra}{steal_note(r)}")
+            extra = (
+                f", owner held all {r['intake_lag_ms']:.0f} ms later: {r['intake_ops']:.0f}/s"
+                if system == "taquba"
+                else ""
+            )
+            log(
+                f"  {cfg.prod_processes} x {cfg.prod_threads} {system:6s} rep {rep + 1}: "
+                f"{r['jobs']} jobs submitted at {r['submit_ops']:.0f}/s{extra}{steal_note(r)}"
+            )
     res["throughput"] = {
-        s: {**{k: median([r[k] for r in rs]) for k in rs[0]
-               if k in ("submit_ops", "intake_ops", "producer_cpu_us_per_job",
-                        "owner_cpu_us_per_job")}, "runs": rs}
-        for s, rs in runs.items()}
+        s: {
+            **{
+                k: median([r[k] for r in rs])
+                for k in rs[0]
+                if k
+                in ("submit_ops", "intake_ops", "producer_cpu_us_per_job", "owner_cpu_us_per_job")
+            },
+            "runs": rs,
+        }
+        for s, rs in runs.items()
+    }
 
     windows = []
     for w in range(cfg.prod_lat_reps):
         r = _latency_window(cfg)
         windows.append(r)
-        log(f"  latency window {w + 1}: {r['jobs']} jobs at {r['achieved_rate']:.0f}/s: "
+        log(
+            f"  latency window {w + 1}: {r['jobs']} jobs at {r['achieved_rate']:.0f}/s: "
             f"enqueue return -> claim p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms "
             f"max {r['max_ms']:.1f} ms (enqueue call p99 {r['enqueue_p99_ms']:.2f} ms)"
-            f"{steal_note(r)}")
-    res["latency"] = {k: median([w[k] for w in windows]) for k in
-                      ("achieved_rate", "p50_ms", "p99_ms", "max_ms", "from_send_p50_ms",
-                       "from_send_p99_ms", "enqueue_p50_ms", "enqueue_p99_ms")}
+            f"{steal_note(r)}"
+        )
+    res["latency"] = {
+        k: median([w[k] for w in windows])
+        for k in (
+            "achieved_rate",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "from_send_p50_ms",
+            "from_send_p99_ms",
+            "enqueue_p50_ms",
+            "enqueue_p99_ms",
+        )
+    }
     res["latency"]["windows"] = windows
 
-    r = run_child("producers_objectstore", {"threads": cfg.prod_obj_threads,
-                                            "jobs": cfg.prod_obj_jobs,
-                                            "latency": cfg.obj_latency,
-                                            "payload": cfg.prod_payload}, timeout=900)
+    r = run_child(
+        "producers_objectstore",
+        {
+            "threads": cfg.prod_obj_threads,
+            "jobs": cfg.prod_obj_jobs,
+            "latency": cfg.obj_latency,
+            "payload": cfg.prod_payload,
+        },
+        timeout=900,
+    )
     res["objectstore"] = r
-    log(f"  object store {r['latency_ms']:.0f} ms/request, {r['threads']} threads: "
+    log(
+        f"  object store {r['latency_ms']:.0f} ms/request, {r['threads']} threads: "
         f"{r['jobs']} jobs submitted at {r['submit_ops']:.0f}/s in {r['objects']} objects; "
         f"{r['requests_per_job']:.3f} requests/job (owner {r['owner_requests']}, producer "
-        f"{r['producer_requests']})")
+        f"{r['producer_requests']})"
+    )
 
-    r = run_child("producers_idle", {"window": cfg.prod_idle_window,
-                                     "settle": cfg.prod_idle_settle,
-                                     "latency": cfg.obj_latency},
-                  timeout=cfg.prod_idle_window + cfg.prod_idle_settle + 300)
+    r = run_child(
+        "producers_idle",
+        {
+            "window": cfg.prod_idle_window,
+            "settle": cfg.prod_idle_settle,
+            "latency": cfg.obj_latency,
+        },
+        timeout=cfg.prod_idle_window + cfg.prod_idle_settle + 300,
+    )
     res["idle"] = r
-    log(f"  idle owner on an object store, {r['window_s']:.0f} s window: "
-        f"{r['per_hour']:.0f} requests/hour ({r['requests']})")
+    log(
+        f"  idle owner on an object store, {r['window_s']:.0f} s window: "
+        f"{r['per_hour']:.0f} requests/hour ({r['requests']})"
+    )
     return res

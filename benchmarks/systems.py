@@ -96,8 +96,9 @@ class System:
 class TaqubaSystem(System):
     name = "taquba"
 
-    def __init__(self, root: Any, *, durable: bool = True, path: str | None = None,
-                 options: Any = None) -> None:
+    def __init__(
+        self, root: Any, *, durable: bool = True, path: str | None = None, options: Any = None
+    ) -> None:
         self.q = queue_class().open(root, path, options)
 
     def enqueue(self, payload: bytes) -> None:
@@ -105,7 +106,7 @@ class TaqubaSystem(System):
 
     def enqueue_many(self, payloads: Sequence[bytes]) -> None:
         for i in range(0, len(payloads), 1000):
-            self.q.enqueue_batch(QUEUE, list(payloads[i:i + 1000]))
+            self.q.enqueue_batch(QUEUE, list(payloads[i : i + 1000]))
 
     def claim(self, wait: float = 0.0) -> Any:
         return self.q.claim(QUEUE, wait=wait)
@@ -139,11 +140,15 @@ def request_counts(q: Any) -> dict[str, int] | None:
     if s is None:
         return None
     c = s.counts
-    return {k: int(getattr(c, k)) for k in ("puts", "gets", "lists", "deletes",
-                                            "bytes_written", "bytes_read")}
+    return {
+        k: int(getattr(c, k))
+        for k in ("puts", "gets", "lists", "deletes", "bytes_written", "bytes_read")
+    }
 
 
-def counts_delta(after: dict[str, int] | None, before: dict[str, int] | None) -> dict[str, int] | None:
+def counts_delta(
+    after: dict[str, int] | None, before: dict[str, int] | None
+) -> dict[str, int] | None:
     if after is None or before is None:
         return None
     return {k: after[k] - before.get(k, 0) for k in after}
@@ -197,8 +202,10 @@ class HueySystem(System):
     def enqueue_many(self, payloads: Sequence[bytes]) -> None:
         # Setup only: one transaction (huey has no batch enqueue).
         with self.s.db(commit=True) as curs:
-            curs.executemany("insert into task (queue, data, priority) values (?, ?, ?)",
-                             [(QUEUE, p, 0) for p in payloads])
+            curs.executemany(
+                "insert into task (queue, data, priority) values (?, ?, ?)",
+                [(QUEUE, p, 0) for p in payloads],
+            )
 
     def claim(self, wait: float = 0.0) -> Any:
         data = self.s.dequeue()
@@ -240,8 +247,9 @@ class PersistQueueSystem(System):
         self._empty = persistqueue.Empty
         self._acks = 0
         self._acks_lock = threading.Lock()
-        self.q = persistqueue.SQLiteAckQueue(root, multithreading=True, auto_resume=True,
-                                             serializer=RAW_SERIALIZER)
+        self.q = persistqueue.SQLiteAckQueue(
+            root, multithreading=True, auto_resume=True, serializer=RAW_SERIALIZER
+        )
         self.set_durable(durable)
 
     def enqueue(self, payload: bytes) -> None:

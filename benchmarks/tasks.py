@@ -127,8 +127,13 @@ def child_tasks(args: dict[str, Any]) -> dict[str, Any]:
         raise BenchError(f"tasks: the worker failed: {errors[0]!r}")
     if stats.done != n or stats.dead or stats.pending:
         raise BenchError(f"tasks: {n} enqueued, {stats}")
-    return {"mode": "tasks", "n": n, "store_result": store_result, "seconds": elapsed,
-            "jobs_per_s": n / elapsed}
+    return {
+        "mode": "tasks",
+        "n": n,
+        "store_result": store_result,
+        "seconds": elapsed,
+        "jobs_per_s": n / elapsed,
+    }
 
 
 def child_huey(args: dict[str, Any]) -> dict[str, Any]:
@@ -156,11 +161,19 @@ def child_huey(args: dict[str, Any]) -> dict[str, Any]:
         # Put the N tasks in with one transaction (setup, untimed).
         messages = [huey.serialize_task(noop.s()) for _ in range(n)]
         with huey.storage.db(commit=True) as curs:
-            curs.executemany("insert into task (queue, data, priority) values (?, ?, ?)",
-                             [(QUEUE, m, 0) for m in messages])
-        consumer = huey.create_consumer(workers=WORKERS, worker_type="thread", periodic=False,
-                                        initial_delay=0.001, backoff=1.15, max_delay=0.01,
-                                        check_worker_health=False)
+            curs.executemany(
+                "insert into task (queue, data, priority) values (?, ?, ?)",
+                [(QUEUE, m, 0) for m in messages],
+            )
+        consumer = huey.create_consumer(
+            workers=WORKERS,
+            worker_type="thread",
+            periodic=False,
+            initial_delay=0.001,
+            backoff=1.15,
+            max_delay=0.01,
+            check_worker_health=False,
+        )
         t0 = time.perf_counter()
         consumer.start()
         finished = done.wait(600.0)
@@ -186,8 +199,7 @@ def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     for rep in range(cfg.tasks_reps):
         for mode, (child, extra) in modes.items():
-            r = run_child(child, {"n": cfg.tasks_jobs, "workdir": cfg.workdir, **extra},
-                          steal=True)
+            r = run_child(child, {"n": cfg.tasks_jobs, "workdir": cfg.workdir, **extra}, steal=True)
             runs[mode].append(r)
             log(f"  {mode:15s} rep {rep + 1}: {r['jobs_per_s']:8.0f} jobs/s{steal_note(r)}")
     out: dict[str, Any] = {"workers": WORKERS, "n": cfg.tasks_jobs, "runs": runs}

@@ -39,8 +39,7 @@ def checksum(job: Job) -> None:
     for _ in range(task["rounds"]):
         digest = hashlib.sha256(digest).digest()
     # one write per line: print() from several threads can interleave
-    sys.stdout.write(f"job {job.id}: {task['seed']} -> {digest.hex()[:16]} "
-                     f"(pid {os.getpid()})\n")
+    sys.stdout.write(f"job {job.id}: {task['seed']} -> {digest.hex()[:16]} (pid {os.getpid()})\n")
     sys.stdout.flush()
 
 
@@ -55,8 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="queue directory (default: a temporary directory)")
     parser.add_argument("--jobs", type=int, default=12)
-    parser.add_argument("--processes", action="store_true",
-                        help="LocalCluster with worker processes (default: threads)")
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="LocalCluster with worker processes (default: threads)",
+    )
     parser.add_argument("--scheduler", help="address of an existing Dask scheduler")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(threadName)s %(name)s: %(message)s")
@@ -66,19 +68,33 @@ def main(argv: list[str] | None = None) -> int:
         if args.scheduler:
             client = stack.enter_context(Client(args.scheduler))
         else:
-            cluster = stack.enter_context(LocalCluster(
-                n_workers=2 if args.processes else 1, threads_per_worker=2,
-                processes=args.processes, dashboard_address=":0"))
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=2 if args.processes else 1,
+                    threads_per_worker=2,
+                    processes=args.processes,
+                    dashboard_address=":0",
+                )
+            )
             client = stack.enter_context(Client(cluster))
         q = stack.enter_context(Queue.open(data))
 
-        ids = [q.enqueue(QUEUE, json.dumps({"seed": f"item-{i}", "rounds": 20000}).encode())
-               for i in range(args.jobs)]
+        ids = [
+            q.enqueue(QUEUE, json.dumps({"seed": f"item-{i}", "rounds": 20000}).encode())
+            for i in range(args.jobs)
+        ]
         ids.append(q.enqueue(QUEUE, json.dumps({"seed": "bad", "rounds": -1}).encode()))
         shutdown = threading.Event()
         threading.Thread(target=wait_then_stop, args=(q, ids, shutdown), daemon=True).start()
-        run_worker_concurrent(q, QUEUE, checksum, concurrency=8, shutdown=shutdown,
-                              poll_interval=0.5, executor=client.get_executor())
+        run_worker_concurrent(
+            q,
+            QUEUE,
+            checksum,
+            concurrency=8,
+            shutdown=shutdown,
+            poll_interval=0.5,
+            executor=client.get_executor(),
+        )
         stats = q.stats(QUEUE)
         print(f"done: {stats.done}, dead: {stats.dead}, pending: {stats.pending}")
     return 0

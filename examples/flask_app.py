@@ -70,12 +70,19 @@ def run_worker(queue_location: str | None = None, *, concurrency: int = 4) -> in
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: shutdown.set())
     config = QueueConfig(keep_done=3600)  # keep finished jobs an hour for the status view
-    queue = Queue.open(queue_location or location(),
-                       options=OpenOptions(default_queue_config=config))
+    queue = Queue.open(
+        queue_location or location(), options=OpenOptions(default_queue_config=config)
+    )
     print(f"worker: owning {queue.store.description}", flush=True)
     try:
-        run_worker_concurrent(queue, QUEUE, send_welcome_email, concurrency=concurrency,
-                              shutdown=shutdown, poll_interval=0.5)
+        run_worker_concurrent(
+            queue,
+            QUEUE,
+            send_welcome_email,
+            concurrency=concurrency,
+            shutdown=shutdown,
+            poll_interval=0.5,
+        )
     except FencedError as exc:
         log.error("another process took the queue over: %s", exc)
         return 1
@@ -133,8 +140,12 @@ def create_app(queue_location: str | None = None) -> Flask:
         if record is None:
             # Unknown, or submitted and not yet taken in by the worker process.
             return {"job_id": job_id, "status": "unknown"}, 404
-        return {"job_id": record.id, "status": record.status.value,
-                "attempts": record.attempts, "last_error": record.last_error}
+        return {
+            "job_id": record.id,
+            "status": record.status.value,
+            "attempts": record.attempts,
+            "last_error": record.last_error,
+        }
 
     return app
 

@@ -67,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
 
     shutdown = threading.Event()
     with tasks.own() as q:
-        worker = threading.Thread(target=tasks.run_worker, name="tasks-demo-worker",
-                                  kwargs={"shutdown": shutdown, "concurrency": 4,
-                                          "poll_interval": 0.2})
+        worker = threading.Thread(
+            target=tasks.run_worker,
+            name="tasks-demo-worker",
+            kwargs={"shutdown": shutdown, "concurrency": 4, "poll_interval": 0.2},
+        )
         worker.start()
         try:
             order = place_order.delay(42, ["apple", "pear", "melon"]).get(timeout=30)
@@ -81,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             except TaskFailed as exc:
                 print(f"refund failed: {exc.error}")
             for schedule in q.list_schedules():
-                print(f"schedule {schedule.name}: {schedule.cron} ({schedule.timezone}), "
-                      f"next at {schedule.next_run_at:.0f}")
+                print(
+                    f"schedule {schedule.name}: {schedule.cron} ({schedule.timezone}), "
+                    f"next at {schedule.next_run_at:.0f}"
+                )
         finally:
             shutdown.set()
             worker.join()

@@ -55,10 +55,10 @@ def make_thumbnail(claim: Claim) -> None:
     say(f"finished {claim.id}")
 
 
-def produce(q: Queue, count: int, seconds: float, shutdown: threading.Event,
-            forever: bool) -> None:
+def produce(q: Queue, count: int, seconds: float, shutdown: threading.Event, forever: bool) -> None:
     """Enqueue ``count`` jobs (then one every ``seconds`` if ``forever``); a finite demo
     sets ``shutdown`` once every job is finished."""
+
     def payload(i: int) -> bytes:
         image = f"photo-{i:03d}.png" if i % 10 != 9 else f"notes-{i:03d}.txt"
         return json.dumps({"image": image, "seconds": seconds}).encode()
@@ -87,16 +87,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=20, help="jobs to enqueue (default 20)")
     parser.add_argument("--seconds", type=float, default=0.2, help="work per job (default 0.2)")
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--grace", type=float, default=30.0,
-                        help="seconds to let running jobs finish after a signal (default 30)")
-    parser.add_argument("--forever", action="store_true",
-                        help="keep producing until SIGTERM/SIGINT instead of a finite demo")
-    parser.add_argument("--fence-check-interval", type=float, default=30.0,
-                        help="seconds between checks that no other process took the queue "
-                             "over (default 30)")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds to let running jobs finish after a signal (default 30)",
+    )
+    parser.add_argument(
+        "--forever",
+        action="store_true",
+        help="keep producing until SIGTERM/SIGINT instead of a finite demo",
+    )
+    parser.add_argument(
+        "--fence-check-interval",
+        type=float,
+        default=30.0,
+        help="seconds between checks that no other process took the queue over (default 30)",
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: "
-                                                   "%(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(threadName)s %(name)s: %(message)s"
+    )
 
     data = args.data or os.path.join(tempfile.mkdtemp(prefix="taquba-demo-"), "queue")
     shutdown = threading.Event()
@@ -116,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def work(q: Queue) -> None:
         try:
-            run_worker_concurrent(q, QUEUE, make_thumbnail, concurrency=args.concurrency,
-                                  shutdown=shutdown, poll_interval=0.5)
+            run_worker_concurrent(
+                q,
+                QUEUE,
+                make_thumbnail,
+                concurrency=args.concurrency,
+                shutdown=shutdown,
+                poll_interval=0.5,
+            )
         except BaseException as exc:  # FencedError, QueueBroken, a handler's SystemExit...
             failure.append(exc)
             log.error("the worker loop stopped: %s: %s", type(exc).__name__, exc)
@@ -125,8 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     options = OpenOptions(fence_check_interval=args.fence_check_interval)
     with Queue.open(data, options=options) as q:
         worker = threading.Thread(target=work, args=(q,), name="worker-loop")
-        producer = threading.Thread(target=produce, name="producer", daemon=True,
-                                    args=(q, args.jobs, args.seconds, shutdown, args.forever))
+        producer = threading.Thread(
+            target=produce,
+            name="producer",
+            daemon=True,
+            args=(q, args.jobs, args.seconds, shutdown, args.forever),
+        )
         worker.start()
         producer.start()
         while not shutdown.wait(0.5):  # the main thread stays free to run signal handlers
@@ -141,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             say(f"failed: {type(failure[0]).__name__}")
             return 1
         stats = q.stats(QUEUE)
-    say(f"stopped: {stats.done} done, {stats.dead} dead, {stats.pending} pending, "
-        f"{stats.claimed} claimed")
+    say(
+        f"stopped: {stats.done} done, {stats.dead} dead, {stats.pending} pending, "
+        f"{stats.claimed} claimed"
+    )
     return 0
 
 

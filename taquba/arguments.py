@@ -49,11 +49,13 @@ def payload_bytes(value: object, name: str) -> bytes:
 def batch_items(payloads: object) -> list[object]:
     """The payloads of an ``enqueue_batch`` as a list (each still to be checked)."""
     if isinstance(payloads, (bytes, bytearray, memoryview, str)):
-        raise InvalidArgument("payloads must be an iterable of bytes payloads, not a single "
-                              "payload")
+        raise InvalidArgument(
+            "payloads must be an iterable of bytes payloads, not a single payload"
+        )
     if not isinstance(payloads, Iterable):
         raise InvalidArgument(
-            f"payloads must be an iterable of bytes, got {type(payloads).__name__}")
+            f"payloads must be an iterable of bytes, got {type(payloads).__name__}"
+        )
     items = list(payloads)
     if len(items) > MAX_BATCH_JOBS:
         raise InvalidArgument(f"a batch holds at most {MAX_BATCH_JOBS} jobs, got {len(items)}")
@@ -77,8 +79,10 @@ def clock_seconds(value: object) -> float:
     text = repr(value)
     if len(text) > 60:
         text = text[:40] + "..."
-    raise ConfigError(f"OpenOptions.clock returned {text} ({type(value).__name__}), not epoch "
-                      "seconds as a finite float or int")
+    raise ConfigError(
+        f"OpenOptions.clock returned {text} ({type(value).__name__}), not epoch "
+        "seconds as a finite float or int"
+    )
 
 
 def kv_key(key: object) -> bytes:
@@ -95,13 +99,16 @@ def kv_writes(writes: object) -> list[tuple[bytes, bytes]]:
     """``enqueue_with_kv``'s writes as (key, value) pairs, each checked."""
     if not isinstance(writes, Mapping):
         raise InvalidArgument(
-            f"kv_writes must be a mapping of bytes to bytes, got {type(writes).__name__}")
+            f"kv_writes must be a mapping of bytes to bytes, got {type(writes).__name__}"
+        )
     out: list[tuple[bytes, bytes]] = []
     for k, v in writes.items():
         key = kv_key(k)
         value = to_bytes(v, "KV value")
         if len(value) > MAX_KV_VALUE_SIZE:
-            raise KvValueTooLarge(f"KV value for key {key[:64]!r} is {len(value)} bytes; the "
-                                  f"limit is MAX_KV_VALUE_SIZE = {MAX_KV_VALUE_SIZE}")
+            raise KvValueTooLarge(
+                f"KV value for key {key[:64]!r} is {len(value)} bytes; the "
+                f"limit is MAX_KV_VALUE_SIZE = {MAX_KV_VALUE_SIZE}"
+            )
         out.append((key, value))
     return out

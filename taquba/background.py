@@ -20,8 +20,9 @@ logger = logging.getLogger("taquba.background")
 class Loop:
     """One daemon thread calling ``tick`` every ``interval`` seconds until stopped."""
 
-    def __init__(self, name: str, interval: float, tick: Callable[[], object], *,
-                 paced: bool = False) -> None:
+    def __init__(
+        self, name: str, interval: float, tick: Callable[[], object], *, paced: bool = False
+    ) -> None:
         self.name = name
         self.interval = interval
         self.tick = tick
@@ -56,14 +57,22 @@ class Loop:
 class Background:
     """The reaper, the scheduler and (given an interval) the fence check of one queue handle."""
 
-    def __init__(self, *, reap: Callable[[], object], reaper_interval: float,
-                 promote: Callable[[], object], scheduler_interval: float,
-                 check_fence: Callable[[], object] | None = None,
-                 fence_check_interval: float | None = None,
-                 intake: Callable[[], float] | None = None, intake_interval: float = 0.0
-                 ) -> None:
-        self.loops = [Loop("taquba-reaper", reaper_interval, reap),
-                      Loop("taquba-scheduler", scheduler_interval, promote)]
+    def __init__(
+        self,
+        *,
+        reap: Callable[[], object],
+        reaper_interval: float,
+        promote: Callable[[], object],
+        scheduler_interval: float,
+        check_fence: Callable[[], object] | None = None,
+        fence_check_interval: float | None = None,
+        intake: Callable[[], float] | None = None,
+        intake_interval: float = 0.0,
+    ) -> None:
+        self.loops = [
+            Loop("taquba-reaper", reaper_interval, reap),
+            Loop("taquba-scheduler", scheduler_interval, promote),
+        ]
         if check_fence is not None and fence_check_interval is not None:
             self.loops.append(Loop("taquba-fence-check", fence_check_interval, check_fence))
         if intake is not None:

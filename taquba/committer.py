@@ -84,10 +84,16 @@ class Committer:
     appends, i.e. local disk) lets waiting callers write batches themselves.
     """
 
-    def __init__(self, log: Log, *, lock: threading.Lock | None = None,
-                 snapshot: Callable[[], bytes] | None = None,
-                 max_batch_bytes: int = 8 * 1024 * 1024, inline: bool | None = None,
-                 live_bytes: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        log: Log,
+        *,
+        lock: threading.Lock | None = None,
+        snapshot: Callable[[], bytes] | None = None,
+        max_batch_bytes: int = 8 * 1024 * 1024,
+        inline: bool | None = None,
+        live_bytes: Callable[[], int] | None = None,
+    ) -> None:
         self.log = log
         self.lock = lock if lock is not None else threading.Lock()
         self._work = threading.Condition(self.lock)  # wakes the thread
@@ -155,8 +161,9 @@ class Committer:
         elif own:
             err = QueueBroken(f"log write failed: {failure!r}")
         else:
-            err = QueueBroken(f"the queue handle is broken by an earlier storage failure "
-                              f"({failure}); reopen it")
+            err = QueueBroken(
+                f"the queue handle is broken by an earlier storage failure ({failure}); reopen it"
+            )
         err.__cause__ = failure
         return err
 
@@ -330,8 +337,9 @@ class Committer:
                     raise self.error_for(error, own=True)
                 return
 
-    def _combine_round(self, apply: Callable[[list[Any]], Batch | None],
-                       joined: Batch) -> Batch | None:
+    def _combine_round(
+        self, apply: Callable[[list[Any]], Batch | None], joined: Batch
+    ) -> Batch | None:
         """Apply and write the queued items; the batch of ``joined``'s items if they were
         among them (else None: the caller's round is still to come)."""
         with self._round_lock:
@@ -438,8 +446,11 @@ class Committer:
         """After a write: let the next one start."""
         if self._pending and self.inline:
             (self._full[0] if self._full else self._open).nudge()
-        if self._stopping or self._awaits_write or \
-                (self._pending and (self._idle or not self.inline)):
+        if (
+            self._stopping
+            or self._awaits_write
+            or (self._pending and (self._idle or not self.inline))
+        ):
             self._work.notify()  # the thread may be waiting for this write to end
 
     def _checkpoint_locked(self) -> None:
@@ -577,8 +588,11 @@ class Committer:
         except Exception as exc:
             if not isinstance(exc, FencedError):
                 self.stats.checkpoint_failures += 1
-            logger.warning("taquba checkpoint at close failed (nothing is lost; the next "
-                           "open replays the log instead): %s", exc)
+            logger.warning(
+                "taquba checkpoint at close failed (nothing is lost; the next "
+                "open replays the log instead): %s",
+                exc,
+            )
             return
         self.stats.checkpoints_written += 1
         self.stats.checkpoints_at_close += 1

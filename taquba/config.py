@@ -52,8 +52,9 @@ def _finite_float(value: int | float) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
-def to_seconds(value: object, name: str, *, allow_zero: bool = True,
-               error: type[Exception] = InvalidArgument) -> float:
+def to_seconds(
+    value: object, name: str, *, allow_zero: bool = True, error: type[Exception] = InvalidArgument
+) -> float:
     """Convert a duration (seconds or ``timedelta``) to finite, non-negative float seconds."""
     seconds: float | None
     if isinstance(value, timedelta):
@@ -76,8 +77,9 @@ def to_epoch(value: object, name: str) -> float:
             aware = value.tzinfo is not None and value.utcoffset() is not None
             seconds = value.timestamp() if aware else None
         except (ValueError, OverflowError, TypeError) as exc:  # a tzinfo or date out of range
-            raise InvalidArgument(f"{name} cannot be converted to epoch seconds: {value!r} "
-                                  f"({exc})") from None
+            raise InvalidArgument(
+                f"{name} cannot be converted to epoch seconds: {value!r} ({exc})"
+            ) from None
         if seconds is None:
             raise InvalidArgument(f"{name} must be an aware datetime (with tzinfo), got {value!r}")
         return seconds
@@ -89,8 +91,9 @@ def to_epoch(value: object, name: str) -> float:
     raise InvalidArgument(f"{name} must be epoch seconds or an aware datetime, got {_show(value)}")
 
 
-def check_priority(value: object, name: str = "priority",
-                   error: type[Exception] = InvalidArgument) -> int:
+def check_priority(
+    value: object, name: str = "priority", error: type[Exception] = InvalidArgument
+) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise error(f"{name} must be an int in 0..{MAX_PRIORITY}, got {_show(value)}")
     if not 0 <= value <= MAX_PRIORITY:
@@ -98,8 +101,9 @@ def check_priority(value: object, name: str = "priority",
     return value
 
 
-def check_max_attempts(value: object, name: str = "max_attempts",
-                       error: type[Exception] = InvalidArgument) -> int:
+def check_max_attempts(
+    value: object, name: str = "max_attempts", error: type[Exception] = InvalidArgument
+) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > 2**31:
         raise error(f"{name} must be an int in 1..{2**31}, got {_show(value)}")
     return value
@@ -139,8 +143,9 @@ def to_bytes(value: object, name: str) -> bytes:
         try:
             return bytes(value)
         except ValueError:  # the memoryview was released
-            raise InvalidArgument(f"{name} is a released memoryview; pass the data itself "
-                                  "or a live view of it") from None
+            raise InvalidArgument(
+                f"{name} is a released memoryview; pass the data itself or a live view of it"
+            ) from None
     raise InvalidArgument(
         f"{name} must be bytes, bytearray or memoryview, got {type(value).__name__}"
     )
@@ -150,7 +155,9 @@ def check_headers(headers: object) -> dict[str, str]:
     if headers is None:
         return {}
     if not isinstance(headers, Mapping):
-        raise InvalidArgument(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+        raise InvalidArgument(
+            f"headers must be a mapping of str to str, got {type(headers).__name__}"
+        )
     out: dict[str, str] = {}
     size = 0
     for k, v in headers.items():
@@ -159,8 +166,9 @@ def check_headers(headers: object) -> dict[str, str]:
         try:
             size += len(k.encode()) + len(v.encode())
         except UnicodeEncodeError:
-            raise InvalidArgument(f"headers must be valid Unicode text (no lone surrogates), "
-                                  f"got {k!r}: {v!r}") from None
+            raise InvalidArgument(
+                f"headers must be valid Unicode text (no lone surrogates), got {k!r}: {v!r}"
+            ) from None
         out[k] = v
     if size > MAX_HEADER_BYTES:
         raise InvalidArgument(f"headers are {size} bytes, the limit is {MAX_HEADER_BYTES}")
@@ -218,19 +226,36 @@ class QueueConfig:
     def __post_init__(self) -> None:
         check_max_attempts(self.max_attempts, "QueueConfig.max_attempts", ConfigError)
         set_ = object.__setattr__
-        set_(self, "lease", to_seconds(self.lease, "QueueConfig.lease", allow_zero=False,
-                                      error=ConfigError))
+        set_(
+            self,
+            "lease",
+            to_seconds(self.lease, "QueueConfig.lease", allow_zero=False, error=ConfigError),
+        )
         check_priority(self.default_priority, "QueueConfig.default_priority", ConfigError)
-        set_(self, "retry_backoff_base",
-             to_seconds(self.retry_backoff_base, "QueueConfig.retry_backoff_base", error=ConfigError))
-        set_(self, "retry_backoff_max",
-             to_seconds(self.retry_backoff_max, "QueueConfig.retry_backoff_max", error=ConfigError))
+        set_(
+            self,
+            "retry_backoff_base",
+            to_seconds(
+                self.retry_backoff_base, "QueueConfig.retry_backoff_base", error=ConfigError
+            ),
+        )
+        set_(
+            self,
+            "retry_backoff_max",
+            to_seconds(self.retry_backoff_max, "QueueConfig.retry_backoff_max", error=ConfigError),
+        )
         if self.keep_done is not None:
-            set_(self, "keep_done", to_seconds(self.keep_done, "QueueConfig.keep_done",
-                                              error=ConfigError))
+            set_(
+                self,
+                "keep_done",
+                to_seconds(self.keep_done, "QueueConfig.keep_done", error=ConfigError),
+            )
         if self.dead_retention is not None:
-            set_(self, "dead_retention", to_seconds(self.dead_retention,
-                                                   "QueueConfig.dead_retention", error=ConfigError))
+            set_(
+                self,
+                "dead_retention",
+                to_seconds(self.dead_retention, "QueueConfig.dead_retention", error=ConfigError),
+            )
 
     def backoff(self, failed_attempts: int) -> float:
         """Delay before the retry that follows the ``failed_attempts``-th failure."""
@@ -330,36 +355,78 @@ class OpenOptions:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         if self.inbox_interval is not None:
-            set_(self, "inbox_interval", to_seconds(self.inbox_interval,
-                                                    "OpenOptions.inbox_interval",
-                                                    allow_zero=False, error=ConfigError))
-        set_(self, "inbox_busy_interval", to_seconds(self.inbox_busy_interval,
-                                                     "OpenOptions.inbox_busy_interval",
-                                                     allow_zero=False, error=ConfigError))
-        set_(self, "inbox_retention", to_seconds(self.inbox_retention,
-                                                 "OpenOptions.inbox_retention",
-                                                 allow_zero=False, error=ConfigError))
-        set_(self, "reaper_interval", to_seconds(self.reaper_interval, "OpenOptions.reaper_interval",
-                                                 allow_zero=False, error=ConfigError))
-        set_(self, "scheduler_interval", to_seconds(self.scheduler_interval,
-                                                    "OpenOptions.scheduler_interval",
-                                                    allow_zero=False, error=ConfigError))
+            set_(
+                self,
+                "inbox_interval",
+                to_seconds(
+                    self.inbox_interval,
+                    "OpenOptions.inbox_interval",
+                    allow_zero=False,
+                    error=ConfigError,
+                ),
+            )
+        set_(
+            self,
+            "inbox_busy_interval",
+            to_seconds(
+                self.inbox_busy_interval,
+                "OpenOptions.inbox_busy_interval",
+                allow_zero=False,
+                error=ConfigError,
+            ),
+        )
+        set_(
+            self,
+            "inbox_retention",
+            to_seconds(
+                self.inbox_retention,
+                "OpenOptions.inbox_retention",
+                allow_zero=False,
+                error=ConfigError,
+            ),
+        )
+        set_(
+            self,
+            "reaper_interval",
+            to_seconds(
+                self.reaper_interval,
+                "OpenOptions.reaper_interval",
+                allow_zero=False,
+                error=ConfigError,
+            ),
+        )
+        set_(
+            self,
+            "scheduler_interval",
+            to_seconds(
+                self.scheduler_interval,
+                "OpenOptions.scheduler_interval",
+                allow_zero=False,
+                error=ConfigError,
+            ),
+        )
         if not isinstance(self.default_queue_config, QueueConfig):
             raise ConfigError(
                 f"OpenOptions.default_queue_config must be a QueueConfig, got {self.default_queue_config!r}"
             )
         if not isinstance(self.queue_configs, Mapping):
-            raise ConfigError(f"OpenOptions.queue_configs must be a mapping, got {self.queue_configs!r}")
+            raise ConfigError(
+                f"OpenOptions.queue_configs must be a mapping, got {self.queue_configs!r}"
+            )
         for name, cfg in self.queue_configs.items():
             try:
                 check_queue_name(name)
             except InvalidArgument as exc:
                 raise ConfigError(f"OpenOptions.queue_configs: {exc}") from None
             if not isinstance(cfg, QueueConfig):
-                raise ConfigError(f"OpenOptions.queue_configs[{name!r}] must be a QueueConfig, got {cfg!r}")
+                raise ConfigError(
+                    f"OpenOptions.queue_configs[{name!r}] must be a QueueConfig, got {cfg!r}"
+                )
         set_(self, "queue_configs", dict(self.queue_configs))
         if self.clock is not None and not callable(self.clock):
-            raise ConfigError(f"OpenOptions.clock must be a zero-argument callable, got {self.clock!r}")
+            raise ConfigError(
+                f"OpenOptions.clock must be a zero-argument callable, got {self.clock!r}"
+            )
         for name in ("max_batch_bytes", "checkpoint_min_bytes", "checkpoint_max_segments"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -368,23 +435,46 @@ class OpenOptions:
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"OpenOptions.segment_max_bytes must be an int >= 0, got {_show(v)}")
         r = self.checkpoint_ratio
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or _finite_float(r) is None \
-                or r <= 0:
-            raise ConfigError(f"OpenOptions.checkpoint_ratio must be a positive finite number, "
-                              f"got {_show(r)}")
+        if (
+            not isinstance(r, (int, float))
+            or isinstance(r, bool)
+            or _finite_float(r) is None
+            or r <= 0
+        ):
+            raise ConfigError(
+                f"OpenOptions.checkpoint_ratio must be a positive finite number, got {_show(r)}"
+            )
         v = self.storage_retries
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ConfigError(f"OpenOptions.storage_retries must be an int >= 0, got {_show(v)}")
-        set_(self, "storage_retry_delay", to_seconds(self.storage_retry_delay,
-                                                     "OpenOptions.storage_retry_delay",
-                                                     error=ConfigError))
-        set_(self, "storage_retry_budget", to_seconds(self.storage_retry_budget,
-                                                      "OpenOptions.storage_retry_budget",
-                                                      allow_zero=False, error=ConfigError))
+        set_(
+            self,
+            "storage_retry_delay",
+            to_seconds(
+                self.storage_retry_delay, "OpenOptions.storage_retry_delay", error=ConfigError
+            ),
+        )
+        set_(
+            self,
+            "storage_retry_budget",
+            to_seconds(
+                self.storage_retry_budget,
+                "OpenOptions.storage_retry_budget",
+                allow_zero=False,
+                error=ConfigError,
+            ),
+        )
         if self.fence_check_interval is not None:
-            set_(self, "fence_check_interval", to_seconds(
-                self.fence_check_interval, "OpenOptions.fence_check_interval", allow_zero=False,
-                error=ConfigError))
+            set_(
+                self,
+                "fence_check_interval",
+                to_seconds(
+                    self.fence_check_interval,
+                    "OpenOptions.fence_check_interval",
+                    allow_zero=False,
+                    error=ConfigError,
+                ),
+            )
         if not isinstance(self.background_threads, bool):
             raise ConfigError(
                 f"OpenOptions.background_threads must be a bool, got {self.background_threads!r}"
@@ -431,8 +521,13 @@ class EnqueueOptions:
     def is_plain(self) -> bool:
         """Whether these options ask for nothing beyond the queue's defaults and a
         caller-given priority or attempt limit: no schedule, dedup key, headers or id."""
-        return self.run_at is None and not self.delay and self.dedup_key is None \
-            and not self.headers and self.job_id is None
+        return (
+            self.run_at is None
+            and not self.delay
+            and self.dedup_key is None
+            and not self.headers
+            and self.job_id is None
+        )
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

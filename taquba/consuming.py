@@ -41,8 +41,9 @@ def claim(q: Queue, queue: str, max_jobs: int, lease: object, wait: object) -> l
     """Up to ``max_jobs`` claims on ``queue``, waiting up to ``wait`` for the first."""
     check_queue_name(queue)
     lease_s = None if lease is None else to_seconds(lease, "lease", allow_zero=False)
-    wait_s = 0.0 if type(wait) in (float, int) and wait == 0 else \
-        arguments.wait_seconds(wait, "wait")
+    wait_s = (
+        0.0 if type(wait) in (float, int) and wait == 0 else arguments.wait_seconds(wait, "wait")
+    )
     if lease_s is None:
         lease_s = float(q._config(queue).lease)  # type: ignore[arg-type]
     deadline = time.monotonic() + wait_s if wait_s else 0.0
@@ -110,8 +111,14 @@ def claim_job_locked(q: Queue, job: Job, now: float, lease: float) -> Claim:
     # The state computed the expiry as now + lease too: the same float.
     detail = job.detail
     assert detail is not None
-    c = Claim(job, attempts=attempts, claimed_at=now, lease_expires_at=now + lease,
-              last_error=detail.last_error, key=key)
+    c = Claim(
+        job,
+        attempts=attempts,
+        claimed_at=now,
+        lease_expires_at=now + lease,
+        last_error=detail.last_error,
+        key=key,
+    )
     if detail.cancel_requested:  # requested while a previous process held the job
         c.cancel_requested.set()
     q._claims[job_id] = c
@@ -124,11 +131,17 @@ def current_job_locked(q: Queue, claim: object, action: str) -> Job:
         raise InvalidArgument(f"{action} needs a Claim, got {type(claim).__name__}")
     q._check_open_locked()
     job = q._state.jobs.get(claim.id)
-    if q._claims.get(claim.id) is not claim or job is None \
-            or job.status is not JobStatus.CLAIMED or job.attempts != claim.attempts:
+    if (
+        q._claims.get(claim.id) is not claim
+        or job is None
+        or job.status is not JobStatus.CLAIMED
+        or job.attempts != claim.attempts
+    ):
         state = "gone" if job is None else job.status.value
-        raise ClaimLost(f"cannot {action} job {claim.id!r} (attempt {claim.attempts}): the "
-                        f"claim is no longer current (the job is {state})")
+        raise ClaimLost(
+            f"cannot {action} job {claim.id!r} (attempt {claim.attempts}): the "
+            f"claim is no longer current (the job is {state})"
+        )
     return job
 
 
@@ -153,8 +166,9 @@ def ack(q: Queue, claim: Claim, effects: SettlementEffects | None = None) -> Non
             q._wake_claimers_locked(name)
         if job_id in q._waiters:
             # The job is done now: with keep, its record shows it (completed_at set).
-            q._finished_locked(job_id, batch, WaitOutcome(
-                WaitStatus.COMPLETED, job.record() if keep else None))
+            q._finished_locked(
+                job_id, batch, WaitOutcome(WaitStatus.COMPLETED, job.record() if keep else None)
+            )
     except BaseException:
         lock.release()
         raise
@@ -168,21 +182,30 @@ def nack(q: Queue, claim: Claim, text: str, effects: SettlementEffects | None = 
         job = current_job_locked(q, claim, "nack")
         now = q._now()
         if job.cancel_requested:
-            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
-                                cause=attempts.CAUSE_CANCEL, effects=effects)
+            batch = fail_locked(
+                q,
+                job,
+                now,
+                f"cancelled: {text}",
+                dead=True,
+                cause=attempts.CAUSE_CANCEL,
+                effects=effects,
+            )
         elif job.attempts >= job.max_attempts:
             batch = fail_locked(q, job, now, text, dead=True, effects=effects)
         else:
             if effects is not None:  # not applied, but checked as if the job went dead
                 with_effects_locked(q, ev.Acked(job.id, False), effects, now)
             delay = q._config(job.queue).backoff(job.attempts)
-            batch = fail_locked(q, job, now, text, dead=False,
-                                run_at=now + delay if delay else None)
+            batch = fail_locked(
+                q, job, now, text, dead=False, run_at=now + delay if delay else None
+            )
         q._wait_locked(batch)
 
 
-def dead_letter(q: Queue, claim: Claim, text: str,
-                effects: SettlementEffects | None = None) -> None:
+def dead_letter(
+    q: Queue, claim: Claim, text: str, effects: SettlementEffects | None = None
+) -> None:
     """Settle ``claim`` by moving the job to the dead set with ``text``, and ``effects``."""
     with q._lock:
         job = current_job_locked(q, claim, "dead_letter")
@@ -195,16 +218,25 @@ def release(q: Queue, claim: Claim, text: str) -> None:
         job = current_job_locked(q, claim, "release")
         now = q._now()
         if job.cancel_requested:
-            batch = fail_locked(q, job, now, f"cancelled: {text}", dead=True,
-                                cause=attempts.CAUSE_CANCEL)
+            batch = fail_locked(
+                q, job, now, f"cancelled: {text}", dead=True, cause=attempts.CAUSE_CANCEL
+            )
         else:
             batch = fail_locked(q, job, now, text, dead=False)
         q._wait_locked(batch)
 
 
-def fail_locked(q: Handle, job: Job, now: float, error: str, *, dead: bool,
-                run_at: float | None = None, cause: int = attempts.CAUSE_HANDLER,
-                effects: SettlementEffects | None = None) -> Batch:
+def fail_locked(
+    q: Handle,
+    job: Job,
+    now: float,
+    error: str,
+    *,
+    dead: bool,
+    run_at: float | None = None,
+    cause: int = attempts.CAUSE_HANDLER,
+    effects: SettlementEffects | None = None,
+) -> Batch:
     """End the current attempt of ``job`` at ``now`` with ``error``: dead (then with
     ``effects``, in the same record), scheduled or pending. ``cause``
     (``attempts.CAUSES``) says why, for the attempt history."""
@@ -230,8 +262,9 @@ def fail_locked(q: Handle, job: Job, now: float, error: str, *, dead: bool,
     return batch
 
 
-def with_effects_locked(q: Handle, settlement: ev.Acked | ev.Failed, effects: SettlementEffects,
-                        now: float) -> tuple[ev.Event, list[str]]:
+def with_effects_locked(
+    q: Handle, settlement: ev.Acked | ev.Failed, effects: SettlementEffects, now: float
+) -> tuple[ev.Event, list[str]]:
     """The record of ``settlement`` with ``effects`` (see taquba.effects), and the queues
     that get a pending job from it. Changes nothing: raises ``InvalidArgument`` (a
     ``job_id`` already in use) before anything is committed.
@@ -251,17 +284,16 @@ def with_effects_locked(q: Handle, settlement: ev.Acked | ev.Failed, effects: Se
         dedup_key = opts.dedup_key
         if dedup_key is not None:
             index = state.queues.get(queue)
-            if (index is not None and dedup_key in index.dedup) \
-                    or (queue, dedup_key) in taken_keys:
+            if (index is not None and dedup_key in index.dedup) or (queue, dedup_key) in taken_keys:
                 continue
             taken_keys.add((queue, dedup_key))
         cfg = q._config(queue)
         priority = cfg.default_priority if opts.priority is None else opts.priority
         max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
         try:
-            job_id, event, pending = job_event_locked(q, queue, request.payload, opts,
-                                                      priority, max_attempts, now, [],
-                                                      taken_ids)
+            job_id, event, pending = job_event_locked(
+                q, queue, request.payload, opts, priority, max_attempts, now, [], taken_ids
+            )
         except InvalidArgument as exc:
             raise InvalidArgument(f"effects.enqueue[{i}]: {exc}") from None
         taken_ids.add(job_id)
@@ -300,12 +332,22 @@ def release_previous_claims(q: Queue) -> None:
         now = q._now()
         spent = [j for j in claimed if j.attempts >= j.max_attempts or j.cancel_requested]
         ids = [j.id for j in claimed if j not in spent]
-        logger.info("requeueing %d job(s) claimed by a previous process; %d dead-lettered "
-                    "with their attempts used up", len(ids), len(spent))
+        logger.info(
+            "requeueing %d job(s) claimed by a previous process; %d dead-lettered "
+            "with their attempts used up",
+            len(ids),
+            len(spent),
+        )
         for job in spent:
             reason = "cancelled: " if job.cancel_requested else ""
-            fail_locked(q, job, now, f"{reason}claim abandoned by a previous process", dead=True,
-                        cause=attempts.CAUSE_ABANDONED)
+            fail_locked(
+                q,
+                job,
+                now,
+                f"{reason}claim abandoned by a previous process",
+                dead=True,
+                cause=attempts.CAUSE_ABANDONED,
+            )
         if ids:
             q._commit(ev.Released(ids))
             for job_id in ids:

@@ -44,14 +44,17 @@ MAX_CRON_CHARS = 256
 def zone(name: object) -> zoneinfo.ZoneInfo:
     """The time zone called ``name`` (``InvalidArgument`` for an unknown one)."""
     if not isinstance(name, str) or not name:
-        raise InvalidArgument(f"timezone must be an IANA time zone name such as "
-                              f"'Europe/Paris', got {name!r}")
+        raise InvalidArgument(
+            f"timezone must be an IANA time zone name such as 'Europe/Paris', got {name!r}"
+        )
     try:
         return zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-        raise InvalidArgument(f"unknown time zone {name[:80]!r} (an IANA name such as "
-                              "'Europe/Paris' or 'UTC'; install the tzdata package if "
-                              "this system has no time zone database)") from None
+        raise InvalidArgument(
+            f"unknown time zone {name[:80]!r} (an IANA name such as "
+            "'Europe/Paris' or 'UTC'; install the tzdata package if "
+            "this system has no time zone database)"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -70,20 +73,25 @@ class CronSpec:
     def __post_init__(self) -> None:
         cron = self.cron
         if not isinstance(cron, str) or not cron.strip() or len(cron) > MAX_CRON_CHARS:
-            raise InvalidArgument(f"cron must be a 5-field cron expression or a macro such as "
-                                  f"'@daily', got {cron!r:.80}")
+            raise InvalidArgument(
+                f"cron must be a 5-field cron expression or a macro such as "
+                f"'@daily', got {cron!r:.80}"
+            )
         text = cron.strip()
         if text.startswith("@"):
             fields = MACROS.get(text.lower())
             if fields is None:
-                raise InvalidArgument(f"unknown cron macro {text!r:.80} (known: "
-                                      f"{', '.join(MACROS)})")
+                raise InvalidArgument(
+                    f"unknown cron macro {text!r:.80} (known: {', '.join(MACROS)})"
+                )
         else:
             fields = " ".join(text.split())
             if len(fields.split(" ")) != 5:
-                raise InvalidArgument(f"cron expression {cron!r:.80} has "
-                                      f"{len(fields.split(' '))} fields; a standard one has 5 "
-                                      "(minute hour day-of-month month day-of-week)")
+                raise InvalidArgument(
+                    f"cron expression {cron!r:.80} has "
+                    f"{len(fields.split(' '))} fields; a standard one has 5 "
+                    "(minute hour day-of-month month day-of-week)"
+                )
         tz = zone(self.timezone)
         object.__setattr__(self, "_fields", fields)
         object.__setattr__(self, "_zone", tz)
@@ -99,8 +107,9 @@ class CronSpec:
         try:
             return next(CronSim(self._fields, start)).timestamp()
         except StopIteration:
-            raise InvalidArgument(f"cron expression {self.cron!r:.80} has no occurrence "
-                                  "within 50 years") from None
+            raise InvalidArgument(
+                f"cron expression {self.cron!r:.80} has no occurrence within 50 years"
+            ) from None
 
     def last_at_or_before(self, t: float) -> float | None:
         """The latest occurrence at or before ``t`` (None if none within 50 years)."""

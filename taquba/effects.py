@@ -53,20 +53,23 @@ class EnqueueRequest:
 
     def __post_init__(self) -> None:
         check_queue_name(self.queue)
-        object.__setattr__(self, "payload",
-                           arguments.payload_bytes(self.payload, "EnqueueRequest.payload"))
+        object.__setattr__(
+            self, "payload", arguments.payload_bytes(self.payload, "EnqueueRequest.payload")
+        )
         opts = self.options
         if opts is None:
             return
         if not isinstance(opts, EnqueueOptions):
             raise InvalidArgument(
-                f"EnqueueRequest.options must be an EnqueueOptions, got {type(opts).__name__}")
+                f"EnqueueRequest.options must be an EnqueueOptions, got {type(opts).__name__}"
+            )
         if opts.dedup_key is not None:
             try:
                 opts.dedup_key.encode("utf-8")
             except UnicodeEncodeError:
-                raise InvalidArgument(f"EnqueueRequest.options.dedup_key is not valid UTF-8: "
-                                      f"{opts.dedup_key[:40]!r}") from None
+                raise InvalidArgument(
+                    f"EnqueueRequest.options.dedup_key is not valid UTF-8: {opts.dedup_key[:40]!r}"
+                ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +101,15 @@ class SettlementEffects:
         deletes = _keys(self.kv_deletes)
         set_(self, "kv_deletes", deletes)
         if len(writes) + len(deletes) > MAX_EFFECTS:
-            raise InvalidArgument(f"SettlementEffects: at most {MAX_EFFECTS} KV writes and "
-                                  f"deletes, got {len(writes) + len(deletes)}")
+            raise InvalidArgument(
+                f"SettlementEffects: at most {MAX_EFFECTS} KV writes and "
+                f"deletes, got {len(writes) + len(deletes)}"
+            )
         both = writes.keys() & set(deletes)
         if both:
-            raise InvalidArgument(f"SettlementEffects: KV key {min(both)[:64]!r} is both "
-                                  "written and deleted")
+            raise InvalidArgument(
+                f"SettlementEffects: KV key {min(both)[:64]!r} is both written and deleted"
+            )
 
     def __bool__(self) -> bool:
         """Whether there is any effect at all."""
@@ -114,28 +120,34 @@ def _requests(value: object) -> tuple[EnqueueRequest, ...]:
     if isinstance(value, EnqueueRequest):
         return (value,)
     if isinstance(value, (str, bytes, bytearray, memoryview)) or not isinstance(value, Iterable):
-        raise InvalidArgument("SettlementEffects.enqueue must be an iterable of "
-                              f"EnqueueRequest, got {type(value).__name__}")
+        raise InvalidArgument(
+            "SettlementEffects.enqueue must be an iterable of "
+            f"EnqueueRequest, got {type(value).__name__}"
+        )
     out = tuple(value)
     if len(out) > MAX_EFFECTS:
-        raise InvalidArgument(f"SettlementEffects.enqueue holds at most {MAX_EFFECTS} "
-                              f"requests, got {len(out)}")
+        raise InvalidArgument(
+            f"SettlementEffects.enqueue holds at most {MAX_EFFECTS} requests, got {len(out)}"
+        )
     for i, item in enumerate(out):
         if not isinstance(item, EnqueueRequest):
-            raise InvalidArgument(f"SettlementEffects.enqueue[{i}] must be an EnqueueRequest, "
-                                  f"got {type(item).__name__}")
+            raise InvalidArgument(
+                f"SettlementEffects.enqueue[{i}] must be an EnqueueRequest, "
+                f"got {type(item).__name__}"
+            )
     return out
 
 
 def _keys(value: object) -> tuple[bytes, ...]:
     if isinstance(value, (bytes, bytearray, memoryview, str)) or not isinstance(value, Iterable):
-        raise InvalidArgument("SettlementEffects.kv_deletes must be an iterable of bytes keys, "
-                              f"got {type(value).__name__}")
+        raise InvalidArgument(
+            "SettlementEffects.kv_deletes must be an iterable of bytes keys, "
+            f"got {type(value).__name__}"
+        )
     out: list[bytes] = []
     for key in value:
         if len(out) >= MAX_EFFECTS:
-            raise InvalidArgument(f"SettlementEffects.kv_deletes holds at most {MAX_EFFECTS} "
-                                  "keys")
+            raise InvalidArgument(f"SettlementEffects.kv_deletes holds at most {MAX_EFFECTS} keys")
         out.append(arguments.kv_key(key))
     return tuple(dict.fromkeys(out))
 
@@ -146,8 +158,7 @@ def check(effects: object) -> SettlementEffects | None:
     if effects is None:
         return None
     if not isinstance(effects, SettlementEffects):
-        raise InvalidArgument(
-            f"effects must be a SettlementEffects, got {type(effects).__name__}")
+        raise InvalidArgument(f"effects must be a SettlementEffects, got {type(effects).__name__}")
     return effects if effects else None
 
 

@@ -95,9 +95,13 @@ class Handle:
         # renewals. Reads wait until it is durable (see the module docstring).
         self._reported: Batch | None = None
         self._enqueuers: collections.deque[None] = collections.deque()  # enqueues under way
-        self.committer = Committer(_log, lock=self._lock, snapshot=self._state.snapshot,
-                                   max_batch_bytes=options.max_batch_bytes,
-                                   live_bytes=lambda: self._state.live_bytes)
+        self.committer = Committer(
+            _log,
+            lock=self._lock,
+            snapshot=self._state.snapshot,
+            max_batch_bytes=options.max_batch_bytes,
+            live_bytes=lambda: self._state.live_bytes,
+        )
 
     def _wake_all_locked(self) -> None:
         for cond in self._claim_conds.values():
@@ -122,7 +126,8 @@ class Handle:
                 f"this Queue was opened by process {self._pid} and cannot be used in process "
                 f"{os.getpid()}, which was forked from it: a forked child must never write "
                 "its parent's queue. To submit jobs from this process, open a taquba Producer "
-                "in it (or a new Queue, which takes the queue over from the parent)")
+                "in it (or a new Queue, which takes the queue over from the parent)"
+            )
         fenced = self._fenced
         assert fenced is not None
         err = FencedError(str(fenced))

@@ -111,9 +111,14 @@ class JobView:
     @classmethod
     def from_claim(cls, claim: Claim) -> JobView:
         """The picklable fields of ``claim`` (copies: the view shares nothing with it)."""
-        return cls(id=claim.id, queue=claim.queue, payload=bytes(claim.payload),
-                   headers=dict(claim.headers), attempts=claim.attempts,
-                   priority=claim.priority)
+        return cls(
+            id=claim.id,
+            queue=claim.queue,
+            payload=bytes(claim.payload),
+            headers=dict(claim.headers),
+            attempts=claim.attempts,
+            priority=claim.priority,
+        )
 
 
 # --------------------------------------------------------------------------- outcomes
@@ -201,8 +206,9 @@ def settle(q: Queue, claim: Claim, outcome: Outcome) -> None:
                 try:
                     q.ack(claim, outcome.effects)
                 except InvalidArgument as exc:
-                    logger.warning("job %s: the effects its handler returned were rejected: %s",
-                                   claim.id, exc)
+                    logger.warning(
+                        "job %s: the effects its handler returned were rejected: %s", claim.id, exc
+                    )
                     q.nack(claim, f"invalid settlement effects: {exc}")
         elif kind == "dead":
             q.dead_letter(claim, outcome.text)
@@ -210,22 +216,33 @@ def settle(q: Queue, claim: Claim, outcome: Outcome) -> None:
             q.nack(claim, outcome.error if outcome.error is not None else outcome.text)
     except ClaimLost:
         if claim.cancel_requested.is_set():
-            logger.info("job %s was cancelled while it ran; its %s is dropped", claim.id,
-                        _VERBS[kind])
+            logger.info(
+                "job %s was cancelled while it ran; its %s is dropped", claim.id, _VERBS[kind]
+            )
         else:
-            logger.warning("could not %s job %s: its claim was lost (lease expired, or the "
-                           "job was settled or cancelled elsewhere)", _VERBS[kind], claim.id)
+            logger.warning(
+                "could not %s job %s: its claim was lost (lease expired, or the "
+                "job was settled or cancelled elsewhere)",
+                _VERBS[kind],
+                claim.id,
+            )
     except Exception:
         logger.exception("could not %s job %s", _VERBS[kind], claim.id)
 
 
 def log_outcome(claim: Claim, outcome: Outcome) -> None:
     if outcome.kind == "dead":
-        logger.warning("job %s (attempt %d) failed permanently: %s",
-                       claim.id, claim.attempts, outcome.text)
+        logger.warning(
+            "job %s (attempt %d) failed permanently: %s", claim.id, claim.attempts, outcome.text
+        )
     elif outcome.kind == "nack":
-        logger.warning("job %s (attempt %d) failed: %s\n%s", claim.id, claim.attempts,
-                       outcome.text, outcome.details.rstrip())
+        logger.warning(
+            "job %s (attempt %d) failed: %s\n%s",
+            claim.id,
+            claim.attempts,
+            outcome.text,
+            outcome.details.rstrip(),
+        )
 
 
 # --------------------------------------------------------------------------- lease renewal
@@ -252,7 +269,9 @@ class LeaseRenewer:
     notified); :meth:`add` notifies it only for a claim due before that.
     """
 
-    _RETRY_FRACTION = 0.1  # after a failed (not lost) renewal, try again this share of a lease later
+    _RETRY_FRACTION = (
+        0.1  # after a failed (not lost) renewal, try again this share of a lease later
+    )
 
     def __init__(self, q: Queue) -> None:
         self._q = q
@@ -263,8 +282,7 @@ class LeaseRenewer:
         self._wake = math.inf
         self._adds = 0  # claims added so far; with no lease left, adds since the last look
         self._idle_wait = 0.0  # half the last lease added: how soon an idle renewer looks again
-        self._thread = threading.Thread(target=self._run, name="taquba-lease-renewer",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name="taquba-lease-renewer", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -339,8 +357,11 @@ class LeaseRenewer:
                     del self._leases[id(claim)]
             if current:  # not yet removed: the handler still runs without a lease
                 log = logger.info if claim.cancel_requested.is_set() else logger.warning
-                log("lost the lease of job %s while its handler runs (the job was cancelled, "
-                    "or its lease expired)", claim.id)
+                log(
+                    "lost the lease of job %s while its handler runs (the job was cancelled, "
+                    "or its lease expired)",
+                    claim.id,
+                )
             return
         except (QueueClosed, QueueBroken) as exc:
             self.remove(claim)

@@ -179,15 +179,23 @@ def decode_submissions(name: str, frames: Sequence[bytes]) -> list[Submission]:
         try:
             if op == "enqueue":
                 ids = tuple(meta["ids"])
-                payloads = tuple(frames[i:i + len(ids)])
+                payloads = tuple(frames[i : i + len(ids)])
                 if len(payloads) != len(ids):
                     raise CorruptionError(f"{name}: submission lacks {len(ids)} payloads")
                 i += len(ids)
-                subs.append(SubmitEnqueue(
-                    queue=meta["queue"], job_ids=ids, payloads=payloads,
-                    priority=meta.get("priority"), run_at=meta.get("run_at"),
-                    dedup_key=meta.get("dedup_key"), max_attempts=meta.get("max_attempts"),
-                    headers=meta.get("headers"), chosen_id=bool(meta.get("chosen_id"))))
+                subs.append(
+                    SubmitEnqueue(
+                        queue=meta["queue"],
+                        job_ids=ids,
+                        payloads=payloads,
+                        priority=meta.get("priority"),
+                        run_at=meta.get("run_at"),
+                        dedup_key=meta.get("dedup_key"),
+                        max_attempts=meta.get("max_attempts"),
+                        headers=meta.get("headers"),
+                        chosen_id=bool(meta.get("chosen_id")),
+                    )
+                )
             elif op == "cancel":
                 subs.append(SubmitCancel(meta["id"]))
             elif op == "requeue_dead":
@@ -248,8 +256,18 @@ class FileScan:
     need: int | None  # an incomplete block at ``end`` needs the bytes up to this offset
 
 
-def scan_file(name: str, data: bytes, pos: int, base: int, seq: int, *, at_eof: bool,
-              finished: bool, limit: int, after: int = -1) -> FileScan:
+def scan_file(
+    name: str,
+    data: bytes,
+    pos: int,
+    base: int,
+    seq: int,
+    *,
+    at_eof: bool,
+    finished: bool,
+    limit: int,
+    after: int = -1,
+) -> FileScan:
     """The whole blocks in ``data[pos:]`` (``data[0]`` is file offset ``base``; the first
     block there has ``seq``) whose ``seq`` is above ``after``, at most ``limit`` of them.
 

@@ -129,8 +129,11 @@ def wait_for_completion(q: Handle, job_id: str, timeout: object) -> WaitOutcome:
         job = q._state.jobs.get(job_id)
         if job is None or job.status in _TERMINAL:
             # Finished (or gone) already: report it once that is durable.
-            outcome = WaitOutcome(WaitStatus.NOT_FOUND) if job is None else \
-                WaitOutcome(WaitStatus.COMPLETED, job.record())
+            outcome = (
+                WaitOutcome(WaitStatus.NOT_FOUND)
+                if job is None
+                else WaitOutcome(WaitStatus.COMPLETED, job.record())
+            )
             if not q._wait_reported_locked(deadline):
                 return WaitOutcome(WaitStatus.TIMED_OUT)
             return outcome
@@ -168,17 +171,23 @@ def reap(q: Handle) -> int:
         expired = state.expired_leases(now)
         for job in expired:
             if job.cancel_requested:
-                fail_locked(q, job, now, "cancelled: lease expired", dead=True,
-                            cause=attempts.CAUSE_CANCEL)
+                fail_locked(
+                    q, job, now, "cancelled: lease expired", dead=True, cause=attempts.CAUSE_CANCEL
+                )
             else:
-                fail_locked(q, job, now, "lease expired", dead=job.attempts >= job.max_attempts,
-                            cause=attempts.CAUSE_LEASE)
+                fail_locked(
+                    q,
+                    job,
+                    now,
+                    "lease expired",
+                    dead=job.attempts >= job.max_attempts,
+                    cause=attempts.CAUSE_LEASE,
+                )
         purge: list[str] = []
         for name in list(state.queues):
             cfg = q._config(name)
             done_before = math.inf if cfg.keep_done is None else now - float(cfg.keep_done)  # type: ignore[arg-type]
-            dead_before = None if cfg.dead_retention is None else \
-                now - float(cfg.dead_retention)  # type: ignore[arg-type]
+            dead_before = None if cfg.dead_retention is None else now - float(cfg.dead_retention)  # type: ignore[arg-type]
             purge += state.sweepable(name, done_before, dead_before)
         if purge:
             q._commit(ev.Purged(purge))

@@ -158,14 +158,17 @@ class InboxPoller:
         for key in [k for k in self._tails if k not in listed]:
             del self._tails[key]
         for producer in sorted(files):
-            self._read_files(producer, sorted(files[producer]), marks.get(producer, -1),
-                             paced, poll)
-        self._quiet_interval = max(QUIET_FILE_INTERVAL,
-                                   len(poll.idle_files) / QUIET_READS_PER_SECOND)
+            self._read_files(
+                producer, sorted(files[producer]), marks.get(producer, -1), paced, poll
+            )
+        self._quiet_interval = max(
+            QUIET_FILE_INTERVAL, len(poll.idle_files) / QUIET_READS_PER_SECOND
+        )
         return poll
 
-    def _read_files(self, producer: str, files: list[tuple[int, str]], mark: int,
-                    paced: bool, poll: Poll) -> None:
+    def _read_files(
+        self, producer: str, files: list[tuple[int, str]], mark: int, paced: bool, poll: Poll
+    ) -> None:
         """Read one producer's files in ``start`` order into ``poll``."""
         now = time.monotonic()
         for i, (start, key) in enumerate(files):
@@ -173,8 +176,13 @@ class InboxPoller:
             tail = self._tails.get(key)
             if tail is not None and tail.seq > mark + 1:
                 tail = None  # read but not applied (a failed round): read it all again
-            if paced and tail is not None and not finished and \
-                    now - tail.changed > QUIET_AFTER and now - tail.read < self._quiet_interval:
+            if (
+                paced
+                and tail is not None
+                and not finished
+                and now - tail.changed > QUIET_AFTER
+                and now - tail.read < self._quiet_interval
+            ):
                 poll.idle_files.append((producer, key, tail.offset))
                 return
             room = MAX_OBJECTS_PER_ROUND - len(poll.fresh)
@@ -201,8 +209,16 @@ class InboxPoller:
             if not got:
                 poll.idle_files.append((producer, key, scan.end))
 
-    def _scan(self, key: str, producer: str, start: int, tail: _Tail | None,
-              finished: bool, limit: int, mark: int) -> FileScan:
+    def _scan(
+        self,
+        key: str,
+        producer: str,
+        start: int,
+        tail: _Tail | None,
+        finished: bool,
+        limit: int,
+        mark: int,
+    ) -> FileScan:
         """The blocks above ``mark`` from ``tail`` (or the start) on, up to ``limit``."""
         name = f"{self.store.description}/{key}"
         offset, seq = (0, start) if tail is None else (tail.offset, tail.seq)
@@ -214,10 +230,20 @@ class InboxPoller:
             if offset == 0:
                 got_producer, got_start, pos = decode_file_head(name, data)
                 if (got_producer, got_start) != (producer, start):
-                    raise CorruptionError(f"{name}: holds producer {got_producer} "
-                                          f"start {got_start}")
-            scan = scan_file(name, data, pos, offset, seq, at_eof=len(data) < size,
-                             finished=finished, limit=limit - len(blocks), after=mark)
+                    raise CorruptionError(
+                        f"{name}: holds producer {got_producer} start {got_start}"
+                    )
+            scan = scan_file(
+                name,
+                data,
+                pos,
+                offset,
+                seq,
+                at_eof=len(data) < size,
+                finished=finished,
+                limit=limit - len(blocks),
+                after=mark,
+            )
             blocks += scan.blocks
             if scan.ended or scan.need is None or len(blocks) >= limit:
                 scan.blocks = blocks
@@ -235,8 +261,12 @@ class InboxPoller:
             if block_at(name, memoryview(tail), 0, offset) is not None:
                 return False  # it submitted again: take that in first
             if tail.strip(b"\0"):
-                logger.warning("%s: removing a quiet producer's file that ends in an "
-                               "incomplete block at byte %d (never acknowledged)", name, offset)
+                logger.warning(
+                    "%s: removing a quiet producer's file that ends in an "
+                    "incomplete block at byte %d (never acknowledged)",
+                    name,
+                    offset,
+                )
             return True
 
         try:
@@ -330,16 +360,22 @@ class OwnerIntake:
                 if obj.key is not None:
                     done.append(obj.key)
             retention = float(q.options.inbox_retention)  # type: ignore[arg-type]
-            quiet = [p for p, (_, at) in q._state.inbox_marks.items()
-                     if at < now - retention and p not in poll.producers]
+            quiet = [
+                p
+                for p, (_, at) in q._state.inbox_marks.items()
+                if at < now - retention and p not in poll.producers
+            ]
             if quiet:
                 batch = q._commit(ev.InboxForgot(quiet))
             if batch is not None:
                 q._wait_locked(batch)
             marks_now = q._state.inbox_marks
             quiet_file = min(retention, QUIET_FILE_SECONDS)
-            retire = [(key, offset) for producer, key, offset in poll.idle_files
-                      if producer in marks_now and marks_now[producer][1] < now - quiet_file]
+            retire = [
+                (key, offset)
+                for producer, key, offset in poll.idle_files
+                if producer in marks_now and marks_now[producer][1] < now - quiet_file
+            ]
         for key, offset in retire:
             self.poller.retire(key, offset)
         self.poller.collect(done)
@@ -375,8 +411,9 @@ class _Pending:
         return None if index is None else index.dedup.get(key)
 
 
-def intake_object_locked(q: Queue, producer: str, seq: int, subs: Sequence[Submission],
-                         now: float) -> Batch:
+def intake_object_locked(
+    q: Queue, producer: str, seq: int, subs: Sequence[Submission], now: float
+) -> Batch:
     """Apply one inbox object as ONE ``Intake`` event (its events and ``producer``'s new
     mark); return its batch. Submissions that create nothing (a dedup hit, a job id in
     use, a cancel of an unknown job) are checked here first and leave no event."""
@@ -428,8 +465,9 @@ def intake_object_locked(q: Queue, producer: str, seq: int, subs: Sequence[Submi
     return batch
 
 
-def _enqueue_event(q: Queue, pending: _Pending, sub: SubmitEnqueue, now: float
-                   ) -> ev.Enqueued | None:
+def _enqueue_event(
+    q: Queue, pending: _Pending, sub: SubmitEnqueue, now: float
+) -> ev.Enqueued | None:
     """The event of one submitted enqueue, or None when it creates nothing."""
     queue = sub.queue
     try:
@@ -439,8 +477,9 @@ def _enqueue_event(q: Queue, pending: _Pending, sub: SubmitEnqueue, now: float
         return None
     if sub.dedup_key is not None and pending.dedup_holder(queue, sub.dedup_key) is not None:
         return None  # a dedup hit: no job
-    if len(set(sub.job_ids)) != len(sub.job_ids) or \
-            any(pending.job(job_id) is not None for job_id in sub.job_ids):
+    if len(set(sub.job_ids)) != len(sub.job_ids) or any(
+        pending.job(job_id) is not None for job_id in sub.job_ids
+    ):
         logger.warning("inbox: dropped a submission to %r whose job id is in use", queue)
         return None
     cfg = q._config(queue)
@@ -457,5 +496,6 @@ def _enqueue_event(q: Queue, pending: _Pending, sub: SubmitEnqueue, now: float
         pending.jobs[job_id] = (queue, status, False, sub.dedup_key)
         if sub.dedup_key is not None:
             pending.dedup[queue, sub.dedup_key] = job_id
-    return ev.Enqueued(queue, now, list(sub.job_ids), list(sub.payloads), priority,
-                       max_attempts, specs)
+    return ev.Enqueued(
+        queue, now, list(sub.job_ids), list(sub.payloads), priority, max_attempts, specs
+    )

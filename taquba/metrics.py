@@ -63,8 +63,10 @@ _GAUGES = (
     ("taquba_claimed_jobs", "Jobs being processed.", JobStatus.CLAIMED),
     ("taquba_dead_jobs", "Jobs in the dead set.", JobStatus.DEAD),
 )
-_OLDEST = ("taquba_oldest_pending_age_seconds",
-           "Seconds since the oldest pending job was enqueued (0 when none is pending).")
+_OLDEST = (
+    "taquba_oldest_pending_age_seconds",
+    "Seconds since the oldest pending job was enqueued (0 when none is pending).",
+)
 _REQUESTS = ("taquba_storage_requests", "Requests sent to the storage, retries included.")
 _COMMITS = ("taquba_commits", "Group commits (segment writes) of the log.")
 _RECORDS = ("taquba_records_committed", "Records written by the group commits.")
@@ -82,8 +84,9 @@ class PrometheusCollector(Collector):
 
     def __init__(self, q: Queue) -> None:
         if not isinstance(q, Queue):
-            raise InvalidArgument(f"PrometheusCollector needs a taquba Queue, got "
-                                  f"{type(q).__name__}")
+            raise InvalidArgument(
+                f"PrometheusCollector needs a taquba Queue, got {type(q).__name__}"
+            )
         self.q = q
 
     def describe(self) -> Iterator[Metric]:
@@ -121,8 +124,12 @@ class PrometheusCollector(Collector):
         yield oldest
         counts = q.store.counts.copy()
         requests = CounterMetricFamily(*_REQUESTS, labels=["op"])
-        for op, value in (("put", counts.puts), ("get", counts.gets), ("list", counts.lists),
-                          ("delete", counts.deletes)):
+        for op, value in (
+            ("put", counts.puts),
+            ("get", counts.gets),
+            ("list", counts.lists),
+            ("delete", counts.deletes),
+        ):
             requests.add_metric([op], value)
         yield requests
         yield CounterMetricFamily(*_COMMITS, value=commits)

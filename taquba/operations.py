@@ -99,8 +99,9 @@ class Operations(Handle):
         self._ensure_open()
         return inspecting.list_queues(self)
 
-    def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
-                  ) -> list[JobRecord]:
+    def dead_jobs(
+        self, queue: str, *, after: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
         """A page of the dead jobs of ``queue``, in enqueue order.
 
         Args:
@@ -220,8 +221,16 @@ class Operations(Handle):
 
     # -- cron schedules (scheduling.py) -------------------------------------------------------
 
-    def add_schedule(self, name: str, cron: str, queue: str, payload: Buffer = b"", *,
-                     options: EnqueueOptions | None = None, timezone: str = "UTC") -> Schedule:
+    def add_schedule(
+        self,
+        name: str,
+        cron: str,
+        queue: str,
+        payload: Buffer = b"",
+        *,
+        options: EnqueueOptions | None = None,
+        timezone: str = "UTC",
+    ) -> Schedule:
         """Enqueue ``payload`` into ``queue`` at every occurrence of ``cron``.
 
         Args:

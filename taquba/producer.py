@@ -40,13 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from .arguments import batch_items, payload_bytes
-from .config import (
-    Buffer,
-    EnqueueKwargs,
-    EnqueueOptions,
-    check_job_id,
-    check_queue_name,
-)
+from .config import Buffer, EnqueueKwargs, EnqueueOptions, check_job_id, check_queue_name
 from .core.ids import IdGenerator
 from .errors import ConfigError, InvalidArgument, QueueClosed, StorageError
 from .inbox import (
@@ -106,8 +100,9 @@ class Producer:
     submission in within ``OpenOptions.inbox_interval``, exactly once.
     """
 
-    def __init__(self, store_factory: Callable[[], Store], *,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, store_factory: Callable[[], Store], *, clock: Callable[[], float] | None = None
+    ) -> None:
         self._store_factory = store_factory
         self.store = store_factory()
         self._clock = clock or time.time
@@ -136,9 +131,14 @@ class Producer:
             self.store = self._store_factory()
 
     @classmethod
-    def open(cls, location: Location, path: str | None = None, *,
-             storage_options: Mapping[str, object] | None = None,
-             clock: Callable[[], float] | None = None) -> Producer:
+    def open(
+        cls,
+        location: Location,
+        path: str | None = None,
+        *,
+        storage_options: Mapping[str, object] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> Producer:
         """Open a producer on the queue root at ``location`` (as for ``Queue.open``).
 
         Args:
@@ -253,7 +253,9 @@ class Producer:
         """
         self._ensure_open()
         if not isinstance(options, EnqueueOptions):
-            raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
+            raise InvalidArgument(
+                f"options must be an EnqueueOptions, got {type(options).__name__}"
+            )
         return self._enqueue(queue, payload, options)
 
     def enqueue_batch(self, queue: str, payloads: Iterable[Buffer]) -> list[str]:
@@ -348,8 +350,9 @@ class Producer:
             try:
                 opts.dedup_key.encode("utf-8")
             except UnicodeEncodeError:
-                raise InvalidArgument(f"EnqueueOptions.dedup_key is not valid UTF-8: "
-                                      f"{opts.dedup_key[:40]!r}") from None
+                raise InvalidArgument(
+                    f"EnqueueOptions.dedup_key is not valid UTF-8: {opts.dedup_key[:40]!r}"
+                ) from None
         with self._cond:
             now = self._now()
             job_id = opts.job_id if opts.job_id is not None else self._ids.new(now)
@@ -358,11 +361,19 @@ class Producer:
             run_at = float(opts.run_at)  # type: ignore[arg-type]
         elif opts.delay is not None:
             run_at = now + float(opts.delay)  # type: ignore[arg-type]
-        self._submit(SubmitEnqueue(
-            queue=queue, job_ids=(job_id,), payloads=(data,), priority=opts.priority,
-            run_at=run_at, dedup_key=opts.dedup_key, max_attempts=opts.max_attempts,
-            headers=dict(opts.headers) if opts.headers else None,
-            chosen_id=opts.job_id is not None))
+        self._submit(
+            SubmitEnqueue(
+                queue=queue,
+                job_ids=(job_id,),
+                payloads=(data,),
+                priority=opts.priority,
+                run_at=run_at,
+                dedup_key=opts.dedup_key,
+                max_attempts=opts.max_attempts,
+                headers=dict(opts.headers) if opts.headers else None,
+                chosen_id=opts.job_id is not None,
+            )
+        )
         return job_id
 
     def _submit(self, sub: Submission) -> None:
@@ -409,8 +420,11 @@ class Producer:
         file with it (see the module docstring)."""
         block = encode_submission_block(frames)
         file = self._file
-        if file is not None and file.size + len(block) <= FILE_BYTES \
-                and len(block) <= MAX_APPENDED_BLOCK:
+        if (
+            file is not None
+            and file.size + len(block) <= FILE_BYTES
+            and len(block) <= MAX_APPENDED_BLOCK
+        ):
             try:
                 file.append(block)
                 return
@@ -432,8 +446,10 @@ class Producer:
             self.store.put_if_absent(key, data)
             return None
         except ObjectExists:
-            raise StorageError(f"{self.store.description}/{key}: an inbox object of this "
-                               "producer id already exists (two producers drew one id)") from None
+            raise StorageError(
+                f"{self.store.description}/{key}: an inbox object of this "
+                "producer id already exists (two producers drew one id)"
+            ) from None
 
     def _drop_file(self) -> None:
         file, self._file = self._file, None
@@ -441,5 +457,7 @@ class Producer:
             file.close()
 
     def __repr__(self) -> str:
-        return f"Producer({self.store.description!r}, id={self.producer_id}" \
-               f"{', closed' if self._closed else ''})"
+        return (
+            f"Producer({self.store.description!r}, id={self.producer_id}"
+            f"{', closed' if self._closed else ''})"
+        )

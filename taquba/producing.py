@@ -33,8 +33,9 @@ def enqueue_batch(q: Queue, queue: str, data: list[bytes]) -> list[str]:
         job_ids = q._ids.new_many(now, n)
         if not q._state.jobs.keys().isdisjoint(job_ids):
             job_ids = fresh_ids_locked(q, job_ids, now)
-        batch = q._commit(ev.Enqueued(queue, now, job_ids, data, cfg.default_priority,
-                                      cfg.max_attempts))
+        batch = q._commit(
+            ev.Enqueued(queue, now, job_ids, data, cfg.default_priority, cfg.max_attempts)
+        )
         q._wake_claimers_locked(queue, n)
     except BaseException:
         q._lock.release()
@@ -76,9 +77,11 @@ def apply_plain_locked(q: Queue, items: list[PlainEnqueue]) -> Batch | None:
     while start < len(items):
         first = items[start]
         end = start + 1
-        while end < len(items) and (items[end].queue, items[end].priority,
-                                    items[end].max_attempts) == \
-                (first.queue, first.priority, first.max_attempts):
+        while end < len(items) and (
+            items[end].queue,
+            items[end].priority,
+            items[end].max_attempts,
+        ) == (first.queue, first.priority, first.max_attempts):
             end += 1
         group = items[start:end]
         start = end
@@ -88,9 +91,16 @@ def apply_plain_locked(q: Queue, items: list[PlainEnqueue]) -> Batch | None:
             job_ids = q._ids.new_many(now, len(group))
             if not q._state.jobs.keys().isdisjoint(job_ids):
                 job_ids = fresh_ids_locked(q, job_ids, now)
-            last = q._commit(ev.Enqueued(first.queue, now, job_ids,
-                                         [item.payload for item in group], first.priority,
-                                         first.max_attempts))
+            last = q._commit(
+                ev.Enqueued(
+                    first.queue,
+                    now,
+                    job_ids,
+                    [item.payload for item in group],
+                    first.priority,
+                    first.max_attempts,
+                )
+            )
         except Exception as exc:
             for item in group:
                 item.error = exc
@@ -101,8 +111,9 @@ def apply_plain_locked(q: Queue, items: list[PlainEnqueue]) -> Batch | None:
     return last
 
 
-def enqueue_one(q: Queue, queue: str, payload: object, opts: EnqueueOptions,
-                kv: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
+def enqueue_one(
+    q: Queue, queue: str, payload: object, opts: EnqueueOptions, kv: list[tuple[bytes, bytes]]
+) -> tuple[str, bool]:
     """Enqueue one job (and ``kv``); return its id and whether it is new (no dedup hit).
 
     While other enqueues are under way, an enqueue without options is combined with them
@@ -116,8 +127,9 @@ def enqueue_one(q: Queue, queue: str, payload: object, opts: EnqueueOptions,
         try:
             dedup_key.encode("utf-8")
         except UnicodeEncodeError:
-            raise InvalidArgument(f"EnqueueOptions.dedup_key is not valid UTF-8: "
-                                  f"{dedup_key[:40]!r}") from None
+            raise InvalidArgument(
+                f"EnqueueOptions.dedup_key is not valid UTF-8: {dedup_key[:40]!r}"
+            ) from None
     cfg = q._config(queue)
     priority = cfg.default_priority if opts.priority is None else opts.priority
     max_attempts = cfg.max_attempts if opts.max_attempts is None else opts.max_attempts
@@ -137,13 +149,19 @@ def enqueue_one(q: Queue, queue: str, payload: object, opts: EnqueueOptions,
         active.pop()
 
 
-def _enqueue_alone(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
-                   max_attempts: int, kv: list[tuple[bytes, bytes]]) -> tuple[str, bool]:
+def _enqueue_alone(
+    q: Queue,
+    queue: str,
+    data: bytes,
+    opts: EnqueueOptions,
+    priority: int,
+    max_attempts: int,
+    kv: list[tuple[bytes, bytes]],
+) -> tuple[str, bool]:
     lock = q._lock
     lock.acquire()
     try:
-        job_id, new, batch = enqueue_one_locked(q, queue, data, opts, priority, max_attempts,
-                                                kv)
+        job_id, new, batch = enqueue_one_locked(q, queue, data, opts, priority, max_attempts, kv)
     except BaseException:
         lock.release()
         raise
@@ -151,9 +169,15 @@ def _enqueue_alone(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, prio
     return job_id, new
 
 
-def enqueue_one_locked(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
-                       max_attempts: int, kv: list[tuple[bytes, bytes]]
-                       ) -> tuple[str, bool, Batch]:
+def enqueue_one_locked(
+    q: Queue,
+    queue: str,
+    data: bytes,
+    opts: EnqueueOptions,
+    priority: int,
+    max_attempts: int,
+    kv: list[tuple[bytes, bytes]],
+) -> tuple[str, bool, Batch]:
     """The locked part of an enqueue: (id, is new, batch to wait for)."""
     q._check_open_locked()
     state = q._state
@@ -165,17 +189,24 @@ def enqueue_one_locked(q: Queue, queue: str, data: bytes, opts: EnqueueOptions, 
         if existing is not None:
             # A dedup hit: what we point at must be durable.
             return existing, False, q.committer.latest_locked()
-    job_id, event, pending = job_event_locked(q, queue, data, opts, priority, max_attempts,
-                                              now, kv)
+    job_id, event, pending = job_event_locked(q, queue, data, opts, priority, max_attempts, now, kv)
     batch = q._commit(event)
     if pending:
         q._wake_claimers_locked(queue)
     return job_id, True, batch
 
 
-def job_event_locked(q: Handle, queue: str, data: bytes, opts: EnqueueOptions, priority: int,
-                     max_attempts: int, now: float, kv: list[tuple[bytes, bytes]],
-                     taken: Collection[str] = ()) -> tuple[str, ev.Enqueued, bool]:
+def job_event_locked(
+    q: Handle,
+    queue: str,
+    data: bytes,
+    opts: EnqueueOptions,
+    priority: int,
+    max_attempts: int,
+    now: float,
+    kv: list[tuple[bytes, bytes]],
+    taken: Collection[str] = (),
+) -> tuple[str, ev.Enqueued, bool]:
     """The id and the event of one new job, and whether it is pending (else scheduled).
     Dedup keys are the caller's business.
 
@@ -200,7 +231,14 @@ def job_event_locked(q: Handle, queue: str, data: bytes, opts: EnqueueOptions, p
         run_at = None
     specs = None
     if run_at is not None or opts.dedup_key is not None or opts.headers:
-        specs = [ev.JobSpec(priority, max_attempts, run_at, opts.dedup_key,
-                            dict(opts.headers) if opts.headers else None)]
+        specs = [
+            ev.JobSpec(
+                priority,
+                max_attempts,
+                run_at,
+                opts.dedup_key,
+                dict(opts.headers) if opts.headers else None,
+            )
+        ]
     event = ev.Enqueued(queue, now, [job_id], [data], priority, max_attempts, specs, kv)
     return job_id, event, run_at is None

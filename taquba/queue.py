@@ -62,10 +62,7 @@ from .errors import ConfigError, InvalidArgument
 from .handle import register, unregister
 from .log import Log
 from .operations import Operations
-from .records import (
-    Claim,
-    EnqueueResult,
-)
+from .records import Claim, EnqueueResult
 from .storage import Location, Store, open_store
 
 if TYPE_CHECKING:
@@ -94,25 +91,35 @@ class Queue(Operations):
     def __init__(self, store: Store, options: OpenOptions, *, _log: Log, _state: State) -> None:
         super().__init__(store, options, _log, _state)
         self._intake = intake.OwnerIntake(
-            self, float(options.inbox_busy_interval),  # type: ignore[arg-type]
-            None if options.inbox_interval is None else float(options.inbox_interval))  # type: ignore[arg-type]
+            self,
+            float(options.inbox_busy_interval),  # type: ignore[arg-type]
+            None if options.inbox_interval is None else float(options.inbox_interval),  # type: ignore[arg-type]
+        )
         self._background = Background(
-            reap=self.reap_now, reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
+            reap=self.reap_now,
+            reaper_interval=float(options.reaper_interval),  # type: ignore[arg-type]
             promote=self.promote_scheduled_now,
             scheduler_interval=float(options.scheduler_interval),  # type: ignore[arg-type]
             check_fence=self.check_fence_now,
-            fence_check_interval=None if options.fence_check_interval is None
+            fence_check_interval=None
+            if options.fence_check_interval is None
             else float(options.fence_check_interval),  # type: ignore[arg-type]
             intake=self._intake.tick if self._intake.enabled else None,
-            intake_interval=self._intake.pace.busy)
+            intake_interval=self._intake.pace.busy,
+        )
         register(self)
 
     # -- opening and closing -------------------------------------------------------------
 
     @classmethod
-    def open(cls, location: Location, path: str | None = None,
-             options: OpenOptions | None = None, *,
-             storage_options: Mapping[str, object] | None = None) -> Queue:
+    def open(
+        cls,
+        location: Location,
+        path: str | None = None,
+        options: OpenOptions | None = None,
+        *,
+        storage_options: Mapping[str, object] | None = None,
+    ) -> Queue:
         """Open (or create) the queue at ``location`` and take over as its single writer.
 
         Args:
@@ -146,10 +153,14 @@ class Queue(Operations):
             options = OpenOptions()
         elif not isinstance(options, OpenOptions):
             raise ConfigError(f"options must be an OpenOptions, got {type(options).__name__}")
-        store = open_store(location, path, storage_options=storage_options,
-                           retries=options.storage_retries,
-                           retry_delay=float(options.storage_retry_delay),  # type: ignore[arg-type]
-                           retry_budget=float(options.storage_retry_budget))  # type: ignore[arg-type]
+        store = open_store(
+            location,
+            path,
+            storage_options=storage_options,
+            retries=options.storage_retries,
+            retry_delay=float(options.storage_retry_delay),  # type: ignore[arg-type]
+            retry_budget=float(options.storage_retry_budget),  # type: ignore[arg-type]
+        )
         holder = [State()]
 
         def on_snapshot(data: bytes) -> None:
@@ -158,23 +169,24 @@ class Queue(Operations):
         def on_record(data: bytes) -> None:
             holder[0].apply_record(data)
 
-        # Replay makes an object or two per live job and no reference cycles: the cyclic
-        # garbage collector, which would walk the growing state again and again (a third of
-        # the time of a large reopen), is paused meanwhile. Then the objects made go to the
-        # oldest generation in one step (freeze + unfreeze: no traversal), instead of being
-        # walked by a young collection right away and a middle one soon after; a later full
-        # collection visits them as it would have anyway. Not if the application froze
-        # objects itself: unfreezing would hand those back to the collector.
+        # Replay makes objects per live job and no reference cycles: the cyclic collector,
+        # which would walk the growing state again and again, is paused meanwhile; then the
+        # new objects go to the oldest generation in one step (freeze + unfreeze), unless
+        # the application froze objects itself (unfreezing would hand those back).
         paused = gc.isenabled()
         if paused:
             gc.disable()
         try:
-            log = Log.open(store, on_snapshot=on_snapshot, on_record=on_record,
-                           checkpoint_min_bytes=options.checkpoint_min_bytes,
-                           checkpoint_ratio=options.checkpoint_ratio,
-                           checkpoint_max_segments=options.checkpoint_max_segments,
-                           segment_max_bytes=options.segment_max_bytes,
-                           background_cleanup=True)
+            log = Log.open(
+                store,
+                on_snapshot=on_snapshot,
+                on_record=on_record,
+                checkpoint_min_bytes=options.checkpoint_min_bytes,
+                checkpoint_ratio=options.checkpoint_ratio,
+                checkpoint_max_segments=options.checkpoint_max_segments,
+                segment_max_bytes=options.segment_max_bytes,
+                background_cleanup=True,
+            )
         finally:
             if paused:
                 if gc.get_freeze_count() == 0:
@@ -285,7 +297,9 @@ class Queue(Operations):
         """
         self._ensure_open()
         if not isinstance(options, EnqueueOptions):
-            raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
+            raise InvalidArgument(
+                f"options must be an EnqueueOptions, got {type(options).__name__}"
+            )
         return producing.enqueue_one(self, queue, payload, options, [])[0]
 
     def enqueue_batch(self, queue: str, payloads: Iterable[Buffer]) -> list[str]:
@@ -317,12 +331,19 @@ class Queue(Operations):
         # The common case (all bytes, none too large) is checked at C speed.
         data: list[bytes] = items  # type: ignore[assignment]
         if set(map(type, items)) != {bytes} or max(map(len, data)) > MAX_PAYLOAD_SIZE:
-            data = [arguments.payload_bytes(p, "payload" if n == 1 else f"payloads[{i}]")
-                    for i, p in enumerate(items)]
+            data = [
+                arguments.payload_bytes(p, "payload" if n == 1 else f"payloads[{i}]")
+                for i, p in enumerate(items)
+            ]
         return producing.enqueue_batch(self, queue, data)
 
-    def enqueue_with_kv(self, queue: str, payload: Buffer, kv_writes: Mapping[bytes, Buffer],
-                        options: EnqueueOptions | None = None) -> EnqueueResult:
+    def enqueue_with_kv(
+        self,
+        queue: str,
+        payload: Buffer,
+        kv_writes: Mapping[bytes, Buffer],
+        options: EnqueueOptions | None = None,
+    ) -> EnqueueResult:
         """Enqueue one job and write ``kv_writes`` to the KV namespace in the same record.
 
         Args:
@@ -347,7 +368,9 @@ class Queue(Operations):
         if options is None:
             options = _PLAIN
         elif not isinstance(options, EnqueueOptions):
-            raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
+            raise InvalidArgument(
+                f"options must be an EnqueueOptions, got {type(options).__name__}"
+            )
         kv = arguments.kv_writes(kv_writes)
         return EnqueueResult(*producing.enqueue_one(self, queue, payload, options, kv))
 
@@ -414,8 +437,9 @@ class Queue(Operations):
 
     # -- consuming (consuming.py) ------------------------------------------------------------
 
-    def claim(self, queue: str, lease: Duration | None = None, *,
-              wait: Duration = 0.0) -> Claim | None:
+    def claim(
+        self, queue: str, lease: Duration | None = None, *, wait: Duration = 0.0
+    ) -> Claim | None:
         """Claim the first pending job of ``queue`` (by priority, then enqueue order).
 
         Due scheduled jobs of the queue are made pending first.
@@ -442,8 +466,9 @@ class Queue(Operations):
         claims = consuming.claim(self, queue, 1, lease, wait)
         return claims[0] if claims else None
 
-    def claim_batch(self, queue: str, max_jobs: int, lease: Duration | None = None, *,
-                    wait: Duration = 0.0) -> list[Claim]:
+    def claim_batch(
+        self, queue: str, max_jobs: int, lease: Duration | None = None, *, wait: Duration = 0.0
+    ) -> list[Claim]:
         """Claim up to ``max_jobs`` pending jobs, waiting up to ``wait`` for the first.
 
         Args:
@@ -463,10 +488,14 @@ class Queue(Operations):
         Durability: as for :meth:`claim`: not waited for; a lost claim redelivers its job.
         """
         self._ensure_open()
-        if not isinstance(max_jobs, int) or isinstance(max_jobs, bool) \
-                or not 1 <= max_jobs <= MAX_CLAIM_BATCH:
-            raise InvalidArgument(f"max_jobs must be an int in 1..{MAX_CLAIM_BATCH}, got "
-                                  f"{max_jobs!r}")
+        if (
+            not isinstance(max_jobs, int)
+            or isinstance(max_jobs, bool)
+            or not 1 <= max_jobs <= MAX_CLAIM_BATCH
+        ):
+            raise InvalidArgument(
+                f"max_jobs must be an int in 1..{MAX_CLAIM_BATCH}, got {max_jobs!r}"
+            )
         return consuming.claim(self, queue, max_jobs, lease, wait)
 
     def ack(self, claim: Claim, effects: SettlementEffects | None = None) -> None:
@@ -507,8 +536,9 @@ class Queue(Operations):
         checked = effects_check(effects)
         consuming.nack(self, claim, arguments.error_text(error), checked)
 
-    def dead_letter(self, claim: Claim, reason: str,
-                    effects: SettlementEffects | None = None) -> None:
+    def dead_letter(
+        self, claim: Claim, reason: str, effects: SettlementEffects | None = None
+    ) -> None:
         """Move the claimed job straight to the dead set with ``reason`` as its last error.
 
         ``effects`` (:class:`SettlementEffects`) commit in the same record. Raises

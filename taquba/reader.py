@@ -49,8 +49,13 @@ class QueueReader:
         self._log = LogReader(store, on_snapshot=self._on_snapshot, on_record=self._on_record)
 
     @classmethod
-    def open(cls, location: Location, path: str | None = None, *,
-             storage_options: Mapping[str, object] | None = None) -> QueueReader:
+    def open(
+        cls,
+        location: Location,
+        path: str | None = None,
+        *,
+        storage_options: Mapping[str, object] | None = None,
+    ) -> QueueReader:
         """Open a reader on the queue root at ``location`` and read the owner's durable state.
 
         Args:
@@ -104,8 +109,9 @@ class QueueReader:
             try:
                 return self._log.refresh()
             except RootNotFound as exc:
-                raise QueueNotFound(f"{exc} (is the location right? a queue is created by "
-                                    "Queue.open)") from None
+                raise QueueNotFound(
+                    f"{exc} (is the location right? a queue is created by Queue.open)"
+                ) from None
 
     def close(self) -> None:
         """Release the storage connection. Idempotent; later calls raise ``QueueClosed``."""
@@ -191,8 +197,9 @@ class QueueReader:
             self._ensure_open()
             return sorted(self._state.queues)
 
-    def dead_jobs(self, queue: str, *, after: str | None = None, limit: int = 100
-                  ) -> list[JobRecord]:
+    def dead_jobs(
+        self, queue: str, *, after: str | None = None, limit: int = 100
+    ) -> list[JobRecord]:
         """A page of the dead jobs of ``queue`` in enqueue order, as of the last refresh.
 
         Args:
@@ -240,8 +247,12 @@ class QueueReader:
         return f"QueueReader({self.store.description!r}{', closed' if self._closed else ''})"
 
 
-def holds_queue(location: Location, path: str | None = None, *,
-                storage_options: Mapping[str, object] | None = None) -> bool:
+def holds_queue(
+    location: Location,
+    path: str | None = None,
+    *,
+    storage_options: Mapping[str, object] | None = None,
+) -> bool:
     """Whether the root at ``location`` holds a queue (a manifest), with one listing and
     without reading the queue's state (for a check before submitting to it).
 

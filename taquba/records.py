@@ -170,12 +170,27 @@ class Claim:
     ``lease_expires_at`` follows ``renew_lease``; everything else is as it was when claimed.
     """
 
-    __slots__ = ("_cancel", "_job", "_key", "_last_error", "_record", "attempts",
-                 "claimed_at", "lease_expires_at")
+    __slots__ = (
+        "_cancel",
+        "_job",
+        "_key",
+        "_last_error",
+        "_record",
+        "attempts",
+        "claimed_at",
+        "lease_expires_at",
+    )
 
-    def __init__(self, job: ClaimedJob, *, attempts: int, claimed_at: float,
-                 lease_expires_at: float, last_error: str | None = None,
-                 key: bytes | None = None) -> None:
+    def __init__(
+        self,
+        job: ClaimedJob,
+        *,
+        attempts: int,
+        claimed_at: float,
+        lease_expires_at: float,
+        last_error: str | None = None,
+        key: bytes | None = None,
+    ) -> None:
         self._job = job
         self.attempts = attempts
         self.claimed_at = claimed_at
@@ -213,13 +228,21 @@ class Claim:
             job = self._job
             cancel = self._cancel
             record = self._record = JobRecord(
-                id=job.id, queue=job.queue, payload=job.payload, headers=dict(job.headers),
-                status=JobStatus.CLAIMED, attempts=self.attempts,
-                max_attempts=job.max_attempts, priority=job.priority,
-                enqueued_at=job.enqueued_at, claimed_at=self.claimed_at,
-                lease_expires_at=self.lease_expires_at, last_error=self._last_error,
+                id=job.id,
+                queue=job.queue,
+                payload=job.payload,
+                headers=dict(job.headers),
+                status=JobStatus.CLAIMED,
+                attempts=self.attempts,
+                max_attempts=job.max_attempts,
+                priority=job.priority,
+                enqueued_at=job.enqueued_at,
+                claimed_at=self.claimed_at,
+                lease_expires_at=self.lease_expires_at,
+                last_error=self._last_error,
                 dedup_key=job.dedup_key,
-                cancel_requested=cancel is not None and cancel.is_set())
+                cancel_requested=cancel is not None and cancel.is_set(),
+            )
         return record
 
     @property
@@ -234,5 +257,7 @@ class Claim:
         return event
 
     def __repr__(self) -> str:
-        return (f"Claim(id={self.id!r}, queue={self.queue!r}, attempts={self.attempts}, "
-                f"lease_expires_at={self.lease_expires_at!r})")
+        return (
+            f"Claim(id={self.id!r}, queue={self.queue!r}, attempts={self.attempts}, "
+            f"lease_expires_at={self.lease_expires_at!r})"
+        )

@@ -52,8 +52,9 @@ def check_name(name: object) -> str:
     except UnicodeEncodeError:
         raise InvalidArgument(f"schedule name is not valid UTF-8: {name!r:.80}") from None
     if size > MAX_NAME_BYTES:
-        raise InvalidArgument(f"schedule name is {size} UTF-8 bytes, the limit is "
-                              f"{MAX_NAME_BYTES}: {name[:40]!r}...")
+        raise InvalidArgument(
+            f"schedule name is {size} UTF-8 bytes, the limit is {MAX_NAME_BYTES}: {name[:40]!r}..."
+        )
     return name
 
 
@@ -70,22 +71,34 @@ def _job_options(name: str, options: object) -> tuple[int | None, int | None, di
         raise InvalidArgument(f"options must be an EnqueueOptions, got {type(options).__name__}")
     for field in ("run_at", "delay", "dedup_key", "job_id"):
         if getattr(options, field):
-            raise InvalidArgument(f"a schedule's options cannot set {field}: each occurrence "
-                                  "gets its own job, due at once, with its own dedup key")
+            raise InvalidArgument(
+                f"a schedule's options cannot set {field}: each occurrence "
+                "gets its own job, due at once, with its own dedup key"
+            )
     headers = check_headers(options.headers)
     for reserved in _RESERVED:
         if reserved in headers:
             raise InvalidArgument(f"header {reserved!r} is set by the schedule itself")
     extra = len(name.encode()) + len(SCHEDULE_HEADER) + len(OCCURRENCE_HEADER) + 20
-    if sum(len(k.encode()) + len(v.encode()) for k, v in headers.items()) + extra \
-            > MAX_HEADER_BYTES:
-        raise InvalidArgument(f"the schedule's headers and its own two exceed "
-                              f"{MAX_HEADER_BYTES} bytes")
+    if (
+        sum(len(k.encode()) + len(v.encode()) for k, v in headers.items()) + extra
+        > MAX_HEADER_BYTES
+    ):
+        raise InvalidArgument(
+            f"the schedule's headers and its own two exceed {MAX_HEADER_BYTES} bytes"
+        )
     return options.priority, options.max_attempts, headers
 
 
-def add(q: Handle, name: str, cron: str, queue: str, payload: object,
-        options: EnqueueOptions | None, timezone: str) -> Schedule:
+def add(
+    q: Handle,
+    name: str,
+    cron: str,
+    queue: str,
+    payload: object,
+    options: EnqueueOptions | None,
+    timezone: str,
+) -> Schedule:
     """Add (or replace) schedule ``name``; returns it once it is durable."""
     check_name(name)
     spec = CronSpec(cron, timezone)
@@ -96,9 +109,18 @@ def add(q: Handle, name: str, cron: str, queue: str, payload: object,
         q._check_open_locked()
         now = q._now()
         old = q._state.schedules.get(name)
-        event = ev.ScheduleSet(name, cron, timezone, queue, data, spec.next_after(now),
-                               None if old is None else old.last_run_at, priority,
-                               max_attempts, headers or None)
+        event = ev.ScheduleSet(
+            name,
+            cron,
+            timezone,
+            queue,
+            data,
+            spec.next_after(now),
+            None if old is None else old.last_run_at,
+            priority,
+            max_attempts,
+            headers or None,
+        )
         q._wait_locked(q._commit(event))
         return views.schedule_record(event)
 
@@ -119,8 +141,10 @@ def fire_due_locked(q: Handle, now: float) -> int:
     """Fire every schedule due at ``now`` (see the module docstring); how many jobs that
     enqueued. Not waited for durably: a firing lost in a crash is made again after it."""
     state = q._state
-    due = sorted((s for s in state.schedules.values() if s.next_run_at <= now),
-                 key=lambda s: (s.next_run_at, s.name))
+    due = sorted(
+        (s for s in state.schedules.values() if s.next_run_at <= now),
+        key=lambda s: (s.next_run_at, s.name),
+    )
     enqueued = 0
     for schedule in due:
         try:
@@ -130,8 +154,9 @@ def fire_due_locked(q: Handle, now: float) -> int:
         except InvalidArgument as exc:  # say, the time zone database lost the zone
             logger.error("schedule %r cannot fire: %s", schedule.name, exc)
             continue
-        occurrence = schedule.next_run_at if latest is None or latest < schedule.next_run_at \
-            else latest
+        occurrence = (
+            schedule.next_run_at if latest is None or latest < schedule.next_run_at else latest
+        )
         job = _job_locked(q, schedule, occurrence, now)
         q._commit(ev.ScheduleFired(schedule.name, occurrence, next_run_at, job))
         if job is not None:
@@ -140,8 +165,9 @@ def fire_due_locked(q: Handle, now: float) -> int:
     return enqueued
 
 
-def _job_locked(q: Handle, schedule: ev.ScheduleSet, occurrence: float,
-                now: float) -> ev.Enqueued | None:
+def _job_locked(
+    q: Handle, schedule: ev.ScheduleSet, occurrence: float, now: float
+) -> ev.Enqueued | None:
     """The enqueue of ``schedule``'s job for ``occurrence`` (None if its dedup key is held)."""
     key = dedup_key(schedule.name, occurrence)
     index = q._state.queues.get(schedule.queue)
@@ -157,5 +183,12 @@ def _job_locked(q: Handle, schedule: ev.ScheduleSet, occurrence: float,
     job_id = q._ids.new(now)
     while job_id in jobs:
         job_id = q._ids.new(now)
-    return ev.Enqueued(schedule.queue, now, [job_id], [schedule.payload], priority,
-                       max_attempts, [ev.JobSpec(priority, max_attempts, None, key, headers)])
+    return ev.Enqueued(
+        schedule.queue,
+        now,
+        [job_id],
+        [schedule.payload],
+        priority,
+        max_attempts,
+        [ev.JobSpec(priority, max_attempts, None, key, headers)],
+    )

@@ -52,9 +52,16 @@ def oldest_pending_at(state: State, queue: str) -> float | None:
 
 def attempt_history(state: State, job_id: str) -> list[Attempt]:
     """The deliveries of ``job_id``, oldest first (empty for an unknown or unclaimed job)."""
-    return [Attempt(attempt=e.attempt, claimed_at=e.claimed_at, finished_at=e.finished_at,
-                    outcome=e.outcome, error=e.error)
-            for e in state.history.get(job_id, ())]
+    return [
+        Attempt(
+            attempt=e.attempt,
+            claimed_at=e.claimed_at,
+            finished_at=e.finished_at,
+            outcome=e.outcome,
+            error=e.error,
+        )
+        for e in state.history.get(job_id, ())
+    ]
 
 
 def queue_stats(state: State, queue: str) -> QueueStats:
@@ -63,9 +70,14 @@ def queue_stats(state: State, queue: str) -> QueueStats:
     if index is None:
         return QueueStats(queue=queue)
     c = index.counts
-    return QueueStats(queue=queue, pending=c[JobStatus.PENDING],
-                      scheduled=c[JobStatus.SCHEDULED], claimed=c[JobStatus.CLAIMED],
-                      done=index.done_total, dead=c[JobStatus.DEAD])
+    return QueueStats(
+        queue=queue,
+        pending=c[JobStatus.PENDING],
+        scheduled=c[JobStatus.SCHEDULED],
+        claimed=c[JobStatus.CLAIMED],
+        done=index.done_total,
+        dead=c[JobStatus.DEAD],
+    )
 
 
 def check_page(queue: object, after: object, limit: object) -> None:
@@ -91,10 +103,18 @@ def dead_page(state: State, queue: str, after: str | None, limit: int) -> list[J
 
 def schedule_record(s: ScheduleSet) -> Schedule:
     """The public record of a schedule as the state holds it."""
-    return Schedule(name=s.name, cron=s.cron, queue=s.queue, payload=s.payload,
-                    timezone=s.timezone, next_run_at=s.next_run_at, last_run_at=s.last_run_at,
-                    priority=s.priority, max_attempts=s.max_attempts,
-                    headers=dict(s.headers) if s.headers else {})
+    return Schedule(
+        name=s.name,
+        cron=s.cron,
+        queue=s.queue,
+        payload=s.payload,
+        timezone=s.timezone,
+        next_run_at=s.next_run_at,
+        last_run_at=s.last_run_at,
+        priority=s.priority,
+        max_attempts=s.max_attempts,
+        headers=dict(s.headers) if s.headers else {},
+    )
 
 
 def schedules(state: State) -> list[Schedule]:

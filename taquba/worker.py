@@ -97,8 +97,14 @@ def _check_common(queue: str, handler: Handler, poll_interval: Duration) -> floa
     return min(to_seconds(poll_interval, "poll_interval", allow_zero=False), MAX_WAIT)
 
 
-def run_worker(q: Queue, queue: str, handler: Handler, *, shutdown: threading.Event,
-               poll_interval: Duration = 1.0) -> None:
+def run_worker(
+    q: Queue,
+    queue: str,
+    handler: Handler,
+    *,
+    shutdown: threading.Event,
+    poll_interval: Duration = 1.0,
+) -> None:
     """Process jobs of ``queue`` one at a time, in the calling thread, until ``shutdown`` is set.
 
     Each job is claimed, handed to ``handler`` and settled by how the handler ended:
@@ -146,8 +152,7 @@ def run_worker(q: Queue, queue: str, handler: Handler, *, shutdown: threading.Ev
         logger.info("worker on queue %r stopped", queue)
 
 
-def _claim(q: Queue, queue: str, slots: int, poll: float,
-           shutdown: threading.Event) -> list[Claim]:
+def _claim(q: Queue, queue: str, slots: int, poll: float, shutdown: threading.Event) -> list[Claim]:
     """Claim up to ``slots`` jobs, waiting up to ``poll``. Errors other than a closed or
     broken queue (or a bad argument) are logged and retried after ``poll``."""
     try:
@@ -163,8 +168,9 @@ def _claim(q: Queue, queue: str, slots: int, poll: float,
         return []
 
 
-def _process_local(q: Queue, process: Callable[[Any], object], claim: Claim,
-                   renewer: LeaseRenewer) -> None:
+def _process_local(
+    q: Queue, process: Callable[[Any], object], claim: Claim, renewer: LeaseRenewer
+) -> None:
     """Run ``process`` (the resolved handler) on ``claim`` in this thread and settle it."""
     renewer.add(claim)
     try:
@@ -183,8 +189,16 @@ class _ConcurrentRunner:
     """State of one ``run_worker_concurrent`` call: ``concurrency`` worker threads, each
     looping claim -> run -> settle, and the calling thread waiting for them."""
 
-    def __init__(self, q: Queue, queue: str, handler: Handler, concurrency: int,
-                 shutdown: threading.Event, poll: float, executor: Executor | None) -> None:
+    def __init__(
+        self,
+        q: Queue,
+        queue: str,
+        handler: Handler,
+        concurrency: int,
+        shutdown: threading.Event,
+        poll: float,
+        executor: Executor | None,
+    ) -> None:
         self.q = q
         self.queue = queue
         self.handler = handler
@@ -202,14 +216,16 @@ class _ConcurrentRunner:
     def run(self) -> None:
         self.renewer.start()
         _running.add(self)
-        logger.info("worker started on queue %r (concurrency %d, %s)", self.queue,
-                    self.concurrency, "in-process threads" if self.executor is None
-                    else type(self.executor).__name__)
+        logger.info(
+            "worker started on queue %r (concurrency %d, %s)",
+            self.queue,
+            self.concurrency,
+            "in-process threads" if self.executor is None else type(self.executor).__name__,
+        )
         threads = self.threads
         try:
             for n in range(1, self.concurrency + 1):
-                thread = threading.Thread(target=self._work, name=f"taquba-worker-{n}",
-                                          daemon=True)
+                thread = threading.Thread(target=self._work, name=f"taquba-worker-{n}", daemon=True)
                 thread.start()  # RuntimeError when the interpreter is exiting: stop
                 threads.append(thread)
             self._join(threads)
@@ -241,8 +257,13 @@ class _ConcurrentRunner:
 
     def _work(self) -> None:
         """One worker thread: claim, run and settle one job at a time until stopping."""
-        q, queue, poll, shutdown, stopping = (self.q, self.queue, self.poll, self.shutdown,
-                                              self.stopping)
+        q, queue, poll, shutdown, stopping = (
+            self.q,
+            self.queue,
+            self.poll,
+            self.shutdown,
+            self.stopping,
+        )
         process, renewer, executor = self.process, self.renewer, self.executor
         while not (shutdown.is_set() or stopping.is_set()):
             try:
@@ -259,14 +280,19 @@ class _ConcurrentRunner:
                 else:
                     self._process_on_executor(claim, executor)
             except BaseException as exc:  # the handler's KeyboardInterrupt, SystemExit, ...
-                logger.warning("worker on queue %r stops: job %s raised %s", queue, claim.id,
-                               type(exc).__name__)
+                logger.warning(
+                    "worker on queue %r stops: job %s raised %s",
+                    queue,
+                    claim.id,
+                    type(exc).__name__,
+                )
                 self._stop_with(exc)
                 return
 
     def _process_on_executor(self, claim: Claim, executor: Executor) -> None:
-        logger.debug("job %s (attempt %d) submitted to %s", claim.id, claim.attempts,
-                     type(executor).__name__)
+        logger.debug(
+            "job %s (attempt %d) submitted to %s", claim.id, claim.attempts, type(executor).__name__
+        )
         self.renewer.add(claim)
         try:
             if isinstance(executor, ThreadPoolExecutor):  # same process: the real claim
@@ -282,8 +308,9 @@ class _ConcurrentRunner:
         try:
             outcome = future.result()
         except Exception as exc:  # the executor failed (worker died, unpicklable, ...)
-            outcome = Outcome("nack", exception_text(exc), exc,
-                              "".join(traceback.format_exception(exc)))
+            outcome = Outcome(
+                "nack", exception_text(exc), exc, "".join(traceback.format_exception(exc))
+            )
         except BaseException as exc:  # the handler's KeyboardInterrupt, SystemExit, ...
             self.renewer.remove(claim)
             release(self.q, claim, exc)
@@ -316,9 +343,16 @@ if _register_atexit is not None:
     _register_atexit(_stop_at_exit)
 
 
-def run_worker_concurrent(q: Queue, queue: str, handler: Handler, *, concurrency: int,
-                          shutdown: threading.Event, poll_interval: Duration = 1.0,
-                          executor: Executor | None = None) -> None:
+def run_worker_concurrent(
+    q: Queue,
+    queue: str,
+    handler: Handler,
+    *,
+    concurrency: int,
+    shutdown: threading.Event,
+    poll_interval: Duration = 1.0,
+    executor: Executor | None = None,
+) -> None:
     """Process jobs of ``queue`` with up to ``concurrency`` in flight, until ``shutdown`` is set.
 
     Handlers run on threads named ``taquba-worker-N``, or on ``executor`` when one is given:

@@ -25,8 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _open(root: Path, clock: ManualClock, **config: object) -> Queue:
     cfg = QueueConfig(**{"retry_backoff_base": 0, "keep_done": 3600.0, **config})  # type: ignore[arg-type]
-    return Queue.open(str(root), options=OpenOptions(clock=clock, default_queue_config=cfg,
-                                                     background_threads=False))
+    return Queue.open(
+        str(root),
+        options=OpenOptions(clock=clock, default_queue_config=cfg, background_threads=False),
+    )
 
 
 def _summary(history: list[Attempt]) -> list[tuple[int, str | None, str | None]]:
@@ -42,8 +44,9 @@ def test_nacks_then_ack(tmp_path: Path) -> None:
         assert c is not None
         clock.advance(2)
         running = q.attempt_history(job_id)
-        assert running == [Attempt(attempt=1, claimed_at=T0, finished_at=None, outcome=None,
-                                   error=None)]
+        assert running == [
+            Attempt(attempt=1, claimed_at=T0, finished_at=None, outcome=None, error=None)
+        ]
         q.nack(c, "first boom")
         clock.advance(1)
         c = q.claim("work")
@@ -55,8 +58,11 @@ def test_nacks_then_ack(tmp_path: Path) -> None:
         clock.advance(5)
         q.ack(c)
         history = q.attempt_history(job_id)
-    assert _summary(history) == [(1, "nacked", "first boom"),
-                                 (2, "nacked", "ValueError: second boom"), (3, "acked", None)]
+    assert _summary(history) == [
+        (1, "nacked", "first boom"),
+        (2, "nacked", "ValueError: second boom"),
+        (3, "acked", None),
+    ]
     assert history[0].claimed_at == T0 and history[0].finished_at == T0 + 2
     assert history[1].claimed_at == T0 + 3 and history[1].finished_at == T0 + 4
     assert history[2].finished_at == T0 + 9
@@ -82,8 +88,11 @@ def test_dead_letter_and_last_nack_are_dead(tmp_path: Path) -> None:
         cb = q.claim("work")
         assert cb is not None
         q.ack(cb)
-        assert _summary(q.attempt_history(b)) == [(1, "nacked", "e1"), (2, "dead", "e2"),
-                                                  (1, "acked", None)]
+        assert _summary(q.attempt_history(b)) == [
+            (1, "nacked", "e1"),
+            (2, "dead", "e2"),
+            (1, "acked", None),
+        ]
 
 
 def test_lease_expiry_and_cancel(tmp_path: Path) -> None:
@@ -102,8 +111,10 @@ def test_lease_expiry_and_cancel(tmp_path: Path) -> None:
         assert c1 is not None
         clock.advance(11)
         assert q.reap_now() == 1  # the last attempt: the job dies
-        assert _summary(q.attempt_history(reaped)) == [(1, "lease_expired", "lease expired"),
-                                                       (2, "lease_expired", "lease expired")]
+        assert _summary(q.attempt_history(reaped)) == [
+            (1, "lease_expired", "lease expired"),
+            (2, "lease_expired", "lease expired"),
+        ]
         assert q.get_job(reaped).status == "dead"  # type: ignore[union-attr]
         assert _summary(q.attempt_history(cancelled)) == [(1, "cancelled", "cancelled: stopped")]
         # A pending job cancelled is gone, and its history with it.
@@ -133,9 +144,12 @@ def test_history_is_bounded_per_job(tmp_path: Path) -> None:
 def test_history_survives_checkpoints_and_reopen_and_is_seen_by_readers(tmp_path: Path) -> None:
     clock = ManualClock()
     root = tmp_path / "q"
-    opts = OpenOptions(clock=clock, background_threads=False, checkpoint_min_bytes=64,
-                       queue_configs={"work": QueueConfig(retry_backoff_base=0,
-                                                          keep_done=3600.0)})
+    opts = OpenOptions(
+        clock=clock,
+        background_threads=False,
+        checkpoint_min_bytes=64,
+        queue_configs={"work": QueueConfig(retry_backoff_base=0, keep_done=3600.0)},
+    )
     with Queue.open(str(root), options=opts) as q:
         done = q.enqueue("work", b"d")
         c = q.claim("work")
@@ -165,8 +179,10 @@ def test_snapshot_round_trip_keeps_every_field() -> None:
     s.apply(ev.Failed("job-a", ev.TO_PENDING, T0 + 1, None, "bóom"))
     s.apply(ev.Claimed("job-a", 2, T0 + 2, 30.0))
     restored = State.restore(s.snapshot())
-    got = [(e.attempt, e.claimed_at, e.finished_at, e.outcome, e.error)
-           for e in restored.history["job-a"]]
+    got = [
+        (e.attempt, e.claimed_at, e.finished_at, e.outcome, e.error)
+        for e in restored.history["job-a"]
+    ]
     assert got == [(1, T0, T0 + 1, "nacked", "bóom"), (2, T0 + 2, None, None, None)]
     assert restored.live_bytes == s.live_bytes
 
@@ -177,8 +193,9 @@ def test_a_state_from_before_histories_gets_one_from_the_claim_time() -> None:
     s.apply(ev.Claimed("job-a", 1, T0, 30.0))
     s.history.clear()  # as restored from a snapshot written before histories existed
     s.apply(ev.Failed("job-a", ev.TO_PENDING, None, None, "old record"))
-    assert [(e.attempt, e.claimed_at, e.finished_at, e.outcome, e.error)
-            for e in s.history["job-a"]] == [(1, T0, None, "nacked", "old record")]
+    assert [
+        (e.attempt, e.claimed_at, e.finished_at, e.outcome, e.error) for e in s.history["job-a"]
+    ] == [(1, T0, None, "nacked", "old record")]
 
 
 _CRASH_CHILD = textwrap.dedent("""
@@ -199,8 +216,12 @@ _CRASH_CHILD = textwrap.dedent("""
 def test_a_crash_leaves_abandoned_attempts(tmp_path: Path, max_attempts: int) -> None:
     root = str(tmp_path / "q")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-c", _CRASH_CHILD, root, str(max_attempts)],
-                             stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_CHILD, root, str(max_attempts)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "claimed"
@@ -223,8 +244,9 @@ def test_a_crash_leaves_abandoned_attempts(tmp_path: Path, max_attempts: int) ->
 
 
 @pytest.mark.parametrize("name", ["v2-log", "v2-root"])
-def test_stores_from_before_histories_read_with_what_their_records_say(tmp_path: Path,
-                                                                       name: str) -> None:
+def test_stores_from_before_histories_read_with_what_their_records_say(
+    tmp_path: Path, name: str
+) -> None:
     fixtures = Path(__file__).with_name("fixtures")
     expected = json.loads((fixtures / f"{name}.json").read_text())
     root = tmp_path / name

@@ -17,9 +17,11 @@ def _seed(location: str, storage_options: dict[str, object] | None = None) -> di
     """Jobs in known states: returns their ids by role."""
     ids: dict[str, str] = {}
     cfg = QueueConfig(keep_done=3600.0, retry_backoff_base=0, max_attempts=2)
-    with Queue.open(location, options=OpenOptions(default_queue_config=cfg,
-                                                  background_threads=False),
-                    storage_options=storage_options) as q:
+    with Queue.open(
+        location,
+        options=OpenOptions(default_queue_config=cfg, background_threads=False),
+        storage_options=storage_options,
+    ) as q:
         ids["done"] = q.enqueue("emails", b"done")
         ids["pending"] = q.enqueue("emails", b"hello", headers={"tenant": "t1"})
         for n in range(3):
@@ -56,11 +58,25 @@ def test_read_commands_against_a_live_owner(tmp_path: Path) -> None:
         assert "payload" not in job
         assert job["status"] == "pending" and job["attempts"] == 1
         assert job["headers"] == {"tenant": "t1"} and job["last_error"] == "smtp timeout"
-        assert [(a["attempt"], a["outcome"], a["error"]) for a in job["attempt_history"]] == \
-            [(1, "nacked", "smtp timeout")]
-        assert set(job) >= {"id", "queue", "status", "attempts", "max_attempts", "priority",
-                            "enqueued_at", "run_at", "claimed_at", "lease_expires_at",
-                            "completed_at", "failed_at", "dedup_key", "cancel_requested"}
+        assert [(a["attempt"], a["outcome"], a["error"]) for a in job["attempt_history"]] == [
+            (1, "nacked", "smtp timeout")
+        ]
+        assert set(job) >= {
+            "id",
+            "queue",
+            "status",
+            "attempts",
+            "max_attempts",
+            "priority",
+            "enqueued_at",
+            "run_at",
+            "claimed_at",
+            "lease_expires_at",
+            "completed_at",
+            "failed_at",
+            "dedup_key",
+            "cancel_requested",
+        }
 
         page = taquba_json("dead", location, "reports", "--limit", "2")
         assert [j["id"] for j in page] == ["dead-0", "dead-1"]
@@ -71,8 +87,14 @@ def test_read_commands_against_a_live_owner(tmp_path: Path) -> None:
 
         text = taquba("stats", location)
         assert text.returncode == 0
-        assert text.stdout.split("\n")[0].split() == ["QUEUE", "PENDING", "SCHEDULED",
-                                                      "CLAIMED", "DONE", "DEAD"]
+        assert text.stdout.split("\n")[0].split() == [
+            "QUEUE",
+            "PENDING",
+            "SCHEDULED",
+            "CLAIMED",
+            "DONE",
+            "DEAD",
+        ]
         assert text.stdout.split("\n")[3].split() == ["reports", "0", "0", "0", "0", "3"]
         text = taquba("job", location, ids["pending"])
         assert "smtp timeout" in text.stdout and "'hello'" in text.stdout
@@ -86,13 +108,24 @@ def test_write_commands_go_through_the_inbox(tmp_path: Path) -> None:
     location = str(tmp_path / "q")
     ids = _seed(location)
     with Owner(location) as owner:
-        done = taquba("enqueue", location, "emails", "-", "--priority", "5",
-                      "--dedup-key", "welcome-1", input=b"\x00binary\xff")
+        done = taquba(
+            "enqueue",
+            location,
+            "emails",
+            "-",
+            "--priority",
+            "5",
+            "--dedup-key",
+            "welcome-1",
+            input=b"\x00binary\xff",
+        )
         assert done.returncode == 0, done.stderr
         new_id = done.stdout.strip()
         owner.wait_for_job(new_id, "pending 0")
-        assert taquba("enqueue", location, "emails", "again", "--dedup-key",
-                      "welcome-1").returncode == 0
+        assert (
+            taquba("enqueue", location, "emails", "again", "--dedup-key", "welcome-1").returncode
+            == 0
+        )
         delayed = taquba("enqueue", location, "emails", "later", "--delay", "3600")
         assert delayed.returncode == 0
         owner.wait_for_job(delayed.stdout.strip(), "scheduled 0")
@@ -115,34 +148,41 @@ def test_write_commands_go_through_the_inbox(tmp_path: Path) -> None:
         assert (stats["pending"], stats["scheduled"]) == (1, 1)
 
 
-@pytest.mark.parametrize(("args", "status", "message"), [
-    (("frobnicate",), 2, "invalid choice"),
-    (("stats",), 2, "LOCATION"),
-    (("stats", "nosuchprotocol://x"), 2, "nosuchprotocol"),
-    (("stats", "{missing}"), 1, "no queue"),
-    (("schedules", "{missing}"), 1, "no queue"),
-    (("job", "{q}", "no-such-job"), 1, "not found"),
-    (("job", "{q}", "not a job id!"), 2, "job_id"),
-    (("stats", "{q}", "--queue", "nope"), 1, "not found"),
-    (("dead", "{q}", "nope"), 1, "not found"),
-    (("dead", "{q}", "reports", "--after", "no-such-job"), 1, "not a known job"),
-    (("dead", "{q}", "reports", "--limit", "0"), 2, "limit"),
-    (("stats", "{q}", "--storage-option", "novalue"), 2, "KEY=VALUE"),
-    (("stats", "{q}", "--storage-option", "anon=true"), 2, "storage_options"),
-    (("enqueue", "{missing}", "emails", "x"), 1, "no queue"),
-    (("enqueue", "{q}", "emails", "x", "--priority", "-1"), 2, "priority"),
-    (("cancel", "{q}", "no-such-job"), 1, "not found"),
-    (("cancel", "{q}", "dead-0"), 1, "nothing to cancel"),
-    (("requeue", "{q}", "dead-0x"), 1, "not found"),
-    (("requeue", "{q}", "{pending}"), 1, "not dead"),
-    (("worker", "no_such_module_here:handle", "--location", "{q}", "--queue", "x"), 2,
-     "cannot import"),
-    (("worker", "json:dumps"), 2, "--location"),
-    (("worker", "json"), 2, "module:attr"),
-    (("dashboard", "{q}", "--host", "0.0.0.0"), 2, "--token"),
-])
+@pytest.mark.parametrize(
+    ("args", "status", "message"),
+    [
+        (("frobnicate",), 2, "invalid choice"),
+        (("stats",), 2, "LOCATION"),
+        (("stats", "nosuchprotocol://x"), 2, "nosuchprotocol"),
+        (("stats", "{missing}"), 1, "no queue"),
+        (("schedules", "{missing}"), 1, "no queue"),
+        (("job", "{q}", "no-such-job"), 1, "not found"),
+        (("job", "{q}", "not a job id!"), 2, "job_id"),
+        (("stats", "{q}", "--queue", "nope"), 1, "not found"),
+        (("dead", "{q}", "nope"), 1, "not found"),
+        (("dead", "{q}", "reports", "--after", "no-such-job"), 1, "not a known job"),
+        (("dead", "{q}", "reports", "--limit", "0"), 2, "limit"),
+        (("stats", "{q}", "--storage-option", "novalue"), 2, "KEY=VALUE"),
+        (("stats", "{q}", "--storage-option", "anon=true"), 2, "storage_options"),
+        (("enqueue", "{missing}", "emails", "x"), 1, "no queue"),
+        (("enqueue", "{q}", "emails", "x", "--priority", "-1"), 2, "priority"),
+        (("cancel", "{q}", "no-such-job"), 1, "not found"),
+        (("cancel", "{q}", "dead-0"), 1, "nothing to cancel"),
+        (("requeue", "{q}", "dead-0x"), 1, "not found"),
+        (("requeue", "{q}", "{pending}"), 1, "not dead"),
+        (
+            ("worker", "no_such_module_here:handle", "--location", "{q}", "--queue", "x"),
+            2,
+            "cannot import",
+        ),
+        (("worker", "json:dumps"), 2, "--location"),
+        (("worker", "json"), 2, "module:attr"),
+        (("dashboard", "{q}", "--host", "0.0.0.0"), 2, "--token"),
+    ],
+)
 def test_bad_input_gives_one_line_and_the_documented_status(
-        tmp_path: Path, args: tuple[str, ...], status: int, message: str) -> None:
+    tmp_path: Path, args: tuple[str, ...], status: int, message: str
+) -> None:
     location = str(tmp_path / "q")
     ids = _seed(location)
     with Owner(location) as owner:
@@ -174,8 +214,18 @@ def test_storage_options_reach_an_object_store(s3_emulator: object) -> None:
 def test_python_dash_m_and_help() -> None:
     done = taquba("--help")
     assert done.returncode == 0
-    for command in ("worker", "stats", "queues", "job", "dead", "schedules", "enqueue",
-                    "cancel", "requeue", "dashboard"):
+    for command in (
+        "worker",
+        "stats",
+        "queues",
+        "job",
+        "dead",
+        "schedules",
+        "enqueue",
+        "cancel",
+        "requeue",
+        "dashboard",
+    ):
         assert command in done.stdout
 
 
@@ -189,15 +239,24 @@ def test_schedules_against_a_live_owner(tmp_path: Path) -> None:
         got = {s["name"]: s for s in taquba_json("schedules", location)}
         assert set(got) == {"nightly", "hourly"}
         nightly = got["nightly"]
-        assert (nightly["cron"], nightly["queue"], nightly["timezone"]) == \
-            ("30 2 * * *", "reports", "Europe/Paris")
+        assert (nightly["cron"], nightly["queue"], nightly["timezone"]) == (
+            "30 2 * * *",
+            "reports",
+            "Europe/Paris",
+        )
         assert base64.b64decode(nightly["payload_b64"]) == b"\x00run"
         assert nightly["last_run_at"] is None and nightly["next_run_at"] > 0
         assert got["hourly"]["priority"] == 5
         text = taquba("schedules", location)
         assert text.returncode == 0
-        assert text.stdout.split("\n")[0].split() == ["NAME", "CRON", "TIMEZONE", "QUEUE",
-                                                      "NEXT_RUN", "LAST_RUN"]
+        assert text.stdout.split("\n")[0].split() == [
+            "NAME",
+            "CRON",
+            "TIMEZONE",
+            "QUEUE",
+            "NEXT_RUN",
+            "LAST_RUN",
+        ]
         assert "Europe/Paris" in text.stdout and "@hourly" in text.stdout
         owner.assert_not_fenced()
 

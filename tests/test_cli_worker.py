@@ -59,8 +59,9 @@ HANDLERS = textwrap.dedent('''
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], limit: float = 60.0) -> None:
     deadline = time.monotonic() + limit
     while not path.exists():
-        assert proc.poll() is None, f"the worker exited ({proc.returncode}): " + \
-            (proc.stderr.read().decode() if proc.stderr else "")
+        assert proc.poll() is None, f"the worker exited ({proc.returncode}): " + (
+            proc.stderr.read().decode() if proc.stderr else ""
+        )
         assert time.monotonic() < deadline, f"{path.name} did not appear"
         time.sleep(0.01)
 
@@ -78,9 +79,13 @@ def _wait_for_line(proc: subprocess.Popen[bytes], text: bytes) -> bytes:
 
 def _start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     (tmp_path / "handlers.py").write_text(HANDLERS)
-    return subprocess.Popen([sys.executable, "-m", "taquba", "worker", *args],
-                            cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "taquba", "worker", *args],
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _seed(location: str, payloads: list[bytes]) -> list[str]:
@@ -92,8 +97,18 @@ def _seed(location: str, payloads: list[bytes]) -> list[str]:
 def test_a_signal_lets_running_jobs_finish(tmp_path: Path, sig: signal.Signals) -> None:
     location = str(tmp_path / "q")
     ids = _seed(location, [b"a", b"fail", b"c"])
-    proc = _start(tmp_path, "handlers:handle", "--location", location, "--queue", "work",
-                  "-c", "2", "--log-level", "debug")
+    proc = _start(
+        tmp_path,
+        "handlers:handle",
+        "--location",
+        location,
+        "--queue",
+        "work",
+        "-c",
+        "2",
+        "--log-level",
+        "debug",
+    )
     _wait_for(tmp_path / f"started-{ids[0]}", proc)
     _wait_for(tmp_path / f"started-{ids[1]}", proc)
     proc.send_signal(sig)
@@ -104,8 +119,9 @@ def test_a_signal_lets_running_jobs_finish(tmp_path: Path, sig: signal.Signals) 
     assert proc.returncode == 0, err.decode()
     assert (tmp_path / f"finished-{ids[0]}").exists()
     assert not (tmp_path / f"started-{ids[2]}").exists()  # nothing claimed after the signal
-    with Queue.open(location, options=OpenOptions(background_threads=False,
-                                                  default_queue_config=QueueConfig())) as q:
+    with Queue.open(
+        location, options=OpenOptions(background_threads=False, default_queue_config=QueueConfig())
+    ) as q:
         stats = q.stats("work")
         assert (stats.done, stats.pending, stats.claimed, stats.scheduled) == (1, 1, 0, 1)
         assert [a.outcome for a in q.attempt_history(ids[1])] == ["nacked"]
@@ -152,8 +168,18 @@ def test_a_runner_target_refuses_handler_options(tmp_path: Path) -> None:
 def test_the_process_executor_runs_handlers_in_other_processes(tmp_path: Path) -> None:
     location = str(tmp_path / "q")
     ids = _seed(location, [b"1", b"2", b"3"])
-    proc = _start(tmp_path, "handlers:quick", "--location", location, "--queue", "work",
-                  "--executor", "process", "-c", "2")
+    proc = _start(
+        tmp_path,
+        "handlers:quick",
+        "--location",
+        location,
+        "--queue",
+        "work",
+        "--executor",
+        "process",
+        "-c",
+        "2",
+    )
     for job_id in ids:
         _wait_for(tmp_path / f"finished-{job_id}", proc)
     proc.send_signal(signal.SIGTERM)

@@ -45,8 +45,9 @@ def open_log(store: Store, **kwargs: object) -> tuple[Log, Replayed]:
     # so that tests can count and inspect commits as segments.
     kwargs.setdefault("segment_max_bytes", 0)
     seen = Replayed()
-    log = Log.open(store, on_snapshot=seen.snapshots.append, on_record=seen.records.append,
-                   **kwargs)
+    log = Log.open(
+        store, on_snapshot=seen.snapshots.append, on_record=seen.records.append, **kwargs
+    )
     return log, seen
 
 
@@ -149,8 +150,9 @@ def check_per_thread_order(records: list[bytes], threads: int, per_thread: int) 
 
 
 @pytest.mark.parametrize("segment_max_bytes", [0, 8 << 20], ids=["object-per-commit", "appended"])
-def test_64_threads_share_segments_and_return_only_once_durable(fast_backend_root,
-                                                                segment_max_bytes):
+def test_64_threads_share_segments_and_return_only_once_durable(
+    fast_backend_root, segment_max_bytes
+):
     """Many concurrent appenders, few writes; each appender finds its record on return."""
     per_thread = 10
     log, _ = open_log(fast_backend_root.store(), segment_max_bytes=segment_max_bytes)
@@ -161,8 +163,10 @@ def test_64_threads_share_segments_and_return_only_once_durable(fast_backend_roo
     stats = committer.stats
     assert stats.records_committed == THREADS * per_thread
     ratio = stats.records_committed / stats.segments_written
-    print(f"\n{fast_backend_root.name}: {stats.records_committed} records in "
-          f"{stats.segments_written} segments, {ratio:.1f} records/segment")
+    print(
+        f"\n{fast_backend_root.name}: {stats.records_committed} records in "
+        f"{stats.segments_written} segments, {ratio:.1f} records/segment"
+    )
     # Measured ≈ 30 on local disk with fsync and ≈ 20 on memory; 4 leaves a wide margin.
     assert ratio >= 4
     check_per_thread_order(replay(fast_backend_root).records, THREADS, per_thread)
@@ -407,12 +411,16 @@ def test_a_lost_put_response_never_duplicates_a_record(faulty):
     assert faulty.replay().records == [b"r%d" % i for i in range(10)]
 
 
-@pytest.mark.parametrize(("exc", "error", "attempts"), [
-    (ConnectionResetError, TransientStorageError, 7),  # the store's 6 retries, then it gives up
-    (PermissionError, PermanentStorageError, 1),
-])
-def test_a_persistent_put_failure_breaks_the_handle_and_loses_nothing_acked(faulty, exc,
-                                                                            error, attempts):
+@pytest.mark.parametrize(
+    ("exc", "error", "attempts"),
+    [
+        (ConnectionResetError, TransientStorageError, 7),  # the store's 6 retries, then it gives up
+        (PermissionError, PermanentStorageError, 1),
+    ],
+)
+def test_a_persistent_put_failure_breaks_the_handle_and_loses_nothing_acked(
+    faulty, exc, error, attempts
+):
     store = faulty.store()
     log, _ = open_log(store)
     committer = Committer(log)
@@ -516,8 +524,10 @@ def test_group_commit_with_slow_puts_batches_nearly_everyone(faulty):
     assert missing == []
     stats = committer.stats
     ratio = stats.records_committed / stats.segments_written
-    print(f"\nslow puts: {stats.records_committed} records in {stats.segments_written} "
-          f"segments, {ratio:.1f} records/segment")
+    print(
+        f"\nslow puts: {stats.records_committed} records in {stats.segments_written} "
+        f"segments, {ratio:.1f} records/segment"
+    )
     # While one 20 ms PUT is in flight every other thread queues its next record: measured
     # 7 segments for 256 records (≈ 37 per segment).
     assert ratio >= 16
@@ -688,8 +698,9 @@ def test_a_batch_wakes_every_waiter_even_when_one_gives_up_first(mem_root):
         if batch.wait(timeout):
             woken.append(i)
 
-    threads = [threading.Thread(target=waiter, args=(i, 0.05 if i == 2 else None))
-               for i in range(5)]
+    threads = [
+        threading.Thread(target=waiter, args=(i, 0.05 if i == 2 else None)) for i in range(5)
+    ]
     for t in threads:
         t.start()
     threads[2].join(30)  # gave up before the batch was resolved

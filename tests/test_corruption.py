@@ -38,13 +38,7 @@ from taquba import OpenOptions, Queue
 from taquba.core.state import State
 from taquba.errors import CorruptionError
 from taquba.log import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Log
-from taquba.log.format import (
-    MAGIC_SEGMENT,
-    SECTOR,
-    decode_blocks,
-    decode_header,
-    encode_block,
-)
+from taquba.log.format import MAGIC_SEGMENT, SECTOR, decode_blocks, decode_header, encode_block
 from taquba.storage import LocalStore
 
 QUEUE = "jobs"
@@ -52,8 +46,9 @@ STRIDE = 3  # between headers, every STRIDE-th byte gets a flip and a cut
 
 
 def options(segment_max_bytes: int) -> OpenOptions:
-    return OpenOptions(segment_max_bytes=segment_max_bytes, checkpoint_min_bytes=1800,
-                       background_threads=False)
+    return OpenOptions(
+        segment_max_bytes=segment_max_bytes, checkpoint_min_bytes=1800, background_threads=False
+    )
 
 
 def first_session(root: str, segment_max_bytes: int) -> None:
@@ -90,16 +85,35 @@ q.close()
 
 def second_session(root: str, segment_max_bytes: int, *, crash: bool) -> None:
     package_parent = str(Path(taquba.__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
-    subprocess.run([sys.executable, "-c", SECOND_SESSION, root, str(segment_max_bytes),
-                    "crash" if crash else "close"], env=env, check=True, timeout=120)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (package_parent, os.environ.get("PYTHONPATH")) if p
+        ),
+    }
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SECOND_SESSION,
+            root,
+            str(segment_max_bytes),
+            "crash" if crash else "close",
+        ],
+        env=env,
+        check=True,
+        timeout=120,
+    )
 
 
 def read_files(root: Path) -> dict[str, bytes]:
-    return {f"{d}/{p.name}": p.read_bytes()
-            for d in (MANIFEST_DIR, SEGMENT_DIR, CHECKPOINT_DIR) if (root / d).is_dir()
-            for p in sorted((root / d).iterdir()) if not p.name.startswith(".")}
+    return {
+        f"{d}/{p.name}": p.read_bytes()
+        for d in (MANIFEST_DIR, SEGMENT_DIR, CHECKPOINT_DIR)
+        if (root / d).is_dir()
+        for p in sorted((root / d).iterdir())
+        if not p.name.startswith(".")
+    }
 
 
 def write_files(files: dict[str, bytes], root: Path) -> None:
@@ -117,8 +131,11 @@ def reopen(root: Path) -> bytes:
     def on_snapshot(data: bytes) -> None:
         holder[0] = State.restore(data)
 
-    log = Log.open(LocalStore(str(root), fsync=False), on_snapshot=on_snapshot,
-                   on_record=lambda data: holder[0].apply_record(data))
+    log = Log.open(
+        LocalStore(str(root), fsync=False),
+        on_snapshot=on_snapshot,
+        on_record=lambda data: holder[0].apply_record(data),
+    )
     log.close()
     return holder[0].snapshot()
 
@@ -131,7 +148,7 @@ def structure(key: str, data: bytes) -> tuple[set[int], int]:
         end = decode_blocks(key, data, pos)[1]
         while pos < end:
             offsets.update(range(pos, pos + 16))
-            length = int.from_bytes(data[pos + 8:pos + 12], "big")
+            length = int.from_bytes(data[pos + 8 : pos + 12], "big")
             offsets.update(_frame_headers(data, pos + 16, pos + 16 + length))
             pos += 16 + length
         return offsets, end
@@ -142,15 +159,18 @@ def structure(key: str, data: bytes) -> tuple[set[int], int]:
 def _magic(key: str) -> bytes:
     from taquba.log.format import MAGIC_CHECKPOINT, MAGIC_MANIFEST
 
-    return {MANIFEST_DIR: MAGIC_MANIFEST, SEGMENT_DIR: MAGIC_SEGMENT,
-            CHECKPOINT_DIR: MAGIC_CHECKPOINT}[key.split("/")[0]]
+    return {
+        MANIFEST_DIR: MAGIC_MANIFEST,
+        SEGMENT_DIR: MAGIC_SEGMENT,
+        CHECKPOINT_DIR: MAGIC_CHECKPOINT,
+    }[key.split("/")[0]]
 
 
 def _frame_headers(data: bytes, pos: int, end: int) -> set[int]:
     out: set[int] = set()
     while pos < end:
         out.update(range(pos, pos + 8))
-        pos += 8 + int.from_bytes(data[pos:pos + 4], "big")
+        pos += 8 + int.from_bytes(data[pos : pos + 4], "big")
     return out
 
 
@@ -175,11 +195,14 @@ def damages(key: str, data: bytes, cuts: set[int]) -> Iterator[Case]:
         if p < len(data):
             yield Case(key, "cut", p, data[:p])
     sectors = list(range(0, -(-used // SECTOR)))
-    sectors += [s for s in (-(-used // SECTOR) + 2, len(data) // SECTOR - 1)
-                if s * SECTOR < len(data) and s not in sectors]
+    sectors += [
+        s
+        for s in (-(-used // SECTOR) + 2, len(data) // SECTOR - 1)
+        if s * SECTOR < len(data) and s not in sectors
+    ]
     for s in sectors:
         zeroed = bytearray(data)
-        zeroed[s * SECTOR:(s + 1) * SECTOR] = bytes(len(zeroed[s * SECTOR:(s + 1) * SECTOR]))
+        zeroed[s * SECTOR : (s + 1) * SECTOR] = bytes(len(zeroed[s * SECTOR : (s + 1) * SECTOR]))
         if bytes(zeroed) != data:
             yield Case(key, "zero", s * SECTOR, bytes(zeroed))
     yield Case(key, "delete", 0, None)
@@ -220,9 +243,13 @@ class Outcomes:
     raw: list[str]
 
 
-def run_cases(files: dict[str, bytes], scratch: Scratch, expected: bytes,
-              indistinguishable: set[tuple[str, str, int]] | None = None,
-              extra_cuts: dict[str, set[int]] | None = None) -> Outcomes:
+def run_cases(
+    files: dict[str, bytes],
+    scratch: Scratch,
+    expected: bytes,
+    indistinguishable: set[tuple[str, str, int]] | None = None,
+    extra_cuts: dict[str, set[int]] | None = None,
+) -> Outcomes:
     counts: Counter[str] = Counter()
     silent: list[str] = []
     raw: list[str] = []
@@ -233,8 +260,9 @@ def run_cases(files: dict[str, bytes], scratch: Scratch, expected: bytes,
                 state = reopen(scratch.load(key, case.data))
             except CorruptionError as exc:
                 # (a deleted object shows only through what it leaves missing)
-                assert key in str(exc) or case.what == "delete", \
+                assert key in str(exc) or case.what == "delete", (
                     f"{label}: {exc} does not name the object"
+                )
                 counts["detected"] += 1
                 continue
             except Exception as exc:  # any other kind is the failure counted here
@@ -261,8 +289,9 @@ def check_acknowledged(state: bytes) -> None:
     (done jobs are not kept), four small ones still there."""
     restored = State.restore(state)
     assert restored.queues[QUEUE].done_total == 6
-    assert sorted(j.payload for j in restored.jobs.values()) == [b"small-%d" % i
-                                                                 for i in range(2, 6)]
+    assert sorted(j.payload for j in restored.jobs.values()) == [
+        b"small-%d" % i for i in range(2, 6)
+    ]
 
 
 @pytest.mark.parametrize("segment_max_bytes", [0, 8 << 20], ids=["whole", "appended"])
@@ -297,8 +326,8 @@ def test_damage_after_a_crash_is_detected_except_where_the_crash_left_off(tmp_pa
     # The append the kill interrupted: 3 KiB over several sectors, one of them never written.
     block = bytearray(encode_block([b"never acknowledged" * 170]))
     hole = -(-(end + 600) // SECTOR) * SECTOR - end
-    block[hole:hole + SECTOR] = bytes(SECTOR)
-    data = data[:end] + bytes(block) + data[end + len(block):]
+    block[hole : hole + SECTOR] = bytes(SECTOR)
+    data = data[:end] + bytes(block) + data[end + len(block) :]
     current.write_bytes(data)
 
     files = read_files(root)
@@ -310,7 +339,7 @@ def test_damage_after_a_crash_is_detected_except_where_the_crash_left_off(tmp_pa
     boundaries = set()
     at = pos
     while at < end:
-        at += 16 + int.from_bytes(data[at + 8:at + 12], "big")
+        at += 16 + int.from_bytes(data[at + 8 : at + 12], "big")
         boundaries.add(at)
     first_end = min(boundaries)
     boundaries |= set(range(-(-first_end // SECTOR) * SECTOR, end + len(block), SECTOR))

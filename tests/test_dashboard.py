@@ -50,8 +50,9 @@ def browser() -> Iterator[Any]:
         reason = f"selenium is not installed: {exc}"
         binary = None
     else:
-        reason = "chromium or chromedriver is not installed (apt-get install chromium " \
-                 "chromium-driver)"
+        reason = (
+            "chromium or chromedriver is not installed (apt-get install chromium chromium-driver)"
+        )
     if binary is None or not os.path.exists(CHROMEDRIVER):
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
@@ -59,10 +60,18 @@ def browser() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="taquba-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = binary
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--window-size=1200,900",
-                f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+        f"--user-data-dir={profile}",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     try:
@@ -75,8 +84,9 @@ def browser() -> Iterator[Any]:
 def _seed(location: str) -> dict[str, str]:
     cfg = QueueConfig(keep_done=3600.0, retry_backoff_base=0, max_attempts=2)
     ids = {}
-    with Queue.open(location, options=OpenOptions(default_queue_config=cfg,
-                                                  background_threads=False)) as q:
+    with Queue.open(
+        location, options=OpenOptions(default_queue_config=cfg, background_threads=False)
+    ) as q:
         for n in range(3):
             q.enqueue("emails", b"mail %d" % n)
         ids["evil"] = q.enqueue("reports", SCRIPT_PAYLOAD, headers={"x-src": "<i>h</i>"})
@@ -98,11 +108,17 @@ class Server:
     def __init__(self, location: str, *args: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "taquba", "dashboard", location, "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         found = re.search(r"http://\S+", line)
-        assert found, f"no address in {line!r}: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        assert found, (
+            f"no address in {line!r}: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        )
         self.url = found.group(0)
 
     def close(self) -> None:
@@ -165,15 +181,15 @@ def test_requeue_button_works_end_to_end(browser: Any, live: Any) -> None:
     row = browser.find_element(By.XPATH, f"//tr[td/a[text()='{ids['plain']}']]")
     row.find_element(By.CSS_SELECTOR, "button[value=requeue]").click()
     # the click posts the form and the browser follows the redirect: wait for the new page
-    message = WebDriverWait(browser, WAIT).until(
-        lambda b: b.find_elements(By.CSS_SELECTOR, ".msg"))
+    message = WebDriverWait(browser, WAIT).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".msg"))
     assert "Requeue submitted" in message[0].text
     owner.wait_for_job(ids["plain"], "pending 0")  # the owner took the request in
     browser.get(server.url + f"/jobs/{ids['plain']}")
     status = browser.find_element(By.XPATH, "//tr[td[1]='status']/td[2]").text
     assert status == "pending"
-    history = browser.find_elements(By.XPATH, "//h2[.='Attempt history']/following::table[1]"
-                                              "//tbody/tr")
+    history = browser.find_elements(
+        By.XPATH, "//h2[.='Attempt history']/following::table[1]//tbody/tr"
+    )
     assert [r.find_elements(By.TAG_NAME, "td")[3].text for r in history] == ["dead"]
 
 
@@ -193,8 +209,9 @@ def test_a_script_payload_is_shown_as_text_and_not_run(browser: Any, live: Any) 
 def test_posts_without_the_csrf_token_are_refused(live: Any) -> None:
     owner, server, ids = live
     for body in (b"", b"csrf=wrong"):
-        request = urllib.request.Request(server.url + f"/jobs/{ids['plain']}/requeue",
-                                         data=body, method="POST")
+        request = urllib.request.Request(
+            server.url + f"/jobs/{ids['plain']}/requeue", data=body, method="POST"
+        )
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=30)
         assert info.value.code == 403
@@ -212,8 +229,9 @@ def test_a_token_is_required_when_set(browser: Any, tmp_path: Path) -> None:
             with pytest.raises(urllib.error.HTTPError) as info:
                 urllib.request.urlopen(request, timeout=30)
             assert info.value.code == 401
-        ok = urllib.request.Request(server.url + "/",
-                                    headers={"Authorization": "Bearer s3cret-token"})
+        ok = urllib.request.Request(
+            server.url + "/", headers={"Authorization": "Bearer s3cret-token"}
+        )
         with urllib.request.urlopen(ok, timeout=30) as response:
             assert response.status == 200
         browser.delete_all_cookies()

@@ -38,15 +38,20 @@ def free_port() -> int:
 
 
 def env_for(location: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "TAQUBA_LOCATION": str(location), "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
-            **extra}
+    return {
+        **os.environ,
+        "TAQUBA_LOCATION": str(location),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+        **extra,
+    }
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=WAIT) as resp:
             return resp.status, json.loads(resp.read())
@@ -109,21 +114,39 @@ def test_flask_under_gunicorn_with_a_worker_process(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     worker_out = tmp_path / "worker.out"
     with open(worker_out, "wb") as out:
-        worker = subprocess.Popen([sys.executable, str(EXAMPLES / "flask_app.py"), "worker"],
-                                  stdout=out, stderr=subprocess.STDOUT, env=env_for(location))
+        worker = subprocess.Popen(
+            [sys.executable, str(EXAMPLES / "flask_app.py"), "worker"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env_for(location),
+        )
     web_out = tmp_path / "gunicorn.out"
     with open(web_out, "wb") as out:
         web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "4", "-b", f"127.0.0.1:{port}",
-             "--chdir", str(EXAMPLES), "flask_app:create_app()"],
-            stdout=out, stderr=subprocess.STDOUT, env=env_for(location))
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-w",
+                "4",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(EXAMPLES),
+                "flask_app:create_app()",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env_for(location),
+        )
     try:
         wait_for_output(worker_out, "worker: owning", worker)
         wait_until_serving(f"{base}/jobs/none", web)
         emails = [f"user{i}@example.com" for i in range(49)] + ["not-an-address"]
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda e: http("POST", f"{base}/signups", {"email": e}),
-                                    emails))
+            answers = list(
+                pool.map(lambda e: http("POST", f"{base}/signups", {"email": e}), emails)
+            )
         assert [code for code, _ in answers] == [202] * 50, answers
         job_ids = [body["job_id"] for _, body in answers]
         assert len(set(job_ids)) == 50
@@ -156,18 +179,27 @@ def test_django_runserver_taquba_worker_and_check(tmp_path: Path) -> None:
     base = f"http://127.0.0.1:{port}"
     worker_out = tmp_path / "taquba_worker.out"
     with open(worker_out, "wb") as out:
-        worker = subprocess.Popen([sys.executable, manage, "taquba_worker", "-c", "2"], stdout=out,
-                                  stderr=subprocess.STDOUT, env=env)
+        worker = subprocess.Popen(
+            [sys.executable, manage, "taquba_worker", "-c", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     web_out = tmp_path / "runserver.out"
     with open(web_out, "wb") as out:
-        web = subprocess.Popen([sys.executable, manage, "runserver", f"127.0.0.1:{port}"],
-                               stdout=out, stderr=subprocess.STDOUT, env=env,
-                               start_new_session=True)  # the reloader's child goes with it
+        web = subprocess.Popen(
+            [sys.executable, manage, "runserver", f"127.0.0.1:{port}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )  # the reloader's child goes with it
     try:
         wait_for_output(worker_out, "taquba_worker: owning", worker)
         wait_until_serving(f"{base}/jobs/none/", web)
-        check = subprocess.run([sys.executable, manage, "check"], env=env,
-                               capture_output=True, text=True, timeout=WAIT)
+        check = subprocess.run(
+            [sys.executable, manage, "check"], env=env, capture_output=True, text=True, timeout=WAIT
+        )
         assert check.returncode == 0, check.stderr
         kinds = ["daily", "weekly"] * 10 + ["yearly"]
         answers = [http("POST", f"{base}/reports/", {"kind": k}) for k in kinds]
@@ -176,8 +208,10 @@ def test_django_runserver_taquba_worker_and_check(tmp_path: Path) -> None:
         status = wait_all_done(f"{base}/jobs", job_ids, "/")
         assert [status[j] for j in job_ids] == ["done"] * 20 + ["dead"]
         done = [j for j in job_ids if status[j] == "done"]
-        assert {http("GET", f"{base}/jobs/{j}/")[1]["result"]["kind"] for j in done} == \
-            {"daily", "weekly"}
+        assert {http("GET", f"{base}/jobs/{j}/")[1]["result"]["kind"] for j in done} == {
+            "daily",
+            "weekly",
+        }
         assert worker.poll() is None, "taquba_worker died: a web or check process fenced it"
     finally:
         if web.poll() is None:

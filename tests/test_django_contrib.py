@@ -98,20 +98,35 @@ def project(tmp_path: Path) -> Path:
 
 def env_for(project: Path, **extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1",
-            "TAQUBA_LOCATION": str(project.parent / "queue"), **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": path,
+        "PYTHONUNBUFFERED": "1",
+        "TAQUBA_LOCATION": str(project.parent / "queue"),
+        **extra,
+    }
 
 
 def manage(project: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=project,
-                          env=env_for(project, **extra), capture_output=True, text=True,
-                          timeout=WAIT)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=project,
+        env=env_for(project, **extra),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
 
 
 def start_worker(project: Path, out: Path) -> subprocess.Popen[bytes]:
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "manage.py", "taquba_worker"], cwd=project,
-                                env=env_for(project), stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "taquba_worker"],
+            cwd=project,
+            env=env_for(project),
+            stdout=f,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + WAIT
     while "taquba_worker: owning" not in out.read_text():
         assert proc.poll() is None, out.read_text()
@@ -131,13 +146,16 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
             proc.wait()
 
 
-def test_worker_runs_autodiscovered_tasks_submitted_from_other_processes(
-        project: Path) -> None:
+def test_worker_runs_autodiscovered_tasks_submitted_from_other_processes(project: Path) -> None:
     out = project.parent / "worker.out"
     worker = start_worker(project, out)
     try:
         assert "running 3 task(s) on shop, slow" in out.read_text()  # found shop/tasks.py by itself
-        shell = manage(project, "shell", "-c", textwrap.dedent("""
+        shell = manage(
+            project,
+            "shell",
+            "-c",
+            textwrap.dedent("""
             from taquba.tasks import TaskFailed
             from shop.tasks import refuse, total
             from taquba.contrib.django import tasks
@@ -148,7 +166,8 @@ def test_worker_runs_autodiscovered_tasks_submitted_from_other_processes(
             except TaskFailed as exc:
                 print("FAILED", exc.error)
             print("OWNER", tasks.queue is not None)
-        """))
+        """),
+        )
         assert shell.returncode == 0, shell.stderr
         assert "TOTAL 6.5" in shell.stdout  # the result, read through a QueueReader
         assert "FAILED ValueError: sold out" in shell.stdout
@@ -165,8 +184,12 @@ def test_sigterm_lets_the_running_task_finish(project: Path) -> None:
     marker = project.parent / "started"
     worker = start_worker(project, out)
     try:
-        shell = manage(project, "shell", "-c",
-                       f"from shop.tasks import slow; print('ID', slow.delay({str(marker)!r}, 2).id)")
+        shell = manage(
+            project,
+            "shell",
+            "-c",
+            f"from shop.tasks import slow; print('ID', slow.delay({str(marker)!r}, 2).id)",
+        )
         assert shell.returncode == 0, shell.stderr
         job_id = shell.stdout.split("ID ", 1)[1].split()[0]
         deadline = time.monotonic() + WAIT
@@ -196,13 +219,17 @@ def test_the_worker_exits_1_when_another_process_takes_the_queue_over(project: P
     assert "another process took the queue over" in out.read_text()
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no-location", "TAQUBA['LOCATION'] is required"),
-    ("unknown-key", "unknown key(s) ['CONCURENCY']"),
-    ("bad-concurrency", "TAQUBA['CONCURRENCY'] must be an int >= 1, got 0"),
-])
-def test_a_bad_setting_stops_the_command_naming_the_key(project: Path, case: str,
-                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no-location", "TAQUBA['LOCATION'] is required"),
+        ("unknown-key", "unknown key(s) ['CONCURENCY']"),
+        ("bad-concurrency", "TAQUBA['CONCURRENCY'] must be an int >= 1, got 0"),
+    ],
+)
+def test_a_bad_setting_stops_the_command_naming_the_key(
+    project: Path, case: str, message: str
+) -> None:
     result = manage(project, "taquba_worker", TAQUBA_CASE=case)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
@@ -210,9 +237,13 @@ def test_a_bad_setting_stops_the_command_naming_the_key(project: Path, case: str
 
 
 def test_immediate_setting_runs_tasks_inline_without_a_queue(project: Path) -> None:
-    result = manage(project, "shell", "-c",
-                    "from shop.tasks import total; print('TOTAL', total.delay([1, 2, 3]).get())",
-                    TAQUBA_CASE="immediate")
+    result = manage(
+        project,
+        "shell",
+        "-c",
+        "from shop.tasks import total; print('TOTAL', total.delay([1, 2, 3]).get())",
+        TAQUBA_CASE="immediate",
+    )
     assert result.returncode == 0, result.stderr
     assert "TOTAL 6" in result.stdout
     assert not (project.parent / "queue").exists()

@@ -54,10 +54,16 @@ def open_queue(fast_backend_root: Any, clock: ManualClock) -> Iterator[Opener]:
     handles: list[Queue] = []
 
     def opener(config: QueueConfig | None = None) -> Queue:
-        opts = OpenOptions(clock=clock, background_threads=False,
-                           default_queue_config=config or QueueConfig(retry_backoff_base=0))
-        q = Queue.open(fast_backend_root.location,
-                       storage_options=fast_backend_root.storage_options, options=opts)
+        opts = OpenOptions(
+            clock=clock,
+            background_threads=False,
+            default_queue_config=config or QueueConfig(retry_backoff_base=0),
+        )
+        q = Queue.open(
+            fast_backend_root.location,
+            storage_options=fast_backend_root.storage_options,
+            options=opts,
+        )
         handles.append(q)
         return q
 
@@ -89,23 +95,34 @@ def snapshot(q: Queue) -> tuple[Any, ...]:
 # -- what the effects do ------------------------------------------------------------------
 
 
-def test_ack_with_effects_enqueues_writes_and_deletes_and_replays(open_queue: Opener,
-                                                                   clock: ManualClock) -> None:
+def test_ack_with_effects_enqueues_writes_and_deletes_and_replays(
+    open_queue: Opener, clock: ManualClock
+) -> None:
     q = open_queue()
     q.kv_put(b"gone", b"soon")
     job_id = q.enqueue(Q, b"first")
     c = claim_one(q)
-    q.ack(c, SettlementEffects(
-        enqueue=[follow_up(b"second", job_id="second", priority=5, headers={"h": "v"}),
-                 follow_up(b"later", job_id="later", delay=30)],
-        kv_writes={b"a": b"1", b"b": memoryview(b"2")},
-        kv_deletes=[b"gone", b"never-there"]))
+    q.ack(
+        c,
+        SettlementEffects(
+            enqueue=[
+                follow_up(b"second", job_id="second", priority=5, headers={"h": "v"}),
+                follow_up(b"later", job_id="later", delay=30),
+            ],
+            kv_writes={b"a": b"1", b"b": memoryview(b"2")},
+            kv_deletes=[b"gone", b"never-there"],
+        ),
+    )
     assert q.get_job(job_id) is None
     assert q.stats(Q).done == 1
     second = q.get_job("second")
     assert second is not None and second.status is JobStatus.PENDING
-    assert (second.queue, second.payload, second.priority, dict(second.headers)) == \
-        (NEXT, b"second", 5, {"h": "v"})
+    assert (second.queue, second.payload, second.priority, dict(second.headers)) == (
+        NEXT,
+        b"second",
+        5,
+        {"h": "v"},
+    )
     later = q.get_job("later")
     assert later is not None and later.status is JobStatus.SCHEDULED
     assert later.run_at == clock.now + 30
@@ -131,16 +148,18 @@ def test_a_follow_up_is_claimable_at_once_by_a_waiting_worker(q: Queue) -> None:
 
 def test_dead_letter_applies_effects(q: Queue) -> None:
     job_id = q.enqueue(Q, b"x")
-    q.dead_letter(claim_one(q), "poison", SettlementEffects(
-        enqueue=[follow_up(b"alert", job_id="alert")], kv_writes={b"a": b"dead"}))
+    q.dead_letter(
+        claim_one(q),
+        "poison",
+        SettlementEffects(enqueue=[follow_up(b"alert", job_id="alert")], kv_writes={b"a": b"dead"}),
+    )
     assert q.get_job(job_id).status is JobStatus.DEAD  # type: ignore[union-attr]
     assert q.get_job("alert") is not None and q.kv_get(b"a") == b"dead"
 
 
 def test_nack_effects_apply_only_when_the_job_goes_dead(q: Queue) -> None:
     job_id = q.enqueue(Q, b"x", max_attempts=2)
-    fx = SettlementEffects(enqueue=[follow_up(b"alert", job_id="alert")],
-                           kv_writes={b"a": b"dead"})
+    fx = SettlementEffects(enqueue=[follow_up(b"alert", job_id="alert")], kv_writes={b"a": b"dead"})
     q.nack(claim_one(q), "first failure", fx)  # retried: no effect
     assert q.get_job(job_id).status is JobStatus.PENDING  # type: ignore[union-attr]
     assert q.get_job("alert") is None and q.kv_get(b"a") is None
@@ -153,11 +172,17 @@ def test_nack_effects_apply_only_when_the_job_goes_dead(q: Queue) -> None:
 def test_follow_up_enqueues_obey_dedup_keys(q: Queue) -> None:
     held = q.enqueue(NEXT, b"held", dedup_key="k1")
     q.enqueue(Q, b"x")
-    q.ack(claim_one(q), SettlementEffects(enqueue=[
-        follow_up(b"skipped", dedup_key="k1"),
-        follow_up(b"new", dedup_key="k2", job_id="new"),
-        follow_up(b"twin", dedup_key="k2"),
-        follow_up(b"plain", job_id="plain")]))
+    q.ack(
+        claim_one(q),
+        SettlementEffects(
+            enqueue=[
+                follow_up(b"skipped", dedup_key="k1"),
+                follow_up(b"new", dedup_key="k2", job_id="new"),
+                follow_up(b"twin", dedup_key="k2"),
+                follow_up(b"plain", job_id="plain"),
+            ]
+        ),
+    )
     s = q.stats(NEXT)
     assert s.pending == 3, s  # held, new, plain
     assert [claim_one(q, NEXT).id for _ in range(3)] == [held, "new", "plain"]
@@ -186,10 +211,14 @@ def test_an_invalid_effect_rejects_the_whole_settlement(q: Queue) -> None:
     c = claim_one(q)
     before = snapshot(q)
     bad = [
-        SettlementEffects(enqueue=[follow_up(b"1", job_id="ok"), follow_up(b"2", job_id="taken")],
-                          kv_writes={b"a": b"1"}),
-        SettlementEffects(enqueue=[follow_up(b"1", job_id="twice"),
-                                   follow_up(b"2", job_id="twice")], kv_writes={b"b": b"1"}),
+        SettlementEffects(
+            enqueue=[follow_up(b"1", job_id="ok"), follow_up(b"2", job_id="taken")],
+            kv_writes={b"a": b"1"},
+        ),
+        SettlementEffects(
+            enqueue=[follow_up(b"1", job_id="twice"), follow_up(b"2", job_id="twice")],
+            kv_writes={b"b": b"1"},
+        ),
     ]
     for effects in bad:
         for action in ("ack", "dead_letter", "nack"):
@@ -210,26 +239,42 @@ def test_an_invalid_effect_rejects_the_whole_settlement(q: Queue) -> None:
     assert q.stats(Q).done == 1
 
 
-@pytest.mark.parametrize(("make", "error", "pattern"), [
-    (lambda: EnqueueRequest("", b"x"), InvalidArgument, "queue name"),
-    (lambda: EnqueueRequest(NEXT, "text"), InvalidArgument, "EnqueueRequest.payload"),
-    (lambda: EnqueueRequest(NEXT, b"x", {"priority": 1}), InvalidArgument,
-     "EnqueueRequest.options"),
-    (lambda: EnqueueRequest(NEXT, b"x", EnqueueOptions(dedup_key="\udc80")), InvalidArgument,
-     "dedup_key"),
-    (lambda: SettlementEffects(enqueue=[b"x"]), InvalidArgument, r"enqueue\[0\]"),
-    (lambda: SettlementEffects(enqueue=b"x"), InvalidArgument, "SettlementEffects.enqueue"),
-    (lambda: SettlementEffects(kv_writes={b"": b"x"}), InvalidArgument, "KV key"),
-    (lambda: SettlementEffects(kv_writes=[(b"k", b"v")]), InvalidArgument, "kv_writes"),
-    (lambda: SettlementEffects(kv_writes={b"k": b"v" * (MAX_KV_VALUE_SIZE + 1)}),
-     KvValueTooLarge, "MAX_KV_VALUE_SIZE"),
-    (lambda: SettlementEffects(kv_deletes=b"key"), InvalidArgument, "kv_deletes"),
-    (lambda: SettlementEffects(kv_deletes=[b"k" * 1025]), InvalidArgument, "KV key"),
-    (lambda: SettlementEffects(kv_writes={b"k": b"v"}, kv_deletes=[b"k"]), InvalidArgument,
-     "both written and deleted"),
-])
-def test_bad_effects_are_refused_when_made(make: Callable[[], object], error: type[Exception],
-                                           pattern: str) -> None:
+@pytest.mark.parametrize(
+    ("make", "error", "pattern"),
+    [
+        (lambda: EnqueueRequest("", b"x"), InvalidArgument, "queue name"),
+        (lambda: EnqueueRequest(NEXT, "text"), InvalidArgument, "EnqueueRequest.payload"),
+        (
+            lambda: EnqueueRequest(NEXT, b"x", {"priority": 1}),
+            InvalidArgument,
+            "EnqueueRequest.options",
+        ),
+        (
+            lambda: EnqueueRequest(NEXT, b"x", EnqueueOptions(dedup_key="\udc80")),
+            InvalidArgument,
+            "dedup_key",
+        ),
+        (lambda: SettlementEffects(enqueue=[b"x"]), InvalidArgument, r"enqueue\[0\]"),
+        (lambda: SettlementEffects(enqueue=b"x"), InvalidArgument, "SettlementEffects.enqueue"),
+        (lambda: SettlementEffects(kv_writes={b"": b"x"}), InvalidArgument, "KV key"),
+        (lambda: SettlementEffects(kv_writes=[(b"k", b"v")]), InvalidArgument, "kv_writes"),
+        (
+            lambda: SettlementEffects(kv_writes={b"k": b"v" * (MAX_KV_VALUE_SIZE + 1)}),
+            KvValueTooLarge,
+            "MAX_KV_VALUE_SIZE",
+        ),
+        (lambda: SettlementEffects(kv_deletes=b"key"), InvalidArgument, "kv_deletes"),
+        (lambda: SettlementEffects(kv_deletes=[b"k" * 1025]), InvalidArgument, "KV key"),
+        (
+            lambda: SettlementEffects(kv_writes={b"k": b"v"}, kv_deletes=[b"k"]),
+            InvalidArgument,
+            "both written and deleted",
+        ),
+    ],
+)
+def test_bad_effects_are_refused_when_made(
+    make: Callable[[], object], error: type[Exception], pattern: str
+) -> None:
     with pytest.raises(error, match=pattern) as info:
         make()
     assert isinstance(info.value, TaqubaError)
@@ -240,16 +285,20 @@ def test_an_oversized_follow_up_payload_is_refused() -> None:
         EnqueueRequest(NEXT, bytes(MAX_PAYLOAD_SIZE + 1))
 
 
-def test_a_late_settlement_raises_claim_lost_and_applies_nothing(q: Queue,
-                                                                 clock: ManualClock) -> None:
+def test_a_late_settlement_raises_claim_lost_and_applies_nothing(
+    q: Queue, clock: ManualClock
+) -> None:
     job_id = q.enqueue(Q, b"x")
     c = q.claim(Q, lease=5.0)
     assert c is not None
     clock.advance(6)
     assert q.reap_now() == 1  # the lease expired: back to pending
     fx = SettlementEffects(enqueue=[follow_up(b"y", job_id="y")], kv_writes={b"a": b"1"})
-    for settle in (lambda: q.ack(c, fx), lambda: q.dead_letter(c, "r", fx),
-                   lambda: q.nack(c, "e", fx)):
+    for settle in (
+        lambda: q.ack(c, fx),
+        lambda: q.dead_letter(c, "r", fx),
+        lambda: q.nack(c, "e", fx),
+    ):
         with pytest.raises(ClaimLost):
             settle()
     assert q.get_job("y") is None and q.kv_get(b"a") is None
@@ -257,8 +306,9 @@ def test_a_late_settlement_raises_claim_lost_and_applies_nothing(q: Queue,
 
 
 def test_effects_pickle() -> None:
-    fx = SettlementEffects(enqueue=[follow_up(b"y", job_id="y")], kv_writes={b"a": b"1"},
-                           kv_deletes=[b"b"])
+    fx = SettlementEffects(
+        enqueue=[follow_up(b"y", job_id="y")], kv_writes={b"a": b"1"}, kv_deletes=[b"b"]
+    )
     assert pickle.loads(pickle.dumps(fx)) == fx
 
 
@@ -316,8 +366,9 @@ def test_a_handler_returning_effects_acks_with_them(q: Queue) -> None:
                 shutdown.set()
                 raise PermanentFailure("stop")
             return SettlementEffects(enqueue=[follow_up(b"x", job_id="taken")])
-        return SettlementEffects(enqueue=[follow_up(b"then", job_id="then")],
-                                 kv_writes={b"a": claim.payload})
+        return SettlementEffects(
+            enqueue=[follow_up(b"then", job_id="then")], kv_writes={b"a": claim.payload}
+        )
 
     run_worker(q, Q, handler, shutdown=shutdown, poll_interval=0.05)
     assert q.get_job("go") is None and q.stats(Q).done == 1
@@ -332,17 +383,21 @@ def test_a_handler_returning_effects_acks_with_them(q: Queue) -> None:
 
 def _check_atomic(root: str, settled: set[str]) -> int:
     """Every source job's settlement and its effects are all there or all missing."""
-    with Queue.open(root, options=OpenOptions(default_queue_config=child.CONFIG,
-                                              background_threads=False)) as q:
+    with Queue.open(
+        root, options=OpenOptions(default_queue_config=child.CONFIG, background_threads=False)
+    ) as q:
         applied = 0
         for n in range(child.JOBS):
             job_id = child.source_id(n)
             record = q.get_job(job_id)
             assert record is not None
             done = record.status in (JobStatus.DONE, JobStatus.DEAD)
-            parts = (done, q.get_job(f"f-{job_id}") is not None,
-                     q.kv_get(f"k:{job_id}".encode()) == job_id.encode(),
-                     q.kv_get(f"d:{job_id}".encode()) is None)
+            parts = (
+                done,
+                q.get_job(f"f-{job_id}") is not None,
+                q.kv_get(f"k:{job_id}".encode()) == job_id.encode(),
+                q.kv_get(f"d:{job_id}".encode()) is None,
+            )
             assert parts in ((True,) * 4, (False,) * 4), (job_id, parts)
             if job_id in settled:
                 assert done, f"{job_id}: its settlement returned, yet it is not settled"
@@ -353,8 +408,12 @@ def _check_atomic(root: str, settled: set[str]) -> int:
 def test_settlements_with_effects_are_atomic_across_sigkills(tmp_path: Path) -> None:
     root = str(tmp_path / "root")
     script = str(child.__file__)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     rng = random.Random(12)
     settled: set[str] = set()
     kills = 0

@@ -35,21 +35,40 @@ ODD_TIME = 1_700_000_000.123_456_7
 NewJob = tuple[str, bytes, int, int, float | None, str | None, dict[str, str] | None]
 
 
-def job(job_id: str, payload: bytes = b"p", priority: int = ev.DEFAULT_PRIORITY,
-        max_attempts: int = ev.DEFAULT_MAX_ATTEMPTS, run_at: float | None = None,
-        dedup_key: str | None = None, headers: dict[str, str] | None = None) -> NewJob:
+def job(
+    job_id: str,
+    payload: bytes = b"p",
+    priority: int = ev.DEFAULT_PRIORITY,
+    max_attempts: int = ev.DEFAULT_MAX_ATTEMPTS,
+    run_at: float | None = None,
+    dedup_key: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> NewJob:
     return (job_id, payload, priority, max_attempts, run_at, dedup_key, headers)
 
 
-def enqueued(queue: str, at: float, jobs: list[NewJob],
-             kv: list[tuple[bytes, bytes]] | tuple[()] = ()) -> ev.Enqueued:
+def enqueued(
+    queue: str, at: float, jobs: list[NewJob], kv: list[tuple[bytes, bytes]] | tuple[()] = ()
+) -> ev.Enqueued:
     """An Enqueued event with a spec for every job (the general form)."""
-    return ev.Enqueued(queue, at, [j[0] for j in jobs], [j[1] for j in jobs],
-                       specs=[ev.JobSpec(*j[2:]) for j in jobs], kv=list(kv))
+    return ev.Enqueued(
+        queue,
+        at,
+        [j[0] for j in jobs],
+        [j[1] for j in jobs],
+        specs=[ev.JobSpec(*j[2:]) for j in jobs],
+        kv=list(kv),
+    )
 
 
-def plain(queue: str, at: float, job_ids: list[str], payloads: list[bytes], priority: int,
-          max_attempts: int) -> ev.Enqueued:
+def plain(
+    queue: str,
+    at: float,
+    job_ids: list[str],
+    payloads: list[bytes],
+    priority: int,
+    max_attempts: int,
+) -> ev.Enqueued:
     """An Enqueued event of jobs that share everything but id and payload (the fast form)."""
     return ev.Enqueued(queue, at, job_ids, payloads, priority, max_attempts)
 
@@ -61,8 +80,17 @@ def jobs_of(e: ev.Enqueued) -> list[NewJob]:
         if spec is None:
             out.append(job(job_id, payload, e.priority, e.max_attempts))
         else:
-            out.append(job(job_id, payload, spec.priority, spec.max_attempts, spec.run_at,
-                           spec.dedup_key, dict(spec.headers) if spec.headers else None))
+            out.append(
+                job(
+                    job_id,
+                    payload,
+                    spec.priority,
+                    spec.max_attempts,
+                    spec.run_at,
+                    spec.dedup_key,
+                    dict(spec.headers) if spec.headers else None,
+                )
+            )
     return out
 
 
@@ -70,8 +98,14 @@ def view(e: ev.Event) -> tuple[Any, ...]:
     """What an event means, whatever form it takes (specs or common values)."""
     if isinstance(e, ev.Enqueued):
         return ("enqueue", e.queue, e.at, jobs_of(e), [tuple(kv) for kv in e.kv])
-    return (type(e).__name__, *(list(v) if isinstance(v, (list, tuple)) else v
-                                for name, v in zip(e._fields, e) if name != "key"))
+    return (
+        type(e).__name__,
+        *(
+            list(v) if isinstance(v, (list, tuple)) else v
+            for name, v in zip(e._fields, e)
+            if name != "key"
+        ),
+    )
 
 
 def carry_ids() -> list[str]:
@@ -83,15 +117,41 @@ def carry_ids() -> list[str]:
 ENQUEUES: list[tuple[str, str, float, list[NewJob], list[tuple[bytes, bytes]]]] = [
     ("plain", "jobs", T0, [job(A)], []),
     ("empty-payload", "jobs", ODD_TIME, [job(A, b"")], []),
-    ("all-options", "é-queue", ODD_TIME, [job(
-        "user-job_1", b"\x00" * 300, priority=0, max_attempts=2**31, run_at=T0 + 0.1,
-        dedup_key="dédup", headers={"trace": "abc", "ünï": "cödé", "": ""})],
-     [(b"k", b"v"), (b"\xff" * 1024, b"\x00" * 70_000)]),
+    (
+        "all-options",
+        "é-queue",
+        ODD_TIME,
+        [
+            job(
+                "user-job_1",
+                b"\x00" * 300,
+                priority=0,
+                max_attempts=2**31,
+                run_at=T0 + 0.1,
+                dedup_key="dédup",
+                headers={"trace": "abc", "ünï": "cödé", "": ""},
+            )
+        ],
+        [(b"k", b"v"), (b"\xff" * 1024, b"\x00" * 70_000)],
+    ),
     ("max-priority", "q", T0, [job(B, priority=2**32 - 1, max_attempts=1)], []),
-    ("batch-mixed", "jobs", T0, [
-        job(A), job(B), job(C), job("x"), job(C), job(CANONICAL_USER_ID), job(A),
-        *[job(i, bytes([k]) * k) for k, i in enumerate(carry_ids())],
-        job("A" * 128, priority=5)], [(b"key", b"")]),
+    (
+        "batch-mixed",
+        "jobs",
+        T0,
+        [
+            job(A),
+            job(B),
+            job(C),
+            job("x"),
+            job(C),
+            job(CANONICAL_USER_ID),
+            job(A),
+            *[job(i, bytes([k]) * k) for k, i in enumerate(carry_ids())],
+            job("A" * 128, priority=5),
+        ],
+        [(b"key", b"")],
+    ),
     ("large-payload", "jobs", T0, [job(A, b"y" * 100_000)], []),
 ]
 
@@ -101,19 +161,34 @@ def sample_events() -> list[tuple[str, ev.Event]]:
     out: list[tuple[str, ev.Event]] = []
     for name, queue, at, jobs, kv in ENQUEUES:
         out.append((f"enqueue-{name}", enqueued(queue, at, jobs, kv)))
-    out.append(("enqueue-plain-batch", plain("jobs", T0, G.new_many(T0, 300),
-                                             [b"z" * k for k in range(300)], 7, 2)))
+    out.append(
+        (
+            "enqueue-plain-batch",
+            plain("jobs", T0, G.new_many(T0, 300), [b"z" * k for k in range(300)], 7, 2),
+        )
+    )
     for i, job_id in enumerate([A, *TEXT_IDS, CANONICAL_USER_ID]):
-        for attempts, lease in [(1, 30.0), (200, 0.25), (3, 1e300), (1, 2.0**53), (7, 63.0),
-                                (1, 64.0)]:
-            out.append((f"claim-{i}-{attempts}-{lease}",
-                        ev.Claimed(job_id, attempts, ODD_TIME, lease)))
+        for attempts, lease in [
+            (1, 30.0),
+            (200, 0.25),
+            (3, 1e300),
+            (1, 2.0**53),
+            (7, 63.0),
+            (1, 64.0),
+        ]:
+            out.append(
+                (f"claim-{i}-{attempts}-{lease}", ev.Claimed(job_id, attempts, ODD_TIME, lease))
+            )
         out.append((f"renew-{i}", ev.Renewed(job_id, ODD_TIME)))
         out.append((f"ack-drop-{i}", ev.Acked(job_id, False)))
         out.append((f"ack-keep-{i}", ev.Acked(job_id, True, ODD_TIME)))
         out.append((f"fail-dead-{i}", ev.Failed(job_id, ev.TO_DEAD, ODD_TIME, None, "bóom")))
-        out.append((f"fail-scheduled-{i}",
-                    ev.Failed(job_id, ev.TO_SCHEDULED, None, ODD_TIME, "x" * 20_000)))
+        out.append(
+            (
+                f"fail-scheduled-{i}",
+                ev.Failed(job_id, ev.TO_SCHEDULED, None, ODD_TIME, "x" * 20_000),
+            )
+        )
         out.append((f"fail-pending-{i}", ev.Failed(job_id, ev.TO_PENDING)))
         out.append((f"cancel-{i}", ev.Cancelled(job_id)))
         out.append((f"requeue-{i}", ev.DeadRequeued(job_id)))
@@ -123,21 +198,55 @@ def sample_events() -> list[tuple[str, ev.Event]]:
         out.append((f"{ev.KIND_NAMES[ev.KIND_OF[cls]]}-empty", cls([])))
     out.append(("kv-delete", ev.KvDeleted([b"a", b"\x00" * 300, b""])))
     out.append(("kv-put", ev.KvWritten([(b"a", b"b"), (b"\x00" * 300, b"\xff" * 70_000)])))
-    out.append(("settled-ack", ev.Settled(ev.Acked(A, True, ODD_TIME), [
-        enqueued("next", T0, [job(B, b"n", run_at=T0 + 5, dedup_key="d")], []),
-        ev.KvWritten([(b"k", b"v")]), ev.KvDeleted([b"x"])])))
-    out.append(("settled-dead", ev.Settled(ev.Failed("x", ev.TO_DEAD, ODD_TIME, None, "e"),
-                                           [ev.KvDeleted([b"x"])])))
+    out.append(
+        (
+            "settled-ack",
+            ev.Settled(
+                ev.Acked(A, True, ODD_TIME),
+                [
+                    enqueued("next", T0, [job(B, b"n", run_at=T0 + 5, dedup_key="d")], []),
+                    ev.KvWritten([(b"k", b"v")]),
+                    ev.KvDeleted([b"x"]),
+                ],
+            ),
+        )
+    )
+    out.append(
+        (
+            "settled-dead",
+            ev.Settled(ev.Failed("x", ev.TO_DEAD, ODD_TIME, None, "e"), [ev.KvDeleted([b"x"])]),
+        )
+    )
     out.append(("settled-nothing", ev.Settled(ev.Acked(A, False), [])))
-    out.append(("schedule-set", ev.ScheduleSet("nightly", "30 2 * * *", "Europe/Paris", "q",
-                                               b"\x00p", ODD_TIME)))
-    out.append(("schedule-set-all", ev.ScheduleSet("é", "@hourly", "America/New_York", "q",
-                                                   b"", T0, ODD_TIME, 0, 2**32 - 1,
-                                                   {"a": "b"})))
+    out.append(
+        (
+            "schedule-set",
+            ev.ScheduleSet("nightly", "30 2 * * *", "Europe/Paris", "q", b"\x00p", ODD_TIME),
+        )
+    )
+    out.append(
+        (
+            "schedule-set-all",
+            ev.ScheduleSet(
+                "é", "@hourly", "America/New_York", "q", b"", T0, ODD_TIME, 0, 2**32 - 1, {"a": "b"}
+            ),
+        )
+    )
     out.append(("schedule-removed", ev.ScheduleRemoved("é")))
     out.append(("schedule-fired", ev.ScheduleFired("n", T0, ODD_TIME)))
-    out.append(("schedule-fired-job", ev.ScheduleFired("n", T0, ODD_TIME, enqueued(
-        "q", T0, [job(A, b"p", dedup_key="taquba-schedule:n:1", headers={"h": "v"})], []))))
+    out.append(
+        (
+            "schedule-fired-job",
+            ev.ScheduleFired(
+                "n",
+                T0,
+                ODD_TIME,
+                enqueued(
+                    "q", T0, [job(A, b"p", dedup_key="taquba-schedule:n:1", headers={"h": "v"})], []
+                ),
+            ),
+        )
+    )
     return out
 
 
@@ -149,8 +258,9 @@ def sample_records() -> list[tuple[str, bytes, int, ev.Event]]:
 SAMPLES = sample_records()
 
 
-@pytest.mark.parametrize(("record", "kind", "args"), [s[1:] for s in SAMPLES],
-                         ids=[s[0] for s in SAMPLES])
+@pytest.mark.parametrize(
+    ("record", "kind", "args"), [s[1:] for s in SAMPLES], ids=[s[0] for s in SAMPLES]
+)
 def test_every_record_round_trips_exactly(record: bytes, kind: int, args: ev.Event) -> None:
     assert record[0] == RECORD_FORMAT_VERSION << 4 | kind
     got = ev.decode(record)
@@ -188,8 +298,14 @@ def test_plain_enqueue_encoding_is_the_general_one(priority: int, max_attempts: 
     assert va is not None
     carry_last = ids.decode(carry_ids()[2])  # ends in ...FF: its successor ends in "00"
     assert carry_last is not None and carry_last & 0xFF == 0xFF
-    decoys = [A, ids.encode((va + 1) ^ (1 << 100)), carry_ids()[2],
-              ids.encode((carry_last + 1) ^ (1 << 90)), carry_ids()[2], carry_ids()[3]]
+    decoys = [
+        A,
+        ids.encode((va + 1) ^ (1 << 100)),
+        carry_ids()[2],
+        ids.encode((carry_last + 1) ^ (1 << 90)),
+        carry_ids()[2],
+        carry_ids()[3],
+    ]
     batches = [
         G.new_many(T0, 1000),
         carry_ids(),
@@ -199,8 +315,9 @@ def test_plain_enqueue_encoding_is_the_general_one(priority: int, max_attempts: 
     ]
     for job_ids in batches:
         payloads = [rng.randbytes(rng.choice([0, 5, 127, 128, 300, 16_384])) for _ in job_ids]
-        general = enqueued("jobs", T0, [
-            job(i, p, priority, max_attempts) for i, p in zip(job_ids, payloads)]).encode()
+        general = enqueued(
+            "jobs", T0, [job(i, p, priority, max_attempts) for i, p in zip(job_ids, payloads)]
+        ).encode()
         record = plain("jobs", T0, job_ids, payloads, priority, max_attempts).encode()
         assert record == general
         got = ev.decode(record)
@@ -245,9 +362,17 @@ def test_encoders_refuse_what_no_decoder_would_accept() -> None:
 
 @pytest.mark.parametrize("record", [s[1] for s in SAMPLES], ids=[s[0] for s in SAMPLES])
 def test_every_truncation_and_any_trailing_byte_is_corruption(record: bytes) -> None:
-    cuts = range(len(record)) if len(record) < 400 else \
-        sorted({*range(60), *range(len(record) - 60, len(record)),
-                *random.Random(len(record)).sample(range(len(record)), 200)})
+    cuts = (
+        range(len(record))
+        if len(record) < 400
+        else sorted(
+            {
+                *range(60),
+                *range(len(record) - 60, len(record)),
+                *random.Random(len(record)).sample(range(len(record)), 200),
+            }
+        )
+    )
     for cut in cuts:
         with pytest.raises(CorruptionError):
             ev.decode(record[:cut])
@@ -274,36 +399,103 @@ def test_other_format_versions_and_unknown_kinds_are_rejected_by_name() -> None:
         State.restore(b"\x64\x00\x00\x00\x02{}")
 
 
-@pytest.mark.parametrize(("name", "record", "pattern"), [
-    ("claim-unknown-flag", ev.Claimed(A, 1, T0, 30.0).encode()[:1] + b"\x80"
-     + ev.Claimed(A, 1, T0, 30.0).encode()[2:], "unknown flags"),
-    ("claim-zero-attempts", ev.Claimed(A, 1, T0, 30.0).encode()[:18] + b"\x00"
-     + ev.Claimed(A, 1, T0, 30.0).encode()[19:], "attempts 0"),
-    ("claim-nan-time", ev.Claimed(A, 1, T0, 30.0).encode()[:19] + struct.pack(">d", math.nan)
-     + ev.Claimed(A, 1, T0, 30.0).encode()[27:], "non-finite"),
-    ("claim-bad-duration", ev.Claimed(A, 1, T0, 30.0).encode()[:-1] + b"\x03", "duration"),
-    ("fail-destination-3", bytes([RECORD_FORMAT_VERSION << 4 | ev.FAIL, 0x06]) + bytes(16),
-     "destination 3"),
-    ("ack-text-id-too-long", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 129]) + b"a" * 129,
-     "id length"),
-    ("ack-text-id-bad-char", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 3]) + b"a b",
-     "invalid job id"),
-    ("ack-text-id-empty", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 0]), "id length"),
-    ("promote-huge-count", bytes([RECORD_FORMAT_VERSION << 4 | ev.PROMOTE, 0xFF, 0xFF, 0x03]),
-     "exceeds"),
-    ("overlong-varint", bytes([RECORD_FORMAT_VERSION << 4 | ev.KV_DELETE]) + b"\x80" * 11 + b"\x00",
-     "overlong"),
-    ("enqueue-next-without-previous", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
-     + struct.pack(">d", T0) + b"\x02\x01\x00", "previous"),
-    ("enqueue-zero-jobs", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
-     + struct.pack(">d", T0) + b"\x00", "job count"),
-    ("enqueue-bad-utf8-queue", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"\xff"
-     + struct.pack(">d", T0) + b"\x02\x00" + bytes(16) + b"\x00", "UTF-8"),
-    ("enqueue-reserved-flag", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
-     + struct.pack(">d", T0) + b"\x02\x80" + bytes(16) + b"\x00", "unknown flags"),
-    ("enqueue-id-form-3", bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1]) + b"q"
-     + struct.pack(">d", T0) + b"\x02\x03\x00", "id form"),
-])
+@pytest.mark.parametrize(
+    ("name", "record", "pattern"),
+    [
+        (
+            "claim-unknown-flag",
+            ev.Claimed(A, 1, T0, 30.0).encode()[:1]
+            + b"\x80"
+            + ev.Claimed(A, 1, T0, 30.0).encode()[2:],
+            "unknown flags",
+        ),
+        (
+            "claim-zero-attempts",
+            ev.Claimed(A, 1, T0, 30.0).encode()[:18]
+            + b"\x00"
+            + ev.Claimed(A, 1, T0, 30.0).encode()[19:],
+            "attempts 0",
+        ),
+        (
+            "claim-nan-time",
+            ev.Claimed(A, 1, T0, 30.0).encode()[:19]
+            + struct.pack(">d", math.nan)
+            + ev.Claimed(A, 1, T0, 30.0).encode()[27:],
+            "non-finite",
+        ),
+        ("claim-bad-duration", ev.Claimed(A, 1, T0, 30.0).encode()[:-1] + b"\x03", "duration"),
+        (
+            "fail-destination-3",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.FAIL, 0x06]) + bytes(16),
+            "destination 3",
+        ),
+        (
+            "ack-text-id-too-long",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 129]) + b"a" * 129,
+            "id length",
+        ),
+        (
+            "ack-text-id-bad-char",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 3]) + b"a b",
+            "invalid job id",
+        ),
+        ("ack-text-id-empty", bytes([RECORD_FORMAT_VERSION << 4 | ev.ACK, 0x01, 0]), "id length"),
+        (
+            "promote-huge-count",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.PROMOTE, 0xFF, 0xFF, 0x03]),
+            "exceeds",
+        ),
+        (
+            "overlong-varint",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.KV_DELETE]) + b"\x80" * 11 + b"\x00",
+            "overlong",
+        ),
+        (
+            "enqueue-next-without-previous",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1])
+            + b"q"
+            + struct.pack(">d", T0)
+            + b"\x02\x01\x00",
+            "previous",
+        ),
+        (
+            "enqueue-zero-jobs",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1])
+            + b"q"
+            + struct.pack(">d", T0)
+            + b"\x00",
+            "job count",
+        ),
+        (
+            "enqueue-bad-utf8-queue",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1])
+            + b"\xff"
+            + struct.pack(">d", T0)
+            + b"\x02\x00"
+            + bytes(16)
+            + b"\x00",
+            "UTF-8",
+        ),
+        (
+            "enqueue-reserved-flag",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1])
+            + b"q"
+            + struct.pack(">d", T0)
+            + b"\x02\x80"
+            + bytes(16)
+            + b"\x00",
+            "unknown flags",
+        ),
+        (
+            "enqueue-id-form-3",
+            bytes([RECORD_FORMAT_VERSION << 4 | ev.ENQUEUE, 1])
+            + b"q"
+            + struct.pack(">d", T0)
+            + b"\x02\x03\x00",
+            "id form",
+        ),
+    ],
+)
 def test_malformed_fields_are_named(name: str, record: bytes, pattern: str) -> None:
     with pytest.raises(CorruptionError, match=pattern) as info:
         ev.decode(record)
@@ -327,7 +519,8 @@ def test_random_damage_raises_corruption_or_decodes_never_anything_else() -> Non
                 pass
     for _ in range(3_000):
         data = bytes([RECORD_FORMAT_VERSION << 4 | rng.randrange(1, 12)]) + rng.randbytes(
-            rng.randrange(0, 60))
+            rng.randrange(0, 60)
+        )
         try:
             State().apply_record(data)
         except CorruptionError:
@@ -342,10 +535,12 @@ def busy_state() -> State:
     s = State()
     g = ids.IdGenerator()
     jobs = [job(i, bytes([k % 256]) * k) for k, i in enumerate(g.new_many(T0, 40))]
-    jobs += [job("user-1", b"u", priority=5, max_attempts=9, headers={"h": "v", "é": "ü"}),
-             job("user-2", b"", dedup_key="dk-1"),
-             job(g.new(T0), b"s", run_at=T0 + 50, dedup_key="dk-2"),
-             job(CANONICAL_USER_ID, b"c")]
+    jobs += [
+        job("user-1", b"u", priority=5, max_attempts=9, headers={"h": "v", "é": "ü"}),
+        job("user-2", b"", dedup_key="dk-1"),
+        job(g.new(T0), b"s", run_at=T0 + 50, dedup_key="dk-2"),
+        job(CANONICAL_USER_ID, b"c"),
+    ]
     s.apply(enqueued("jobs", T0, jobs, [(b"k1", b"v1"), (b"k2", b"\x00" * 500)]))
     s.apply(plain("other", ODD_TIME, g.new_many(T0 + 1, 5), [b"o"] * 5, 7, 2))
     ids_ = [j[0] for j in jobs]
@@ -381,23 +576,58 @@ def index_view(s: State) -> Any:
     queues = {}
     for name, q in s.queues.items():
         queues[name] = (
-            sorted({(p, j.seq, j.id) for p, lane in q.lanes.items()
+            sorted(
+                {
+                    (p, j.seq, j.id)
+                    for p, lane in q.lanes.items()
                     for j in [*lane.fresh, *(jobs.get(i) for _, i in lane.returned)]
-                    if j is not None and jobs.get(j.id) is j
-                    and j.status is JobStatus.PENDING}),
-            dict(q.dedup), dict(q.counts), q.done_total,
-            live(q.done_heap, lambda e: (j := jobs.get(e[1])) is not None
-                 and j.status is JobStatus.DONE and j.completed_at == e[0]),
-            live(q.dead_heap, lambda e: (j := jobs.get(e[1])) is not None
-                 and j.status is JobStatus.DEAD and j.failed_at == e[0]),
-            list(q.dead))
-    return (queues,
-            live(s.scheduled, lambda e: (j := jobs.get(e[2])) is not None
-                 and j.status is JobStatus.SCHEDULED and j.run_at == e[0]),
-            live(s.leases, lambda e: (j := jobs.get(e[1])) is not None
-                 and j.status is JobStatus.CLAIMED and j.lease_expires_at == e[0]
-                 and j.attempts == e[2]),
-            s.next_seq, dict(s.kv), s.live_bytes)
+                    if j is not None and jobs.get(j.id) is j and j.status is JobStatus.PENDING
+                }
+            ),
+            dict(q.dedup),
+            dict(q.counts),
+            q.done_total,
+            live(
+                q.done_heap,
+                lambda e: (
+                    (j := jobs.get(e[1])) is not None
+                    and j.status is JobStatus.DONE
+                    and j.completed_at == e[0]
+                ),
+            ),
+            live(
+                q.dead_heap,
+                lambda e: (
+                    (j := jobs.get(e[1])) is not None
+                    and j.status is JobStatus.DEAD
+                    and j.failed_at == e[0]
+                ),
+            ),
+            list(q.dead),
+        )
+    return (
+        queues,
+        live(
+            s.scheduled,
+            lambda e: (
+                (j := jobs.get(e[2])) is not None
+                and j.status is JobStatus.SCHEDULED
+                and j.run_at == e[0]
+            ),
+        ),
+        live(
+            s.leases,
+            lambda e: (
+                (j := jobs.get(e[1])) is not None
+                and j.status is JobStatus.CLAIMED
+                and j.lease_expires_at == e[0]
+                and j.attempts == e[2]
+            ),
+        ),
+        s.next_seq,
+        dict(s.kv),
+        s.live_bytes,
+    )
 
 
 def job_view(s: State) -> dict[str, Any]:
@@ -448,8 +678,7 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s.apply(enqueued("jobs", T0, [job(A)]))
     data = s.snapshot()
     _, queues, _, kv, _, _, _ = snap.decode(data)
-    twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues],
-                        [s.jobs[A], s.jobs[A]], kv)
+    twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues], [s.jobs[A], s.jobs[A]], kv)
     with pytest.raises(CorruptionError, match="twice"):
         State.restore(twice)
 
@@ -515,8 +744,9 @@ class Recording:
     def __init__(self, config: QueueConfig | None = None) -> None:
         self.clock = ManualClock()
         self.root = f"memory://events-{random.getrandbits(64):x}"
-        options = OpenOptions(clock=self.clock, background_threads=False,
-                              default_queue_config=config or QueueConfig())
+        options = OpenOptions(
+            clock=self.clock, background_threads=False, default_queue_config=config or QueueConfig()
+        )
         self.q = Queue.open(self.root, options=options)
         self.records: list[bytes] = []
         submit = self.q.committer.submit_locked
@@ -533,17 +763,26 @@ class Recording:
 
 
 def test_a_state_replayed_from_the_records_equals_the_live_one() -> None:
-    rec = Recording(QueueConfig(keep_done=3600, dead_retention=100, retry_backoff_base=2.0,
-                                max_attempts=2, lease=10))
+    rec = Recording(
+        QueueConfig(
+            keep_done=3600, dead_retention=100, retry_backoff_base=2.0, max_attempts=2, lease=10
+        )
+    )
     q, clock = rec.q, rec.clock
     try:
         batch = q.enqueue_batch("jobs", [b"b" * k for k in range(300)])
-        q.enqueue("jobs", b"opts", priority=5, max_attempts=4, headers={"a": "b"},
-                  dedup_key="d1", job_id="custom-1")
+        q.enqueue(
+            "jobs",
+            b"opts",
+            priority=5,
+            max_attempts=4,
+            headers={"a": "b"},
+            dedup_key="d1",
+            job_id="custom-1",
+        )
         q.enqueue("jobs", b"later", delay=30, dedup_key="d2")
         q.enqueue("other", b"at", run_at=T0 + 5)
-        q.enqueue_with_kv("jobs", b"kv", {b"k": b"v", b"k2": b"v2"},
-                          EnqueueOptions(priority=0))
+        q.enqueue_with_kv("jobs", b"kv", {b"k": b"v", b"k2": b"v2"}, EnqueueOptions(priority=0))
         q.enqueue("jobs", b"again", dedup_key="d1")  # a dedup hit: no record
         claims = q.claim_batch("jobs", 8, lease=0.75)
         q.ack(claims[0])

@@ -34,23 +34,49 @@ def load_example(name: str) -> ModuleType:
 
 def test_worker_script_runs_a_finite_demo(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "worker_script.py"), "--data", str(tmp_path / "q"),
-         "--jobs", "10", "--seconds", "0.01"],
-        capture_output=True, text=True, timeout=WAIT, check=False)
+        [
+            sys.executable,
+            str(EXAMPLES / "worker_script.py"),
+            "--data",
+            str(tmp_path / "q"),
+            "--jobs",
+            "10",
+            "--seconds",
+            "0.01",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     # job 9 is a .txt: dead-lettered by PermanentFailure; the others are done
     assert "stopped: 9 done, 1 dead, 0 pending, 0 claimed" in result.stdout, result.stdout
 
 
-def test_sigterm_stops_the_worker_script_with_every_claimed_job_settled(
-        tmp_path: Path) -> None:
+def test_sigterm_stops_the_worker_script_with_every_claimed_job_settled(tmp_path: Path) -> None:
     root = tmp_path / "q"
     total = 40
     with open(tmp_path / "stderr.txt", "w+") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / "worker_script.py"), "--data", str(root),
-             "--jobs", str(total), "--seconds", "0.5", "--concurrency", "4", "--grace", "20"],
-            stdout=subprocess.PIPE, stderr=err, text=True)
+            [
+                sys.executable,
+                str(EXAMPLES / "worker_script.py"),
+                "--data",
+                str(root),
+                "--jobs",
+                str(total),
+                "--seconds",
+                "0.5",
+                "--concurrency",
+                "4",
+                "--grace",
+                "20",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         lines: list[str] = []
         running = threading.Event()
 
@@ -81,8 +107,11 @@ def test_sigterm_stops_the_worker_script_with_every_claimed_job_settled(
     assert "SIGTERM: stopping" in stderr
     started = set(re.findall(r"^started (\S+) ", output, re.MULTILINE))
     finished = set(re.findall(r"^finished (\S+)$", output, re.MULTILINE))
-    failed = {job for job in started
-              if re.search(rf"^started {re.escape(job)} notes-", output, re.MULTILINE)}
+    failed = {
+        job
+        for job in started
+        if re.search(rf"^started {re.escape(job)} notes-", output, re.MULTILINE)
+    }
     assert started and finished == started - failed  # every started job ran to the end
 
     with Queue.open(str(root)) as q:
@@ -96,15 +125,30 @@ def test_sigterm_stops_the_worker_script_with_every_claimed_job_settled(
 
 
 def test_worker_script_exits_non_zero_when_another_process_takes_the_queue_over(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A supervisor must see the failure: before, the worker loop died in its thread and the
     script still exited 0."""
     root = tmp_path / "q"
     with open(tmp_path / "stderr.txt", "w+") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(EXAMPLES / "worker_script.py"), "--data", str(root),
-             "--forever", "--jobs", "2", "--seconds", "5", "--fence-check-interval", "0.2"],
-            stdout=subprocess.PIPE, stderr=err, text=True)
+            [
+                sys.executable,
+                str(EXAMPLES / "worker_script.py"),
+                "--data",
+                str(root),
+                "--forever",
+                "--jobs",
+                "2",
+                "--seconds",
+                "5",
+                "--fence-check-interval",
+                "0.2",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         try:
             assert proc.stdout is not None
             while not (line := proc.stdout.readline()).startswith("started "):
@@ -141,7 +185,11 @@ def test_dask_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 def test_tasks_app_runs_its_demo(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / "tasks_app.py"), "--data", str(tmp_path / "q")],
-        capture_output=True, text=True, timeout=WAIT, check=False)
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "order 42: total 4.25"
@@ -162,8 +210,9 @@ def test_tasks_app_cron_job_runs_when_due(tmp_path: Path) -> None:
     app.tasks.location = str(tmp_path / "q")
     app.tasks.options = OpenOptions(clock=lambda: clock[0])
     shutdown = threading.Event()
-    worker = threading.Thread(target=app.tasks.run_worker,
-                              kwargs={"shutdown": shutdown, "poll_interval": 0.05})
+    worker = threading.Thread(
+        target=app.tasks.run_worker, kwargs={"shutdown": shutdown, "poll_interval": 0.05}
+    )
     worker.start()
     try:
         pause = threading.Event()

@@ -22,11 +22,14 @@ FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 def _options(now: float) -> OpenOptions:
     # The builder's queue configs: they decide retention and retries, not how records read.
     return OpenOptions(
-        clock=lambda: now, background_threads=False, checkpoint_min_bytes=1 << 30,
+        clock=lambda: now,
+        background_threads=False,
+        checkpoint_min_bytes=1 << 30,
         queue_configs={
             "kept": QueueConfig(keep_done=3600.0, retry_backoff_base=0.0, max_attempts=2),
             "retry": QueueConfig(retry_backoff_base=5.0, lease=7.5),
-        })
+        },
+    )
 
 
 def _record_json(rec: object) -> dict[str, object]:

@@ -121,9 +121,14 @@ SETUPS: dict[str, Setup] = {
 def test_idle_queue_makes_no_storage_requests(counted: tuple[Any, str], setup: Setup) -> None:
     fs, root = counted
     clock = CountingClock()
-    options = OpenOptions(reaper_interval=0.05, scheduler_interval=0.05, clock=clock,
-                          default_queue_config=QueueConfig(lease=3600, keep_done=86400),
-                          fence_check_interval=None, inbox_interval=None)
+    options = OpenOptions(
+        reaper_interval=0.05,
+        scheduler_interval=0.05,
+        clock=clock,
+        default_queue_config=QueueConfig(lease=3600, keep_done=86400),
+        fence_check_interval=None,
+        inbox_interval=None,
+    )
     q = Queue.open(fs, path=root, options=options)
     try:
         setup(q)
@@ -147,9 +152,13 @@ def test_idle_queue_makes_no_storage_requests(counted: tuple[Any, str], setup: S
 def test_idle_after_reopen_makes_no_storage_requests(counted: tuple[Any, str]) -> None:
     """Reopening a root with history (a released claim, scheduled jobs) also goes quiet."""
     fs, root = counted
-    options = OpenOptions(reaper_interval=0.05, scheduler_interval=0.05,
-                          default_queue_config=QueueConfig(lease=3600),
-                          fence_check_interval=None, inbox_interval=None)
+    options = OpenOptions(
+        reaper_interval=0.05,
+        scheduler_interval=0.05,
+        default_queue_config=QueueConfig(lease=3600),
+        fence_check_interval=None,
+        inbox_interval=None,
+    )
     with Queue.open(fs, path=root, options=options) as q:
         _pending_and_scheduled(q)
         _claimed_far_lease(q)

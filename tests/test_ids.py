@@ -15,8 +15,9 @@ from taquba.core.ids import IdGenerator
 
 CANONICAL = re.compile(r"[0-9A-HJKMNP-TV-Z]{25}[048CGMRW]")
 T = 1_700_000_000.0
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
-                                b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
+_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
 
 
 def reference(value: int) -> str:
@@ -49,8 +50,22 @@ def test_later_millisecond_sorts_after_earlier_one_across_generators() -> None:
 
 def test_encode_matches_the_reference_encoder_on_random_and_edge_values() -> None:
     rng = random.Random(1234)
-    values = [0, 1, 255, 256, 1023, 1024, (1 << 80) - 1, 1 << 80, (1 << 128) - 1,
-              (1 << 127), (1 << 88) - 1, 1 << 88, (1 << 38) - 1, 1 << 38]
+    values = [
+        0,
+        1,
+        255,
+        256,
+        1023,
+        1024,
+        (1 << 80) - 1,
+        1 << 80,
+        (1 << 128) - 1,
+        (1 << 127),
+        (1 << 88) - 1,
+        1 << 88,
+        (1 << 38) - 1,
+        1 << 38,
+    ]
     values += [rng.getrandbits(128) for _ in range(20_000)]
     values += [rng.getrandbits(rng.randrange(1, 129)) for _ in range(5_000)]
     for value in values:
@@ -65,23 +80,29 @@ def test_encode_rejects_values_outside_128_bits() -> None:
             ids.encode(bad)
 
 
-@pytest.mark.parametrize("text", [
-    "",
-    "0" * 25,
-    "0" * 27,
-    "0" * 25 + "1",  # the last digit's two low bits must be clear
-    "0" * 25 + "Z",
-    "0" * 25 + "_",
-    "_" + "0" * 25,
-    "+" + "0" * 25,
-    "-" + "0" * 25,
-    " " + "0" * 25,
-    "0" * 24 + " 0",
-    "01ARZ3NDEKTSV4RRFFQ69G5FA0".lower(),
-    "I" * 26, "L" * 26, "O" * 26, "U" * 26,
-    "é" * 26,
-    "0" * 12 + "_" + "0" * 13,
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "0" * 25,
+        "0" * 27,
+        "0" * 25 + "1",  # the last digit's two low bits must be clear
+        "0" * 25 + "Z",
+        "0" * 25 + "_",
+        "_" + "0" * 25,
+        "+" + "0" * 25,
+        "-" + "0" * 25,
+        " " + "0" * 25,
+        "0" * 24 + " 0",
+        "01ARZ3NDEKTSV4RRFFQ69G5FA0".lower(),
+        "I" * 26,
+        "L" * 26,
+        "O" * 26,
+        "U" * 26,
+        "é" * 26,
+        "0" * 12 + "_" + "0" * 13,
+    ],
+)
 def test_decode_accepts_only_canonical_text(text: str) -> None:
     assert ids.decode(text) is None
 
@@ -101,9 +122,9 @@ def _forced(last: int) -> IdGenerator:
     return gen
 
 
-@pytest.mark.parametrize("low", [
-    0, 1, 0xFE, 0xFF, 0x1FF, 0x3FF, 0xFFFF, (1 << 38) - 1, (1 << 40) - 1, (1 << 80) - 2,
-])
+@pytest.mark.parametrize(
+    "low", [0, 1, 0xFE, 0xFF, 0x1FF, 0x3FF, 0xFFFF, (1 << 38) - 1, (1 << 40) - 1, (1 << 80) - 2]
+)
 def test_same_millisecond_increments_across_carries(low: int) -> None:
     ms = int(T * 1000)
     gen = _forced(ms << 80 | low)

@@ -49,8 +49,12 @@ pytestmark = pytest.mark.skipif(not LocalStore.appendable, reason="no appending 
 
 def open_owner(root: Path, clock: ManualClock | None = None, **options: Any) -> Queue:
     config = QueueConfig(max_attempts=5, retry_backoff_base=0)
-    return Queue.open(str(root), options=OpenOptions(clock=clock, background_threads=False,
-                                                     default_queue_config=config, **options))
+    return Queue.open(
+        str(root),
+        options=OpenOptions(
+            clock=clock, background_threads=False, default_queue_config=config, **options
+        ),
+    )
 
 
 def files(root: Path) -> list[str]:
@@ -65,9 +69,13 @@ def claim_all(q: Queue) -> list[bytes]:
 
 
 def block(*payloads: bytes) -> bytes:
-    frames = [f for i, p in enumerate(payloads)
-              for f in submission_frames(SubmitEnqueue(queue=Q, job_ids=(f"job{p.hex()}{i}",),
-                                                       payloads=(p,)))]
+    frames = [
+        f
+        for i, p in enumerate(payloads)
+        for f in submission_frames(
+            SubmitEnqueue(queue=Q, job_ids=(f"job{p.hex()}{i}",), payloads=(p,))
+        )
+    ]
     return encode_submission_block(frames)
 
 
@@ -95,8 +103,11 @@ def test_producer_sigkilled_mid_append_loses_no_returned_call(tmp_path: Path) ->
     for _ in range(8):
         out = tmp_path / f"p{len(returned)}.out"
         with open(out, "wb") as f:
-            proc = subprocess.Popen([sys.executable, "-c", CHILD, str(root)], stdout=f,
-                                    env={**os.environ, "PYTHONPATH": REPO})
+            proc = subprocess.Popen(
+                [sys.executable, "-c", CHILD, str(root)],
+                stdout=f,
+                env={**os.environ, "PYTHONPATH": REPO},
+            )
         deadline = time.monotonic() + TIMEOUT
         while out.read_text().count("\n") < 2:
             assert proc.poll() is None and time.monotonic() < deadline, "child did not run"
@@ -134,12 +145,17 @@ def test_producer_sigkilled_mid_append_loses_no_returned_call(tmp_path: Path) ->
 # -- torn and damaged blocks -----------------------------------------------------------------
 
 
-def write_file(root: Path, producer: str, start: int, blocks: list[bytes], tail: bytes = b"",
-               zeros: int = 4096) -> Path:
+def write_file(
+    root: Path, producer: str, start: int, blocks: list[bytes], tail: bytes = b"", zeros: int = 4096
+) -> Path:
     path = root / INBOX_DIR / file_name(producer, start)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encode_file_head(producer, start, "n", blocks[0]) + b"".join(blocks[1:])
-                     + tail + bytes(zeros))
+    path.write_bytes(
+        encode_file_head(producer, start, "n", blocks[0])
+        + b"".join(blocks[1:])
+        + tail
+        + bytes(zeros)
+    )
     return path
 
 
@@ -150,7 +166,7 @@ def test_a_torn_block_ends_a_settled_file_and_is_never_applied(tmp_path: Path) -
     at = len(encode_file_head(producer, 0, "n", done[0]) + done[1])
     torn = block(b"t" * 3000)
     # A crash during its append: the sectors after its first never reached the disk.
-    cut = torn[:512 - at % 512] + bytes(len(torn) - (512 - at % 512))
+    cut = torn[: 512 - at % 512] + bytes(len(torn) - (512 - at % 512))
     write_file(root, producer, 0, done, tail=cut)
     q = open_owner(root)
     try:
@@ -185,8 +201,9 @@ def test_a_damaged_block_in_a_settled_file_is_refused(tmp_path: Path) -> None:
 # -- rolling over, failed appends, fork ------------------------------------------------------
 
 
-def test_files_roll_over_and_keep_the_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                            ) -> None:
+def test_files_roll_over_and_keep_the_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(producer_module, "FILE_BYTES", 600)
     root = tmp_path / "root"
     q = open_owner(root)
@@ -263,8 +280,7 @@ def test_a_forked_child_appends_to_a_file_of_its_own(tmp_path: Path) -> None:
 # -- quiet producers ------------------------------------------------------------------------
 
 
-def test_a_quiet_producers_file_is_removed_and_it_goes_on_in_a_new_one(tmp_path: Path
-                                                                         ) -> None:
+def test_a_quiet_producers_file_is_removed_and_it_goes_on_in_a_new_one(tmp_path: Path) -> None:
     root = tmp_path / "root"
     clock = ManualClock()
     q = open_owner(root, clock, inbox_retention=3600.0)

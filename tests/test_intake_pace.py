@@ -32,8 +32,11 @@ def test_pace_is_fixed_on_local_disk(tmp_path: Any) -> None:
 
 def test_idle_owner_on_a_remote_store_lists_its_inbox_less_and_less(tmp_path: Any) -> None:
     fs = FaultyFileSystem(fsspec.filesystem("memory"))
-    q = Queue.open(fs, "/pace-q", OpenOptions(inbox_busy_interval=0.01, inbox_interval=0.16,
-                                             fence_check_interval=None))
+    q = Queue.open(
+        fs,
+        "/pace-q",
+        OpenOptions(inbox_busy_interval=0.01, inbox_interval=0.16, fence_check_interval=None),
+    )
     try:
         with Producer.open(fs, "/pace-q") as p:
             job_id = p.enqueue("q", b"x")

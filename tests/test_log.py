@@ -251,12 +251,20 @@ def test_busy_writer_stops_at_its_next_commit_once_an_opener_has_claimed(fast_ba
     for i in range(10):
         old.append([b"%d" % i])
     store = fast_backend_root.store()
-    claim = encode(MAGIC_MANIFEST, {"epoch": old.manifest_n + 1, "nonce": "opener",
-                                    "checkpoint": None, "replay_from": old.replay_from,
-                                    "ends": {}})
+    claim = encode(
+        MAGIC_MANIFEST,
+        {
+            "epoch": old.manifest_n + 1,
+            "nonce": "opener",
+            "checkpoint": None,
+            "replay_from": old.replay_from,
+            "ends": {},
+        },
+    )
     store.put_if_absent(f"{MANIFEST_DIR}/{old.manifest_n + 1:020d}", claim)
-    store.delete([f"{MANIFEST_DIR}/{n}" for n in store.list_dir(MANIFEST_DIR)
-                  if int(n) <= old.manifest_n])
+    store.delete(
+        [f"{MANIFEST_DIR}/{n}" for n in store.list_dir(MANIFEST_DIR) if int(n) <= old.manifest_n]
+    )
     old.append([b"10"])  # acknowledged: an opener replays it
     assert isinstance(old.broken, FencedError)
     before = old.store.counts.copy()
@@ -297,15 +305,22 @@ def _flip(path: Path, offset: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("where", ["magic", "version", "header", "frame length",
-                                   "frame checksum", "payload"])
+@pytest.mark.parametrize(
+    "where", ["magic", "version", "header", "frame length", "frame checksum", "payload"]
+)
 def test_flipped_byte_in_a_segment_is_corruption_naming_it(tmp_path, where):
     expected = _build(tmp_path)
     victim = _data_segments(tmp_path)[1]  # [b"f"], the middle one after the checkpoint
     size = victim.stat().st_size
     # The object ends with one frame: length (4 bytes), CRC32 (4 bytes), b"f".
-    offset = {"magic": 0, "version": 5, "header": 20, "frame length": size - 6,
-              "frame checksum": size - 3, "payload": size - 1}[where]
+    offset = {
+        "magic": 0,
+        "version": 5,
+        "header": 20,
+        "frame length": size - 6,
+        "frame checksum": size - 3,
+        "payload": size - 1,
+    }[where]
     _flip(victim, offset)
     with pytest.raises(CorruptionError) as info:
         open_log(open_store(str(tmp_path)))
@@ -340,8 +355,12 @@ def test_truncated_segment_is_corruption(tmp_path, keep):
     _build(tmp_path)
     victim = _data_segments(tmp_path)[0]  # [b"d", b"e" * 100]
     data = victim.read_bytes()
-    cut = {"empty": 0, "half a header": 7, "mid frame": len(data) - 50,
-           "frame boundary": len(data) - (8 + 100)}[keep]
+    cut = {
+        "empty": 0,
+        "half a header": 7,
+        "mid frame": len(data) - 50,
+        "frame boundary": len(data) - (8 + 100),
+    }[keep]
     victim.write_bytes(data[:cut])
     with pytest.raises(CorruptionError) as info:
         open_log(open_store(str(tmp_path)))
@@ -449,10 +468,11 @@ def test_reopen_reads_bytes_proportional_to_live_state_not_history(fast_backend_
     assert len(reader.list_dir(SEGMENT_DIR)) < 20
     assert len(reader.list_dir(CHECKPOINT_DIR)) == 1
     assert len(reader.list_dir(MANIFEST_DIR)) <= 3
-    print(f"\ncheckpoint bound: wrote {store.counts.bytes_written} bytes in "
-          f"{stats.segments_written} segments and {stats.checkpoints_written} checkpoints; "
-          f"reopen read {read.bytes_read} bytes in {read.gets} gets")
-
+    print(
+        f"\ncheckpoint bound: wrote {store.counts.bytes_written} bytes in "
+        f"{stats.segments_written} segments and {stats.checkpoints_written} checkpoints; "
+        f"reopen read {read.bytes_read} bytes in {read.gets} gets"
+    )
 
 
 def test_open_removes_checkpoints_no_manifest_names(fast_backend_root):
@@ -514,8 +534,11 @@ def crash(log: Log) -> None:
 
 
 def _block_segments(root: Path) -> list[Path]:
-    return [p for p in sorted((root / SEGMENT_DIR).iterdir())
-            if decode_header(p.name, MAGIC_SEGMENT, p.read_bytes())[0].get("blocks")]
+    return [
+        p
+        for p in sorted((root / SEGMENT_DIR).iterdir())
+        if decode_header(p.name, MAGIC_SEGMENT, p.read_bytes())[0].get("blocks")
+    ]
 
 
 def _data_end(path: Path) -> int:
@@ -551,8 +574,7 @@ def test_a_segment_ends_at_its_size_limit_and_at_a_checkpoint(tmp_path):
     log, _ = open_appending(tmp_path, segment_max_bytes=400, checkpoint_min_bytes=1)
     written = [log.append([b"%02d" % i + b"x" * 98]) for i in range(10)]
     assert written == sorted(written) and 3 <= len(set(written)) <= 5
-    assert all(_data_end(p) <= 400 and p.stat().st_size <= 400
-               for p in _block_segments(tmp_path))
+    assert all(_data_end(p) <= 400 and p.stat().st_size <= 400 for p in _block_segments(tmp_path))
     log.checkpoint(b"ten", written[-1])
     after = log.append([b"after"])
     assert after == written[-1] + 1  # the checkpoint covered that segment whole
@@ -609,7 +631,7 @@ def test_an_incomplete_block_followed_by_a_writers_segment_is_corruption(tmp_pat
     log.append([b"c" * 300])  # does not fit: a second segment, started by the same writer
     crash(log)
     first, _second = _block_segments(tmp_path)
-    first.write_bytes(first.read_bytes()[:_data_end(first) - 10])
+    first.write_bytes(first.read_bytes()[: _data_end(first) - 10])
     with pytest.raises(CorruptionError) as info:
         open_appending(tmp_path)
     assert first.name in str(info.value) and "incomplete block" in str(info.value)
@@ -643,7 +665,7 @@ def test_a_block_torn_across_sectors_is_dropped_at_the_end_only(tmp_path, lost, 
     torn = bytearray(block)
     boundary = -(-end // 512) * 512 - end  # where the block crosses into the next sector
     if lost == "second sector":
-        torn[boundary:boundary + 512] = bytes(512)
+        torn[boundary : boundary + 512] = bytes(512)
     else:
         torn[:boundary] = bytes(boundary)
     _write_at(segment, end, bytes(torn))
@@ -656,8 +678,11 @@ def test_a_block_torn_across_sectors_is_dropped_at_the_end_only(tmp_path, lost, 
     next_seq = int(segment.name) + 1
     nonce = "x" if after == "a segment with records" else log.nonce
     records = [b"later"] if after == "a segment with records" else []
-    data = encode(MAGIC_SEGMENT, {"epoch": 99, "nonce": nonce, "seq": next_seq,
-                                  "count": len(records)}, records)
+    data = encode(
+        MAGIC_SEGMENT,
+        {"epoch": 99, "nonce": nonce, "seq": next_seq, "count": len(records)},
+        records,
+    )
     open_store(str(root)).put_if_absent(f"{SEGMENT_DIR}/{next_seq:020d}", data)
     with pytest.raises(CorruptionError, match=segment.name):
         open_appending(root)
@@ -800,8 +825,9 @@ def test_reserved_space_is_written_with_zeros_before_blocks_go_into_it(tmp_path,
     zeroed = [(o, n) for o, n, zero in writes if zero]
     assert any(o <= end and o + n >= size for o, n in zeroed)  # ... and written with zeros
     blocks = [(o, n) for o, n, zero in writes if not zero]
-    assert blocks and all(any(zo <= o and o + n <= zo + zn for zo, zn in zeroed)
-                          for o, n in blocks)  # every block went over written zeros
+    assert blocks and all(
+        any(zo <= o and o + n <= zo + zn for zo, zn in zeroed) for o, n in blocks
+    )  # every block went over written zeros
     _, seen = open_appending(tmp_path)
     assert seen.records == [b"r%d" % i * 100 for i in range(3)]
 

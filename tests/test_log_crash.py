@@ -63,11 +63,19 @@ class Child:
     def start(cls, mode: str, root: BackendRoot) -> Child:
         # The child must run the taquba this process imported, whatever is installed.
         package_parent = str(Path(taquba.__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (package_parent, os.environ.get("PYTHONPATH")) if p)}
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (package_parent, os.environ.get("PYTHONPATH")) if p
+            ),
+        }
         proc = subprocess.Popen(
-            [sys.executable, CHILD, mode, root.to_json()], env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, CHILD, mode, root.to_json()],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         child = cls(proc)
         _STARTED.append(child)
@@ -87,8 +95,9 @@ class Child:
             self.kill()
             raise AssertionError(f"child printed nothing for {LINE_TIMEOUT}s") from None
         if line is None:
-            raise AssertionError(f"child exited ({self.proc.wait()}) after {self.seen[-5:]}: "
-                                 f"{self.stderr()}")
+            raise AssertionError(
+                f"child exited ({self.proc.wait()}) after {self.seen[-5:]}: {self.stderr()}"
+            )
         self.seen.append(line)
         return line
 
@@ -181,21 +190,25 @@ def test_sigkill_at_random_moments_loses_nothing_acknowledged(disk_root):
             assert durable_upto == -1 and not acked
             continue
         # One unbroken run from 0: in order, no gaps, nothing that was replayed before lost.
-        assert len(chain.ranges) == 1 and chain.ranges[0][0] == 0, \
+        assert len(chain.ranges) == 1 and chain.ranges[0][0] == 0, (
             f"round {round_}: gaps in the replayed ids: {chain.ranges[:5]}"
+        )
         last = chain.ranges[0][1]
         assert last >= durable_upto, f"round {round_}: ids {last + 1}..{durable_upto} vanished"
         if acked:
-            assert max(acked) <= last, \
+            assert max(acked) <= last, (
                 f"round {round_}: acknowledged ids up to {max(acked)}, replayed only to {last}"
+            )
         durable_upto = last
 
     store = disk_root.store()
     objects = all_objects(store)
-    print(f"crash test: {ROUNDS} kills, {acked_total} acks, {durable_upto + 1} records "
-          f"replayed, {snapshots} checkpoints started; left: {len(objects[SEGMENT_DIR])} "
-          f"segments, {len(objects[CHECKPOINT_DIR])} checkpoints, "
-          f"{len(objects[MANIFEST_DIR])} manifests")
+    print(
+        f"crash test: {ROUNDS} kills, {acked_total} acks, {durable_upto + 1} records "
+        f"replayed, {snapshots} checkpoints started; left: {len(objects[SEGMENT_DIR])} "
+        f"segments, {len(objects[CHECKPOINT_DIR])} checkpoints, "
+        f"{len(objects[MANIFEST_DIR])} manifests"
+    )
     assert acked_total > 10 * ROUNDS  # the children really did work between kills
     assert snapshots >= ROUNDS  # ... and checkpointed all along, so kills hit that too
     assert durable_upto + 1 >= acked_total
@@ -284,6 +297,5 @@ def test_sigkill_during_checkpoint_cleanup_leaves_leftovers_the_next_open_remove
     assert chain.ranges == [[0, 59]] and chain.repeats == []
     objects = all_objects(store)
     # below replay_from only the opener's own fence is left, kept while it owns the root
-    assert [int(n) for n in objects[SEGMENT_DIR] if int(n) < log.replay_from] == \
-        [log.next_seq - 1]
+    assert [int(n) for n in objects[SEGMENT_DIR] if int(n) < log.replay_from] == [log.next_seq - 1]
     assert len(objects[CHECKPOINT_DIR]) == 1 and len(objects[MANIFEST_DIR]) == 1

@@ -357,19 +357,31 @@ def test_leftovers_of_a_failed_cleanup_go_with_the_next_checkpoint():
 
 def _old_manifest(epoch: int, checkpoint: str | None, replay_from: int) -> bytes:
     """A manifest as versions without recorded ends wrote it."""
-    return encode(MAGIC_MANIFEST, {"epoch": epoch, "nonce": f"w{epoch}",
-                                   "checkpoint": checkpoint, "replay_from": replay_from,
-                                   "created_at": 0.0})
+    return encode(
+        MAGIC_MANIFEST,
+        {
+            "epoch": epoch,
+            "nonce": f"w{epoch}",
+            "checkpoint": checkpoint,
+            "replay_from": replay_from,
+            "created_at": 0.0,
+        },
+    )
 
 
 def _old_segment(epoch: int, seq: int, records: list[bytes]) -> bytes:
-    return encode(MAGIC_SEGMENT, {"epoch": epoch, "nonce": f"w{epoch}", "seq": seq,
-                                  "count": len(records)}, records)
+    return encode(
+        MAGIC_SEGMENT,
+        {"epoch": epoch, "nonce": f"w{epoch}", "seq": seq, "count": len(records)},
+        records,
+    )
 
 
 def _old_blocks(epoch: int, seq: int, blocks: list[list[bytes]]) -> bytes:
-    head = encode(MAGIC_SEGMENT, {"epoch": epoch, "nonce": f"w{epoch}", "seq": seq,
-                                  "count": 0, "blocks": True})
+    head = encode(
+        MAGIC_SEGMENT,
+        {"epoch": epoch, "nonce": f"w{epoch}", "seq": seq, "count": 0, "blocks": True},
+    )
     return head + b"".join(encode_block(b) for b in blocks)
 
 
@@ -380,8 +392,10 @@ def test_a_root_written_with_permanent_fences_opens_and_sheds_them(fast_backend_
     put = store.put_if_absent
     put(f"{MANIFEST_DIR}/{4:020d}", _old_manifest(3, f"{3:020d}-{3:010d}", 4))
     put(f"{MANIFEST_DIR}/{5:020d}", _old_manifest(5, f"{3:020d}-{3:010d}", 4))
-    put(f"{CHECKPOINT_DIR}/{3:020d}-{3:010d}", encode(
-        MAGIC_CHECKPOINT, {"epoch": 3, "nonce": "w3", "seq": 3, "count": 1}, [b"snap"]))
+    put(
+        f"{CHECKPOINT_DIR}/{3:020d}-{3:010d}",
+        encode(MAGIC_CHECKPOINT, {"epoch": 3, "nonce": "w3", "seq": 3, "count": 1}, [b"snap"]),
+    )
     put(key(1), _old_segment(1, 1, []))  # fences below replay_from, kept forever
     put(key(2), _old_segment(2, 2, []))
     put(key(4), _old_segment(3, 4, [b"a"]))
@@ -412,7 +426,7 @@ def test_an_old_root_with_a_torn_tail_before_a_later_session_still_opens(tmp_pat
     first = _old_blocks(1, 1, [[b"a"], [b"b"]])
     data = bytearray(first + encode_block([b"never acknowledged" * 60]))
     hole = (len(first) // SECTOR + 1) * SECTOR  # a sector of that block never written
-    data[hole:hole + SECTOR] = bytes(SECTOR)
+    data[hole : hole + SECTOR] = bytes(SECTOR)
     put(key(1), bytes(data))
     put(key(2), _old_segment(3, 2, []))  # the next open's fence
     put(key(3), _old_blocks(3, 3, [[b"c"]]))

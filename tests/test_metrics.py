@@ -37,8 +37,9 @@ def _collect(q: Queue) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return _scrape(generate_latest(registry).decode())
 
 
-def _job(values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-         queue: str) -> float:
+def _job(
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, queue: str
+) -> float:
     return values[(name, (("queue", queue),))]
 
 
@@ -46,8 +47,9 @@ def test_values_after_known_operations(tmp_path: Path) -> None:
     clock = ManualClock()
     cfg = QueueConfig(retry_backoff_base=0, lease=10.0, max_attempts=5)
     root = str(tmp_path / "q")
-    with Queue.open(root, options=OpenOptions(clock=clock, default_queue_config=cfg,
-                                              background_threads=False)) as q:
+    with Queue.open(
+        root, options=OpenOptions(clock=clock, default_queue_config=cfg, background_threads=False)
+    ) as q:
         for n in range(5):
             q.enqueue("work", b"%d" % n)
         q.enqueue("work", b"dup", dedup_key="k")
@@ -63,11 +65,18 @@ def test_values_after_known_operations(tmp_path: Path) -> None:
         clock.advance(11)  # claims[3]'s lease ran out
         assert q.reap_now() == 1
         values = _collect(q)
-        expected = {"taquba_jobs_enqueued_total": 7, "taquba_jobs_claimed_total": 4,
-                    "taquba_jobs_completed_total": 1, "taquba_jobs_nacked_total": 1,
-                    "taquba_jobs_dead_lettered_total": 1, "taquba_jobs_reaped_total": 1,
-                    "taquba_pending_jobs": 4, "taquba_scheduled_jobs": 1,
-                    "taquba_claimed_jobs": 0, "taquba_dead_jobs": 1}
+        expected = {
+            "taquba_jobs_enqueued_total": 7,
+            "taquba_jobs_claimed_total": 4,
+            "taquba_jobs_completed_total": 1,
+            "taquba_jobs_nacked_total": 1,
+            "taquba_jobs_dead_lettered_total": 1,
+            "taquba_jobs_reaped_total": 1,
+            "taquba_pending_jobs": 4,
+            "taquba_scheduled_jobs": 1,
+            "taquba_claimed_jobs": 0,
+            "taquba_dead_jobs": 1,
+        }
         assert {name: _job(values, name, "work") for name in expected} == expected
         assert _job(values, "taquba_jobs_enqueued_total", "other") == 3
         assert _job(values, "taquba_pending_jobs", "other") == 3
@@ -79,16 +88,18 @@ def test_values_after_known_operations(tmp_path: Path) -> None:
         assert values[("taquba_records_committed_total", ())] == stats.records_committed
         counts = q.store.counts
         for op in ("put", "get", "list", "delete"):
-            assert values[("taquba_storage_requests_total", (("op", op),))] <= \
-                getattr(counts, op + "s")
+            assert values[("taquba_storage_requests_total", (("op", op),))] <= getattr(
+                counts, op + "s"
+            )
         assert values[("taquba_storage_requests_total", (("op", "put"),))] > 0
         # Claim every pending job: the oldest pending age drops to 0.
         while q.claim("other") is not None:
             pass
         assert _job(_collect(q), "taquba_oldest_pending_age_seconds", "other") == 0.0
     # Counters count since this process opened the queue; gauges are the state.
-    with Queue.open(root, options=OpenOptions(clock=clock, default_queue_config=cfg,
-                                              background_threads=False)) as q:
+    with Queue.open(
+        root, options=OpenOptions(clock=clock, default_queue_config=cfg, background_threads=False)
+    ) as q:
         values = _collect(q)
         assert _job(values, "taquba_jobs_enqueued_total", "work") == 0
         assert _job(values, "taquba_jobs_claimed_total", "work") == 0
@@ -104,15 +115,15 @@ def test_values_after_known_operations(tmp_path: Path) -> None:
 def test_the_collector_needs_a_queue(tmp_path: Path) -> None:
     with Queue.open(str(tmp_path / "q"), options=OpenOptions(background_threads=False)) as q:
         q.enqueue("work", b"")
-    with QueueReader.open(str(tmp_path / "q")) as r, \
-            pytest.raises(InvalidArgument, match="Queue"):
+    with QueueReader.open(str(tmp_path / "q")) as r, pytest.raises(InvalidArgument, match="Queue"):
         PrometheusCollector(r)  # type: ignore[arg-type]
 
 
 def test_registering_reads_nothing(tmp_path: Path) -> None:
     clock = ManualClock(T0)
-    with Queue.open(str(tmp_path / "q"), options=OpenOptions(
-            clock=clock, background_threads=False)) as q:
+    with Queue.open(
+        str(tmp_path / "q"), options=OpenOptions(clock=clock, background_threads=False)
+    ) as q:
         calls = clock.calls
         CollectorRegistry().register(PrometheusCollector(q))
         assert clock.calls == calls
@@ -158,10 +169,22 @@ def test_the_worker_serves_metrics(tmp_path: Path, target: str) -> None:
         q.enqueue("work", b"x")
     (tmp_path / "metrics_handler.py").write_text(HANDLER)
     where = ["--location", root, "--queue", "work"] if target == "handle" else []
-    proc = subprocess.Popen([sys.executable, "-m", "taquba", "worker",
-                             f"metrics_handler:{target}", *where, "--metrics-port", "0"],
-                            cwd=tmp_path, env={**ENV, "TAQUBA_TEST_LOCATION": root},
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taquba",
+            "worker",
+            f"metrics_handler:{target}",
+            *where,
+            "--metrics-port",
+            "0",
+        ],
+        cwd=tmp_path,
+        env={**ENV, "TAQUBA_TEST_LOCATION": root},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stderr is not None
         url = None

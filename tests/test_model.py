@@ -30,13 +30,7 @@ from dataclasses import dataclass
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, event, settings
-from hypothesis.stateful import (
-    RuleBasedStateMachine,
-    initialize,
-    invariant,
-    precondition,
-    rule,
-)
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from taquba import (
     PRIORITY_HIGH,
@@ -68,10 +62,17 @@ START = 1_700_000_000.0
 # Queue "a": retries at once, acked jobs dropped, dead jobs kept forever.
 # Queue "b": exponential backoff, acked jobs kept a minute, dead jobs swept after two.
 CONFIGS = {
-    "a": QueueConfig(max_attempts=2, lease=10.0, retry_backoff_base=0, keep_done=None,
-                     dead_retention=None),
-    "b": QueueConfig(max_attempts=3, lease=10.0, retry_backoff_base=2.0, retry_backoff_max=5.0,
-                     keep_done=60.0, dead_retention=120.0),
+    "a": QueueConfig(
+        max_attempts=2, lease=10.0, retry_backoff_base=0, keep_done=None, dead_retention=None
+    ),
+    "b": QueueConfig(
+        max_attempts=3,
+        lease=10.0,
+        retry_backoff_base=2.0,
+        retry_backoff_max=5.0,
+        keep_done=60.0,
+        dead_retention=120.0,
+    ),
 }
 QUEUES = sorted(CONFIGS)
 BACKOFF = {"a": (0.0, 0.0), "b": (2.0, 5.0)}
@@ -79,7 +80,8 @@ KEEP_DONE = {"a": None, "b": 60.0}
 DEAD_RETENTION = {"a": None, "b": 120.0}
 MAX_OLD_CLAIMS = 30
 MODEL_DIR = os.environ.get("TAQUBA_MODEL_DIR") or (
-    "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None)
+    "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+)
 
 # A failure is shrunk for up to 5 minutes (Hypothesis's own limit): let it finish and report.
 pytestmark = pytest.mark.timeout(600)
@@ -131,14 +133,20 @@ class QueueMachine(RuleBasedStateMachine):
         self.old_claims: list[Claim] = []  # claims that are no longer current
         self.stale: list[tuple[Queue, list[Claim]]] = []  # fenced handles, their claims
 
-    @initialize(checkpoint_min_bytes=st.sampled_from([256, 1024, 2048, 1 << 20]),
-                checkpoint_ratio=st.sampled_from([0.2, 1.0]))
+    @initialize(
+        checkpoint_min_bytes=st.sampled_from([256, 1024, 2048, 1 << 20]),
+        checkpoint_ratio=st.sampled_from([0.2, 1.0]),
+    )
     def open_queue(self, checkpoint_min_bytes: int, checkpoint_ratio: float) -> None:
         """Checkpoints from every few records (and compaction with them) to none at all."""
-        self.options = OpenOptions(default_queue_config=CONFIGS["a"], queue_configs=CONFIGS,
-                                   clock=lambda: self.now, background_threads=False,
-                                   checkpoint_min_bytes=checkpoint_min_bytes,
-                                   checkpoint_ratio=checkpoint_ratio)
+        self.options = OpenOptions(
+            default_queue_config=CONFIGS["a"],
+            queue_configs=CONFIGS,
+            clock=lambda: self.now,
+            background_threads=False,
+            checkpoint_min_bytes=checkpoint_min_bytes,
+            checkpoint_ratio=checkpoint_ratio,
+        )
         self.q = Queue.open(self.root, options=self.options)
         self.handles.append(self.q)
 
@@ -177,8 +185,11 @@ class QueueMachine(RuleBasedStateMachine):
         job.lease_expires_at = None
 
     def _promote_all(self) -> int:
-        due = [j for j in self.jobs.values()
-               if j.status is SCHEDULED and j.run_at is not None and j.run_at <= self.now]
+        due = [
+            j
+            for j in self.jobs.values()
+            if j.status is SCHEDULED and j.run_at is not None and j.run_at <= self.now
+        ]
         for job in due:
             self._to_pending(job)
         return len(due)
@@ -219,17 +230,28 @@ class QueueMachine(RuleBasedStateMachine):
 
     # -- producing -----------------------------------------------------------------------------
 
-    @rule(queue=st.sampled_from(QUEUES),
-          payload=st.binary(max_size=24).map(lambda b: b * 8),
-          priority=st.sampled_from([None, PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW, 0]),
-          delay=st.sampled_from([None, None, 0, 4.0, 30.0]),
-          dedup_key=st.sampled_from([None, None, "d0", "d1"]),
-          max_attempts=st.sampled_from([None, None, 1, 3]),
-          kv_key=st.sampled_from([None, None, b"k0", b"k1", b"k2"]))
-    def enqueue(self, queue: str, payload: bytes, priority: int | None, delay: float | None,
-                dedup_key: str | None, max_attempts: int | None, kv_key: bytes | None) -> None:
-        opts = EnqueueOptions(priority=priority, delay=delay, dedup_key=dedup_key,
-                              max_attempts=max_attempts)
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        payload=st.binary(max_size=24).map(lambda b: b * 8),
+        priority=st.sampled_from([None, PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW, 0]),
+        delay=st.sampled_from([None, None, 0, 4.0, 30.0]),
+        dedup_key=st.sampled_from([None, None, "d0", "d1"]),
+        max_attempts=st.sampled_from([None, None, 1, 3]),
+        kv_key=st.sampled_from([None, None, b"k0", b"k1", b"k2"]),
+    )
+    def enqueue(
+        self,
+        queue: str,
+        payload: bytes,
+        priority: int | None,
+        delay: float | None,
+        dedup_key: str | None,
+        max_attempts: int | None,
+        kv_key: bytes | None,
+    ) -> None:
+        opts = EnqueueOptions(
+            priority=priority, delay=delay, dedup_key=dedup_key, max_attempts=max_attempts
+        )
         if kv_key is not None:
             result = self.q.enqueue_with_kv(queue, payload, {kv_key: payload}, opts)
             job_id, is_new = result.id, result.is_new
@@ -245,36 +267,54 @@ class QueueMachine(RuleBasedStateMachine):
         if kv_key is not None:
             self.kv[kv_key] = payload
 
-    def _created(self, job_id: str, queue: str, payload: bytes, priority: int | None = None,
-                 delay: float | None = None, dedup_key: str | None = None,
-                 max_attempts: int | None = None) -> None:
+    def _created(
+        self,
+        job_id: str,
+        queue: str,
+        payload: bytes,
+        priority: int | None = None,
+        delay: float | None = None,
+        dedup_key: str | None = None,
+        max_attempts: int | None = None,
+    ) -> None:
         assert job_id not in self.known, f"enqueue returned a reused id {job_id}"
         run_at = self.now + delay if delay else None
         self.jobs[job_id] = MJob(
-            id=job_id, queue=queue, payload=payload, seq=self.next_seq,
+            id=job_id,
+            queue=queue,
+            payload=payload,
+            seq=self.next_seq,
             priority=CONFIGS[queue].default_priority if priority is None else priority,
             max_attempts=CONFIGS[queue].max_attempts if max_attempts is None else max_attempts,
-            status=SCHEDULED if run_at is not None else PENDING, run_at=run_at,
-            dedup_key=dedup_key)
+            status=SCHEDULED if run_at is not None else PENDING,
+            run_at=run_at,
+            dedup_key=dedup_key,
+        )
         self.next_seq += 1
         self.known.append(job_id)
         if dedup_key is not None:
             self.dedup[(queue, dedup_key)] = job_id
 
-    @rule(queue=st.sampled_from(QUEUES), dedup_key=st.sampled_from(["d0", "d1"]),
-          delay=st.sampled_from([None, 4.0]))
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        dedup_key=st.sampled_from(["d0", "d1"]),
+        delay=st.sampled_from([None, 4.0]),
+    )
     def enqueue_deduplicated(self, queue: str, dedup_key: str, delay: float | None) -> None:
         job_id = self.q.enqueue(queue, dedup_key.encode(), dedup_key=dedup_key, delay=delay)
         existing = self.dedup.get((queue, dedup_key))
         if existing is not None:
             assert job_id == existing, f"dedup hit returned {job_id}, expected {existing}"
         else:
-            assert job_id not in self.known, \
+            assert job_id not in self.known, (
                 f"no pending or scheduled job holds {dedup_key!r}, yet enqueue returned {job_id}"
+            )
             self._created(job_id, queue, dedup_key.encode(), delay=delay, dedup_key=dedup_key)
 
-    @rule(queue=st.sampled_from(QUEUES), payloads=st.lists(st.binary(max_size=40), min_size=1,
-                                                            max_size=4))
+    @rule(
+        queue=st.sampled_from(QUEUES),
+        payloads=st.lists(st.binary(max_size=40), min_size=1, max_size=4),
+    )
     def enqueue_batch(self, queue: str, payloads: list[bytes]) -> None:
         ids = self.q.enqueue_batch(queue, payloads)
         assert len(ids) == len(payloads)
@@ -371,17 +411,30 @@ class QueueMachine(RuleBasedStateMachine):
         self._to_dead(job, f"poison {i}")
 
     @precondition(lambda self: self.claims)
-    @rule(i=pick, action=st.sampled_from(["ack", "nack", "dead_letter"]),
-          follow_ups=st.lists(st.tuples(st.sampled_from(QUEUES),
-                                        st.sampled_from([None, None, "d0", "d1"]),
-                                        st.sampled_from([None, None, 4.0])), max_size=3),
-          kv_write=st.sampled_from([None, b"k0", b"k1"]),
-          kv_delete=st.sampled_from([None, b"k1", b"k2"]),
-          invalid=st.sampled_from([False, False, False, True]))
-    def settle_with_effects(self, i: int, action: str,
-                            follow_ups: list[tuple[str, str | None, float | None]],
-                            kv_write: bytes | None, kv_delete: bytes | None,
-                            invalid: bool) -> None:
+    @rule(
+        i=pick,
+        action=st.sampled_from(["ack", "nack", "dead_letter"]),
+        follow_ups=st.lists(
+            st.tuples(
+                st.sampled_from(QUEUES),
+                st.sampled_from([None, None, "d0", "d1"]),
+                st.sampled_from([None, None, 4.0]),
+            ),
+            max_size=3,
+        ),
+        kv_write=st.sampled_from([None, b"k0", b"k1"]),
+        kv_delete=st.sampled_from([None, b"k1", b"k2"]),
+        invalid=st.sampled_from([False, False, False, True]),
+    )
+    def settle_with_effects(
+        self,
+        i: int,
+        action: str,
+        follow_ups: list[tuple[str, str | None, float | None]],
+        kv_write: bytes | None,
+        kv_delete: bytes | None,
+        invalid: bool,
+    ) -> None:
         """A settlement with follow-up jobs and KV writes: all or nothing. An invalid one
         (a follow-up with an id in use: the settled job's own) changes nothing at all."""
         claim, job = self._pick_claim(i)
@@ -392,15 +445,23 @@ class QueueMachine(RuleBasedStateMachine):
             job_id = f"fx{len(self.known)}-{n}"
             if invalid and n == len(follow_ups) - 1:
                 job_id, dedup_key = job.id, None  # a dedup hit would skip it, id and all
-            requests.append(EnqueueRequest(queue, job_id.encode(), EnqueueOptions(
-                job_id=job_id, dedup_key=dedup_key, delay=delay)))
+            requests.append(
+                EnqueueRequest(
+                    queue,
+                    job_id.encode(),
+                    EnqueueOptions(job_id=job_id, dedup_key=dedup_key, delay=delay),
+                )
+            )
         effects = SettlementEffects(
             enqueue=requests,
             kv_writes=None if kv_write is None else {kv_write: job.id.encode()},
-            kv_deletes=[] if kv_delete is None else [kv_delete])
-        settle = {"ack": lambda: self.q.ack(claim, effects),
-                  "nack": lambda: self.q.nack(claim, f"fx {i}", effects),
-                  "dead_letter": lambda: self.q.dead_letter(claim, f"fx {i}", effects)}[action]
+            kv_deletes=[] if kv_delete is None else [kv_delete],
+        )
+        settle = {
+            "ack": lambda: self.q.ack(claim, effects),
+            "nack": lambda: self.q.nack(claim, f"fx {i}", effects),
+            "dead_letter": lambda: self.q.dead_letter(claim, f"fx {i}", effects),
+        }[action]
         if invalid and follow_ups:
             with pytest.raises(InvalidArgument, match="already in use"):
                 settle()
@@ -418,8 +479,9 @@ class QueueMachine(RuleBasedStateMachine):
             if dedup_key is not None and (queue, dedup_key) in self.dedup:
                 continue
             assert request.options is not None and request.options.job_id is not None
-            self._created(request.options.job_id, queue, request.payload, delay=delay,
-                          dedup_key=dedup_key)
+            self._created(
+                request.options.job_id, queue, request.payload, delay=delay, dedup_key=dedup_key
+            )
         if kv_write is not None:
             self.kv[kv_write] = job.id.encode()
         if kv_delete is not None:
@@ -499,8 +561,13 @@ class QueueMachine(RuleBasedStateMachine):
     def reap_now(self) -> None:
         moved = self.q.reap_now()
         self._flush()
-        expired = [j for j in self.jobs.values() if j.status is CLAIMED
-                   and j.lease_expires_at is not None and j.lease_expires_at <= self.now]
+        expired = [
+            j
+            for j in self.jobs.values()
+            if j.status is CLAIMED
+            and j.lease_expires_at is not None
+            and j.lease_expires_at <= self.now
+        ]
         for job in expired:
             self._lose_claim(job.id)
             if job.cancel_requested:
@@ -571,8 +638,9 @@ class QueueMachine(RuleBasedStateMachine):
                 handle.enqueue(QUEUES[i % len(QUEUES)], b"from a stale handle")
         except FencedError:
             return
-        raise AssertionError(f"{action} on a handle fenced by a newer open did not raise "
-                             "FencedError")
+        raise AssertionError(
+            f"{action} on a handle fenced by a newer open did not raise FencedError"
+        )
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -585,8 +653,13 @@ class QueueMachine(RuleBasedStateMachine):
                     counts[job.status] += 1
             s = self.q.stats(name)
             got = (s.pending, s.scheduled, s.claimed, s.done, s.dead)
-            want = (counts[PENDING], counts[SCHEDULED], counts[CLAIMED], self.done_total[name],
-                    counts[DEAD])
+            want = (
+                counts[PENDING],
+                counts[SCHEDULED],
+                counts[CLAIMED],
+                self.done_total[name],
+                counts[DEAD],
+            )
             assert got == want, f"stats({name!r}) = {got}, model says {want}"
 
     @invariant()
@@ -598,10 +671,28 @@ class QueueMachine(RuleBasedStateMachine):
                 assert rec is None, f"{job_id} should be gone, got {rec}"
                 continue
             assert rec is not None, f"{job_id} is missing; model: {job}"
-            got = (rec.status, rec.attempts, rec.last_error, rec.cancel_requested,
-                   rec.queue, rec.priority, rec.max_attempts, rec.dedup_key, rec.payload)
-            want = (job.status, job.attempts, job.last_error, job.cancel_requested,
-                    job.queue, job.priority, job.max_attempts, job.dedup_key, job.payload)
+            got = (
+                rec.status,
+                rec.attempts,
+                rec.last_error,
+                rec.cancel_requested,
+                rec.queue,
+                rec.priority,
+                rec.max_attempts,
+                rec.dedup_key,
+                rec.payload,
+            )
+            want = (
+                job.status,
+                job.attempts,
+                job.last_error,
+                job.cancel_requested,
+                job.queue,
+                job.priority,
+                job.max_attempts,
+                job.dedup_key,
+                job.payload,
+            )
             assert got == want, f"{job_id}: got {got}, model {want}"
             if job.status is SCHEDULED:
                 assert rec.run_at == job.run_at, (rec.run_at, job.run_at)
@@ -634,8 +725,12 @@ class QueueMachine(RuleBasedStateMachine):
 
 
 QueueMachine.TestCase.settings = settings(
-    max_examples=500, stateful_step_count=60, deadline=None, report_multiple_bugs=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+    max_examples=500,
+    stateful_step_count=60,
+    deadline=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 TestQueueModel = QueueMachine.TestCase
 
 
@@ -646,9 +741,14 @@ def test_a_lease_is_reaped_once_even_with_twin_entries() -> None:
     requeue, still listed it while pending)."""
     now = [START]
     root = tempfile.mkdtemp(prefix="taquba-model-", dir=MODEL_DIR)
-    q = Queue.open(root, options=OpenOptions(
-        clock=lambda: now[0], background_threads=False,
-        default_queue_config=QueueConfig(max_attempts=1, lease=10.0)))
+    q = Queue.open(
+        root,
+        options=OpenOptions(
+            clock=lambda: now[0],
+            background_threads=False,
+            default_queue_config=QueueConfig(max_attempts=1, lease=10.0),
+        ),
+    )
     try:
         job_id = q.enqueue("q", b"x")
         c = q.claim("q")

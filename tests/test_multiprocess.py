@@ -49,8 +49,9 @@ class Child:
         deadline = time.monotonic() + timeout
         while line not in self.lines():
             if self.proc.poll() is not None and line not in self.lines():
-                raise AssertionError(f"child exited {self.proc.returncode} before {line!r}: "
-                                     f"{self.lines()[-5:]}")
+                raise AssertionError(
+                    f"child exited {self.proc.returncode} before {line!r}: {self.lines()[-5:]}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"child did not print {line!r} in time")
             time.sleep(0.01)
@@ -80,11 +81,14 @@ class Ledger:
 def spawn(tmp_path: Path, root: Any, mode: str, **spec: Any) -> Child:
     spec.update(mode=mode, location=root.location, storage_options=root.storage_options)
     out = tmp_path / f"{mode}-{time.monotonic_ns()}.out"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (REPO, os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p),
+    }
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, CHILD, json.dumps(spec)], stdout=f,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, CHILD, json.dumps(spec)], stdout=f, stdin=subprocess.DEVNULL, env=env
+        )
     return Child(proc, out)
 
 
@@ -107,8 +111,11 @@ def backend_root_local(tmp_path: Path) -> Any:
 
 def drain_intake(root: Any) -> Queue:
     """Open the root as owner in this process and take in everything left."""
-    q = Queue.open(root.location, storage_options=root.storage_options,
-                   options=OpenOptions(background_threads=False))
+    q = Queue.open(
+        root.location,
+        storage_options=root.storage_options,
+        options=OpenOptions(background_threads=False),
+    )
     while q.intake_now():
         pass
     return q
@@ -127,9 +134,9 @@ def check(q: Queue, ledger: Ledger) -> None:
     assert stats.claimed == 0
     assert stats.pending == len(ledger.submitted) - len(ledger.acked) - len(missing)
     assert stats.done >= len(ledger.acked) + len(missing)
-    assert stats.done + stats.pending == len(ledger.submitted), \
-        f"{stats} for {len(ledger.submitted)} submissions: a submission was taken in twice " \
-        "or lost"
+    assert stats.done + stats.pending == len(ledger.submitted), (
+        f"{stats} for {len(ledger.submitted)} submissions: a submission was taken in twice or lost"
+    )
 
 
 def test_producer_calls_that_returned_survive_sigkill(shared_root: Any, tmp_path: Path) -> None:
@@ -179,8 +186,9 @@ def test_intake_exactly_once_through_owner_sigkills(shared_root: Any, tmp_path: 
         q.close()
 
 
-def test_two_owners_take_over_from_each_other_during_intake(shared_root: Any,
-                                                             tmp_path: Path) -> None:
+def test_two_owners_take_over_from_each_other_during_intake(
+    shared_root: Any, tmp_path: Path
+) -> None:
     ledger = Ledger()
     producer = spawn(tmp_path, shared_root, "producer", threads=2, pause=0.002)
     producer.wait_for("S")

@@ -30,8 +30,9 @@ def _copy_live_root(src: Path, dst: Path) -> None:
     shutil.copytree(src / "manifest", dst / "manifest")
     for name in ("checkpoints", "segments", "inbox"):
         if (src / name).exists():
-            shutil.copytree(src / name, dst / name,
-                            ignore_dangling_symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(
+                src / name, dst / name, ignore_dangling_symlinks=True, dirs_exist_ok=True
+            )
 
 
 def _lines(path: Path, kind: str) -> set[str]:
@@ -43,11 +44,17 @@ def _lines(path: Path, kind: str) -> set[str]:
 def test_a_live_root_is_backed_up_by_copying_manifests_first(tmp_path: Path) -> None:
     root, copy = tmp_path / "q", tmp_path / "backup"
     out = tmp_path / "child.out"
-    spec = {"mode": "crash", "location": str(root), "storage_options": {}, "run": 1,
-            "checkpoint_min_bytes": 4096}
+    spec = {
+        "mode": "crash",
+        "location": str(root),
+        "storage_options": {},
+        "run": 1,
+        "checkpoint_min_bytes": 4096,
+    }
     with open(out, "wb") as stdout:
-        child = subprocess.Popen([sys.executable, CHILD, json.dumps(spec)],
-                                 stdin=subprocess.DEVNULL, stdout=stdout)
+        child = subprocess.Popen(
+            [sys.executable, CHILD, json.dumps(spec)], stdin=subprocess.DEVNULL, stdout=stdout
+        )
     try:
         while len(_lines(out, "A")) < 200:  # under way: writing and checkpointing
             assert child.poll() is None, "the owner exited"
@@ -83,11 +90,14 @@ def test_a_live_root_is_backed_up_by_copying_manifests_first(tmp_path: Path) -> 
 
 
 def _populate(location: str, storage_options: dict[str, Any] | None = None) -> dict[str, str]:
-    with Queue.open(location, options=OpenOptions(background_threads=False),
-                    storage_options=storage_options) as q:
-        ids = {"pending": q.enqueue("work", b"p", headers={"h": "v"}),
-               "dead": q.enqueue("work", b"d"),
-               "later": q.enqueue("work", b"l", delay=3600)}
+    with Queue.open(
+        location, options=OpenOptions(background_threads=False), storage_options=storage_options
+    ) as q:
+        ids = {
+            "pending": q.enqueue("work", b"p", headers={"h": "v"}),
+            "dead": q.enqueue("work", b"d"),
+            "later": q.enqueue("work", b"l", delay=3600),
+        }
         for n in range(40):
             q.enqueue("other", b"%d" % n)
             claim = q.claim("other")
@@ -103,8 +113,9 @@ def _populate(location: str, storage_options: dict[str, Any] | None = None) -> d
 
 
 def _check(location: str, ids: dict[str, str], storage_options: dict[str, Any] | None) -> None:
-    with Queue.open(location, options=OpenOptions(background_threads=False),
-                    storage_options=storage_options) as q:
+    with Queue.open(
+        location, options=OpenOptions(background_threads=False), storage_options=storage_options
+    ) as q:
         assert q.get_job(ids["pending"]).headers == {"h": "v"}  # type: ignore[union-attr]
         assert [a.outcome for a in q.attempt_history(ids["pending"])] == ["nacked"]
         assert q.get_job(ids["dead"]).last_error == "bad"  # type: ignore[union-attr]
@@ -122,10 +133,13 @@ def test_a_queue_moves_between_local_disk_and_a_bucket(tmp_path: Path, s3_emulat
     fs, path = bucket.filesystem()
     fs.put(str(local), path, recursive=True)  # aws s3 sync ./q s3://bucket/q
     opts = bucket.storage_options
-    cli_opts = [a for key, value in opts.items()
-                for a in ("--storage-option", f"{key}={json.dumps(value)}")]
-    assert {s["queue"]: s["dead"] for s in taquba_json("stats", bucket.location, *cli_opts)} \
-        == {"other": 0, "work": 1}
+    cli_opts = [
+        a for key, value in opts.items() for a in ("--storage-option", f"{key}={json.dumps(value)}")
+    ]
+    assert {s["queue"]: s["dead"] for s in taquba_json("stats", bucket.location, *cli_opts)} == {
+        "other": 0,
+        "work": 1,
+    }
     _check(bucket.location, ids, opts)
     # ... and back down to disk, with what happened in the bucket.
     back = tmp_path / "back"

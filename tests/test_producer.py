@@ -44,9 +44,13 @@ Q = "mail"
 
 def open_owner(root: Any, clock: ManualClock | None = None, **options: Any) -> Queue:
     config = QueueConfig(max_attempts=5, keep_done=3600, retry_backoff_base=0)
-    return Queue.open(root.location, storage_options=root.storage_options,
-                      options=OpenOptions(clock=clock, background_threads=False,
-                                          default_queue_config=config, **options))
+    return Queue.open(
+        root.location,
+        storage_options=root.storage_options,
+        options=OpenOptions(
+            clock=clock, background_threads=False, default_queue_config=config, **options
+        ),
+    )
 
 
 def open_producer(root: Any, **kw: Any) -> Producer:
@@ -67,8 +71,9 @@ def written(root: Any) -> int:
             continue
         data = store.get(f"{INBOX_DIR}/{name}")
         _, start, pos = decode_file_head(name, data)
-        count += len(scan_file(name, data, pos, 0, start, at_eof=True, finished=True,
-                               limit=10**9).blocks)
+        count += len(
+            scan_file(name, data, pos, 0, start, at_eof=True, finished=True, limit=10**9).blocks
+        )
     return count
 
 
@@ -77,8 +82,9 @@ def test_submissions_without_an_owner_are_taken_in_once(backend_root: Any) -> No
     with open_producer(backend_root, clock=clock) as p:
         first = p.enqueue(Q, b"one")
         batch = p.enqueue_batch(Q, [b"two", b"three"])
-        high = p.enqueue_with(Q, b"urgent", EnqueueOptions(priority=PRIORITY_HIGH,
-                                                          headers={"h": "v"}))
+        high = p.enqueue_with(
+            Q, b"urgent", EnqueueOptions(priority=PRIORITY_HIGH, headers={"h": "v"})
+        )
         later = p.enqueue(Q, b"later", delay=60)
         assert written(backend_root) == 4  # one object (or block) per call made alone
 
@@ -254,7 +260,11 @@ def test_marks_of_quiet_producers_are_dropped(fast_backend_root: Any) -> None:
 def test_bad_input_changes_nothing(fast_backend_root: Any) -> None:
     with open_producer(fast_backend_root) as p:
         bad: list[tuple[Any, ...]] = [
-            ("", b"x"), (123, b"x"), ("q" * 300, b"x"), (Q, "text"), (Q, None),
+            ("", b"x"),
+            (123, b"x"),
+            ("q" * 300, b"x"),
+            (Q, "text"),
+            (Q, None),
         ]
         for queue, payload in bad:
             with pytest.raises(InvalidArgument):
@@ -294,7 +304,8 @@ def test_submissions_in_one_object_see_each_other(fast_backend_root: Any) -> Non
     frames = [frame for sub in subs for frame in submission_frames(sub)]
     producer = "0123456789abcdef"
     fast_backend_root.store().put_if_absent(
-        f"{INBOX_DIR}/{object_name(producer, 0)}", encode_object(producer, 0, "n", frames))
+        f"{INBOX_DIR}/{object_name(producer, 0)}", encode_object(producer, 0, "n", frames)
+    )
     q = open_owner(fast_backend_root)
     try:
         assert q.intake_now() == len(subs)

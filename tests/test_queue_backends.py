@@ -39,9 +39,13 @@ WAIT = 30.0
 
 def open_queue(root: Any, clock: ManualClock, **options: Any) -> Queue:
     config = QueueConfig(max_attempts=2, retry_backoff_base=5, keep_done=3600, lease=30)
-    return Queue.open(root.location, storage_options=root.storage_options,
-                      options=OpenOptions(clock=clock, background_threads=False,
-                                          default_queue_config=config, **options))
+    return Queue.open(
+        root.location,
+        storage_options=root.storage_options,
+        options=OpenOptions(
+            clock=clock, background_threads=False, default_queue_config=config, **options
+        ),
+    )
 
 
 def must_claim(q: Queue, queue: str = Q, lease: Any = None) -> Claim:
@@ -58,12 +62,17 @@ def test_lifecycle_and_reopen(backend_root: Any) -> None:
         normal = q.enqueue(Q, b"normal")
         low = q.enqueue(Q, b"low", priority=PRIORITY_LOW, dedup_key="low")
         assert q.enqueue(Q, b"low again", dedup_key="low") == low  # dedup hit
-        high = q.enqueue_with(Q, b"high", EnqueueOptions(priority=PRIORITY_HIGH,
-                                                         headers={"h": "v"}))
+        high = q.enqueue_with(
+            Q, b"high", EnqueueOptions(priority=PRIORITY_HIGH, headers={"h": "v"})
+        )
         later = q.enqueue(Q, b"later", delay=60)
         batch = q.enqueue_batch(Q, [b"b1", b"b2"])
-        kv = q.enqueue_with_kv("side", b"with kv", {b"k1": b"v1", b"k2": b"v2"},
-                               EnqueueOptions(job_id="side-job", dedup_key="s"))
+        kv = q.enqueue_with_kv(
+            "side",
+            b"with kv",
+            {b"k1": b"v1", b"k2": b"v2"},
+            EnqueueOptions(job_id="side-job", dedup_key="s"),
+        )
         assert kv == EnqueueResult("side-job", True)
         hit = q.enqueue_with_kv("side", b"x", {b"k1": b"changed"}, EnqueueOptions(dedup_key="s"))
         assert hit == EnqueueResult("side-job", False)
@@ -128,7 +137,9 @@ def test_lifecycle_and_reopen(backend_root: Any) -> None:
     q = open_queue(backend_root, clock)
     try:
         assert {name: q.stats(name) for name in q.list_queues()} == {
-            **expected, Q: QueueStats(queue=Q, pending=1, done=2, dead=2)}
+            **expected,
+            Q: QueueStats(queue=Q, pending=1, done=2, dead=2),
+        }
         assert {i: q.get_job(i) for i in kept} == kept
         assert q.kv_get(b"k1") == b"v1" and q.kv_get(b"k2") is None
         back = q.get_job(held.id)
@@ -158,8 +169,9 @@ def test_blocking_calls_are_woken(backend_root: Any) -> None:
         assert isinstance(c, Claim) and c.id == job_id
 
         waited: list[WaitOutcome] = []
-        thread = threading.Thread(target=lambda: waited.append(q.wait_for_completion(job_id, WAIT)),
-                                  daemon=True)
+        thread = threading.Thread(
+            target=lambda: waited.append(q.wait_for_completion(job_id, WAIT)), daemon=True
+        )
         thread.start()
         q.ack(c)
         thread.join(WAIT + 5)

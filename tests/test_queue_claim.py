@@ -12,22 +12,9 @@ from datetime import timedelta
 
 import pytest
 from support.clock import T0, ManualClock
-from support.queues import (
-    WAIT,
-    Opener,
-    Q,
-    claim,
-    in_thread,
-    joined,
-    stats,
-)
+from support.queues import WAIT, Opener, Q, claim, in_thread, joined, stats
 
-from taquba import (
-    Claim,
-    Queue,
-    QueueClosed,
-    QueueConfig,
-)
+from taquba import Claim, Queue, QueueClosed, QueueConfig
 
 # --------------------------------------------------------------------------- claim(wait=) and claim_batch
 

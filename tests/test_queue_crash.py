@@ -94,15 +94,25 @@ def parse(text: str) -> RunLines:
     return out
 
 
-def spawn(mode: str, location: str, storage_options: Mapping[str, Any] | None, run: int,
-          out_path: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    mode: str, location: str, storage_options: Mapping[str, Any] | None, run: int, out_path: Path
+) -> subprocess.Popen[bytes]:
     """Start a child whose stdout and stderr go to files (never a full pipe to block on)."""
-    spec = {"mode": mode, "location": location, "storage_options": dict(storage_options or {}),
-            "run": run, "checkpoint_min_bytes": CHECKPOINT_MIN_BYTES}
+    spec = {
+        "mode": mode,
+        "location": location,
+        "storage_options": dict(storage_options or {}),
+        "run": run,
+        "checkpoint_min_bytes": CHECKPOINT_MIN_BYTES,
+    }
     # O_APPEND, so each line lands whole; the child has its own copies of the descriptors.
     with open(out_path, "ab") as out, open(out_path.with_suffix(".err"), "ab") as err:
-        return subprocess.Popen([sys.executable, CHILD, json.dumps(spec)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, CHILD, json.dumps(spec)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+        )
 
 
 def wait_for_line(proc: subprocess.Popen[bytes], out_path: Path, line: bytes) -> None:
@@ -111,19 +121,28 @@ def wait_for_line(proc: subprocess.Popen[bytes], out_path: Path, line: bytes) ->
         if line + b"\n" in out_path.read_bytes():
             return
         if proc.poll() is not None:
-            raise AssertionError(f"child exited with {proc.returncode} before printing {line!r}: "
-                                 f"{out_path.with_suffix('.err').read_text()[-3000:]}")
+            raise AssertionError(
+                f"child exited with {proc.returncode} before printing {line!r}: "
+                f"{out_path.with_suffix('.err').read_text()[-3000:]}"
+            )
         time.sleep(0.005)
     proc.kill()
     raise AssertionError(f"the child did not print {line!r}")
 
 
-def check_root(location: str, storage_options: Mapping[str, Any] | None, ledger: Ledger,
-               lines: RunLines, what: str) -> None:
+def check_root(
+    location: str,
+    storage_options: Mapping[str, Any] | None,
+    ledger: Ledger,
+    lines: RunLines,
+    what: str,
+) -> None:
     """Reopen the root in-process and check it against the ledger."""
-    q = Queue.open(location, options=child_mod.options(CHECKPOINT_MIN_BYTES,
-                                                       background_threads=False),
-                   storage_options=storage_options or None)
+    q = Queue.open(
+        location,
+        options=child_mod.options(CHECKPOINT_MIN_BYTES, background_threads=False),
+        storage_options=storage_options or None,
+    )
     try:
         found: dict[str, JobStatus] = {}
         for jid in ledger.candidates():
@@ -134,9 +153,10 @@ def check_root(location: str, storage_options: Mapping[str, Any] | None, ledger:
                 found[jid] = rec.status
             n = int(jid.rsplit("-", 1)[1])
             if child_mod.with_kv(n):
-                assert (rec is None) == (kv is None), \
-                    f"{what}: {jid} job {'present' if rec else 'missing'} but KV " \
+                assert (rec is None) == (kv is None), (
+                    f"{what}: {jid} job {'present' if rec else 'missing'} but KV "
                     f"{'present' if kv is not None else 'missing'}"
+                )
                 if kv is not None:
                     assert kv == child_mod.payload(jid), f"{what}: KV of {jid} changed"
                     ledger.kv_jobs += 1 if jid in lines.enqueued else 0
@@ -145,8 +165,9 @@ def check_root(location: str, storage_options: Mapping[str, Any] | None, ledger:
         lost = sorted(ledger.enqueued - found.keys())
         assert not lost, f"{what}: {len(lost)} acknowledged enqueue(s) lost: {lost[:5]}"
         not_done = sorted(j for j in ledger.acked if found.get(j) is not JobStatus.DONE)
-        assert not not_done, f"{what}: acked job(s) not DONE: " \
-            f"{[(j, found.get(j)) for j in not_done[:5]]}"
+        assert not not_done, (
+            f"{what}: acked job(s) not DONE: {[(j, found.get(j)) for j in not_done[:5]]}"
+        )
         odd = {j: s for j, s in found.items() if s not in (JobStatus.PENDING, JobStatus.DONE)}
         assert not odd, f"{what}: jobs neither pending nor done after reopen: {list(odd)[:5]}"
         acked_now = set(lines.acked)
@@ -155,17 +176,27 @@ def check_root(location: str, storage_options: Mapping[str, Any] | None, ledger:
                 ledger.claims_requeued += 1
         stats = q.stats(child_mod.QUEUE)
         statuses = list(found.values())
-        assert (stats.pending, stats.scheduled, stats.claimed, stats.dead) == \
-            (statuses.count(JobStatus.PENDING), 0, 0, 0), f"{what}: {stats}"
+        assert (stats.pending, stats.scheduled, stats.claimed, stats.dead) == (
+            statuses.count(JobStatus.PENDING),
+            0,
+            0,
+            0,
+        ), f"{what}: {stats}"
         assert stats.done == statuses.count(JobStatus.DONE), f"{what}: {stats}"
         assert sorted(q.list_queues()) in ([], [child_mod.QUEUE])
     finally:
         q.close()
 
 
-def crash_many_times(location: str, storage_options: Mapping[str, Any] | None, kills: int,
-                     workdir: Path, *, min_delay: float = 0.05, max_delay: float = 0.5
-                     ) -> Ledger:
+def crash_many_times(
+    location: str,
+    storage_options: Mapping[str, Any] | None,
+    kills: int,
+    workdir: Path,
+    *,
+    min_delay: float = 0.05,
+    max_delay: float = 0.5,
+) -> Ledger:
     seed = int(os.environ.get("TAQUBA_CRASH_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     print(f"\n{location}: TAQUBA_CRASH_SEED={seed} TAQUBA_CRASH_KILLS={kills}")
@@ -183,8 +214,9 @@ def crash_many_times(location: str, storage_options: Mapping[str, Any] | None, k
                 wait_for_line(proc, out_path, b"S")
                 time.sleep(rng.uniform(min_delay, max_delay))
             proc.send_signal(signal.SIGKILL)
-            assert proc.wait(START_TIMEOUT) == -signal.SIGKILL, \
+            assert proc.wait(START_TIMEOUT) == -signal.SIGKILL, (
                 f"{what}: the child exited by itself: {out_path.with_suffix('.err').read_text()}"
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -201,10 +233,12 @@ def crash_many_times(location: str, storage_options: Mapping[str, Any] | None, k
         ledger.enqueued.update(lines.enqueued)
         ledger.acked.update(lines.acked)
         check_root(location, storage_options, ledger, lines, what)
-    print(f"{location}: {kills} kills, {len(ledger.enqueued)} enqueues and "
-          f"{len(ledger.acked)} acks reported, {ledger.claims_requeued} claims found requeued, "
-          f"{ledger.kv_jobs} jobs with KV entries, {ledger.opens_killed} kills inside open, "
-          f"{checkpoint_count(location, storage_options)} manifest versions")
+    print(
+        f"{location}: {kills} kills, {len(ledger.enqueued)} enqueues and "
+        f"{len(ledger.acked)} acks reported, {ledger.claims_requeued} claims found requeued, "
+        f"{ledger.kv_jobs} jobs with KV entries, {ledger.opens_killed} kills inside open, "
+        f"{checkpoint_count(location, storage_options)} manifest versions"
+    )
     return ledger
 
 
@@ -239,8 +273,14 @@ def test_sigkill_under_load_on_local_disk(tmp_path: Path) -> None:
 def test_sigkill_under_load_on_s3(backend_root: BackendRoot, tmp_path: Path) -> None:
     """Fewer, longer runs: every request goes to the emulator (a few ms each)."""
     kills = max(4, KILLS // 5)
-    ledger = crash_many_times(backend_root.location, backend_root.storage_options, kills,
-                              tmp_path, min_delay=0.2, max_delay=1.5)
+    ledger = crash_many_times(
+        backend_root.location,
+        backend_root.storage_options,
+        kills,
+        tmp_path,
+        min_delay=0.2,
+        max_delay=1.5,
+    )
     assert len(ledger.enqueued) > 5 * kills
     assert len(ledger.acked) > 2 * kills
     assert checkpoint_count(backend_root.location, backend_root.storage_options) > 2 * kills

@@ -64,8 +64,9 @@ class StallingFileSystem(FaultyFileSystem):
         super().pipe_file(path, value, mode=mode, **kwargs)
 
 
-OPTIONS = OpenOptions(background_threads=False, storage_retries=0,
-                      default_queue_config=QueueConfig(keep_done=3600))
+OPTIONS = OpenOptions(
+    background_threads=False, storage_retries=0, default_queue_config=QueueConfig(keep_done=3600)
+)
 
 
 @pytest.fixture
@@ -96,8 +97,9 @@ class Call:
         assert not self.thread.is_alive(), "the call never returned"
 
 
-def ack_while_the_write_stalls(q: Queue, fs: StallingFileSystem, stall: Stall
-                               ) -> tuple[str, Call, dict[str, Call]]:
+def ack_while_the_write_stalls(
+    q: Queue, fs: StallingFileSystem, stall: Stall
+) -> tuple[str, Call, dict[str, Call]]:
     """A durable job and claim; then its ack, whose write stalls; then reads of it."""
     job_id = q.enqueue(Q, b"x")
     claim = q.claim(Q)
@@ -121,8 +123,9 @@ def ack_while_the_write_stalls(q: Queue, fs: StallingFileSystem, stall: Stall
         }
         for name, call in reads.items():
             call.thread.join(BLOCKED)
-            assert call.thread.is_alive(), \
+            assert call.thread.is_alive(), (
                 f"{name} returned {call.result!r} before the ack was durable"
+            )
     except BaseException:
         stall.go.set()  # do not leave the write hanging
         raise
@@ -130,7 +133,8 @@ def ack_while_the_write_stalls(q: Queue, fs: StallingFileSystem, stall: Stall
 
 
 def test_no_read_reports_an_ack_whose_write_then_fails(
-        wrapped: tuple[StallingFileSystem, str]) -> None:
+    wrapped: tuple[StallingFileSystem, str],
+) -> None:
     fs, path = wrapped
     q = Queue.open(fs, path=path, options=OPTIONS)
     try:
@@ -153,7 +157,8 @@ def test_no_read_reports_an_ack_whose_write_then_fails(
 
 
 def test_reads_report_an_ack_once_its_stalled_write_succeeds(
-        wrapped: tuple[StallingFileSystem, str]) -> None:
+    wrapped: tuple[StallingFileSystem, str],
+) -> None:
     fs, path = wrapped
     q = Queue.open(fs, path=path, options=OPTIONS)
     try:

@@ -15,14 +15,7 @@ import fsspec
 import pytest
 from support.clock import T0, ManualClock
 from support.faulty import FaultyFileSystem
-from support.queues import (
-    Opener,
-    Q,
-    causes,
-    claim,
-    record,
-    stats,
-)
+from support.queues import Opener, Q, causes, claim, record, stats
 
 from taquba import (
     PRIORITY_HIGH,
@@ -49,23 +42,44 @@ def test_enqueue_claim_ack_round_trip(q: Queue, clock: ManualClock) -> None:
     r = record(q, job_id)
     assert (r.id, r.queue, r.payload, dict(r.headers)) == (job_id, Q, b"hello", {"trace": "t1"})
     assert (r.status, r.attempts, r.max_attempts, r.priority) == (
-        JobStatus.PENDING, 0, 3, PRIORITY_NORMAL)
+        JobStatus.PENDING,
+        0,
+        3,
+        PRIORITY_NORMAL,
+    )
     assert r.enqueued_at == T0
-    assert (r.run_at, r.claimed_at, r.lease_expires_at, r.completed_at, r.failed_at,
-            r.last_error, r.dedup_key, r.cancel_requested) == (
-        None, None, None, None, None, None, None, False)
+    assert (
+        r.run_at,
+        r.claimed_at,
+        r.lease_expires_at,
+        r.completed_at,
+        r.failed_at,
+        r.last_error,
+        r.dedup_key,
+        r.cancel_requested,
+    ) == (None, None, None, None, None, None, None, False)
     assert q.stats(Q) == stats(q, pending=1)
 
     clock.advance(5)
     c = claim(q, lease=12)
     assert (c.id, c.queue, c.payload, dict(c.headers), c.attempts, c.priority) == (
-        job_id, Q, b"hello", {"trace": "t1"}, 1, PRIORITY_NORMAL)
+        job_id,
+        Q,
+        b"hello",
+        {"trace": "t1"},
+        1,
+        PRIORITY_NORMAL,
+    )
     assert c.lease_expires_at == T0 + 5 + 12
     assert c.record.status is JobStatus.CLAIMED
     assert not c.cancel_requested.is_set()
     r = record(q, job_id)
     assert (r.status, r.attempts, r.claimed_at, r.lease_expires_at) == (
-        JobStatus.CLAIMED, 1, T0 + 5, T0 + 17)
+        JobStatus.CLAIMED,
+        1,
+        T0 + 5,
+        T0 + 17,
+    )
     assert q.stats(Q) == stats(q, claimed=1)
     assert q.claim(Q) is None
 
@@ -75,7 +89,8 @@ def test_enqueue_claim_ack_round_trip(q: Queue, clock: ManualClock) -> None:
 
 
 def test_a_claims_record_is_the_job_as_claimed_whenever_it_is_read(
-        q: Queue, clock: ManualClock) -> None:
+    q: Queue, clock: ManualClock
+) -> None:
     """The record is made on first use: reading it after the job moved on changes nothing."""
     job_id = q.enqueue(Q, b"hello", headers={"trace": "t1"}, max_attempts=5)
     first = claim(q, lease=10)
@@ -88,14 +103,27 @@ def test_a_claims_record_is_the_job_as_claimed_whenever_it_is_read(
     r = second.record
     assert (r.id, r.queue, r.payload, dict(r.headers)) == (job_id, Q, b"hello", {"trace": "t1"})
     assert (r.status, r.attempts, r.max_attempts, r.last_error, r.completed_at) == (
-        JobStatus.CLAIMED, 2, 5, "boom", None)
+        JobStatus.CLAIMED,
+        2,
+        5,
+        "boom",
+        None,
+    )
     assert r.lease_expires_at == second.lease_expires_at == r.claimed_at + 12
     assert second.record is r  # made once
     r1 = first.record
     assert (r1.status, r1.attempts, r1.last_error, r1.failed_at) == (
-        JobStatus.CLAIMED, 1, None, None)
+        JobStatus.CLAIMED,
+        1,
+        None,
+        None,
+    )
     assert (first.id, first.attempts, second.attempts, second.priority) == (
-        job_id, 1, 2, PRIORITY_NORMAL)
+        job_id,
+        1,
+        2,
+        PRIORITY_NORMAL,
+    )
     r.headers["trace"] = "changed"  # type: ignore[index]  # a copy: the claim keeps its own
     assert dict(second.headers) == {"trace": "changed"}
     assert dict(first.headers) == {"trace": "t1"}
@@ -104,8 +132,7 @@ def test_a_claims_record_is_the_job_as_claimed_whenever_it_is_read(
 def test_payload_bytes_like_and_enqueue_with(q: Queue) -> None:
     a = q.enqueue(Q, bytearray(b"ba"))  # type: ignore[arg-type]
     b = q.enqueue(Q, memoryview(b"mv"))  # type: ignore[arg-type]
-    c = q.enqueue_with(Q, b"opts", EnqueueOptions(priority=7, max_attempts=9,
-                                                    headers={"k": "v"}))
+    c = q.enqueue_with(Q, b"opts", EnqueueOptions(priority=7, max_attempts=9, headers={"k": "v"}))
     assert record(q, a).payload == b"ba" and type(record(q, a).payload) is bytes
     assert record(q, b).payload == b"mv"
     rc = record(q, c)
@@ -121,8 +148,10 @@ def test_custom_job_id(q: Queue) -> None:
 
 
 def test_default_lease_and_per_queue_config(open_queue: Opener, clock: ManualClock) -> None:
-    q = open_queue(QueueConfig(lease=40, max_attempts=5, default_priority=PRIORITY_LOW),
-                   queue_configs={"slow": QueueConfig(lease=500, default_priority=5)})
+    q = open_queue(
+        QueueConfig(lease=40, max_attempts=5, default_priority=PRIORITY_LOW),
+        queue_configs={"slow": QueueConfig(lease=500, default_priority=5)},
+    )
     a = q.enqueue(Q, b"a")
     b = q.enqueue("slow", b"b")
     assert (record(q, a).max_attempts, record(q, a).priority) == (5, PRIORITY_LOW)
@@ -293,8 +322,9 @@ def test_enqueue_batch_is_all_or_nothing(q: Queue) -> None:
     assert q.list_queues() == [Q]
 
 
-def test_enqueue_batch_is_one_record_and_fails_whole(fast_backend_root: Any,
-                                                     clock: ManualClock) -> None:
+def test_enqueue_batch_is_one_record_and_fails_whole(
+    fast_backend_root: Any, clock: ManualClock
+) -> None:
     inner, path = fast_backend_root.filesystem()
     if fast_backend_root.name == "local":
         inner = fsspec.filesystem("file", auto_mkdir=True)
@@ -317,8 +347,9 @@ def test_enqueue_batch_is_one_record_and_fails_whole(fast_backend_root: Any,
     fs.clear_faults()
     with Queue.open(fs, path=path, options=opts) as q2:
         assert q2.stats(Q) == stats(q2, pending=51)
-        assert [claim(q2).payload for _ in range(51)] == [b"before"] + [b"%d" % i for i in
-                                                                       range(50)]
+        assert [claim(q2).payload for _ in range(51)] == [b"before"] + [
+            b"%d" % i for i in range(50)
+        ]
         assert [record(q2, i).status for i in ids] == [JobStatus.CLAIMED] * 50
 
 
@@ -349,6 +380,7 @@ def test_concurrent_enqueues_are_each_durable_and_in_each_threads_order(tmp_path
     threads, per_thread = 16, 150
     got: dict[int, list[str]] = {}
     with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+
         def produce(i: int) -> None:
             got[i] = [q.enqueue("jobs", b"%d-%d" % (i, n)) for n in range(per_thread)]
 
@@ -362,8 +394,9 @@ def test_concurrent_enqueues_are_each_durable_and_in_each_threads_order(tmp_path
         while (c := q.claim("jobs")) is not None:
             order.append(c.payload)
             q.ack(c)
-    assert sorted(order) == sorted(b"%d-%d" % (i, n) for i in range(threads)
-                                   for n in range(per_thread))
+    assert sorted(order) == sorted(
+        b"%d-%d" % (i, n) for i in range(threads) for n in range(per_thread)
+    )
     for i in range(threads):  # FIFO: each thread's jobs come out in the order it made them
         mine = [p for p in order if p.startswith(b"%d-" % i)]
         assert mine == [b"%d-%d" % (i, n) for n in range(per_thread)]
@@ -372,6 +405,7 @@ def test_concurrent_enqueues_are_each_durable_and_in_each_threads_order(tmp_path
 
 def test_a_bad_enqueue_among_concurrent_ones_fails_alone(tmp_path) -> None:
     with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+
         def produce(i: int) -> None:  # every thread tries the same caller-chosen id once
             q.enqueue_with("jobs", b"x%d" % i, EnqueueOptions(job_id="the-one"))
             q.enqueue("jobs", b"after %d" % i)
@@ -409,24 +443,38 @@ def test_a_failed_write_fails_every_concurrent_enqueue_it_carried(tmp_path, monk
 def test_concurrent_mixed_enqueues_keep_each_ones_meaning(tmp_path) -> None:
     """Enqueues with and without options, from many threads at once, in one group commit."""
     calls: list[tuple[str, bytes, dict[str, Any]]] = [
-        ("a", b"1", {}), ("a", b"2", {}), ("a", b"p", {"priority": 5}), ("a", b"3", {}),
-        ("a", b"d", {"dedup_key": "k"}), ("a", b"id", {"job_id": "mine"}),
-        ("a", b"id again", {"job_id": "mine"}), ("b", b"x", {}), ("b", b"y", {}),
-        ("a", b"d again", {"dedup_key": "k"}), ("a", b"4", {}),
-        ("a", b"h", {"headers": {"h": "1"}}), ("a", b"5", {}),
+        ("a", b"1", {}),
+        ("a", b"2", {}),
+        ("a", b"p", {"priority": 5}),
+        ("a", b"3", {}),
+        ("a", b"d", {"dedup_key": "k"}),
+        ("a", b"id", {"job_id": "mine"}),
+        ("a", b"id again", {"job_id": "mine"}),
+        ("b", b"x", {}),
+        ("b", b"y", {}),
+        ("a", b"d again", {"dedup_key": "k"}),
+        ("a", b"4", {}),
+        ("a", b"h", {"headers": {"h": "1"}}),
+        ("a", b"5", {}),
     ]
     results: dict[int, Any] = {}
     with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
         start = threading.Barrier(len(calls))
         threads = []
         for i, (queue, payload, opts) in enumerate(calls):
-            def call(i: int = i, queue: str = queue, payload: bytes = payload,
-                     opts: dict[str, Any] = opts) -> None:
+
+            def call(
+                i: int = i,
+                queue: str = queue,
+                payload: bytes = payload,
+                opts: dict[str, Any] = opts,
+            ) -> None:
                 start.wait()
                 try:
                     results[i] = q.enqueue(queue, payload, **opts)
                 except InvalidArgument as exc:
                     results[i] = exc
+
             threads.append(threading.Thread(target=call))
             threads[-1].start()
         for t in threads:
@@ -441,6 +489,7 @@ def test_concurrent_mixed_enqueues_keep_each_ones_meaning(tmp_path) -> None:
         dedup_winner = b"d" if q.get_job(results[4]).payload == b"d" else b"d again"
 
     with Queue.open(str(tmp_path), options=OpenOptions(background_threads=False)) as q:
+
         def drain(queue: str) -> list[tuple[bytes, int, dict[str, str]]]:
             out = []
             while (c := q.claim(queue)) is not None:

@@ -42,11 +42,13 @@ def objects(root: BackendRoot) -> dict[str, list[str]]:
         store.close()
 
 
-def test_an_idle_fenced_handle_refuses_every_call_once_it_checks(
-        backend_root: BackendRoot) -> None:
+def test_an_idle_fenced_handle_refuses_every_call_once_it_checks(backend_root: BackendRoot) -> None:
     e = make_env(backend_root)  # a job in every state, a current claim; no background threads
-    q2 = Queue.open(backend_root.location, storage_options=backend_root.storage_options,
-                    options=OpenOptions(background_threads=False))
+    q2 = Queue.open(
+        backend_root.location,
+        storage_options=backend_root.storage_options,
+        options=OpenOptions(background_threads=False),
+    )
     try:
         q2.kv_delete(b"flush")  # q2's own writes at open are durable
         before = objects(backend_root)
@@ -87,9 +89,13 @@ def test_a_check_costs_one_request_and_finds_nothing_while_unfenced() -> None:
 def test_checks_beside_the_handles_own_checkpoints_never_fence_it(tmp_path: Path) -> None:
     """A check that lists the manifests while this handle writes a checkpoint's manifest
     must take that manifest for its own."""
-    options = OpenOptions(background_threads=False, checkpoint_min_bytes=1,
-                          checkpoint_ratio=0.001, checkpoint_max_segments=1,
-                          default_queue_config=QueueConfig(keep_done=3600))
+    options = OpenOptions(
+        background_threads=False,
+        checkpoint_min_bytes=1,
+        checkpoint_ratio=0.001,
+        checkpoint_max_segments=1,
+        default_queue_config=QueueConfig(keep_done=3600),
+    )
     with Queue.open(str(tmp_path / "q"), options=options) as q:
         stop = threading.Event()
         errors: list[BaseException] = []
@@ -127,8 +133,14 @@ def test_an_idle_worker_loop_stops_with_fenced_error(tmp_path: Path, concurrent:
     def work() -> None:
         try:
             if concurrent:
-                run_worker_concurrent(q1, Q, lambda c: None, concurrency=2,
-                                      shutdown=threading.Event(), poll_interval=30)
+                run_worker_concurrent(
+                    q1,
+                    Q,
+                    lambda c: None,
+                    concurrency=2,
+                    shutdown=threading.Event(),
+                    poll_interval=30,
+                )
             else:
                 run_worker(q1, Q, lambda c: None, shutdown=threading.Event(), poll_interval=30)
         except BaseException as exc:
@@ -148,17 +160,30 @@ def test_an_idle_worker_loop_stops_with_fenced_error(tmp_path: Path, concurrent:
 
 @pytest.mark.parametrize("concurrent", [False, True], ids=["run_worker", "concurrent"])
 @pytest.mark.parametrize("backend_root", ["local", "s3"], indirect=True)
-def test_an_idle_owner_process_notices_a_second_process(backend_root: BackendRoot,
-                                                        concurrent: bool) -> None:
-    spec = {"location": backend_root.location, "storage_options": backend_root.storage_options,
-            "fence_check_interval": 0.2, "concurrent": concurrent}
-    child = subprocess.Popen([sys.executable, CHILD, json.dumps(spec)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+def test_an_idle_owner_process_notices_a_second_process(
+    backend_root: BackendRoot, concurrent: bool
+) -> None:
+    spec = {
+        "location": backend_root.location,
+        "storage_options": backend_root.storage_options,
+        "fence_check_interval": 0.2,
+        "concurrent": concurrent,
+    }
+    child = subprocess.Popen(
+        [sys.executable, CHILD, json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready", child.stderr.read()  # type: ignore[union-attr]
-        q2 = Queue.open(backend_root.location, storage_options=backend_root.storage_options,
-                        options=OpenOptions(background_threads=False))
+        q2 = Queue.open(
+            backend_root.location,
+            storage_options=backend_root.storage_options,
+            options=OpenOptions(background_threads=False),
+        )
         try:
             q2.kv_delete(b"flush")
             before = objects(backend_root)

@@ -53,12 +53,20 @@ class Child:
     """A running tests/support/queue_child.py whose stdout lines are collected by a thread."""
 
     def __init__(self, mode: str, root: BackendRoot, run: int, checkpoint_min_bytes: int) -> None:
-        spec = {"mode": mode, "location": root.location,
-                "storage_options": root.storage_options, "run": run,
-                "checkpoint_min_bytes": checkpoint_min_bytes}
-        self.proc = subprocess.Popen([sys.executable, CHILD, json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
+        spec = {
+            "mode": mode,
+            "location": root.location,
+            "storage_options": root.storage_options,
+            "run": run,
+            "checkpoint_min_bytes": checkpoint_min_bytes,
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, CHILD, json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -115,9 +123,11 @@ def open_root(root: BackendRoot, *, never_checkpoint: bool = False) -> Queue:
     """A handle with the children's options; ``never_checkpoint`` keeps the objects on the
     root still between calls (a checkpoint is written after the call that triggered it)."""
     threshold = 1 << 40 if never_checkpoint else CHECKPOINT_MIN_BYTES
-    return Queue.open(root.location,
-                      options=child_mod.options(threshold, background_threads=False),
-                      storage_options=root.storage_options or None)
+    return Queue.open(
+        root.location,
+        options=child_mod.options(threshold, background_threads=False),
+        storage_options=root.storage_options or None,
+    )
 
 
 def objects(root: BackendRoot) -> dict[str, list[str]]:
@@ -197,8 +207,10 @@ def test_second_process_fences_a_busy_first_one(backend_root: BackendRoot) -> No
         fenced = a.fenced()
         assert len(fenced) == child_mod.PRODUCERS + child_mod.WORKERS, fenced
         enqueued, acked = a.ids("E"), a.ids("A")
-        print(f"\n{backend_root.name}: A reported {len(enqueued)} enqueues and {len(acked)} "
-              f"acks before it was fenced: {sorted({op for op, _ in fenced})}")
+        print(
+            f"\n{backend_root.name}: A reported {len(enqueued)} enqueues and {len(acked)} "
+            f"acks before it was fenced: {sorted({op for op, _ in fenced})}"
+        )
         check_nothing_lost(b, enqueued, acked, fenced)
     finally:
         b.close()
@@ -209,8 +221,9 @@ def test_second_process_fences_a_busy_first_one(backend_root: BackendRoot) -> No
         c.close()
 
 
-def check_nothing_lost(q: Queue, enqueued: list[str], acked: list[str],
-                       fenced: list[tuple[str, str]]) -> None:
+def check_nothing_lost(
+    q: Queue, enqueued: list[str], acked: list[str], fenced: list[tuple[str, str]]
+) -> None:
     for jid in enqueued:
         rec = q.get_job(jid)
         assert rec is not None, f"{jid}: acknowledged by the fenced process, lost"
@@ -229,8 +242,9 @@ def check_nothing_lost(q: Queue, enqueued: list[str], acked: list[str],
             # (A worker may claim a job whose enqueue is not durable yet: if the enqueue then
             # lost to the fence too, the job is gone — its producer was never told otherwise.)
             rec = q.get_job(jid)
-            assert rec is None or rec.status is not JobStatus.DONE, \
+            assert rec is None or rec.status is not JobStatus.DONE, (
                 f"{jid}: its ack raised FencedError, yet it is {rec}"
+            )
     assert q.stats(Q).claimed == 0
 
 
@@ -241,8 +255,9 @@ def _late_calls(q1: Queue, claim: Claim, ids: Mapping[str, str]) -> dict[str, An
     """Each durable call, as the replaced handle would make it."""
     return {
         "enqueue": lambda: q1.enqueue(Q, b"late", job_id="late"),
-        "enqueue_with_kv": lambda: q1.enqueue_with_kv(Q, b"late", {b"late": b"v"},
-                                                      EnqueueOptions(job_id="late")),
+        "enqueue_with_kv": lambda: q1.enqueue_with_kv(
+            Q, b"late", {b"late": b"v"}, EnqueueOptions(job_id="late")
+        ),
         "enqueue_batch": lambda: q1.enqueue_batch(Q, [b"late", b"later"]),
         "ack": lambda: q1.ack(claim),
         "nack": lambda: q1.nack(claim, "late"),
@@ -254,8 +269,18 @@ def _late_calls(q1: Queue, claim: Claim, ids: Mapping[str, str]) -> dict[str, An
     }
 
 
-LATE_CALLS = ["enqueue", "enqueue_with_kv", "enqueue_batch", "ack", "nack", "dead_letter",
-              "cancel_pending", "cancel_claimed", "requeue_dead_job", "kv_delete"]
+LATE_CALLS = [
+    "enqueue",
+    "enqueue_with_kv",
+    "enqueue_batch",
+    "ack",
+    "nack",
+    "dead_letter",
+    "cancel_pending",
+    "cancel_claimed",
+    "requeue_dead_job",
+    "kv_delete",
+]
 
 
 def test_each_durable_call_of_a_replaced_handle_raises_fenced(backend_root: BackendRoot) -> None:
@@ -263,8 +288,9 @@ def test_each_durable_call_of_a_replaced_handle_raises_fenced(backend_root: Back
     (its put loses), writes nothing, and stays broken; the second handle has exactly what
     the first acknowledged."""
     for op in LATE_CALLS:
-        root = BackendRoot(backend_root.name, f"{backend_root.location}/{op}",
-                           backend_root.storage_options)
+        root = BackendRoot(
+            backend_root.name, f"{backend_root.location}/{op}", backend_root.storage_options
+        )
         q1 = open_root(root, never_checkpoint=True)
         q2 = None
         try:
@@ -300,9 +326,13 @@ def test_each_durable_call_of_a_replaced_handle_raises_fenced(backend_root: Back
                     q2.close()
                     q = q2 = open_root(root, never_checkpoint=True)
                 status = {k: q.get_job(v).status for k, v in ids.items()}  # type: ignore[union-attr]
-                assert status == {"dead": JobStatus.DEAD, "done": JobStatus.DONE,
-                                  "claimed": JobStatus.PENDING, "pending": JobStatus.PENDING,
-                                  "kv": JobStatus.PENDING}, op
+                assert status == {
+                    "dead": JobStatus.DEAD,
+                    "done": JobStatus.DONE,
+                    "claimed": JobStatus.PENDING,
+                    "pending": JobStatus.PENDING,
+                    "kv": JobStatus.PENDING,
+                }, op
                 assert q.get_job(ids["claimed"]).attempts == 1  # type: ignore[union-attr]
                 assert q.get_job("late") is None and q.kv_get(b"late") is None, op
                 assert q.kv_get(b"k") == b"v", op
@@ -326,7 +356,10 @@ def test_busy_handle_taken_over_in_one_process(fast_backend_root: BackendRoot) -
 def take_over_a_busy_handle(root: BackendRoot, round_: int, enqueues_before: int) -> None:
     options = OpenOptions(
         default_queue_config=QueueConfig(lease=3600.0, keep_done=3600.0),
-        checkpoint_min_bytes=512, checkpoint_ratio=0.1, background_threads=False)
+        checkpoint_min_bytes=512,
+        checkpoint_ratio=0.1,
+        background_threads=False,
+    )
     storage_options = root.storage_options or None
     q1 = Queue.open(root.location, options=options, storage_options=storage_options)
     done: dict[str, list[str]] = {"E": [], "A": [], "F": [], "X": []}
@@ -341,8 +374,9 @@ def take_over_a_busy_handle(root: BackendRoot, round_: int, enqueues_before: int
         while True:
             jid = f"r{round_}-p{p}-{n}"
             try:
-                q1.enqueue_with_kv(Q, jid.encode(), {jid.encode(): b"v"},
-                                   EnqueueOptions(job_id=jid))
+                q1.enqueue_with_kv(
+                    Q, jid.encode(), {jid.encode(): b"v"}, EnqueueOptions(job_id=jid)
+                )
             except FencedError:
                 note("F", jid)
                 return

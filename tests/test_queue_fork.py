@@ -37,8 +37,9 @@ FORK_WORDS = ("forked", "Producer")
 
 def files(root: Path) -> dict[str, bytes]:
     """Every file under the root and its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def flush(q: Queue) -> None:
@@ -64,8 +65,12 @@ def calls_in_child(q: Queue, held: Any, n: int) -> list[tuple[str, Callable[[], 
     return [
         ("enqueue", lambda: q.enqueue(Q, b"child-%d" % n)),
         ("enqueue_batch", lambda: q.enqueue_batch(Q, [b"child-%d-batch" % n] * 20)),
-        ("enqueue_with_kv", lambda: q.enqueue_with_kv(Q, b"child-%d-kv" % n, {b"k": b"child"},
-                                                      EnqueueOptions(job_id=f"child-{n}"))),
+        (
+            "enqueue_with_kv",
+            lambda: q.enqueue_with_kv(
+                Q, b"child-%d-kv" % n, {b"k": b"child"}, EnqueueOptions(job_id=f"child-{n}")
+            ),
+        ),
         ("claim", lambda: q.claim(Q)),
         ("claim-wait", lambda: q.claim(Q, wait=30)),
         ("ack", lambda: q.ack(held)),
@@ -125,8 +130,9 @@ def fork_child(q: Queue, held: Any, n: int, *, hold_lock: bool) -> dict[str, Any
 
 def test_forked_children_get_queue_broken_and_write_nothing(tmp_path: Path) -> None:
     root = tmp_path / "q"
-    options = OpenOptions(background_threads=False,
-                          default_queue_config=QueueConfig(keep_done=3600))  # acked: shown DONE
+    options = OpenOptions(
+        background_threads=False, default_queue_config=QueueConfig(keep_done=3600)
+    )  # acked: shown DONE
     q = Queue.open(str(root), options=options)
     parent_jobs: list[str] = []
     try:
@@ -183,8 +189,12 @@ def _enqueue_in_child(n: int) -> list[str]:
 
 def _process_child(q: Queue, results: Any) -> None:
     out = []
-    for call in (lambda: q.enqueue(Q, b"process-child"), lambda: q.stats(Q), q.close,
-                 lambda: q.enqueue(Q, b"process-child-after-close")):
+    for call in (
+        lambda: q.enqueue(Q, b"process-child"),
+        lambda: q.stats(Q),
+        q.close,
+        lambda: q.enqueue(Q, b"process-child-after-close"),
+    ):
         try:
             out.append(["returned", repr(call())])
         except Exception as exc:
@@ -277,7 +287,8 @@ def short_dir() -> Iterator[str]:
 
 
 def test_gunicorn_preload_workers_get_queue_broken_and_the_masters_data_survives(
-        tmp_path: Path, short_dir: str) -> None:
+    tmp_path: Path, short_dir: str
+) -> None:
     pytest.importorskip("gunicorn")
     root = tmp_path / "q"
     (tmp_path / "app").mkdir()
@@ -286,10 +297,26 @@ def test_gunicorn_preload_workers_get_queue_broken_and_the_masters_data_survives
     sock = os.path.join(short_dir, "g.sock")
     env = dict(os.environ, TAQUBA_TEST_ROOT=str(root), TAQUBA_TEST_IDS=str(ids_file))
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--preload", "--workers", "2", "--bind",
-         f"unix:{sock}", "--chdir", str(tmp_path / "app"), "--graceful-timeout", "5",
-         "preloaded_app:app"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--preload",
+            "--workers",
+            "2",
+            "--bind",
+            f"unix:{sock}",
+            "--chdir",
+            str(tmp_path / "app"),
+            "--graceful-timeout",
+            "5",
+            "preloaded_app:app",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + WAIT
         while not os.path.exists(sock):

@@ -10,20 +10,9 @@ from datetime import timedelta
 
 import pytest
 from support.clock import T0, ManualClock
-from support.queues import (
-    Opener,
-    Q,
-    claim,
-    record,
-    stats,
-)
+from support.queues import Opener, Q, claim, record, stats
 
-from taquba import (
-    ClaimLost,
-    JobStatus,
-    Queue,
-    QueueConfig,
-)
+from taquba import ClaimLost, JobStatus, Queue, QueueConfig
 
 # --------------------------------------------------------------------------- reaper and retention
 
@@ -40,7 +29,11 @@ def test_reap_requeues_expired_claims(q: Queue, clock: ManualClock) -> None:
     assert q.reap_now() == 0
     r = record(q, a)
     assert (r.status, r.attempts, r.last_error, r.lease_expires_at) == (
-        JobStatus.PENDING, 1, "lease expired", None)
+        JobStatus.PENDING,
+        1,
+        "lease expired",
+        None,
+    )
     assert q.stats(Q) == stats(q, pending=1, claimed=1)
     clock.advance(10)
     assert q.reap_now() == 1
@@ -77,8 +70,9 @@ def test_keep_done_retention(open_queue: Opener, clock: ManualClock) -> None:
 
 
 def test_dead_retention(open_queue: Opener, clock: ManualClock) -> None:
-    q = open_queue(QueueConfig(dead_retention=100),
-                   queue_configs={"forever": QueueConfig(dead_retention=None)})
+    q = open_queue(
+        QueueConfig(dead_retention=100), queue_configs={"forever": QueueConfig(dead_retention=None)}
+    )
     a = q.enqueue(Q, b"a")
     b = q.enqueue("forever", b"b")
     q.dead_letter(claim(q), "x")
@@ -98,8 +92,9 @@ def test_dead_retention(open_queue: Opener, clock: ManualClock) -> None:
 
 
 @pytest.mark.parametrize("checkpoints", [False, True])
-def test_retention_continues_after_reopen(open_queue: Opener, clock: ManualClock,
-                                          checkpoints: bool) -> None:
+def test_retention_continues_after_reopen(
+    open_queue: Opener, clock: ManualClock, checkpoints: bool
+) -> None:
     tuning = {"checkpoint_min_bytes": 1, "checkpoint_ratio": 0.01} if checkpoints else {}
     config = QueueConfig(keep_done=60, dead_retention=120)
     q = open_queue(config, **tuning)

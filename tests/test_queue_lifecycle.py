@@ -10,22 +10,9 @@ from typing import Any
 
 import pytest
 from support.clock import ManualClock
-from support.queues import (
-    Opener,
-    Q,
-    claim,
-    record,
-    stats,
-)
+from support.queues import Opener, Q, claim, record, stats
 
-from taquba import (
-    JobStatus,
-    OpenOptions,
-    Queue,
-    QueueClosed,
-    QueueConfig,
-    QueueStats,
-)
+from taquba import JobStatus, OpenOptions, Queue, QueueClosed, QueueConfig, QueueStats
 
 # --------------------------------------------------------------------------- inspecting
 
@@ -87,9 +74,12 @@ def test_state_survives_close_and_reopen(open_queue: Opener, clock: ManualClock)
     assert {i: record(q, i) for i in snapshot} == snapshot
     r = record(q, pending)
     assert (r.status, r.attempts, r.lease_expires_at, r.claimed_at) == (
-        JobStatus.PENDING, 1, None, None)
-    assert (r.payload, r.priority, dict(r.headers)) == (
-        claimed_before.payload, 5, {"h": "1"})
+        JobStatus.PENDING,
+        1,
+        None,
+        None,
+    )
+    assert (r.payload, r.priority, dict(r.headers)) == (claimed_before.payload, 5, {"h": "1"})
     assert q.kv_get(b"key") == b"value"
     assert q.enqueue(Q, b"dup", dedup_key="sched") == scheduled
     c = claim(q)
@@ -121,11 +111,11 @@ def test_state_survives_many_reopens_with_checkpoints(open_queue: Opener) -> Non
     assert q.enqueue(Q, b"c", dedup_key="k") != first
 
 
-def test_context_manager_and_idempotent_close(fast_backend_root: Any,
-                                              clock: ManualClock) -> None:
+def test_context_manager_and_idempotent_close(fast_backend_root: Any, clock: ManualClock) -> None:
     opts = OpenOptions(clock=clock, background_threads=False)
-    with Queue.open(fast_backend_root.location, storage_options=fast_backend_root.storage_options,
-                    options=opts) as q:
+    with Queue.open(
+        fast_backend_root.location, storage_options=fast_backend_root.storage_options, options=opts
+    ) as q:
         assert not q.closed
         job_id = q.enqueue(Q, b"x")
     assert q.closed
@@ -133,8 +123,9 @@ def test_context_manager_and_idempotent_close(fast_backend_root: Any,
         q.stats(Q)
     q.close()
     q.close(timeout=1)
-    with Queue.open(fast_backend_root.location, storage_options=fast_backend_root.storage_options,
-                    options=opts) as q2:
+    with Queue.open(
+        fast_backend_root.location, storage_options=fast_backend_root.storage_options, options=opts
+    ) as q2:
         assert record(q2, job_id).payload == b"x"
     with pytest.raises(QueueClosed):
         q2.enqueue(Q, b"y")
@@ -143,13 +134,17 @@ def test_context_manager_and_idempotent_close(fast_backend_root: Any,
 def test_exception_in_with_block_still_closes(fast_backend_root: Any, clock: ManualClock) -> None:
     opts = OpenOptions(clock=clock, background_threads=False)
     with pytest.raises(RuntimeError, match="user error"):  # noqa: SIM117
-        with Queue.open(fast_backend_root.location,
-                        storage_options=fast_backend_root.storage_options, options=opts) as q:
+        with Queue.open(
+            fast_backend_root.location,
+            storage_options=fast_backend_root.storage_options,
+            options=opts,
+        ) as q:
             q.enqueue(Q, b"x")
             raise RuntimeError("user error")
     assert q.closed
-    with Queue.open(fast_backend_root.location, storage_options=fast_backend_root.storage_options,
-                    options=opts) as q2:
+    with Queue.open(
+        fast_backend_root.location, storage_options=fast_backend_root.storage_options, options=opts
+    ) as q2:
         assert q2.stats(Q) == stats(q2, pending=1)
 
 

@@ -13,17 +13,7 @@ from datetime import timedelta
 
 import pytest
 from support.clock import T0, ManualClock
-from support.queues import (
-    WAIT,
-    Opener,
-    Q,
-    claim,
-    in_thread,
-    joined,
-    record,
-    stats,
-    until_waiting,
-)
+from support.queues import WAIT, Opener, Q, claim, in_thread, joined, record, stats, until_waiting
 
 from taquba import (
     PRIORITY_LOW,
@@ -63,7 +53,11 @@ def test_backoff_is_exponential_and_capped(open_queue: Opener, clock: ManualCloc
     q.nack(c, ValueError("last"))
     r = record(q, job_id)
     assert (r.status, r.attempts, r.last_error, r.failed_at) == (
-        JobStatus.DEAD, 7, "ValueError: last", clock.now)
+        JobStatus.DEAD,
+        7,
+        "ValueError: last",
+        clock.now,
+    )
     assert q.stats(Q) == stats(q, dead=1)
 
 
@@ -92,8 +86,7 @@ def test_error_text_with_lone_surrogates_is_stored_escaped(open_queue: Opener) -
     assert record(open_queue(), job_id).last_error == "\\udcff"
 
 
-def test_a_clock_that_returns_nan_is_a_config_error(open_queue: Opener,
-                                                     clock: ManualClock) -> None:
+def test_a_clock_that_returns_nan_is_a_config_error(open_queue: Opener, clock: ManualClock) -> None:
     q = open_queue()
     job_id = q.enqueue(Q, b"x")
     clock.now = math.nan
@@ -111,7 +104,11 @@ def test_dead_after_per_job_max_attempts(q: Queue, clock: ManualClock) -> None:
     q.nack(claim(q), "only chance")
     r = record(q, job_id)
     assert (r.status, r.attempts, r.max_attempts, r.last_error) == (
-        JobStatus.DEAD, 1, 1, "only chance")
+        JobStatus.DEAD,
+        1,
+        1,
+        "only chance",
+    )
     assert q.stats(Q) == stats(q, dead=1)
     assert [d.id for d in q.dead_jobs(Q)] == [job_id]
 
@@ -122,7 +119,12 @@ def test_dead_letter(q: Queue, clock: ManualClock) -> None:
     q.dead_letter(claim(q), "unparseable")
     r = record(q, job_id)
     assert (r.status, r.attempts, r.last_error, r.failed_at, r.lease_expires_at) == (
-        JobStatus.DEAD, 1, "unparseable", T0 + 3, None)
+        JobStatus.DEAD,
+        1,
+        "unparseable",
+        T0 + 3,
+        None,
+    )
     assert q.stats(Q) == stats(q, dead=1)
     assert q.claim(Q) is None
 
@@ -308,7 +310,10 @@ def test_wait_for_completion_ack_with_keep_done(open_queue: Opener, clock: Manua
     assert outcome.status is WaitStatus.COMPLETED
     assert outcome.record is not None
     assert (outcome.record.id, outcome.record.status, outcome.record.completed_at) == (
-        job_id, JobStatus.DONE, T0 + 2)
+        job_id,
+        JobStatus.DONE,
+        T0 + 2,
+    )
     assert outcome.record == q.get_job(job_id)
     again = q.wait_for_completion(job_id, 0)  # already finished: returns at once
     assert again == WaitOutcome(WaitStatus.COMPLETED, outcome.record)
@@ -438,8 +443,9 @@ LOSE = {
 
 @pytest.mark.parametrize("how", list(LOSE))
 @pytest.mark.parametrize("op", list(SETTLE))
-def test_claim_lost_changes_nothing(open_queue: Opener, clock: ManualClock, op: str,
-                                    how: str) -> None:
+def test_claim_lost_changes_nothing(
+    open_queue: Opener, clock: ManualClock, op: str, how: str
+) -> None:
     q = open_queue(QueueConfig(keep_done=3600, max_attempts=5, retry_backoff_base=0))
     job_id = q.enqueue(Q, b"x")
     bystander = q.enqueue(Q, b"y", priority=PRIORITY_LOW)

@@ -30,9 +30,11 @@ Q = "work"
 
 def open_owner(root: Any, **options: Any) -> Queue:
     config = QueueConfig(keep_done=3600, max_attempts=1)
-    return Queue.open(root.location, storage_options=root.storage_options,
-                      options=OpenOptions(background_threads=False, default_queue_config=config,
-                                          **options))
+    return Queue.open(
+        root.location,
+        storage_options=root.storage_options,
+        options=OpenOptions(background_threads=False, default_queue_config=config, **options),
+    )
 
 
 def open_reader(root: Any) -> QueueReader:
@@ -127,8 +129,12 @@ def test_reader_never_writes_on_a_counting_filesystem(tmp_path: Path) -> None:
     import fsspec
 
     root = str(tmp_path / "root")
-    q = Queue.open(root, options=OpenOptions(background_threads=False,
-                                             checkpoint_min_bytes=512, checkpoint_ratio=0.05))
+    q = Queue.open(
+        root,
+        options=OpenOptions(
+            background_threads=False, checkpoint_min_bytes=512, checkpoint_ratio=0.05
+        ),
+    )
     fs = FaultyFileSystem(fsspec.filesystem("file"))
     reader = QueueReader.open(fs, path=root)
     try:

@@ -27,8 +27,9 @@ from taquba.log import CHECKPOINT_DIR, SEGMENT_DIR
 from taquba.log.policy import CLOSE_MIN_BYTES
 from taquba.log.replay import parse_segment
 
-QUIET = OpenOptions(background_threads=False, fence_check_interval=None,
-                    checkpoint_max_segments=100_000)
+QUIET = OpenOptions(
+    background_threads=False, fence_check_interval=None, checkpoint_max_segments=100_000
+)
 
 
 def _records_in_segments(root: BackendRoot) -> int:
@@ -52,7 +53,8 @@ def _work(q: Queue, done: int, pending: int) -> list[str]:
 
 
 def test_a_clean_close_checkpoints_when_the_log_outweighs_the_live_state(
-        fast_backend_root: BackendRoot) -> None:
+    fast_backend_root: BackendRoot,
+) -> None:
     q = Queue.open(fast_backend_root.location, options=QUIET)
     left = _work(q, 700, 5)  # a log past CLOSE_MIN_BYTES, of jobs nearly all gone
     assert q.committer.log.bytes_since_checkpoint > CLOSE_MIN_BYTES
@@ -68,8 +70,9 @@ def test_a_clean_close_checkpoints_when_the_log_outweighs_the_live_state(
         assert q.stats("work").done == 700
         got = [q.claim("work") for _ in left]
         assert [h.id for h in got if h is not None] == left
-        assert [bytes(h.payload) for h in got if h is not None] == \
-            [b"left %d" % i for i in range(5)]
+        assert [bytes(h.payload) for h in got if h is not None] == [
+            b"left %d" % i for i in range(5)
+        ]
 
 
 def test_a_clean_close_leaves_a_short_log_to_replay(fast_backend_root: BackendRoot) -> None:
@@ -80,7 +83,8 @@ def test_a_clean_close_leaves_a_short_log_to_replay(fast_backend_root: BackendRo
 
 
 def test_a_clean_close_copies_no_backlog_the_log_already_holds(
-        fast_backend_root: BackendRoot) -> None:
+    fast_backend_root: BackendRoot,
+) -> None:
     with Queue.open(fast_backend_root.location, options=QUIET) as q:
         q.enqueue_batch("work", [bytes(1024)] * 200)
     assert fast_backend_root.store().list_dir(CHECKPOINT_DIR) == []
@@ -122,8 +126,9 @@ def test_short_claims_and_acks_decode_as_the_general_decoder_reads_them() -> Non
     gen = ids.IdGenerator()
     for _ in range(2000):
         job_id = gen.new(T0 + rng.random() * 1e6)
-        claim = ev.Claimed(job_id, rng.randint(1, 127), T0 + rng.random() * 1e6,
-                           float(rng.randint(0, 63)))
+        claim = ev.Claimed(
+            job_id, rng.randint(1, 127), T0 + rng.random() * 1e6, float(rng.randint(0, 63))
+        )
         record = claim.encode()
         assert len(record) == 28  # the short form
         assert ev.decode(record) == _general(record) == claim
@@ -132,19 +137,30 @@ def test_short_claims_and_acks_decode_as_the_general_decoder_reads_them() -> Non
         assert len(record) == 18
         assert ev.decode(record) == _general(record) == ack
     # the other forms still take the general path
-    for event in (ev.Claimed("user-1", 3, T0, 30.0), ev.Claimed(gen.new(T0), 200, T0, 30.0),
-                  ev.Claimed(gen.new(T0), 1, T0, 0.5), ev.Claimed(gen.new(T0), 1, T0, 3600.0),
-                  ev.Acked("user-1", False), ev.Acked(gen.new(T0), True, T0)):
+    for event in (
+        ev.Claimed("user-1", 3, T0, 30.0),
+        ev.Claimed(gen.new(T0), 200, T0, 30.0),
+        ev.Claimed(gen.new(T0), 1, T0, 0.5),
+        ev.Claimed(gen.new(T0), 1, T0, 3600.0),
+        ev.Acked("user-1", False),
+        ev.Acked(gen.new(T0), True, T0),
+    ):
         assert ev.decode(event.encode()) == event
 
 
-@pytest.mark.parametrize("name,patch,pattern", [
-    ("attempts 0", lambda b: b[:18] + b"\x00" + b[19:], "attempts 0"),
-    ("non-finite time", lambda b: b[:19] + struct.pack(">d", float("inf")) + b[27:],
-     "non-finite time"),
-    ("odd lease marker", lambda b: b[:27] + b"\x03", "bad duration marker 3"),
-    ("lease varint runs past the end", lambda b: b[:27] + b"\x82", "truncated varint"),
-])
+@pytest.mark.parametrize(
+    "name,patch,pattern",
+    [
+        ("attempts 0", lambda b: b[:18] + b"\x00" + b[19:], "attempts 0"),
+        (
+            "non-finite time",
+            lambda b: b[:19] + struct.pack(">d", float("inf")) + b[27:],
+            "non-finite time",
+        ),
+        ("odd lease marker", lambda b: b[:27] + b"\x03", "bad duration marker 3"),
+        ("lease varint runs past the end", lambda b: b[:27] + b"\x82", "truncated varint"),
+    ],
+)
 def test_a_damaged_short_claim_is_corruption(name: str, patch: object, pattern: str) -> None:
     record = ev.Claimed(ids.IdGenerator().new(T0), 2, T0, 30.0).encode()
     bad = patch(record)  # type: ignore[operator]

@@ -49,10 +49,14 @@ def open_queue(fast_backend_root: Any, clock: ManualClock) -> Iterator[Opener]:
     handles: list[Queue] = []
 
     def opener(**options: Any) -> Queue:
-        opts = OpenOptions(clock=clock, background_threads=options.pop("background", False),
-                           **options)
-        q = Queue.open(fast_backend_root.location,
-                       storage_options=fast_backend_root.storage_options, options=opts)
+        opts = OpenOptions(
+            clock=clock, background_threads=options.pop("background", False), **options
+        )
+        q = Queue.open(
+            fast_backend_root.location,
+            storage_options=fast_backend_root.storage_options,
+            options=opts,
+        )
         handles.append(q)
         return q
 
@@ -82,14 +86,30 @@ def occurrences(claims: list[Any]) -> list[float]:
 # -- adding, listing, removing ----------------------------------------------------------
 
 
-def test_add_list_replace_remove_and_reopen(open_queue: Opener, clock: ManualClock,
-                                            fast_backend_root: Any) -> None:
+def test_add_list_replace_remove_and_reopen(
+    open_queue: Opener, clock: ManualClock, fast_backend_root: Any
+) -> None:
     q = open_queue()
-    s = q.add_schedule("nightly", "30 2 * * *", Q, b"run", timezone="Europe/Paris",
-                       options=EnqueueOptions(priority=7, max_attempts=2, headers={"h": "v"}))
-    assert s == Schedule(name="nightly", cron="30 2 * * *", queue=Q, payload=b"run",
-                         timezone="Europe/Paris", next_run_at=at("2026-01-01T02:30", "Europe/Paris"),
-                         last_run_at=None, priority=7, max_attempts=2, headers={"h": "v"})
+    s = q.add_schedule(
+        "nightly",
+        "30 2 * * *",
+        Q,
+        b"run",
+        timezone="Europe/Paris",
+        options=EnqueueOptions(priority=7, max_attempts=2, headers={"h": "v"}),
+    )
+    assert s == Schedule(
+        name="nightly",
+        cron="30 2 * * *",
+        queue=Q,
+        payload=b"run",
+        timezone="Europe/Paris",
+        next_run_at=at("2026-01-01T02:30", "Europe/Paris"),
+        last_run_at=None,
+        priority=7,
+        max_attempts=2,
+        headers={"h": "v"},
+    )
     q.add_schedule("often", "*/5 * * * *", "other")
     assert [x.name for x in q.list_schedules()] == ["nightly", "often"]
     replaced = q.add_schedule("often", "@hourly", "other", b"new")
@@ -97,8 +117,9 @@ def test_add_list_replace_remove_and_reopen(open_queue: Opener, clock: ManualClo
     q.close()
     q = open_queue()  # replayed
     assert q.list_schedules() == [s, replaced]
-    with QueueReader.open(fast_backend_root.location,
-                          storage_options=fast_backend_root.storage_options) as reader:
+    with QueueReader.open(
+        fast_backend_root.location, storage_options=fast_backend_root.storage_options
+    ) as reader:
         assert reader.list_schedules() == [s, replaced]
     assert q.remove_schedule("often") is True
     assert q.remove_schedule("often") is False
@@ -126,8 +147,13 @@ def test_checkpoints_carry_schedules(open_queue: Opener, clock: ManualClock) -> 
 
 
 def test_each_occurrence_fires_once_with_its_options(q: Queue, clock: ManualClock) -> None:
-    q.add_schedule("five", "*/5 * * * *", Q, b"p",
-                   options=EnqueueOptions(priority=3, max_attempts=9, headers={"h": "v"}))
+    q.add_schedule(
+        "five",
+        "*/5 * * * *",
+        Q,
+        b"p",
+        options=EnqueueOptions(priority=3, max_attempts=9, headers={"h": "v"}),
+    )
     assert q.promote_scheduled_now() == 0
     clock.advance(299)
     assert q.promote_scheduled_now() == 0
@@ -136,15 +162,17 @@ def test_each_occurrence_fires_once_with_its_options(q: Queue, clock: ManualCloc
     assert q.promote_scheduled_now() == 0  # the same occurrence never fires twice
     (c,) = drain(q)
     assert (c.payload, c.priority, c.record.max_attempts) == (b"p", 3, 9)
-    assert dict(c.headers) == {"h": "v", "taquba-schedule": "five",
-                               "taquba-occurrence": f"{clock.now:.0f}"}
+    assert dict(c.headers) == {
+        "h": "v",
+        "taquba-schedule": "five",
+        "taquba-occurrence": f"{clock.now:.0f}",
+    }
     assert c.record.dedup_key == f"taquba-schedule:five:{clock.now:.0f}"
     (s,) = q.list_schedules()
     assert (s.last_run_at, s.next_run_at) == (clock.now, clock.now + 300)
 
 
-def test_missed_occurrences_give_one_catch_up_job(open_queue: Opener,
-                                                  clock: ManualClock) -> None:
+def test_missed_occurrences_give_one_catch_up_job(open_queue: Opener, clock: ManualClock) -> None:
     q = open_queue()
     start = clock.now
     q.add_schedule("five", "*/5 * * * *", Q)
@@ -162,8 +190,9 @@ def test_missed_occurrences_give_one_catch_up_job(open_queue: Opener,
     assert q.promote_scheduled_now() == 0
 
 
-def test_a_held_dedup_key_skips_the_job_but_the_schedule_moves_on(q: Queue,
-                                                                   clock: ManualClock) -> None:
+def test_a_held_dedup_key_skips_the_job_but_the_schedule_moves_on(
+    q: Queue, clock: ManualClock
+) -> None:
     q.add_schedule("five", "*/5 * * * *", Q)
     due = clock.now + 300
     q.enqueue(Q, b"mine", dedup_key=f"taquba-schedule:five:{due:.0f}")
@@ -173,8 +202,9 @@ def test_a_held_dedup_key_skips_the_job_but_the_schedule_moves_on(q: Queue,
     assert q.list_schedules()[0].last_run_at == due
 
 
-def test_no_occurrence_fires_twice_across_reopen_and_takeover(open_queue: Opener,
-                                                              clock: ManualClock) -> None:
+def test_no_occurrence_fires_twice_across_reopen_and_takeover(
+    open_queue: Opener, clock: ManualClock
+) -> None:
     q = open_queue()
     q.add_schedule("five", "*/5 * * * *", Q)
     clock.advance(300)
@@ -219,30 +249,65 @@ def fired_local(q: Queue, clock: ManualClock, tz: str, until: str, step: float =
     return [datetime.fromtimestamp(t, zone).isoformat() for t in out]
 
 
-@pytest.mark.parametrize(("tz", "start", "until", "expected"), [
-    ("Europe/Paris", "2026-03-27T12:00", "2026-03-31T00:00", [  # clocks skip 02:00-03:00
-        "2026-03-28T02:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"]),
-    ("Europe/Paris", "2026-10-24T12:00", "2026-10-27T00:00", [  # 02:00-03:00 happens twice
-        "2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"]),
-    ("America/New_York", "2026-03-07T12:00", "2026-03-10T00:00", [
-        "2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"]),
-    ("America/New_York", "2026-10-31T12:00", "2026-11-03T00:00", [  # no 02:30 twice here
-        "2026-11-01T02:30:00-05:00", "2026-11-02T02:30:00-05:00"]),
-])
+@pytest.mark.parametrize(
+    ("tz", "start", "until", "expected"),
+    [
+        (
+            "Europe/Paris",
+            "2026-03-27T12:00",
+            "2026-03-31T00:00",
+            [  # clocks skip 02:00-03:00
+                "2026-03-28T02:30:00+01:00",
+                "2026-03-29T03:00:00+02:00",
+                "2026-03-30T02:30:00+02:00",
+            ],
+        ),
+        (
+            "Europe/Paris",
+            "2026-10-24T12:00",
+            "2026-10-27T00:00",
+            [  # 02:00-03:00 happens twice
+                "2026-10-25T02:30:00+02:00",
+                "2026-10-26T02:30:00+01:00",
+            ],
+        ),
+        (
+            "America/New_York",
+            "2026-03-07T12:00",
+            "2026-03-10T00:00",
+            ["2026-03-08T03:00:00-04:00", "2026-03-09T02:30:00-04:00"],
+        ),
+        (
+            "America/New_York",
+            "2026-10-31T12:00",
+            "2026-11-03T00:00",
+            [  # no 02:30 twice here
+                "2026-11-01T02:30:00-05:00",
+                "2026-11-02T02:30:00-05:00",
+            ],
+        ),
+    ],
+)
 def test_a_daily_time_fires_once_a_day_across_daylight_saving(
-        q: Queue, clock: ManualClock, tz: str, start: str, until: str,
-        expected: list[str]) -> None:
+    q: Queue, clock: ManualClock, tz: str, start: str, until: str, expected: list[str]
+) -> None:
     clock.now = at(start, tz)
     q.add_schedule("nightly", "30 2 * * *", Q, timezone=tz)
     assert fired_local(q, clock, tz, until) == expected
 
 
-@pytest.mark.parametrize(("tz", "day", "hours"), [
-    ("Europe/Paris", "2026-03-29", 23), ("Europe/Paris", "2026-10-25", 25),
-    ("America/New_York", "2026-03-08", 23), ("America/New_York", "2026-11-01", 25),
-])
+@pytest.mark.parametrize(
+    ("tz", "day", "hours"),
+    [
+        ("Europe/Paris", "2026-03-29", 23),
+        ("Europe/Paris", "2026-10-25", 25),
+        ("America/New_York", "2026-03-08", 23),
+        ("America/New_York", "2026-11-01", 25),
+    ],
+)
 def test_an_hourly_schedule_fires_every_real_hour_across_daylight_saving(
-        q: Queue, clock: ManualClock, tz: str, day: str, hours: int) -> None:
+    q: Queue, clock: ManualClock, tz: str, day: str, hours: int
+) -> None:
     clock.now = at(f"{day}T00:00", tz) - 1
     q.add_schedule("hourly", "@hourly", Q, timezone=tz)
     got = fired_local(q, clock, tz, f"{day}T23:59", step=300)
@@ -253,38 +318,45 @@ def test_an_hourly_schedule_fires_every_real_hour_across_daylight_saving(
         q.remove_schedule("hourly")
         clock.now = at("2026-10-31T12:00", tz)
         q.add_schedule("one-thirty", "30 1 * * *", Q, timezone=tz)
-        assert fired_local(q, clock, tz, "2026-11-02T00:00") == [
-            "2026-11-01T01:30:00-04:00"]
+        assert fired_local(q, clock, tz, "2026-11-02T00:00") == ["2026-11-01T01:30:00-04:00"]
 
 
 # -- bad input ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kwargs", "pattern"), [
-    ({"cron": "* * * *"}, "has 4 fields"),
-    ({"cron": "* * * * * *"}, "has 6 fields"),
-    ({"cron": "61 * * * *"}, "Bad minute"),
-    ({"cron": "0 0 31 2 *"}, "Bad day-of-month"),
-    ({"cron": "@sometimes"}, "unknown cron macro"),
-    ({"cron": ""}, "cron must be"),
-    ({"cron": 5}, "cron must be"),
-    ({"timezone": "Mars/Olympus_Mons"}, "unknown time zone 'Mars/Olympus_Mons'"),
-    ({"timezone": ""}, "timezone must be"),
-    ({"name": ""}, "schedule name"),
-    ({"name": "n" * 256}, "schedule name is 256"),
-    ({"queue": ""}, "queue name"),
-    ({"payload": "text"}, "payload must be bytes"),
-    ({"options": EnqueueOptions(delay=5)}, "cannot set delay"),
-    ({"options": EnqueueOptions(dedup_key="k")}, "cannot set dedup_key"),
-    ({"options": EnqueueOptions(job_id="j")}, "cannot set job_id"),
-    ({"options": EnqueueOptions(headers={"taquba-schedule": "x"})}, "set by the schedule"),
-    ({"options": {"priority": 1}}, "options must be an EnqueueOptions"),
-])
-def test_bad_schedules_are_refused_and_change_nothing(q: Queue, kwargs: dict[str, Any],
-                                                      pattern: str) -> None:
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"cron": "* * * *"}, "has 4 fields"),
+        ({"cron": "* * * * * *"}, "has 6 fields"),
+        ({"cron": "61 * * * *"}, "Bad minute"),
+        ({"cron": "0 0 31 2 *"}, "Bad day-of-month"),
+        ({"cron": "@sometimes"}, "unknown cron macro"),
+        ({"cron": ""}, "cron must be"),
+        ({"cron": 5}, "cron must be"),
+        ({"timezone": "Mars/Olympus_Mons"}, "unknown time zone 'Mars/Olympus_Mons'"),
+        ({"timezone": ""}, "timezone must be"),
+        ({"name": ""}, "schedule name"),
+        ({"name": "n" * 256}, "schedule name is 256"),
+        ({"queue": ""}, "queue name"),
+        ({"payload": "text"}, "payload must be bytes"),
+        ({"options": EnqueueOptions(delay=5)}, "cannot set delay"),
+        ({"options": EnqueueOptions(dedup_key="k")}, "cannot set dedup_key"),
+        ({"options": EnqueueOptions(job_id="j")}, "cannot set job_id"),
+        ({"options": EnqueueOptions(headers={"taquba-schedule": "x"})}, "set by the schedule"),
+        ({"options": {"priority": 1}}, "options must be an EnqueueOptions"),
+    ],
+)
+def test_bad_schedules_are_refused_and_change_nothing(
+    q: Queue, kwargs: dict[str, Any], pattern: str
+) -> None:
     args = {"name": "s", "cron": "* * * * *", "queue": Q, "payload": b"", **kwargs}
-    name, cron, queue, payload = args.pop("name"), args.pop("cron"), args.pop("queue"), \
-        args.pop("payload")
+    name, cron, queue, payload = (
+        args.pop("name"),
+        args.pop("cron"),
+        args.pop("queue"),
+        args.pop("payload"),
+    )
     with pytest.raises(InvalidArgument, match=pattern) as info:
         q.add_schedule(name, cron, queue, payload, **args)
     assert isinstance(info.value, TaqubaError)
@@ -310,16 +382,21 @@ def test_each_occurrence_is_enqueued_once_across_sigkills(tmp_path: Path) -> Non
     would see it: an occurrence whose job became durable must not fire again."""
     root = str(tmp_path / "root")
     script = str(child.__file__)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     rng = random.Random(7)
     start = child.BASE
     latest = start
     for run in range(12):
         out_path = tmp_path / f"out-{run}"
         with open(out_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, script, root, repr(start)], stdout=out,
-                                    env=env)
+            proc = subprocess.Popen(
+                [sys.executable, script, root, repr(start)], stdout=out, env=env
+            )
         ref = None
         try:
             deadline = time.monotonic() + 60
@@ -336,8 +413,7 @@ def test_each_occurrence_is_enqueued_once_across_sigkills(tmp_path: Path) -> Non
         latest = max(latest, killed_at)
         start = killed_at - rng.uniform(0.0, 120.0)
     frozen = latest + 600
-    with Queue.open(root, options=child.options(lambda: frozen,
-                                                background_threads=False)) as q:
+    with Queue.open(root, options=child.options(lambda: frozen, background_threads=False)) as q:
         q.promote_scheduled_now()
         (s,) = q.list_schedules()
         fired = occurrences(drain(q, child.QUEUE))

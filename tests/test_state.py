@@ -23,11 +23,15 @@ G = ids.IdGenerator()
 A, B, C, D = G.new_many(T0, 4)
 
 
-def enqueue(s: State, queue: str, *job_ids: str, priority: int = 1000, at: float = T0,
-            **spec: object) -> None:
+def enqueue(
+    s: State, queue: str, *job_ids: str, priority: int = 1000, at: float = T0, **spec: object
+) -> None:
     specs = [ev.JobSpec(priority, 3, **spec)] * len(job_ids) if spec else None  # type: ignore[arg-type]
-    s.apply(ev.Enqueued(queue, at, list(job_ids), [b"p-" + i.encode() for i in job_ids],
-                        priority, 3, specs))
+    s.apply(
+        ev.Enqueued(
+            queue, at, list(job_ids), [b"p-" + i.encode() for i in job_ids], priority, 3, specs
+        )
+    )
 
 
 def status(s: State, job_id: str) -> JobStatus | None:
@@ -50,9 +54,16 @@ def test_enqueued_jobs_are_pending_in_order_and_counted() -> None:
 
 def test_enqueued_with_specs_schedules_dedups_and_keeps_headers() -> None:
     s = State()
-    s.apply(ev.Enqueued("q", T0, [A, B], [b"a", b"b"], specs=[
-        ev.JobSpec(5, 9, run_at=T0 + 10, dedup_key="k", headers={"h": "v"}), None],
-        kv=[(b"key", b"value")]))
+    s.apply(
+        ev.Enqueued(
+            "q",
+            T0,
+            [A, B],
+            [b"a", b"b"],
+            specs=[ev.JobSpec(5, 9, run_at=T0 + 10, dedup_key="k", headers={"h": "v"}), None],
+            kv=[(b"key", b"value")],
+        )
+    )
     a, b = s.jobs[A], s.jobs[B]
     assert (a.status, a.priority, a.max_attempts, a.run_at) == (JobStatus.SCHEDULED, 5, 9, T0 + 10)
     assert dict(a.headers) == {"h": "v"} and a.dedup_key == "k"
@@ -77,8 +88,12 @@ def test_claimed_renewed_and_expired() -> None:
     enqueue(s, "q", A, dedup_key="k")
     s.apply(ev.Claimed(A, 1, T0, 30.0))
     job = s.jobs[A]
-    assert (job.status, job.attempts, job.claimed_at, job.lease_expires_at) == \
-        (JobStatus.CLAIMED, 1, T0, T0 + 30.0)
+    assert (job.status, job.attempts, job.claimed_at, job.lease_expires_at) == (
+        JobStatus.CLAIMED,
+        1,
+        T0,
+        T0 + 30.0,
+    )
     assert s.queues["q"].dedup == {}  # released at the first claim
     assert s.peek_pending("q") is None
     s.apply(ev.Renewed(A, T0 + 100))
@@ -99,11 +114,14 @@ def test_acked_keeps_or_drops() -> None:
     assert s.sweepable("q", T0 + 1, None) == [A]
 
 
-@pytest.mark.parametrize(("event", "expected"), [
-    (ev.Failed(A, ev.TO_PENDING, error="e"), JobStatus.PENDING),
-    (ev.Failed(A, ev.TO_SCHEDULED, None, T0 + 5, "e"), JobStatus.SCHEDULED),
-    (ev.Failed(A, ev.TO_DEAD, T0 + 1, None, "e"), JobStatus.DEAD),
-])
+@pytest.mark.parametrize(
+    ("event", "expected"),
+    [
+        (ev.Failed(A, ev.TO_PENDING, error="e"), JobStatus.PENDING),
+        (ev.Failed(A, ev.TO_SCHEDULED, None, T0 + 5, "e"), JobStatus.SCHEDULED),
+        (ev.Failed(A, ev.TO_DEAD, T0 + 1, None, "e"), JobStatus.DEAD),
+    ],
+)
 def test_failed_goes_where_it_says(event: ev.Failed, expected: JobStatus) -> None:
     s = State()
     enqueue(s, "q", A, B)
@@ -162,9 +180,18 @@ def test_events_for_unknown_jobs_change_nothing() -> None:
     s = State()
     enqueue(s, "q", A)
     before = s.snapshot()
-    for e in (ev.Claimed(B, 1, T0, 1.0), ev.Renewed(B, T0), ev.Acked(B, False),
-              ev.Failed(B, ev.TO_PENDING), ev.Cancelled(B), ev.DeadRequeued(B),
-              ev.Promoted([B]), ev.Purged([B]), ev.Released([B]), ev.KvDeleted([b"x"])):
+    for e in (
+        ev.Claimed(B, 1, T0, 1.0),
+        ev.Renewed(B, T0),
+        ev.Acked(B, False),
+        ev.Failed(B, ev.TO_PENDING),
+        ev.Cancelled(B),
+        ev.DeadRequeued(B),
+        ev.Promoted([B]),
+        ev.Purged([B]),
+        ev.Released([B]),
+        ev.KvDeleted([b"x"]),
+    ):
         s.apply(e)
     assert s.snapshot() == before
 
@@ -216,34 +243,70 @@ def test_jobs_alike_share_their_kind_and_restored_jobs_of_one_enqueue_share_thei
 
 EXAMPLES: list[ev.Event] = [
     ev.Enqueued("q", T0, [A, B], [b"a", b"b"]),
-    ev.Enqueued("é", T0, [A, "user-1"], [b"", b"x"], 5, 7,
-                [ev.JobSpec(1, 2, T0 + 1, "dk", {"h": "v"}), None], [(b"k", b"v")]),
-    ev.Claimed(A, 2, T0, 30.0), ev.Renewed("user-1", T0 + 9), ev.Acked(A, True, T0),
-    ev.Acked(A, False), ev.Failed(A, ev.TO_DEAD, T0, None, "e"),
-    ev.Failed(A, ev.TO_SCHEDULED, None, T0, None), ev.Failed(A, ev.TO_PENDING),
-    ev.Cancelled(A), ev.DeadRequeued("x"), ev.Promoted([A, "x"]), ev.Purged([]),
-    ev.Released([B]), ev.KvDeleted([b"a", b""]),
-    ev.Intake("0123456789abcdef", 7, T0, [ev.Enqueued("q", T0, [A], [b"a"]), ev.Cancelled(A),
-                                          ev.DeadRequeued("x")]),
-    ev.Intake("p", 0, T0, []), ev.InboxForgot(["p", "0123456789abcdef"]),
+    ev.Enqueued(
+        "é",
+        T0,
+        [A, "user-1"],
+        [b"", b"x"],
+        5,
+        7,
+        [ev.JobSpec(1, 2, T0 + 1, "dk", {"h": "v"}), None],
+        [(b"k", b"v")],
+    ),
+    ev.Claimed(A, 2, T0, 30.0),
+    ev.Renewed("user-1", T0 + 9),
+    ev.Acked(A, True, T0),
+    ev.Acked(A, False),
+    ev.Failed(A, ev.TO_DEAD, T0, None, "e"),
+    ev.Failed(A, ev.TO_SCHEDULED, None, T0, None),
+    ev.Failed(A, ev.TO_PENDING),
+    ev.Cancelled(A),
+    ev.DeadRequeued("x"),
+    ev.Promoted([A, "x"]),
+    ev.Purged([]),
+    ev.Released([B]),
+    ev.KvDeleted([b"a", b""]),
+    ev.Intake(
+        "0123456789abcdef",
+        7,
+        T0,
+        [ev.Enqueued("q", T0, [A], [b"a"]), ev.Cancelled(A), ev.DeadRequeued("x")],
+    ),
+    ev.Intake("p", 0, T0, []),
+    ev.InboxForgot(["p", "0123456789abcdef"]),
     ev.KvWritten([(b"k", b"v"), (b"\x00" * 300, b"")]),
-    ev.Settled(ev.Acked(A, False), [ev.Enqueued("q", T0, ["f1"], [b"f"]),
-                                    ev.KvWritten([(b"k", b"v")]), ev.KvDeleted([b"d"])]),
+    ev.Settled(
+        ev.Acked(A, False),
+        [ev.Enqueued("q", T0, ["f1"], [b"f"]), ev.KvWritten([(b"k", b"v")]), ev.KvDeleted([b"d"])],
+    ),
     ev.Settled(ev.Failed(A, ev.TO_DEAD, T0, None, "e"), []),
     ev.ScheduleSet("s", "*/5 * * * *", "UTC", "q", b"p", T0 + 300),
     ev.ScheduleSet("s2", "@daily", "Europe/Paris", "q", b"", T0, T0 - 86400, 5, 2, {"h": "v"}),
     ev.ScheduleRemoved("s"),
     ev.ScheduleFired("s", T0, T0 + 300),
-    ev.ScheduleFired("s", T0, T0 + 300, ev.Enqueued("q", T0, ["sj"], [b"p"], specs=[
-        ev.JobSpec(dedup_key="taquba-schedule:s:1", headers={"taquba-schedule": "s"})])),
+    ev.ScheduleFired(
+        "s",
+        T0,
+        T0 + 300,
+        ev.Enqueued(
+            "q",
+            T0,
+            ["sj"],
+            [b"p"],
+            specs=[ev.JobSpec(dedup_key="taquba-schedule:s:1", headers={"taquba-schedule": "s"})],
+        ),
+    ),
 ]
 
 
 def test_schedules_are_set_fired_removed_and_kept_by_snapshots() -> None:
     s = State()
     s.apply(ev.ScheduleSet("s", "*/5 * * * *", "UTC", "q", b"p", T0 + 300))
-    s.apply(ev.ScheduleSet("t", "@daily", "Europe/Paris", "q2", b"x" * 50, T0 + 9, None, 5,
-                           None, {"h": "v"}))
+    s.apply(
+        ev.ScheduleSet(
+            "t", "@daily", "Europe/Paris", "q2", b"x" * 50, T0 + 9, None, 5, None, {"h": "v"}
+        )
+    )
     s.apply(ev.ScheduleFired("s", T0 + 300, T0 + 600, ev.Enqueued("q", T0 + 301, [A], [b"p"])))
     assert s.schedules["s"].last_run_at == T0 + 300 and s.schedules["s"].next_run_at == T0 + 600
     assert set(s.jobs) == {A}
@@ -273,7 +336,7 @@ def test_a_damaged_schedule_section_of_a_snapshot_is_corruption() -> None:
     other = ev.KvWritten([(b"k" * 20, b"v")]).encode()
     assert data.endswith(bytes([len(stored)]) + stored)
     with pytest.raises(CorruptionError, match="schedule is stored as a KvWritten"):
-        State.restore(data[:-len(stored) - 1] + bytes([len(other)]) + other)
+        State.restore(data[: -len(stored) - 1] + bytes([len(other)]) + other)
     twice = State()
     twice.schedules = {"a": s.schedules["s"], "b": s.schedules["s"]}
     with pytest.raises(CorruptionError, match="listed twice"):
@@ -285,8 +348,16 @@ def test_intake_records_keep_the_layout_of_the_first_inbox_release() -> None:
     tag | uvarint n | n x str producer: roots written before the typed events stay readable."""
     inner = ev.Cancelled(A).encode()
     got = ev.Intake("pp", 300, T0, [ev.Cancelled(A)]).encode()
-    assert got == bytes([got[0]]) + b"\x02pp" + b"\xac\x02" + struct.pack(">d", T0) \
-        + b"\x01" + bytes([len(inner)]) + inner
+    assert (
+        got
+        == bytes([got[0]])
+        + b"\x02pp"
+        + b"\xac\x02"
+        + struct.pack(">d", T0)
+        + b"\x01"
+        + bytes([len(inner)])
+        + inner
+    )
     assert got[0] & 0x0F == ev.INTAKE == 12
     forgot = ev.InboxForgot(["a", "bc"]).encode()
     assert forgot == bytes([forgot[0]]) + b"\x02\x01a\x02bc"
@@ -304,8 +375,7 @@ def test_an_intake_nested_in_an_intake_is_corruption() -> None:
 
 def test_an_intake_applies_its_events_then_sets_the_mark_and_snapshots_keep_marks() -> None:
     s = State()
-    s.apply(ev.Intake("p1", 4, T0, [ev.Enqueued("q", T0, [A, B], [b"a", b"b"]),
-                                    ev.Cancelled(A)]))
+    s.apply(ev.Intake("p1", 4, T0, [ev.Enqueued("q", T0, [A, B], [b"a", b"b"]), ev.Cancelled(A)]))
     assert set(s.jobs) == {B} and s.inbox_marks == {"p1": (4, T0)}
     s.apply(ev.Intake("p2", 0, T0 + 1, []))
     before = s.live_bytes
@@ -357,9 +427,14 @@ job_ids = st.one_of(text_ids, st.builds(ids.encode, st.integers(0, 2**128 - 1)))
 times = st.floats(min_value=-1e12, max_value=1e12, allow_nan=False)
 small = st.integers(1, 2**31)
 names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=20)
-specs = st.builds(ev.JobSpec, st.integers(0, 2**32 - 1), small, st.none() | times,
-                  st.none() | names,
-                  st.none() | st.dictionaries(names, names, min_size=1, max_size=3))
+specs = st.builds(
+    ev.JobSpec,
+    st.integers(0, 2**32 - 1),
+    small,
+    st.none() | times,
+    st.none() | names,
+    st.none() | st.dictionaries(names, names, min_size=1, max_size=3),
+)
 
 
 @st.composite
@@ -369,24 +444,39 @@ def enqueued(draw: st.DrawFn) -> ev.Enqueued:
     payloads = draw(st.lists(st.binary(max_size=40), min_size=n, max_size=n))
     per_job = draw(st.none() | st.lists(st.none() | specs, min_size=n, max_size=n))
     kv = draw(st.lists(st.tuples(st.binary(max_size=8), st.binary(max_size=8)), max_size=3))
-    return ev.Enqueued(draw(names), draw(times), ids_, payloads,
-                       draw(st.integers(0, 2**32 - 1)), draw(small), per_job, kv)
+    return ev.Enqueued(
+        draw(names),
+        draw(times),
+        ids_,
+        payloads,
+        draw(st.integers(0, 2**32 - 1)),
+        draw(small),
+        per_job,
+        kv,
+    )
 
 
 events = st.one_of(
     enqueued(),
-    st.builds(lambda i, n, t, lease: ev.Claimed(i, n, t, lease), job_ids, small, times,
-              st.floats(min_value=0, max_value=1e300, allow_nan=False)),
+    st.builds(
+        lambda i, n, t, lease: ev.Claimed(i, n, t, lease),
+        job_ids,
+        small,
+        times,
+        st.floats(min_value=0, max_value=1e300, allow_nan=False),
+    ),
     st.builds(ev.Renewed, job_ids, times),
     st.builds(lambda i, t: ev.Acked(i, True, t), job_ids, times),
     st.builds(lambda i: ev.Acked(i, False), job_ids),
-    st.builds(lambda i, t, e: ev.Failed(i, ev.TO_DEAD, t, None, e), job_ids, times,
-              st.none() | names),
-    st.builds(lambda i, t, e: ev.Failed(i, ev.TO_SCHEDULED, None, t, e), job_ids, times,
-              st.none() | names),
-    st.builds(lambda i, e: ev.Failed(i, ev.TO_PENDING, None, None, e), job_ids,
-              st.none() | names),
-    st.builds(ev.Cancelled, job_ids), st.builds(ev.DeadRequeued, job_ids),
+    st.builds(
+        lambda i, t, e: ev.Failed(i, ev.TO_DEAD, t, None, e), job_ids, times, st.none() | names
+    ),
+    st.builds(
+        lambda i, t, e: ev.Failed(i, ev.TO_SCHEDULED, None, t, e), job_ids, times, st.none() | names
+    ),
+    st.builds(lambda i, e: ev.Failed(i, ev.TO_PENDING, None, None, e), job_ids, st.none() | names),
+    st.builds(ev.Cancelled, job_ids),
+    st.builds(ev.DeadRequeued, job_ids),
     st.builds(ev.Promoted, st.lists(job_ids, max_size=4)),
     st.builds(ev.Purged, st.lists(job_ids, max_size=4)),
     st.builds(ev.Released, st.lists(job_ids, max_size=4)),
@@ -403,8 +493,17 @@ def meaning(e: ev.Event) -> object:
         spec = None if e.specs is None else e.specs[i]
         if spec is None:
             spec = ev.JobSpec(e.priority, e.max_attempts)
-        jobs.append((job_id, payload, spec.priority, spec.max_attempts, spec.run_at,
-                     spec.dedup_key, dict(spec.headers) if spec.headers else None))
+        jobs.append(
+            (
+                job_id,
+                payload,
+                spec.priority,
+                spec.max_attempts,
+                spec.run_at,
+                spec.dedup_key,
+                dict(spec.headers) if spec.headers else None,
+            )
+        )
     return (e.queue, e.at, jobs, [tuple(kv) for kv in e.kv])
 
 

@@ -74,7 +74,8 @@ def test_put_if_absent_creates_and_get_returns_the_bytes(store: Store) -> None:
 
 
 def test_second_writer_gets_object_exists_and_the_first_write_stays(
-        backend_root: BackendRoot) -> None:
+    backend_root: BackendRoot,
+) -> None:
     a, b = two_handles(backend_root)
     a.put_if_absent("manifest/x", b"first")
     with pytest.raises(ObjectExists) as info:
@@ -116,9 +117,11 @@ def test_get_range_is_a_clipped_slice(store: Store) -> None:
 
 def test_missing_object_is_object_not_found(store: Store) -> None:
     store.put_if_absent("d/present", b"x")
-    reads: list[Callable[[], bytes]] = [lambda: store.get("d/missing"),
-                                        lambda: store.get_range("d/missing", 0, 4),
-                                        lambda: store.get("nodir/missing")]
+    reads: list[Callable[[], bytes]] = [
+        lambda: store.get("d/missing"),
+        lambda: store.get_range("d/missing", 0, 4),
+        lambda: store.get("nodir/missing"),
+    ]
     for read in reads:
         with pytest.raises(ObjectNotFound) as info:
             read()
@@ -126,8 +129,18 @@ def test_missing_object_is_object_not_found(store: Store) -> None:
 
 
 def test_list_dir_is_bytewise_sorted_and_only_direct_objects(store: Store) -> None:
-    names = ["b", "a", "B", "a0", "_x", "00000000000000000010", "00000000000000000002", "z~",
-             "A-1", "a.b"]
+    names = [
+        "b",
+        "a",
+        "B",
+        "a0",
+        "_x",
+        "00000000000000000010",
+        "00000000000000000002",
+        "z~",
+        "A-1",
+        "a.b",
+    ]
     for i in (3, 7, 0, 9, 1, 5, 8, 2, 6, 4):
         store.put_if_absent(f"d/{names[i]}", names[i].encode())
     store.put_if_absent("d/sub/inner", b"nested")
@@ -193,8 +206,9 @@ def frequent_thread_switches() -> Iterator[None]:
         sys.setswitchinterval(old)
 
 
-def race(stores: list[Store], key: str,
-         payloads: list[bytes]) -> tuple[list[int], list[Any], list[bytes]]:
+def race(
+    stores: list[Store], key: str, payloads: list[bytes]
+) -> tuple[list[int], list[Any], list[bytes]]:
     """All stores put ``key`` at once; returns the winners' indexes, outcomes and payloads."""
     barrier = threading.Barrier(len(stores))
     outcomes: list[Any] = [None] * len(stores)
@@ -207,8 +221,9 @@ def race(stores: list[Store], key: str,
         except BaseException as exc:  # checked by the caller
             outcomes[i] = exc
 
-    threads = [threading.Thread(target=write, args=(i,), name=f"writer-{i}")
-               for i in range(len(stores))]
+    threads = [
+        threading.Thread(target=write, args=(i,), name=f"writer-{i}") for i in range(len(stores))
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -227,10 +242,14 @@ def test_exactly_one_of_eight_concurrent_writers_wins(backend_root: BackendRoot)
     # Emulated backends serialise in the server; switching threads that often would only
     # slow the in-process moto server down.
     with frequent_thread_switches() if in_process else contextlib.nullcontext():
-        outcomes_by_round = [race(stores, f"manifest/{r:020d}",
-                                  [f"writer {i} round {r} {uuid.uuid4().hex}".encode()
-                                   for i in range(writers)])
-                             for r in range(rounds)]
+        outcomes_by_round = [
+            race(
+                stores,
+                f"manifest/{r:020d}",
+                [f"writer {i} round {r} {uuid.uuid4().hex}".encode() for i in range(writers)],
+            )
+            for r in range(rounds)
+        ]
     for r, (winners, outcomes, payloads) in enumerate(outcomes_by_round):
         key = f"manifest/{r:020d}"
         assert len(winners) == 1, f"round {r}: winners {winners}, outcomes {outcomes}"
@@ -262,9 +281,12 @@ def test_exactly_one_of_eight_processes_wins_on_local_disk(tmp_path: Any) -> Non
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(writers)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_race_in_child,
-                         args=(root.to_json(), i, rounds, barrier, results), daemon=True)
-             for i in range(writers)]
+    procs = [
+        ctx.Process(
+            target=_race_in_child, args=(root.to_json(), i, rounds, barrier, results), daemon=True
+        )
+        for i in range(writers)
+    ]
     for p in procs:
         p.start()
     outcomes = [results.get(timeout=120) for _ in range(writers * rounds)]
@@ -310,7 +332,8 @@ def _client_error(code: str, status: int, condition: str | None = None) -> BaseE
     if condition is not None:
         error["Condition"] = condition
     return exceptions.ClientError(  # type: ignore[no-any-return]
-        {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+        {"Error": error, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
 
 
 def s3_precondition_failed_as_einval() -> BaseException:
@@ -334,7 +357,8 @@ def test_s3fs_own_translation_of_a_conditionless_412_is_object_exists() -> None:
     assert isinstance(raised, OSError) and raised.errno == errno.EINVAL  # the shape we handle
     assert isinstance(translate(raised, "put", "s3://b/k"), ObjectExists)
     with_condition = s3fs_errors.translate_boto_error(
-        _client_error("PreconditionFailed", 412, condition="If-None-Match"))
+        _client_error("PreconditionFailed", 412, condition="If-None-Match")
+    )
     assert isinstance(with_condition, FileExistsError)
     assert isinstance(translate(with_condition, "put", "s3://b/k"), ObjectExists)
 
@@ -374,27 +398,47 @@ def _azure_error(code: str, status: int) -> BaseException:
     return err  # type: ignore[no-any-return]
 
 
-@pytest.mark.parametrize(("make", "expected"), [
-    (lambda: FileExistsError("k"), ObjectExists),
-    (lambda: FileNotFoundError("k"), ObjectNotFound),
-    (lambda: ConnectionResetError("reset"), TransientStorageError),
-    (lambda: TimeoutError("slow"), TransientStorageError),
-    (lambda: OSError(errno.ETIMEDOUT, "timed out"), TransientStorageError),
-    (lambda: _client_error("SlowDown", 503), TransientStorageError),
-    (lambda: _client_error("InternalError", 500), TransientStorageError),
-    (lambda: _client_error("AccessDenied", 403), PermanentStorageError),
-    (lambda: _gcs_http_error(503), TransientStorageError),
-    (lambda: _gcs_http_error(429), TransientStorageError),
-    (lambda: _gcs_http_error(403), PermanentStorageError),
-    (lambda: _azure_error("ServerBusy", 503), TransientStorageError),
-    (lambda: _azure_error("SomethingNew", 503), TransientStorageError),
-    (lambda: _azure_error("BlobAlreadyExists", 409), ObjectExists),
-    (lambda: _azure_error("AuthorizationFailure", 403), PermanentStorageError),
-    (lambda: PermissionError(errno.EACCES, "denied"), PermanentStorageError),
-    (lambda: ValueError("bad"), PermanentStorageError),
-], ids=["exists", "missing", "reset", "timeout", "etimedout", "s3-slowdown", "s3-500",
-        "s3-denied", "gcs-503", "gcs-429", "gcs-403", "azure-busy", "azure-503",
-        "azure-exists", "azure-denied", "permission", "other"])
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda: FileExistsError("k"), ObjectExists),
+        (lambda: FileNotFoundError("k"), ObjectNotFound),
+        (lambda: ConnectionResetError("reset"), TransientStorageError),
+        (lambda: TimeoutError("slow"), TransientStorageError),
+        (lambda: OSError(errno.ETIMEDOUT, "timed out"), TransientStorageError),
+        (lambda: _client_error("SlowDown", 503), TransientStorageError),
+        (lambda: _client_error("InternalError", 500), TransientStorageError),
+        (lambda: _client_error("AccessDenied", 403), PermanentStorageError),
+        (lambda: _gcs_http_error(503), TransientStorageError),
+        (lambda: _gcs_http_error(429), TransientStorageError),
+        (lambda: _gcs_http_error(403), PermanentStorageError),
+        (lambda: _azure_error("ServerBusy", 503), TransientStorageError),
+        (lambda: _azure_error("SomethingNew", 503), TransientStorageError),
+        (lambda: _azure_error("BlobAlreadyExists", 409), ObjectExists),
+        (lambda: _azure_error("AuthorizationFailure", 403), PermanentStorageError),
+        (lambda: PermissionError(errno.EACCES, "denied"), PermanentStorageError),
+        (lambda: ValueError("bad"), PermanentStorageError),
+    ],
+    ids=[
+        "exists",
+        "missing",
+        "reset",
+        "timeout",
+        "etimedout",
+        "s3-slowdown",
+        "s3-500",
+        "s3-denied",
+        "gcs-503",
+        "gcs-429",
+        "gcs-403",
+        "azure-busy",
+        "azure-503",
+        "azure-exists",
+        "azure-denied",
+        "permission",
+        "other",
+    ],
+)
 def test_translation_table(make: Callable[[], BaseException], expected: type) -> None:
     exc = make()
     err = translate(exc, "put", "somewhere/k")
@@ -438,8 +482,8 @@ TRANSIENT: list[Callable[[], BaseException]] = [
 
 @pytest.mark.parametrize("make", TRANSIENT, ids=["reset", "timeout", "slowdown"])
 def test_transient_put_faults_are_retried_and_invisible(
-        faulty: FaultyFileSystem, faulty_store: Store, sleeps: Sleeps,
-        make: Callable[[], BaseException]) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store, sleeps: Sleeps, make: Callable[[], BaseException]
+) -> None:
     fault = faulty.fail("put", make, times=3)
     faulty_store.put_if_absent(seg(1), b"payload")
     assert fault.fired == 3
@@ -452,7 +496,8 @@ def test_transient_put_faults_are_retried_and_invisible(
 
 
 def test_transient_get_list_delete_faults_are_retried_and_invisible(
-        faulty: FaultyFileSystem, faulty_store: Store) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store
+) -> None:
     faulty_store.put_if_absent(seg(1), b"payload")
     faulty.fail("get", TimeoutError, times=2)
     assert faulty_store.get(seg(1)) == b"payload"
@@ -470,7 +515,8 @@ def test_transient_get_list_delete_faults_are_retried_and_invisible(
 
 
 def test_nth_fault_hits_only_the_nth_matching_request(
-        faulty: FaultyFileSystem, faulty_store: Store) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store
+) -> None:
     faulty_store.retries = 0
     fault = faulty.fail("put", PermissionError, nth=3, match=lambda p: "segments/" in p)
     faulty_store.put_if_absent(seg(1), b"1")
@@ -484,7 +530,8 @@ def test_nth_fault_hits_only_the_nth_matching_request(
 
 
 def test_persistent_transient_fault_surfaces_after_bounded_retries(
-        faulty: FaultyFileSystem, faulty_store: Store, sleeps: Sleeps) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store, sleeps: Sleeps
+) -> None:
     injected = ConnectionResetError("injected: the network is gone")
     faulty.fail("put", injected)  # every put, forever
     with pytest.raises(TransientStorageError) as info:
@@ -503,7 +550,8 @@ def test_persistent_transient_fault_surfaces_after_bounded_retries(
 
 @pytest.mark.parametrize("op", ["put", "get", "list"])
 def test_permission_error_is_permanent_at_once_with_cause_kept(
-        faulty: FaultyFileSystem, faulty_store: Store, sleeps: Sleeps, op: str) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store, sleeps: Sleeps, op: str
+) -> None:
     faulty_store.put_if_absent("d/k", b"existing")
     calls: dict[str, Callable[[], object]] = {
         "put": lambda: faulty_store.put_if_absent("d/new", b"x"),
@@ -521,7 +569,8 @@ def test_permission_error_is_permanent_at_once_with_cause_kept(
 
 
 def test_lost_response_to_a_successful_put_is_our_own_write(
-        faulty: FaultyFileSystem, faulty_store: Store) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store
+) -> None:
     """The ambiguous 412: the PUT landed, the response was lost, the retry sees 'exists'."""
     data = b"writer-nonce " + uuid.uuid4().bytes
     fault = faulty.lose_response("put")
@@ -533,7 +582,8 @@ def test_lost_response_to_a_successful_put_is_our_own_write(
 
 
 def test_lost_response_does_not_hide_a_real_loss(
-        faulty: FaultyFileSystem, faulty_store: Store, fsspec_backend_root: BackendRoot) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store, fsspec_backend_root: BackendRoot
+) -> None:
     other = fsspec_backend_root.store()
     other.put_if_absent(seg(1), b"the other writer's segment")
     faulty.lose_response("put")
@@ -543,7 +593,8 @@ def test_lost_response_does_not_hide_a_real_loss(
 
 
 def test_s3_einval_shape_from_the_backend_is_a_loss_or_our_write(
-        faulty: FaultyFileSystem, faulty_store: Store, fsspec_backend_root: BackendRoot) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store, fsspec_backend_root: BackendRoot
+) -> None:
     other = fsspec_backend_root.store()
     other.put_if_absent("m/theirs", b"theirs")
     faulty.fail("put", s3_precondition_failed_as_einval, times=1)
@@ -557,14 +608,16 @@ def test_s3_einval_shape_from_the_backend_is_a_loss_or_our_write(
 
 
 def test_exists_then_vanished_is_still_a_loss(
-        faulty: FaultyFileSystem, faulty_store: Store) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store
+) -> None:
     faulty.fail("put", FileExistsError, times=1)  # "exists", but nothing is there
     with pytest.raises(ObjectExists, match="vanished"):
         faulty_store.put_if_absent("m/ghost", b"x")
 
 
 def test_injected_delay_is_applied_to_every_request(
-        faulty: FaultyFileSystem, faulty_store: Store) -> None:
+    faulty: FaultyFileSystem, faulty_store: Store
+) -> None:
     import time
 
     faulty.delay = 0.02
@@ -589,10 +642,14 @@ EXPECTED_CAPABILITIES = {
 }
 
 
-def test_capabilities_say_what_each_backend_can_do(store: Store,
-                                                   backend_root: BackendRoot) -> None:
-    got = (store.appendable, store.atomic_create, store.shared_across_processes,
-           store.remote, store.leaves_temp_files)
+def test_capabilities_say_what_each_backend_can_do(store: Store, backend_root: BackendRoot) -> None:
+    got = (
+        store.appendable,
+        store.atomic_create,
+        store.shared_across_processes,
+        store.remote,
+        store.leaves_temp_files,
+    )
     assert got == EXPECTED_CAPABILITIES[backend_root.name]
     assert store.supports_append == store.appendable  # the older name
     if not store.appendable:

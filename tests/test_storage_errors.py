@@ -35,21 +35,24 @@ def test_storage_errors_are_exported_from_the_package() -> None:
 def missing_bucket(request: pytest.FixtureRequest) -> BackendRoot:
     emulator: Emulator = request.getfixturevalue(f"{request.param}_emulator")
     root = emulator.root()
-    return BackendRoot(root.name, root.location.replace(BUCKET, "no-such-bucket-here", 1),
-                       root.storage_options)
+    return BackendRoot(
+        root.name, root.location.replace(BUCKET, "no-such-bucket-here", 1), root.storage_options
+    )
 
 
 def test_opening_a_queue_in_a_missing_bucket_says_so(missing_bucket: BackendRoot) -> None:
     word = "container" if missing_bucket.name == "azure" else "bucket"
-    with pytest.raises(PermanentStorageError,
-                       match=f"{word} 'no-such-bucket-here' does not exist") as info:
+    with pytest.raises(
+        PermanentStorageError, match=f"{word} 'no-such-bucket-here' does not exist"
+    ) as info:
         Queue.open(missing_bucket.location, storage_options=missing_bucket.storage_options)
     assert info.value.__cause__ is not None  # the backend's own error is kept
 
 
 @pytest.mark.parametrize("op", ["list", "put"])
 def test_store_calls_in_a_missing_bucket_say_so_without_retrying(
-        missing_bucket: BackendRoot, op: str) -> None:
+    missing_bucket: BackendRoot, op: str
+) -> None:
     store = missing_bucket.store()
     sleeps: list[float] = []
     store.sleep = sleeps.append
@@ -65,24 +68,28 @@ def test_store_calls_in_a_missing_bucket_say_so_without_retrying(
 # -- malformed locations -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("location", "hint"), [
-    ("s3:/bucket/x", "write s3://bucket/path"),
-    ("s3:bucket/x", "write s3://bucket/path"),
-    ("s3//bucket/x", "':' is missing, write s3://bucket/path"),
-    ("gs:/x", "write gs://bucket/path"),
-    ("gs//x", "':' is missing"),
-    ("az:x", "write az://container/path"),
-    ("abfs:/c/x", "write abfs://container/path"),
-    ("memory:x", "write memory://path"),
-    ("file:/tmp/x", "write file://path"),
-    ("s3://", "names no bucket"),
-    ("s3:///x", "names no bucket"),
-    ("gs:///x", "names no bucket"),
-    ("az:///x", "names no container"),
-    ("gs://./x", "names no bucket"),
-])
+@pytest.mark.parametrize(
+    ("location", "hint"),
+    [
+        ("s3:/bucket/x", "write s3://bucket/path"),
+        ("s3:bucket/x", "write s3://bucket/path"),
+        ("s3//bucket/x", "':' is missing, write s3://bucket/path"),
+        ("gs:/x", "write gs://bucket/path"),
+        ("gs//x", "':' is missing"),
+        ("az:x", "write az://container/path"),
+        ("abfs:/c/x", "write abfs://container/path"),
+        ("memory:x", "write memory://path"),
+        ("file:/tmp/x", "write file://path"),
+        ("s3://", "names no bucket"),
+        ("s3:///x", "names no bucket"),
+        ("gs:///x", "names no bucket"),
+        ("az:///x", "names no container"),
+        ("gs://./x", "names no bucket"),
+    ],
+)
 def test_a_malformed_url_is_rejected_and_creates_nothing(
-        location: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    location: str, hint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="malformed URL") as info:
         Queue.open(location)
@@ -95,7 +102,8 @@ def test_a_malformed_url_is_rejected_and_creates_nothing(
 
 @pytest.mark.parametrize("location", ["s3", "s3/x", "./s3//x", "data", "C:/data", "a:b"])
 def test_local_paths_that_merely_look_alike_still_work(
-        location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    location: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     store = open_store(location)
     store.put_if_absent("k", b"v")
@@ -105,8 +113,9 @@ def test_local_paths_that_merely_look_alike_still_work(
 def test_an_fsspec_filesystem_without_a_bucket_is_rejected() -> None:
     import s3fs
 
-    fs = s3fs.S3FileSystem(key="k", secret="s", endpoint_url="http://127.0.0.1:1",
-                           skip_instance_cache=True)
+    fs = s3fs.S3FileSystem(
+        key="k", secret="s", endpoint_url="http://127.0.0.1:1", skip_instance_cache=True
+    )
     with pytest.raises(ConfigError, match="must name a bucket"):
         open_store(fs, path="")
 
@@ -114,11 +123,14 @@ def test_an_fsspec_filesystem_without_a_bucket_is_rejected() -> None:
 # -- a missing extra -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("library", "url", "extra"), [
-    ("s3fs", "s3://bucket/q", "s3"),
-    ("gcsfs", "gs://bucket/q", "gcs"),
-    ("adlfs", "az://container/q", "azure"),
-])
+@pytest.mark.parametrize(
+    ("library", "url", "extra"),
+    [
+        ("s3fs", "s3://bucket/q", "s3"),
+        ("gcsfs", "gs://bucket/q", "gcs"),
+        ("adlfs", "az://container/q", "azure"),
+    ],
+)
 def test_a_missing_library_names_the_pip_command(library: str, url: str, extra: str) -> None:
     script = textwrap.dedent(f"""
         import sys
@@ -132,8 +144,14 @@ def test_a_missing_library_names_the_pip_command(library: str, url: str, extra: 
             print("no error")
     """)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), *sys.path]))
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120, env=env, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=True,
+    ).stdout
     assert f'pip install "taquba[{extra}]"' in out, out
     assert f"{library} is not installed" in out, out
     assert repr(url) in out, out

@@ -30,13 +30,21 @@ CLOUDS = ("s3", "gcs", "azure")
 def cloud_root(kind: str, port: int) -> BackendRoot:
     """A root on ``kind`` whose endpoint is 127.0.0.1:port."""
     if kind == "s3":
-        return BackendRoot("s3", f"s3://{BUCKET}/outage", {
-            "key": "testing", "secret": "testing", "endpoint_url": f"http://{HOST}:{port}"})
+        return BackendRoot(
+            "s3",
+            f"s3://{BUCKET}/outage",
+            {"key": "testing", "secret": "testing", "endpoint_url": f"http://{HOST}:{port}"},
+        )
     if kind == "gcs":
-        return BackendRoot("gcs", f"gs://{BUCKET}/outage", {
-            "endpoint_url": f"http://{HOST}:{port}", "token": "anon", "project": "test"})
-    conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_ACCOUNT_KEY};BlobEndpoint=http://{HOST}:{port}/devstoreaccount1;")
+        return BackendRoot(
+            "gcs",
+            f"gs://{BUCKET}/outage",
+            {"endpoint_url": f"http://{HOST}:{port}", "token": "anon", "project": "test"},
+        )
+    conn = (
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        f"AccountKey={AZURITE_ACCOUNT_KEY};BlobEndpoint=http://{HOST}:{port}/devstoreaccount1;"
+    )
     return BackendRoot("azure", f"az://{BUCKET}/outage", {"connection_string": conn})
 
 
@@ -77,7 +85,8 @@ def test_a_closed_port_fails_within_the_budget(kind: str, op: str) -> None:
 @pytest.mark.parametrize("op", ["list", "put", "get", "delete"])
 @pytest.mark.parametrize("kind", CLOUDS)
 def test_an_endpoint_that_never_answers_fails_within_the_budget(
-        kind: str, op: str, silent_port: int) -> None:
+    kind: str, op: str, silent_port: int
+) -> None:
     store = cloud_root(kind, silent_port).store(retry_budget=BUDGET, retries=100)
     started = time.monotonic()
     with pytest.raises(TransientStorageError, match="retry budget of 2 s is spent"):
@@ -87,18 +96,23 @@ def test_an_endpoint_that_never_answers_fails_within_the_budget(
 
 @pytest.mark.parametrize("kind", CLOUDS)
 def test_queue_open_against_a_silent_endpoint_fails_within_the_budget(
-        kind: str, silent_port: int) -> None:
+    kind: str, silent_port: int
+) -> None:
     root = cloud_root(kind, silent_port)
     started = time.monotonic()
     with pytest.raises(TransientStorageError):
-        Queue.open(root.location, options=OpenOptions(storage_retry_budget=BUDGET),
-                   storage_options=root.storage_options)
+        Queue.open(
+            root.location,
+            options=OpenOptions(storage_retry_budget=BUDGET),
+            storage_options=root.storage_options,
+        )
     assert time.monotonic() - started < BUDGET + SLACK
 
 
 @pytest.mark.parametrize("kind", CLOUDS)
 def test_an_emulator_stopped_under_an_open_store_fails_within_the_budget(
-        kind: str, request: pytest.FixtureRequest) -> None:
+    kind: str, request: pytest.FixtureRequest
+) -> None:
     request.getfixturevalue(f"{kind}_emulator")  # skips (or fails in CI) if unavailable
     emulator = EMULATORS[kind]()
     emulator.start_with_retries()
@@ -187,8 +201,9 @@ def test_a_bad_budget_is_a_config_error(bad: Any) -> None:
 
 
 def test_s3_filesystem_gets_timeouts_and_no_retries_of_its_own() -> None:
-    store: Any = open_store(f"s3://{BUCKET}/x", storage_options={"endpoint_url": "http://h:1"},
-                            retry_budget=8.0)
+    store: Any = open_store(
+        f"s3://{BUCKET}/x", storage_options={"endpoint_url": "http://h:1"}, retry_budget=8.0
+    )
     config = store.fs.config_kwargs
     assert config["retries"] == {"max_attempts": 1, "mode": "standard"}
     assert (config["connect_timeout"], config["read_timeout"]) == (2.0, 4.0)
@@ -197,22 +212,32 @@ def test_s3_filesystem_gets_timeouts_and_no_retries_of_its_own() -> None:
 
 def test_what_the_user_set_in_storage_options_wins() -> None:
     mine = {"max_attempts": 3, "mode": "adaptive"}
-    store: Any = open_store(f"s3://{BUCKET}/x", storage_options={
-        "endpoint_url": "http://h:1", "config_kwargs": {"retries": mine, "read_timeout": 60}})
+    store: Any = open_store(
+        f"s3://{BUCKET}/x",
+        storage_options={
+            "endpoint_url": "http://h:1",
+            "config_kwargs": {"retries": mine, "read_timeout": 60},
+        },
+    )
     assert store.fs.config_kwargs["retries"] == mine
     assert store.fs.config_kwargs["read_timeout"] == 60
     assert store.fs.config_kwargs["connect_timeout"] == 2.5  # the default budget is 10 s
 
-    az: Any = open_store(f"az://{BUCKET}/x", storage_options={
-        **cloud_root("azure", 1).storage_options, "read_timeout": 77})
+    az: Any = open_store(
+        f"az://{BUCKET}/x",
+        storage_options={**cloud_root("azure", 1).storage_options, "read_timeout": 77},
+    )
     assert az.fs._timeout_kwargs["read_timeout"] == 77
     assert az._options()["retry_total"] == 0
 
-    gcs: Any = open_store(f"gs://{BUCKET}/x", storage_options={
-        **cloud_root("gcs", 1).storage_options, "requests_timeout": 42})
+    gcs: Any = open_store(
+        f"gs://{BUCKET}/x",
+        storage_options={**cloud_root("gcs", 1).storage_options, "requests_timeout": 42},
+    )
     assert gcs.fs.requests_timeout == 42
-    gcs_default: Any = open_store(f"gs://{BUCKET}/x", storage_options=cloud_root("gcs", 1)
-                                  .storage_options, retry_budget=4.0)
+    gcs_default: Any = open_store(
+        f"gs://{BUCKET}/x", storage_options=cloud_root("gcs", 1).storage_options, retry_budget=4.0
+    )
     timeout = gcs_default.fs.requests_timeout
     assert (timeout.total, timeout.sock_connect, timeout.sock_read) == (None, 1.0, 2.0)
 
@@ -220,8 +245,7 @@ def test_what_the_user_set_in_storage_options_wins() -> None:
 def test_a_filesystem_the_user_made_is_left_as_it_is() -> None:
     import s3fs
 
-    fs = s3fs.S3FileSystem(key="k", secret="s", endpoint_url="http://h:1",
-                           skip_instance_cache=True)
+    fs = s3fs.S3FileSystem(key="k", secret="s", endpoint_url="http://h:1", skip_instance_cache=True)
     store: Any = open_store(fs, path=f"{BUCKET}/x")
     assert fs.config_kwargs == {}
     assert fs.retries == s3fs.S3FileSystem.retries

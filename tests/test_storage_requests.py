@@ -56,8 +56,9 @@ def received(kind: str, proxy: CountingProxy) -> Counter[str]:
 
 
 def counted(delta: RequestCounts) -> Counter[str]:
-    return Counter({k: getattr(delta, k) for k in ("puts", "gets", "lists", "deletes")
-                    if getattr(delta, k)})
+    return Counter(
+        {k: getattr(delta, k) for k in ("puts", "gets", "lists", "deletes") if getattr(delta, k)}
+    )
 
 
 def through(emulator: Emulator, proxy: CountingProxy) -> BackendRoot:
@@ -66,7 +67,8 @@ def through(emulator: Emulator, proxy: CountingProxy) -> BackendRoot:
     opts = dict(root.storage_options)
     if root.name == "azure":
         opts["connection_string"] = opts["connection_string"].replace(
-            f":{emulator.port}/", f":{proxy.port}/")
+            f":{emulator.port}/", f":{proxy.port}/"
+        )
     else:
         opts["endpoint_url"] = proxy.url
     return BackendRoot(root.name, root.location, opts)
@@ -102,7 +104,8 @@ class Step:
 
 
 def test_every_store_call_counts_what_the_server_received(
-        proxied: tuple[str, BackendRoot, CountingProxy]) -> None:
+    proxied: tuple[str, BackendRoot, CountingProxy],
+) -> None:
     kind, root, proxy = proxied
     store = root.store()
     step = Step(kind, store, proxy)
@@ -114,11 +117,17 @@ def test_every_store_call_counts_what_the_server_received(
     step("range past the end", lambda: store.get_range("segments/1", 10, 20), one)
     missing = step("get of a missing object", lambda: store.get("segments/9"), one)
     assert isinstance(missing, ObjectNotFound)
-    lost = step("put that loses", lambda: store.put_if_absent("segments/1", b"other"),
-                {"puts": 1, "gets": 1})
+    lost = step(
+        "put that loses",
+        lambda: store.put_if_absent("segments/1", b"other"),
+        {"puts": 1, "gets": 1},
+    )
     assert isinstance(lost, ObjectExists)
-    step("put that was ours", lambda: store.put_if_absent("segments/1", b"one"),
-         {"puts": 1, "gets": 1})
+    step(
+        "put that was ours",
+        lambda: store.put_if_absent("segments/1", b"one"),
+        {"puts": 1, "gets": 1},
+    )
     step("list of one", lambda: store.list_dir("segments"), {"lists": 1})
     step("delete of one", lambda: store.delete(["segments/1"]))
     step("delete of missing ones", lambda: store.delete(["segments/7", "nodir/8"]))
@@ -126,7 +135,8 @@ def test_every_store_call_counts_what_the_server_received(
 
 
 def test_paged_listings_and_chunked_reads_count_every_request(
-        proxied: tuple[str, BackendRoot, CountingProxy]) -> None:
+    proxied: tuple[str, BackendRoot, CountingProxy],
+) -> None:
     kind, root, proxy = proxied
     store: Any = root.store()
     step = Step(kind, store, proxy)
@@ -145,7 +155,8 @@ def test_paged_listings_and_chunked_reads_count_every_request(
 
 
 def test_queue_open_work_and_reopen_count_what_the_server_received(
-        proxied: tuple[str, BackendRoot, CountingProxy]) -> None:
+    proxied: tuple[str, BackendRoot, CountingProxy],
+) -> None:
     kind, root, proxy = proxied
     proxy.clear()
     q = Queue.open(root.location, storage_options=root.storage_options)

@@ -102,8 +102,10 @@ def test_a_duplicate_task_name_is_refused_and_the_first_task_stays(tmp_path: Pat
     tasks = make_tasks(tmp_path / "q")
     first = tasks.registered["add"]
     with pytest.raises(InvalidArgument, match="'add' is already registered"):
+
         @tasks.task(name="add")
         def other() -> None: ...
+
     assert tasks.registered["add"] is first
 
 
@@ -116,19 +118,25 @@ def test_default_name_is_module_and_qualname_and_queues_are_listed(tmp_path: Pat
     @tasks.task(queue="mail")
     def mailer() -> None: ...
 
-    assert plain.name == f"{__name__}.test_default_name_is_module_and_qualname_and_queues_" \
-                         "are_listed.<locals>.plain"
+    assert (
+        plain.name == f"{__name__}.test_default_name_is_module_and_qualname_and_queues_"
+        "are_listed.<locals>.plain"
+    )
     assert tasks.queues == ["default", "mail"]
     assert plain.__name__ == "plain"  # the wrapper looks like the function
 
 
-@pytest.mark.parametrize("options", [{"queue": ""}, {"max_attempts": 0}, {"priority": -1},
-                                     {"result_retention": -5}, {"name": ""}])
+@pytest.mark.parametrize(
+    "options",
+    [{"queue": ""}, {"max_attempts": 0}, {"priority": -1}, {"result_retention": -5}, {"name": ""}],
+)
 def test_bad_task_options_are_invalid_arguments(tmp_path: Path, options: dict[str, Any]) -> None:
     tasks = Tasks(tmp_path / "q")
     with pytest.raises(InvalidArgument):
+
         @tasks.task(**options)
         def f() -> None: ...
+
     assert tasks.registered == {}
 
 
@@ -149,20 +157,27 @@ def test_delay_enqueues_a_versioned_json_call_on_the_tasks_queue(tmp_path: Path)
         assert record is not None and record.queue == "other"
         assert record.status is JobStatus.PENDING
         assert orjson.loads(record.payload) == {
-            "v": PAYLOAD_VERSION, "task": "echo", "args": [1, "two", [3]],
-            "kwargs": {"k": {"x": None}}}
+            "v": PAYLOAD_VERSION,
+            "task": "echo",
+            "args": [1, "two", [3]],
+            "kwargs": {"k": {"x": None}},
+        }
 
 
-@pytest.mark.parametrize("args, kwargs, named", [
-    ((datetime.datetime(2026, 1, 1),), {}, "argument 0"),
-    ((1, {1, 2}), {}, "argument 1"),
-    ((), {"blob": b"bytes"}, "keyword argument 'blob'"),
-    ((), {"d": {1: "non-str key"}}, "keyword argument 'd'"),
-    ((2**70,), {}, "argument 0"),
-    ((object(),), {}, "argument 0"),
-])
+@pytest.mark.parametrize(
+    "args, kwargs, named",
+    [
+        ((datetime.datetime(2026, 1, 1),), {}, "argument 0"),
+        ((1, {1, 2}), {}, "argument 1"),
+        ((), {"blob": b"bytes"}, "keyword argument 'blob'"),
+        ((), {"d": {1: "non-str key"}}, "keyword argument 'd'"),
+        ((2**70,), {}, "argument 0"),
+        ((object(),), {}, "argument 0"),
+    ],
+)
 def test_an_argument_json_cannot_carry_is_refused_and_nothing_is_enqueued(
-        tmp_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], named: str) -> None:
+    tmp_path: Path, args: tuple[Any, ...], kwargs: dict[str, Any], named: str
+) -> None:
     with Queue.open(tmp_path / "q") as q:
         tasks = make_tasks(q)
         with pytest.raises(InvalidArgument, match=f"{named} of task 'echo' cannot be carried"):
@@ -174,16 +189,16 @@ def test_schedule_takes_args_kwargs_and_enqueue_options(tmp_path: Path) -> None:
     with Queue.open(tmp_path / "q") as q:
         tasks = make_tasks(q)
         echo = tasks.registered["echo"]
-        first = echo.schedule(args=(1,), kwargs={"a": 2}, delay=3600, dedup_key="once",
-                              priority=7)
+        first = echo.schedule(args=(1,), kwargs={"a": 2}, delay=3600, dedup_key="once", priority=7)
         record = q.get_job(first.id)
         assert record is not None and record.status is JobStatus.SCHEDULED
         assert record.priority == 7 and record.run_at is not None
         assert orjson.loads(record.payload)["kwargs"] == {"a": 2}
         again = echo.schedule(args=(9,), delay=3600, dedup_key="once")
         assert again.id == first.id  # a dedup hit answers with the pending job
-        at = echo.schedule(run_at=datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc),
-                           job_id="chosen-id")
+        at = echo.schedule(
+            run_at=datetime.datetime(2100, 1, 1, tzinfo=datetime.timezone.utc), job_id="chosen-id"
+        )
         assert at.id == "chosen-id"
         with pytest.raises(InvalidArgument, match="mutually exclusive"):
             echo.schedule(delay=1, run_at=1e10)
@@ -221,8 +236,9 @@ def test_an_unknown_task_name_is_dead_lettered_with_a_clear_error(tmp_path: Path
         future = q.enqueue("default", orjson.dumps({"v": 99, "task": "add"}))
         tasks = make_tasks(q)
         with running(tasks):
-            outcomes = {job: q.wait_for_completion(job, WAIT).record
-                        for job in (unknown, garbage, future)}
+            outcomes = {
+                job: q.wait_for_completion(job, WAIT).record for job in (unknown, garbage, future)
+            }
     errors = {}
     for job, record in outcomes.items():
         assert record is not None and record.status is JobStatus.DEAD
@@ -235,12 +251,16 @@ def test_an_unknown_task_name_is_dead_lettered_with_a_clear_error(tmp_path: Path
 
 
 def test_oversized_or_non_json_results_dead_letter_the_job_naming_the_problem(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     tasks = make_tasks(tmp_path / "q")
     with running(tasks):
         big = tasks.registered["huge"].delay(MAX_KV_VALUE_SIZE + 1)
-        with pytest.raises(TaskFailed, match=r"result of task 'huge' is \d+ bytes as JSON, "
-                                             "more than MAX_KV_VALUE_SIZE"):
+        with pytest.raises(
+            TaskFailed,
+            match=r"result of task 'huge' is \d+ bytes as JSON, "
+            "more than MAX_KV_VALUE_SIZE",
+        ):
             big.get(timeout=WAIT)
         odd = tasks.registered["opaque"].delay()
         with pytest.raises(TaskFailed, match="result of task 'opaque' cannot be carried"):
@@ -284,7 +304,9 @@ def test_run_worker_needs_tasks_and_refuses_bad_arguments(tmp_path: Path) -> Non
 def test_immediate_mode_runs_inline_through_json() -> None:
     tasks = make_tasks(None, immediate=True)
     assert tasks.registered["echo"].delay((1, 2), k="v").get() == {
-        "args": [[1, 2]], "kwargs": {"k": "v"}}  # as a worker would see it: tuples are lists
+        "args": [[1, 2]],
+        "kwargs": {"k": "v"},
+    }  # as a worker would see it: tuples are lists
     assert tasks.registered["add"].schedule(args=(2, 2), delay=60).get() == 4
     with pytest.raises(TaskFailed, match="RuntimeError: boom") as info:
         tasks.registered["fail"].delay("boom").get()
@@ -306,11 +328,20 @@ def test_tasks_without_a_location_must_be_immediate() -> None:
 
 
 def _start_worker(location: Path, out: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH")) if p)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(HERE.parent), str(HERE), os.environ.get("PYTHONPATH")) if p
+        ),
+    }
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "support.tasks_child", str(location)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "support.tasks_child", str(location)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=HERE,
+        )
     deadline = threading.Event()
     for _ in range(int(WAIT / 0.02)):
         if "worker: running" in out.read_text() or proc.poll() is not None:
@@ -361,8 +392,9 @@ def test_get_returns_the_stored_result_written_with_the_ack(tmp_path: Path) -> N
 
 def test_an_expired_result_is_deleted_by_its_results_job(tmp_path: Path) -> None:
     clock = [1_000_000.0]
-    options = OpenOptions(clock=lambda: clock[0],
-                          default_queue_config=QueueConfig(retry_backoff_base=0))
+    options = OpenOptions(
+        clock=lambda: clock[0], default_queue_config=QueueConfig(retry_backoff_base=0)
+    )
     with Queue.open(tmp_path / "q", options=options) as q:
         tasks = Tasks(q, result_retention=60)
 
@@ -385,8 +417,7 @@ def test_an_expired_result_is_deleted_by_its_results_job(tmp_path: Path) -> None
             assert q.dead_jobs(RESULTS_QUEUE) == []
 
 
-def test_follow_ups_are_made_with_the_ack_and_only_when_the_task_succeeds(
-        tmp_path: Path) -> None:
+def test_follow_ups_are_made_with_the_ack_and_only_when_the_task_succeeds(tmp_path: Path) -> None:
     with Queue.open(tmp_path / "q", options=NO_BACKOFF) as q:
         tasks = Tasks(q)
         attempts: list[int] = []
@@ -461,7 +492,8 @@ def test_a_worker_killed_mid_task_makes_its_follow_up_exactly_once(tmp_path: Pat
         pass
     web = make_tasks(location)
     parent = web.task(name="chain.parent", queue="chain", store_result=True)(
-        lambda marker, seconds: None)
+        lambda marker, seconds: None
+    )
     first = _start_worker(location, tmp_path / "worker1.out")
     try:
         result = parent.delay(str(marker), 3600)
@@ -492,32 +524,43 @@ def test_a_worker_killed_mid_task_makes_its_follow_up_exactly_once(tmp_path: Pat
 # --------------------------------------------------------------------------- periodic
 
 
-@pytest.mark.parametrize("cron, timezone, message", [
-    ("* * * *", "UTC", "has 4 fields"),
-    ("61 * * * *", "UTC", "bad cron expression"),
-    ("@fortnightly", "UTC", "unknown cron macro"),
-    ("0 3 * * *", "Mars/Olympus_Mons", "unknown time zone"),
-])
+@pytest.mark.parametrize(
+    "cron, timezone, message",
+    [
+        ("* * * *", "UTC", "has 4 fields"),
+        ("61 * * * *", "UTC", "bad cron expression"),
+        ("@fortnightly", "UTC", "unknown cron macro"),
+        ("0 3 * * *", "Mars/Olympus_Mons", "unknown time zone"),
+    ],
+)
 def test_a_bad_cron_or_time_zone_is_refused_and_nothing_is_registered(
-        tmp_path: Path, cron: str, timezone: str, message: str) -> None:
+    tmp_path: Path, cron: str, timezone: str, message: str
+) -> None:
     tasks = Tasks(tmp_path / "q")
     with pytest.raises(InvalidArgument, match=message):
+
         @tasks.periodic(cron, timezone=timezone)
         def tick() -> None: ...
+
     assert tasks.registered == {}
 
 
 def test_a_periodic_task_must_take_no_arguments(tmp_path: Path) -> None:
     tasks = Tasks(tmp_path / "q")
     with pytest.raises(InvalidArgument, match="called with no arguments"):
+
         @tasks.periodic("@hourly")
         def tick(what: str) -> None: ...
+
     assert tasks.registered == {}
 
 
 def _clocked(location: Path, clock: list[float]) -> OpenOptions:
-    return OpenOptions(clock=lambda: clock[0], scheduler_interval=3600.0,
-                       default_queue_config=QueueConfig(keep_done=3600))
+    return OpenOptions(
+        clock=lambda: clock[0],
+        scheduler_interval=3600.0,
+        default_queue_config=QueueConfig(keep_done=3600),
+    )
 
 
 def until(condition: Any) -> None:
@@ -536,7 +579,8 @@ def _wait_done(q: Queue, queue: str, count: int) -> int:
 
 
 def test_periodic_tasks_run_on_their_schedule_and_catch_up_once_after_downtime(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     location = tmp_path / "q"
     clock = [1_800_000_000.0]  # 2027-01-15 08:00 UTC
     runs: list[float] = []

@@ -28,13 +28,7 @@ from taquba import (
 from taquba.handling import LeaseRenewer
 from taquba.queue import Queue
 from taquba.records import Claim, JobRecord, WaitStatus
-from taquba.worker import (
-    JobView,
-    PermanentFailure,
-    Worker,
-    run_worker,
-    run_worker_concurrent,
-)
+from taquba.worker import JobView, PermanentFailure, Worker, run_worker, run_worker_concurrent
 
 QUEUE = "jobs"
 POLL = 0.05  # how fast the loops notice shutdown; never part of an assertion
@@ -44,12 +38,15 @@ WAIT = 20.0  # upper bound on waiting for something that must happen
 # --------------------------------------------------------------------------- helpers
 
 
-def open_queue(root: Path, *, lease: float = 30.0, max_attempts: int = 3,
-               reaper_interval: float = 0.05) -> Queue:
-    config = QueueConfig(lease=lease, max_attempts=max_attempts, retry_backoff_base=0,
-                         keep_done=600)
-    return Queue.open(str(root), options=OpenOptions(reaper_interval=reaper_interval,
-                                                     default_queue_config=config))
+def open_queue(
+    root: Path, *, lease: float = 30.0, max_attempts: int = 3, reaper_interval: float = 0.05
+) -> Queue:
+    config = QueueConfig(
+        lease=lease, max_attempts=max_attempts, retry_backoff_base=0, keep_done=600
+    )
+    return Queue.open(
+        str(root), options=OpenOptions(reaper_interval=reaper_interval, default_queue_config=config)
+    )
 
 
 @pytest.fixture
@@ -149,8 +146,9 @@ def test_run_worker_concurrent_acks_nacks_and_dead_letters(q: Queue, as_object: 
         check_paths(q, ids)
 
 
-def test_worker_is_woken_by_enqueue_and_claims_with_wait(q: Queue,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_is_woken_by_enqueue_and_claims_with_wait(
+    q: Queue, monkeypatch: pytest.MonkeyPatch
+) -> None:
     waits: list[float] = []
     real_claim, real_batch = q.claim, q.claim_batch
 
@@ -158,8 +156,9 @@ def test_worker_is_woken_by_enqueue_and_claims_with_wait(q: Queue,
         waits.append(wait)
         return real_claim(queue, lease, wait=wait)
 
-    def claim_batch(queue: str, max_jobs: int, lease: Any = None, *,
-                    wait: float = 0.0) -> list[Claim]:
+    def claim_batch(
+        queue: str, max_jobs: int, lease: Any = None, *, wait: float = 0.0
+    ) -> list[Claim]:
         waits.append(wait)
         return real_batch(queue, max_jobs, lease, wait=wait)
 
@@ -191,8 +190,9 @@ def test_invalid_arguments_change_nothing(q: Queue) -> None:
     with pytest.raises(InvalidArgument):
         run_worker(q, QUEUE, async_handler, shutdown=stop)
     with pytest.raises(InvalidArgument):
-        run_worker_concurrent(q, QUEUE, by_payload, concurrency=1, shutdown=stop,
-                              executor="threads")  # type: ignore[arg-type]
+        run_worker_concurrent(
+            q, QUEUE, by_payload, concurrency=1, shutdown=stop, executor="threads"
+        )  # type: ignore[arg-type]
     record = q.get_job(job)
     assert record is not None and record.status == JobStatus.PENDING and record.attempts == 0
 
@@ -247,9 +247,11 @@ def test_shutdown_while_handlers_run_drains_and_claims_nothing_new(q: Queue) -> 
 
     ids = [q.enqueue(QUEUE, b"%d" % i) for i in range(5)]
     shutdown = threading.Event()
-    thread = threading.Thread(target=run_worker_concurrent, args=(q, QUEUE, handler),
-                              kwargs={"concurrency": 2, "shutdown": shutdown,
-                                      "poll_interval": POLL})
+    thread = threading.Thread(
+        target=run_worker_concurrent,
+        args=(q, QUEUE, handler),
+        kwargs={"concurrency": 2, "shutdown": shutdown, "poll_interval": POLL},
+    )
     thread.start()
     both_started.wait()
     shutdown.set()
@@ -277,8 +279,11 @@ def test_run_worker_finishes_the_job_in_flight_on_shutdown(q: Queue) -> None:
         assert shutdown.wait(WAIT)
 
     first, second = q.enqueue(QUEUE, b"1"), q.enqueue(QUEUE, b"2")
-    thread = threading.Thread(target=run_worker, args=(q, QUEUE, handler),
-                              kwargs={"shutdown": shutdown, "poll_interval": POLL})
+    thread = threading.Thread(
+        target=run_worker,
+        args=(q, QUEUE, handler),
+        kwargs={"shutdown": shutdown, "poll_interval": POLL},
+    )
     thread.start()
     assert in_handler.wait(WAIT)
     shutdown.set()
@@ -305,16 +310,18 @@ def test_closed_queue_ends_the_loop(tmp_path: Path) -> None:
     queue = open_queue(tmp_path / "q")
     queue.close()
     with pytest.raises(QueueClosed):
-        run_worker_concurrent(queue, QUEUE, by_payload, concurrency=2,
-                              shutdown=threading.Event(), poll_interval=POLL)
+        run_worker_concurrent(
+            queue, QUEUE, by_payload, concurrency=2, shutdown=threading.Event(), poll_interval=POLL
+        )
 
 
 # --------------------------------------------------------------------------- leases
 
 
 @pytest.mark.parametrize("concurrent", [False, True], ids=["run_worker", "concurrent"])
-def test_handler_outliving_its_lease_keeps_it(tmp_path: Path, concurrent: bool,
-                                              caplog: pytest.LogCaptureFixture) -> None:
+def test_handler_outliving_its_lease_keeps_it(
+    tmp_path: Path, concurrent: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     calls: list[int] = []
 
     def handler(claim: Claim) -> None:
@@ -335,8 +342,7 @@ def test_handler_outliving_its_lease_keeps_it(tmp_path: Path, concurrent: bool,
     assert not [r for r in caplog.records if r.name.startswith("taquba.worker")]
 
 
-def test_a_shorter_lease_added_while_the_renewer_sleeps_is_renewed_in_time(
-        tmp_path: Path) -> None:
+def test_a_shorter_lease_added_while_the_renewer_sleeps_is_renewed_in_time(tmp_path: Path) -> None:
     """The renewer sleeps until its first known renewal; a claim due sooner wakes it."""
     with open_queue(tmp_path / "q") as q:
         q.enqueue_batch(QUEUE, [b"long lease", b"short lease"])
@@ -419,8 +425,13 @@ def test_interpreter_exit_lets_the_jobs_in_flight_finish(tmp_path: Path) -> None
     script = tmp_path / "exit_worker.py"
     script.write_text(_EXIT_SCRIPT)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    out = subprocess.run([sys.executable, str(script), str(root), str(log)], env=env,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(script), str(root), str(log)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "exiting" in out.stdout
     assert log.read_text() == "first\n"  # the handler ran to its end
@@ -458,8 +469,8 @@ def test_cancellation_reaches_the_running_handler(q: Queue) -> None:
 
 
 def test_failing_settlement_is_logged_and_the_loop_goes_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="taquba.worker")
     with open_queue(tmp_path / "q", lease=0.5) as q:
         real_ack = q.ack
@@ -488,7 +499,8 @@ def test_failing_settlement_is_logged_and_the_loop_goes_on(
 
 
 def test_claim_lost_on_settlement_is_logged_and_the_loop_goes_on(
-        q: Queue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    q: Queue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="taquba.worker")
     real_ack = q.ack
     lost = iter([True])
@@ -507,10 +519,11 @@ def test_claim_lost_on_settlement_is_logged_and_the_loop_goes_on(
 
 
 def test_reaped_job_whose_ack_raises_claim_lost_does_not_stop_the_loop(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="taquba.worker")
     with open_queue(tmp_path / "q", lease=0.3) as q:
+
         def renew_lease(claim: Claim, extension: Any) -> None:
             raise StorageError("injected renewal failure")
 
@@ -540,8 +553,9 @@ def test_reaped_job_whose_ack_raises_claim_lost_does_not_stop_the_loop(
     assert any("could not ack job " + job + ": its claim was lost" in m for m in messages)
 
 
-def test_claim_errors_are_logged_and_retried(q: Queue, monkeypatch: pytest.MonkeyPatch,
-                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_claim_errors_are_logged_and_retried(
+    q: Queue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.ERROR, logger="taquba.worker")
     real_claim = q.claim
     errors = iter([StorageError("injected claim failure")])
@@ -574,11 +588,12 @@ def remote_handler(job: Any) -> None:
 
 def run_on_executor(q: Queue, executor: Executor, *, other_process: bool) -> None:
     headers = {"parent_pid": str(os.getpid())} if other_process else {}
-    ids = {p: q.enqueue(QUEUE, p.encode(), max_attempts=2, headers=headers)
-           for p in ("ok", "fail", "dead")}
+    ids = {
+        p: q.enqueue(QUEUE, p.encode(), max_attempts=2, headers=headers)
+        for p in ("ok", "fail", "dead")
+    }
     more = [q.enqueue(QUEUE, b"ok", headers=headers) for _ in range(5)]
-    with running(run_worker_concurrent, q, QUEUE, remote_handler, concurrency=3,
-                 executor=executor):
+    with running(run_worker_concurrent, q, QUEUE, remote_handler, concurrency=3, executor=executor):
         check_paths_with_extra(q, ids, more)
 
 
@@ -605,8 +620,9 @@ def test_process_pool_executor(q: Queue) -> None:
 def test_process_pool_rejects_an_unpicklable_handler(q: Queue) -> None:
     job = q.enqueue(QUEUE, b"x")
     with ProcessPoolExecutor(max_workers=1) as executor, pytest.raises(InvalidArgument):
-        run_worker_concurrent(q, QUEUE, lambda c: None, concurrency=1,
-                              shutdown=threading.Event(), executor=executor)
+        run_worker_concurrent(
+            q, QUEUE, lambda c: None, concurrency=1, shutdown=threading.Event(), executor=executor
+        )
     record = q.get_job(job)
     assert record is not None and record.attempts == 0
 
@@ -619,9 +635,10 @@ def test_thread_pool_executor_gets_the_claim(q: Queue) -> None:
         assert isinstance(claim.cancel_requested, threading.Event)
 
     job = q.enqueue(QUEUE, b"x")
-    with ThreadPoolExecutor(max_workers=2) as executor, \
-            running(run_worker_concurrent, q, QUEUE, handler, concurrency=2,
-                    executor=executor):
+    with (
+        ThreadPoolExecutor(max_workers=2) as executor,
+        running(run_worker_concurrent, q, QUEUE, handler, concurrency=2, executor=executor),
+    ):
         assert finished(q, job).status == JobStatus.DONE
     assert kinds == ["Claim"]
 
@@ -637,8 +654,9 @@ class BrokenExecutor(Executor):
 
 def test_executor_failure_nacks(q: Queue) -> None:
     job = q.enqueue(QUEUE, b"x", max_attempts=1)
-    with running(run_worker_concurrent, q, QUEUE, by_payload, concurrency=2,
-                 executor=BrokenExecutor()):
+    with running(
+        run_worker_concurrent, q, QUEUE, by_payload, concurrency=2, executor=BrokenExecutor()
+    ):
         record = finished(q, job)
     assert record.status == JobStatus.DEAD
     assert record.last_error is not None and "executor worker died" in record.last_error
@@ -647,9 +665,12 @@ def test_executor_failure_nacks(q: Queue) -> None:
 @pytest.fixture(scope="module")
 def dask_client() -> Iterator[Any]:
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=3, processes=False,
-                                  dashboard_address=":0") as cluster, \
-            distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=3, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         yield client
 
 
@@ -678,7 +699,8 @@ def test_system_exit_in_run_worker_releases_the_job_and_propagates(q: Queue) -> 
 @pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
 @pytest.mark.parametrize("on_executor", [False, True], ids=["worker-threads", "thread-pool"])
 def test_an_interrupted_handler_stops_run_worker_concurrent_after_the_others_settle(
-        q: Queue, interrupt: type[BaseException], on_executor: bool) -> None:
+    q: Queue, interrupt: type[BaseException], on_executor: bool
+) -> None:
     slow_started, slow_may_finish = threading.Event(), threading.Event()
 
     def handler(claim: Claim) -> None:
@@ -698,8 +720,15 @@ def test_an_interrupted_handler_stops_run_worker_concurrent_after_the_others_set
 
     def loop() -> None:
         try:
-            run_worker_concurrent(q, QUEUE, handler, concurrency=2, shutdown=shutdown,
-                                  poll_interval=POLL, executor=executor)
+            run_worker_concurrent(
+                q,
+                QUEUE,
+                handler,
+                concurrency=2,
+                shutdown=shutdown,
+                poll_interval=POLL,
+                executor=executor,
+            )
         except BaseException as exc:
             errors.append(exc)
 

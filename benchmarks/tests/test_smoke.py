@@ -25,11 +25,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def _run(tmp_path, *args: str, timeout: float = 240) -> tuple[dict, str]:
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "benchmarks", "run", "--quick",
-           "--workdir", str(tmp_path / "work"), "--json", str(out), *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": REPO})
-    assert proc.returncode == 0, f"benchmark run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "run",
+        "--quick",
+        "--workdir",
+        str(tmp_path / "work"),
+        "--json",
+        str(out),
+        *args,
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
+    assert proc.returncode == 0, (
+        f"benchmark run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    )
     return json.loads(out.read_text()), proc.stdout
 
 
@@ -75,8 +93,9 @@ def test_taquba_scenarios_quick(tmp_path):
     assert res["memory"]["index_bytes"]["enqueued_bytes_per_job"] > 0
 
     obj = res["objectstore"]
-    assert [r["concurrency"] for r in obj["latency"] if r["payload"] == cfg["payloads"][0]] \
-        == list(cfg["obj_concurrency"])
+    assert [r["concurrency"] for r in obj["latency"] if r["payload"] == cfg["payloads"][0]] == list(
+        cfg["obj_concurrency"]
+    )
     for r in obj["latency"] + obj["moto"]:
         assert r["jobs"] > 0 and _positive(r["enqueue_ops"]) and _positive(r["drain_ops"])
         assert _positive(r["commits_per_put_enqueue"]) and _positive(r["bytes_per_job"])
@@ -115,34 +134,50 @@ def test_taquba_scenarios_quick(tmp_path):
     assert set(tasks["runs"]) == {"raw", "tasks", "tasks_with_result"}  # huey not selected
     for runs in tasks["runs"].values():
         assert all(r["n"] == cfg["tasks_jobs"] and _positive(r["jobs_per_s"]) for r in runs)
-    assert any(t["name"].endswith("no-op task vs raw claim+ack") and t["met"] is not None
-               for t in res["targets"])
+    assert any(
+        t["name"].endswith("no-op task vs raw claim+ack") and t["met"] is not None
+        for t in res["targets"]
+    )
 
     out = tmp_path / "result.json"
     stored = json.loads(out.read_text())
     stored["targets"] = [{"name": "made up", "measured": "1", "target": "2", "met": False}]
     out.write_text(json.dumps(stored))
     for flags, retargeted in (([], False), (["--retarget"], True)):
-        printed = subprocess.run([sys.executable, "-m", "benchmarks", "report", str(out), *flags],
-                                 cwd=REPO, capture_output=True, text=True, timeout=60,
-                                 env={**os.environ, "PYTHONPATH": REPO})
+        printed = subprocess.run(
+            [sys.executable, "-m", "benchmarks", "report", str(out), *flags],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PYTHONPATH": REPO},
+        )
         assert printed.returncode == 0, printed.stderr
-        targets_table = printed.stdout[printed.stdout.index("### Targets"):]
+        targets_table = printed.stdout[printed.stdout.index("### Targets") :]
         assert ("made up" in targets_table) is not retargeted
         assert ("| claim p99 after history vs fresh" in targets_table) is retargeted
 
     names = [t["name"] for t in res["targets"]]
-    assert any("open -> first claim" in n for n in names) and \
-        any("commits per PUT" in n for n in names)
+    assert any("open -> first claim" in n for n in names) and any(
+        "commits per PUT" in n for n in names
+    )
     assert "### Targets" in table and "taquba" in table
 
 
 def test_peers_quick(tmp_path):
     pytest.importorskip("huey")
     pytest.importorskip("persistqueue")
-    res, table = _run(tmp_path, "--systems", "taquba,huey,persist-queue", "--only",
-                      "local,latency,producers,tasks",
-                      "--payloads", "64", "--threads", "1,2")
+    res, table = _run(
+        tmp_path,
+        "--systems",
+        "taquba,huey,persist-queue",
+        "--only",
+        "local,latency,producers,tasks",
+        "--payloads",
+        "64",
+        "--threads",
+        "1,2",
+    )
     for system in ("huey", "persist-queue"):
         for threads in (1, 2):
             r = res["local"]["throughput"][f"{system}/64/{threads}"]
@@ -150,15 +185,20 @@ def test_peers_quick(tmp_path):
         assert res["latency"][system]["jobs"] > 0
     assert "taquba / huey" in table
     assert all(_positive(r["jobs_per_s"]) for r in res["tasks"]["runs"]["huey"])
-    assert any(t["name"].endswith("no-op task vs huey tasks") and t["met"] is not None
-               for t in res["targets"])
-    assert any(t["name"].startswith("enqueue 2 threads vs huey") and t["met"] is not None
-               for t in res["targets"])
+    assert any(
+        t["name"].endswith("no-op task vs huey tasks") and t["met"] is not None
+        for t in res["targets"]
+    )
+    assert any(
+        t["name"].startswith("enqueue 2 threads vs huey") and t["met"] is not None
+        for t in res["targets"]
+    )
     tp = res["producers"]["throughput"]
     assert _positive(tp["huey"]["submit_ops"]) and _positive(tp["taquba"]["submit_ops"])
     assert "submitted vs huey" in table
-    assert any(t["name"].endswith("submitted vs huey") and t["met"] is not None
-               for t in res["targets"])
+    assert any(
+        t["name"].endswith("submitted vs huey") and t["met"] is not None for t in res["targets"]
+    )
 
 
 _HIDE_PEERS = """
@@ -177,11 +217,29 @@ sys.exit(main(sys.argv[1:]))
 def test_missing_peers_are_skipped_not_fatal(tmp_path):
     out = tmp_path / "result.json"
     proc = subprocess.run(
-        [sys.executable, "-c", _HIDE_PEERS, "run", "--quick", "--only", "local",
-         "--payloads", "64", "--threads", "1,2", "--workdir", str(tmp_path / "work"),
-         "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": REPO})
+        [
+            sys.executable,
+            "-c",
+            _HIDE_PEERS,
+            "run",
+            "--quick",
+            "--only",
+            "local",
+            "--payloads",
+            "64",
+            "--threads",
+            "1,2",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": REPO},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["systems"] == ["taquba"]
@@ -191,34 +249,51 @@ def test_missing_peers_are_skipped_not_fatal(tmp_path):
     assert vs_huey and all(t["met"] is None for t in vs_huey)
     assert {t["name"] for t in res["targets"] if "fsync limit" in t["name"]} == {
         "enqueue 2 threads vs serial fsync limit (64 B)",
-        "enqueue 1 thread vs serial fsync limit (64 B)"}
+        "enqueue 1 thread vs serial fsync limit (64 B)",
+    }
 
 
 def test_a_run_of_one_thread_count_checks_only_its_own_targets():
     from benchmarks.report import targets
 
     def run(threads: list[int]) -> list[str]:
-        tp = {f"{s}/64/{t}": {"enqueue_ops": 9000.0, "drain_ops": 9000.0}
-              for s in ("taquba", "huey") for t in threads}
-        results = {"config": {"threads": threads, "payloads": [64]},
-                   "local": {"throughput": tp, "fsync": {"serial_fsync_limit_ops": 3000.0}}}
+        tp = {
+            f"{s}/64/{t}": {"enqueue_ops": 9000.0, "drain_ops": 9000.0}
+            for s in ("taquba", "huey")
+            for t in threads
+        }
+        results = {
+            "config": {"threads": threads, "payloads": [64]},
+            "local": {"throughput": tp, "fsync": {"serial_fsync_limit_ops": 3000.0}},
+        }
         return [t["name"] for t in targets(results)]
 
-    assert run([8]) == ["enqueue 8 threads vs huey (64 B)",
-                        "enqueue 8 threads vs serial fsync limit (64 B)",
-                        "claim+ack 8 workers vs huey (64 B)"]
+    assert run([8]) == [
+        "enqueue 8 threads vs huey (64 B)",
+        "enqueue 8 threads vs serial fsync limit (64 B)",
+        "claim+ack 8 workers vs huey (64 B)",
+    ]
     assert run([1]) == ["enqueue 1 thread vs serial fsync limit (64 B)"]
     assert len(run([1, 8])) == 4
 
 
 def test_targets_flag_a_miss():
     results = {
-        "config": {"payloads": [64], "threads": [1, 8], "obj_concurrency": [100],
-                   "history_finished": 100_000, "history_pending": 1000},
-        "local": {"fsync": {"serial_fsync_limit_ops": 5000.0},
-                  "throughput": {"taquba/64/8": {"enqueue_ops": 20000.0, "drain_ops": 9000.0},
-                                 "huey/64/8": {"enqueue_ops": 5000.0, "drain_ops": 5000.0},
-                                 "taquba/64/1": {"enqueue_ops": 3000.0, "drain_ops": 1.0}}},
+        "config": {
+            "payloads": [64],
+            "threads": [1, 8],
+            "obj_concurrency": [100],
+            "history_finished": 100_000,
+            "history_pending": 1000,
+        },
+        "local": {
+            "fsync": {"serial_fsync_limit_ops": 5000.0},
+            "throughput": {
+                "taquba/64/8": {"enqueue_ops": 20000.0, "drain_ops": 9000.0},
+                "huey/64/8": {"enqueue_ops": 5000.0, "drain_ops": 5000.0},
+                "taquba/64/1": {"enqueue_ops": 3000.0, "drain_ops": 1.0},
+            },
+        },
         "history": {"taquba": {"total_ms": 80.0, "claim_p99_ratio": 1.2}},
         "idle": {"per_minute": 0.0},
     }
@@ -231,17 +306,25 @@ def test_targets_flag_a_miss():
     assert by_name["storage requests per minute, idle"]["met"] is True
     reopen = next(t for t in by_name if t.startswith("open -> first claim"))
     assert by_name[reopen]["met"] is False
-    assert "MISSED" in report.render({"config": results["config"], "targets": list(by_name.values())})
+    assert "MISSED" in report.render(
+        {"config": results["config"], "targets": list(by_name.values())}
+    )
 
 
 def test_producer_targets_flag_a_miss():
-    results = {"producers": {
-        "processes": 4, "threads": 8,
-        "throughput": {"taquba": {"submit_ops": 9000.0, "intake_ops": 7000.0},
-                       "huey": {"submit_ops": 4000.0, "intake_ops": 4000.0}},
-        "latency": {"p99_ms": 25.0},
-        "objectstore": {"threads": 100, "latency_ms": 20.0, "requests_per_job": 0.05},
-        "idle": {"per_hour": 380.0}}}
+    results = {
+        "producers": {
+            "processes": 4,
+            "threads": 8,
+            "throughput": {
+                "taquba": {"submit_ops": 9000.0, "intake_ops": 7000.0},
+                "huey": {"submit_ops": 4000.0, "intake_ops": 4000.0},
+            },
+            "latency": {"p99_ms": 25.0},
+            "objectstore": {"threads": 100, "latency_ms": 20.0, "requests_per_job": 0.05},
+            "idle": {"per_hour": 380.0},
+        }
+    }
     by_name = {t["name"]: t for t in report.targets(results)}
     assert by_name["producers, 4 processes x 8 threads, submitted vs huey"]["met"] is True
     assert by_name["producers, 4 processes x 8 threads, in the queue vs huey"]["met"] is False
@@ -266,22 +349,38 @@ def test_latency_rounds_take_turns_and_are_compared_round_by_round(monkeypatch):
         system = args["system"]
         order.append(system)
         v = p99[system][sum(1 for s in order if s == system) - 1]
-        return {"system": system, "jobs": 10, "achieved_rate": 500.0, "late_sends": 0,
-                "pickup_p50_ms": v, "pickup_p99_ms": v, "pickup_max_ms": v,
-                "done_p50_ms": v, "done_p99_ms": v, "done_max_ms": v}
+        return {
+            "system": system,
+            "jobs": 10,
+            "achieved_rate": 500.0,
+            "late_sends": 0,
+            "pickup_p50_ms": v,
+            "pickup_p99_ms": v,
+            "pickup_max_ms": v,
+            "done_p50_ms": v,
+            "done_p99_ms": v,
+            "done_max_ms": v,
+        }
 
     monkeypatch.setattr(latency, "run_child", fake_child)
-    cfg = SimpleNamespace(latency_rate=500.0, latency_duration=1.0, latency_workers=4,
-                          latency_reps=3, workdir="unused")
+    cfg = SimpleNamespace(
+        latency_rate=500.0,
+        latency_duration=1.0,
+        latency_workers=4,
+        latency_reps=3,
+        workdir="unused",
+    )
     res = latency.run(cfg, ["taquba", "huey"], lambda msg: None)
     assert order == ["taquba", "huey", "huey", "taquba", "taquba", "huey"]
     assert res["taquba"]["done_p99_ms"] == 1.0 and res["huey"]["done_p99_ms"] == 2.0
     assert latency.rounds_won(res, "taquba", "huey") == (2, 3)
     assert latency.rounds_won(res, "huey", "taquba") == (1, 3)
     assert latency.rounds_won(res, "taquba", "persist-queue") is None
-    target = next(t for t in report.targets({"config": {"latency_rate": 500.0},
-                                             "latency": res})
-                  if t["name"].startswith("latency p99 (done)"))
+    target = next(
+        t
+        for t in report.targets({"config": {"latency_rate": 500.0}, "latency": res})
+        if t["name"].startswith("latency p99 (done)")
+    )
     assert target["met"] is True and "lower in 2 rounds" in target["measured"]
     assert target["value"] == 0.5  # rounds: 1/2, 9/2, 1/2
 
@@ -312,9 +411,15 @@ def test_steal_is_the_share_of_cpu_time_given_away():
     def runs(*pcts):
         return [{"steal_pct": p} for p in pcts]
 
-    results = {"local": {"throughput": {"taquba/64/8": {"runs": runs(0.1, 4.0, 0.2)},
-                                        "huey/64/8": {"runs": runs(0.0, 0.3, 1.0)}}},
-               "latency": {"taquba": {"windows": runs(0.2, None)}}}
+    results = {
+        "local": {
+            "throughput": {
+                "taquba/64/8": {"runs": runs(0.1, 4.0, 0.2)},
+                "huey/64/8": {"runs": runs(0.0, 0.3, 1.0)},
+            }
+        },
+        "latency": {"taquba": {"windows": runs(0.2, None)}},
+    }
     line = steal_summary(results)
     assert line is not None
     assert "median 0.2%" in line and "max 4.0% (taquba/64/8 rep 2)" in line

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Django's command-line utility for the taquba demo project.
 
-    python examples/django_app/manage.py taquba_worker &   # the one process that owns the queue
-    python examples/django_app/manage.py runserver         # web processes: submit and look up
+python examples/django_app/manage.py taquba_worker &   # the one process that owns the queue
+python examples/django_app/manage.py runserver         # web processes: submit and look up
 """
 
 import os

@@ -93,8 +93,12 @@ def storage_options(pairs: Sequence[str] | None) -> dict[str, Any] | None:
 
 def _common(parser: argparse.ArgumentParser, *, json_output: bool = False) -> None:
     """Add the options every command shares (and ``--json`` to the read commands)."""
-    parser.add_argument("--storage-option", action="append", metavar="KEY=VALUE",
-                        help="an fsspec storage option for a URL location (repeatable)")
+    parser.add_argument(
+        "--storage-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an fsspec storage option for a URL location (repeatable)",
+    )
     if json_output:
         parser.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -108,26 +112,63 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("worker", help="own the queue and run jobs (the only command that "
-                       "takes the queue over)")
-    p.add_argument("target", metavar="TARGET",
-                   help="module:attr of a handler callable, a Worker, or an object with a "
-                   "run_worker method (a taquba.tasks.Tasks)")
+    p = sub.add_parser(
+        "worker", help="own the queue and run jobs (the only command that takes the queue over)"
+    )
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="module:attr of a handler callable, a Worker, or an object with a "
+        "run_worker method (a taquba.tasks.Tasks)",
+    )
     p.add_argument("--location", "-l", help="the queue's location (for a handler target)")
-    p.add_argument("--queue", "-q", action="append", dest="queues", metavar="Q",
-                   help="a queue to run (repeatable; required for a handler target)")
-    p.add_argument("-c", "--concurrency", type=int, default=1, metavar="N",
-                   help="jobs in flight per queue (default 1)")
-    p.add_argument("--executor", choices=("thread", "process"), default="thread",
-                   help="run handlers on threads (default) or in a process pool")
-    p.add_argument("--log-level", default="INFO", metavar="LEVEL",
-                   help="DEBUG, INFO (default), WARNING or ERROR")
-    p.add_argument("--poll-interval", type=float, default=1.0, metavar="S",
-                   help="seconds between looks for work and for a shutdown (default 1)")
-    p.add_argument("--metrics-port", type=int, metavar="P",
-                   help="serve Prometheus metrics on this port at /metrics")
-    p.add_argument("--metrics-host", default="127.0.0.1", metavar="H",
-                   help="the address the metrics server binds (default 127.0.0.1)")
+    p.add_argument(
+        "--queue",
+        "-q",
+        action="append",
+        dest="queues",
+        metavar="Q",
+        help="a queue to run (repeatable; required for a handler target)",
+    )
+    p.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=1,
+        metavar="N",
+        help="jobs in flight per queue (default 1)",
+    )
+    p.add_argument(
+        "--executor",
+        choices=("thread", "process"),
+        default="thread",
+        help="run handlers on threads (default) or in a process pool",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        metavar="LEVEL",
+        help="DEBUG, INFO (default), WARNING or ERROR",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds between looks for work and for a shutdown (default 1)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on this port at /metrics",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="H",
+        help="the address the metrics server binds (default 127.0.0.1)",
+    )
     _common(p)
 
     p = sub.add_parser("stats", help="job counts per queue")
@@ -158,16 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("enqueue", help="submit a job (through the inbox; prints its id)")
     p.add_argument("location", metavar="LOCATION")
     p.add_argument("queue", metavar="QUEUE")
-    p.add_argument("payload", metavar="PAYLOAD", nargs="?", default="",
-                   help="the payload as text, or - to read bytes from stdin (default empty)")
+    p.add_argument(
+        "payload",
+        metavar="PAYLOAD",
+        nargs="?",
+        default="",
+        help="the payload as text, or - to read bytes from stdin (default empty)",
+    )
     p.add_argument("--delay", type=float, metavar="S", help="run no sooner than S seconds from now")
     p.add_argument("--priority", type=int, metavar="P", help="lower runs first (default 1000)")
     p.add_argument("--dedup-key", metavar="K", help="no new job while one with this key waits")
     _common(p)
 
-    for name, what in (("cancel", "cancel a job (removed if waiting, asked to stop if "
-                                  "running)"),
-                       ("requeue", "move a dead job back to pending")):
+    for name, what in (
+        ("cancel", "cancel a job (removed if waiting, asked to stop if running)"),
+        ("requeue", "move a dead job back to pending"),
+    ):
         p = sub.add_parser(name, help=what)
         p.add_argument("location", metavar="LOCATION")
         p.add_argument("job_id", metavar="JOB_ID")
@@ -175,13 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dashboard", help="serve a small web page over the queue")
     p.add_argument("location", metavar="LOCATION")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="the address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to bind (default 127.0.0.1; any other needs --token)",
+    )
     p.add_argument("--port", type=int, default=8080, help="the port (default 8080; 0: any free)")
-    p.add_argument("--token", help="require this token on every request (header "
-                   "'Authorization: Bearer T' or ?token=T once, which sets a cookie)")
-    p.add_argument("--refresh", type=float, default=5.0, metavar="S",
-                   help="seconds between automatic refreshes of the overview (default 5)")
+    p.add_argument(
+        "--token",
+        help="require this token on every request (header "
+        "'Authorization: Bearer T' or ?token=T once, which sets a cookie)",
+    )
+    p.add_argument(
+        "--refresh",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between automatic refreshes of the overview (default 5)",
+    )
     _common(p)
     return parser
 

@@ -79,8 +79,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     """Rows as left-aligned columns under ``header``."""
     lines = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-                     for line in lines)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
 def _print_json(doc: object) -> None:
@@ -99,7 +98,7 @@ def _one_line(text: str | None, limit: int = 100) -> str:
     if text is None:
         return "-"
     flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[:limit - 3] + "..."
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 # -- reading -----------------------------------------------------------------------------
@@ -117,9 +116,12 @@ def stats_command(args: argparse.Namespace, options: Options) -> int:
     if args.json:
         _print_json([{f.name: getattr(s, f.name) for f in fields(s)} for s in rows])
     else:
-        print(table(("QUEUE", "PENDING", "SCHEDULED", "CLAIMED", "DONE", "DEAD"),
-                    [(s.queue, s.pending, s.scheduled, s.claimed, s.done, s.dead)
-                     for s in rows]))
+        print(
+            table(
+                ("QUEUE", "PENDING", "SCHEDULED", "CLAIMED", "DONE", "DEAD"),
+                [(s.queue, s.pending, s.scheduled, s.claimed, s.done, s.dead) for s in rows],
+            )
+        )
     return EXIT_OK
 
 
@@ -146,9 +148,13 @@ def job_command(args: argparse.Namespace, options: Options) -> int:
         _print_json(job_json(record, history))
         return EXIT_OK
     rows: list[tuple[str, object]] = [
-        ("id", record.id), ("queue", record.queue), ("status", record.status.value),
+        ("id", record.id),
+        ("queue", record.queue),
+        ("status", record.status.value),
         ("attempts", f"{record.attempts} of {record.max_attempts}"),
-        ("priority", record.priority), ("enqueued_at", when(record.enqueued_at))]
+        ("priority", record.priority),
+        ("enqueued_at", when(record.enqueued_at)),
+    ]
     for name in ("run_at", "claimed_at", "lease_expires_at", "completed_at", "failed_at"):
         value = getattr(record, name)
         if value is not None:
@@ -167,8 +173,10 @@ def job_command(args: argparse.Namespace, options: Options) -> int:
         print(f"{key.ljust(width)}  {value}")
     print("attempt history:" if history else "attempt history: none")
     for a in history:
-        print(f"  #{a.attempt}  {when(a.claimed_at)} -> {when(a.finished_at)}  "
-              f"{a.outcome or 'running'}  {_one_line(a.error, 200) if a.error else ''}".rstrip())
+        print(
+            f"  #{a.attempt}  {when(a.claimed_at)} -> {when(a.finished_at)}  "
+            f"{a.outcome or 'running'}  {_one_line(a.error, 200) if a.error else ''}".rstrip()
+        )
     return EXIT_OK
 
 
@@ -181,9 +189,12 @@ def dead_command(args: argparse.Namespace, options: Options) -> int:
     if args.json:
         _print_json([job_json(record) for record in page])
     else:
-        print(table(("ID", "ATTEMPTS", "FAILED_AT", "LAST_ERROR"),
-                    [(j.id, j.attempts, when(j.failed_at), _one_line(j.last_error))
-                     for j in page]))
+        print(
+            table(
+                ("ID", "ATTEMPTS", "FAILED_AT", "LAST_ERROR"),
+                [(j.id, j.attempts, when(j.failed_at), _one_line(j.last_error)) for j in page],
+            )
+        )
     return EXIT_OK
 
 
@@ -194,9 +205,15 @@ def schedules_command(args: argparse.Namespace, options: Options) -> int:
     if args.json:
         _print_json([schedule_json(s) for s in schedules])
     else:
-        print(table(("NAME", "CRON", "TIMEZONE", "QUEUE", "NEXT_RUN", "LAST_RUN"),
-                    [(s.name, s.cron, s.timezone, s.queue, when(s.next_run_at),
-                      when(s.last_run_at)) for s in schedules]))
+        print(
+            table(
+                ("NAME", "CRON", "TIMEZONE", "QUEUE", "NEXT_RUN", "LAST_RUN"),
+                [
+                    (s.name, s.cron, s.timezone, s.queue, when(s.next_run_at), when(s.last_run_at))
+                    for s in schedules
+                ],
+            )
+        )
     return EXIT_OK
 
 
@@ -207,8 +224,10 @@ def _check_queue_exists(args: argparse.Namespace, options: Options) -> None:
     """Refuse to submit to a location that holds no queue (a mistyped location would
     otherwise keep the submission where no owner ever looks)."""
     if not holds_queue(args.location, storage_options=options):
-        raise CommandError(f"no queue at {args.location} (a queue is created when its "
-                           "first owner opens it, e.g. 'taquba worker')")
+        raise CommandError(
+            f"no queue at {args.location} (a queue is created when its "
+            "first owner opens it, e.g. 'taquba worker')"
+        )
 
 
 def enqueue_command(args: argparse.Namespace, options: Options) -> int:
@@ -270,8 +289,14 @@ def dashboard_command(args: argparse.Namespace, options: Options) -> int:
         raise UsageError(f"binding {args.host} (not a loopback address) needs --token")
     if args.refresh <= 0:
         raise UsageError(f"--refresh must be a positive number of seconds, got {args.refresh}")
-    dashboard = Dashboard.open(args.location, storage_options=options, host=args.host,
-                               port=args.port, token=args.token, refresh=args.refresh)
+    dashboard = Dashboard.open(
+        args.location,
+        storage_options=options,
+        host=args.host,
+        port=args.port,
+        token=args.token,
+        refresh=args.refresh,
+    )
     print(f"taquba dashboard on {dashboard.url} (Ctrl-C to stop)", flush=True)
     try:
         dashboard.serve_until_signalled()

@@ -67,7 +67,9 @@ def load_target(spec: str) -> object:
 
 def _is_runner(obj: object) -> bool:
     """Whether ``obj`` runs its own worker (duck-typed: a ``Tasks`` has ``run_worker``)."""
-    return callable(getattr(obj, "run_worker", None)) and not callable(getattr(obj, "process", None))
+    return callable(getattr(obj, "run_worker", None)) and not callable(
+        getattr(obj, "process", None)
+    )
 
 
 class ShutdownSignals:
@@ -96,8 +98,9 @@ class ShutdownSignals:
         # Set before saying so: a second signal may arrive (and its handler run) while the
         # message is being written, and it must find the shutdown already under way.
         self.shutdown.set()
-        logger.warning("%s received: finishing the jobs in flight (send it again to exit "
-                       "at once)", name)
+        logger.warning(
+            "%s received: finishing the jobs in flight (send it again to exit at once)", name
+        )
 
 
 @contextmanager
@@ -110,8 +113,9 @@ def metrics_server(q: Queue, host: str, port: int) -> Iterator[None]:
     try:
         from prometheus_client import CollectorRegistry, start_http_server
     except ImportError:
-        raise UsageError("--metrics-port needs prometheus_client: "
-                         "pip install 'taquba[prometheus]'") from None
+        raise UsageError(
+            "--metrics-port needs prometheus_client: pip install 'taquba[prometheus]'"
+        ) from None
     from ..metrics import PrometheusCollector
 
     registry = CollectorRegistry()
@@ -164,17 +168,23 @@ def worker_command(args: argparse.Namespace, options: Mapping[str, Any] | None) 
     runner = _is_runner(target)
     if runner:
         if args.location is not None or options:
-            raise UsageError("--location and --storage-option apply to a handler target; "
-                             f"{args.target} opens its own location")
+            raise UsageError(
+                "--location and --storage-option apply to a handler target; "
+                f"{args.target} opens its own location"
+            )
         if args.executor != "thread":
             raise UsageError(f"--executor process needs a handler target, not {args.target}")
         if args.metrics_port is not None and not callable(getattr(target, "own", None)):
-            raise UsageError(f"--metrics-port needs a handler target or an object with "
-                             f"own() (a taquba.tasks.Tasks), not {args.target}")
+            raise UsageError(
+                f"--metrics-port needs a handler target or an object with "
+                f"own() (a taquba.tasks.Tasks), not {args.target}"
+            )
     else:
         if not callable(target) and not callable(getattr(target, "process", None)):
-            raise UsageError(f"{args.target} is neither a handler (a callable or an object "
-                             "with process()) nor an object with run_worker()")
+            raise UsageError(
+                f"{args.target} is neither a handler (a callable or an object "
+                "with process()) nor an object with run_worker()"
+            )
         if args.location is None or not args.queues:
             raise UsageError("a handler target needs --location and at least one --queue")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -213,8 +223,12 @@ def _run_tasks(target: Any, args: argparse.Namespace, shutdown: threading.Event)
     _run_threads({"taquba-worker-main": run}, shutdown)
 
 
-def _run_handler(handler: Any, args: argparse.Namespace, options: Mapping[str, Any] | None,
-                 shutdown: threading.Event) -> None:
+def _run_handler(
+    handler: Any,
+    args: argparse.Namespace,
+    options: Mapping[str, Any] | None,
+    shutdown: threading.Event,
+) -> None:
     """Own the queue at ``--location`` and run ``handler`` on each ``--queue`` until
     ``shutdown`` is set; then close the queue."""
     q = Queue.open(args.location, storage_options=options)
@@ -222,11 +236,16 @@ def _run_handler(handler: Any, args: argparse.Namespace, options: Mapping[str, A
     try:
         if args.executor == "process":
             executor = ProcessPoolExecutor(max_workers=args.concurrency * len(args.queues))
-        serving = nullcontext() if args.metrics_port is None else \
-            metrics_server(q, args.metrics_host, args.metrics_port)
+        serving = (
+            nullcontext()
+            if args.metrics_port is None
+            else metrics_server(q, args.metrics_host, args.metrics_port)
+        )
         with serving:
-            loops = {f"taquba-loop-{name}": _loop(q, name, handler, args, shutdown, executor)
-                     for name in dict.fromkeys(args.queues)}
+            loops = {
+                f"taquba-loop-{name}": _loop(q, name, handler, args, shutdown, executor)
+                for name in dict.fromkeys(args.queues)
+            }
             _run_threads(loops, shutdown)
     finally:
         if executor is not None:
@@ -234,11 +253,25 @@ def _run_handler(handler: Any, args: argparse.Namespace, options: Mapping[str, A
         q.close()
 
 
-def _loop(q: Queue, queue: str, handler: Any, args: argparse.Namespace,
-          shutdown: threading.Event, executor: Executor | None) -> Callable[[], None]:
+def _loop(
+    q: Queue,
+    queue: str,
+    handler: Any,
+    args: argparse.Namespace,
+    shutdown: threading.Event,
+    executor: Executor | None,
+) -> Callable[[], None]:
     """The worker loop of one queue, as a function for :func:`_run_threads`."""
+
     def run() -> None:
-        run_worker_concurrent(q, queue, handler, concurrency=args.concurrency,
-                              shutdown=shutdown, poll_interval=args.poll_interval,
-                              executor=executor)
+        run_worker_concurrent(
+            q,
+            queue,
+            handler,
+            concurrency=args.concurrency,
+            shutdown=shutdown,
+            poll_interval=args.poll_interval,
+            executor=executor,
+        )
+
     return run

@@ -58,8 +58,14 @@ class AttemptEntry:
 
     __slots__ = ("attempt", "claimed_at", "error", "finished_at", "outcome")
 
-    def __init__(self, attempt: int, claimed_at: float, finished_at: float | None = None,
-                 outcome: str | None = None, error: str | None = None) -> None:
+    def __init__(
+        self,
+        attempt: int,
+        claimed_at: float,
+        finished_at: float | None = None,
+        outcome: str | None = None,
+        error: str | None = None,
+    ) -> None:
         self.attempt = attempt
         self.claimed_at = claimed_at
         self.finished_at = finished_at
@@ -71,8 +77,10 @@ class AttemptEntry:
         return ENTRY_BYTES + (0 if self.error is None else len(self.error) + 2)
 
     def __repr__(self) -> str:
-        return (f"AttemptEntry({self.attempt}, {self.claimed_at!r}, {self.finished_at!r}, "
-                f"{self.outcome!r}, {self.error!r})")
+        return (
+            f"AttemptEntry({self.attempt}, {self.claimed_at!r}, {self.finished_at!r}, "
+            f"{self.outcome!r}, {self.error!r})"
+        )
 
 
 def failure_outcome(cause: int, dead: bool) -> str:
@@ -86,8 +94,7 @@ def failure_outcome(cause: int, dead: bool) -> str:
     return DEAD if dead else NACKED
 
 
-def started(history: dict[str, list[AttemptEntry]], job_id: str, attempt: int,
-            at: float) -> int:
+def started(history: dict[str, list[AttemptEntry]], job_id: str, attempt: int, at: float) -> int:
     """Open an entry for delivery ``attempt`` of ``job_id``; returns the change in size."""
     entries = history.get(job_id)
     if entries is None:
@@ -101,9 +108,15 @@ def started(history: dict[str, list[AttemptEntry]], job_id: str, attempt: int,
     return delta
 
 
-def ended(history: dict[str, list[AttemptEntry]], job_id: str, attempt: int,
-          claimed_at: float | None, at: float | None, outcome: str,
-          error: str | None = None) -> int:
+def ended(
+    history: dict[str, list[AttemptEntry]],
+    job_id: str,
+    attempt: int,
+    claimed_at: float | None,
+    at: float | None,
+    outcome: str,
+    error: str | None = None,
+) -> int:
     """End the open entry of delivery ``attempt`` of ``job_id`` with ``outcome``.
 
     Without an open entry for that attempt, one is made from ``claimed_at`` (None: nothing
@@ -165,6 +178,9 @@ def read_entries(r: Reader) -> list[AttemptEntry]:
         claimed_at = r.time()
         finished_at = r.time() if flags & H_FINISHED else None
         error = r.text() if flags & H_ERROR else None
-        entries.append(AttemptEntry(attempt, claimed_at, finished_at,
-                                    OUTCOMES[code - 1] if code else None, error))
+        entries.append(
+            AttemptEntry(
+                attempt, claimed_at, finished_at, OUTCOMES[code - 1] if code else None, error
+            )
+        )
     return entries

@@ -79,10 +79,15 @@ def check_tag(data: bytes) -> int:
     version = t >> 4
     if version != RECORD_FORMAT_VERSION:
         # The unversioned orjson records of 0.1.0.dev0 began with their kind: 1-11, or 100.
-        old = " (written by taquba 0.1.0.dev0, whose data is not readable)" \
-            if 1 <= t <= 11 or t == 100 else ""
-        raise CorruptionError(f"queue record format version {version} is not supported "
-                              f"(this build reads {RECORD_FORMAT_VERSION}); first byte {t:#04x}{old}")
+        old = (
+            " (written by taquba 0.1.0.dev0, whose data is not readable)"
+            if 1 <= t <= 11 or t == 100
+            else ""
+        )
+        raise CorruptionError(
+            f"queue record format version {version} is not supported "
+            f"(this build reads {RECORD_FORMAT_VERSION}); first byte {t:#04x}{old}"
+        )
     return t
 
 
@@ -329,14 +334,14 @@ class Reader:
         if pos + 16 > self.end:
             raise Corrupt(f"truncated job id at byte {pos}")
         self.pos = pos + 16
-        return int.from_bytes(self.data[pos:pos + 16], "big")
+        return int.from_bytes(self.data[pos : pos + 16], "big")
 
     def value_id(self) -> str:
         pos = self.pos
         if pos + 16 > self.end:
             raise Corrupt(f"truncated job id at byte {pos}")
         self.pos = pos + 16
-        return id_text(self.data[pos:pos + 16])
+        return id_text(self.data[pos : pos + 16])
 
     def text_id(self) -> str:
         n = self.u8()

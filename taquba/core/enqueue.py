@@ -116,8 +116,14 @@ class Enqueued(NamedTuple):
         for i, (job_id, payload) in enumerate(zip(self.ids, self.payloads)):
             spec = None if specs is None else specs[i]
             low = (prev + 1) & 0xFF
-            if spec is None and low and head and job_id[24:] == tails[low] \
-                    and job_id[:24] == head and len(job_id) == 26:
+            if (
+                spec is None
+                and low
+                and head
+                and job_id[24:] == tails[low]
+                and job_id[:24] == head
+                and len(job_id) == 26
+            ):
                 # The next value, recognised from the text without decoding it (ids.py).
                 prev += 1
                 size = len(payload)
@@ -220,7 +226,7 @@ class Enqueued(NamedTuple):
                             stop = pos + 2 + n
                             if n >= 0x80 or stop > end:
                                 break
-                            add_payload(data[pos + 2:stop])
+                            add_payload(data[pos + 2 : stop])
                             pos = stop
                             k += 1
                     except IndexError:  # the record ends inside a job: the general path says so
@@ -241,11 +247,11 @@ class Enqueued(NamedTuple):
                     n = data[pos + 17]
                     stop = pos + 18 + n
                     if n < 0x80 and stop <= end:
-                        key = data[pos + 1:pos + 17]
+                        key = data[pos + 1 : pos + 17]
                         prev = int.from_bytes(key, "big")
                         text = id_text(key)
                         job_ids.append(text)
-                        add_payload(data[pos + 18:stop])
+                        add_payload(data[pos + 18 : stop])
                         r.pos = stop
                         i += 1
                         common = _DEFAULTS
@@ -270,8 +276,9 @@ class Enqueued(NamedTuple):
             else:
                 raise Corrupt(f"unknown job id form {form}")
             priority = r.u32("priority") if flags & J_PRIORITY else DEFAULT_PRIORITY
-            max_attempts = r.positive("max_attempts") if flags & J_MAX_ATTEMPTS \
-                else DEFAULT_MAX_ATTEMPTS
+            max_attempts = (
+                r.positive("max_attempts") if flags & J_MAX_ATTEMPTS else DEFAULT_MAX_ATTEMPTS
+            )
             spec = None
             if flags & (J_RUN_AT | J_DEDUP | J_HEADERS):
                 run_at = r.time() if flags & J_RUN_AT else None

@@ -7,40 +7,7 @@ record back into an equal event and applies that. ``decode`` dispatches on the r
 Records are binary and as small as exact allows.
 
 The log frames each record with its own length and CRC32 and knows nothing of what is
-inside. A record holds only what the state needs to replay the change; the field types
-(tag, uvarint, f64, str, bytes, headers, id, dur) are described in codec.py. ``[x]`` is
-present only when its flag is set::
-
-    ENQUEUE    tag | str queue | f64 enqueued_at | uvarint (count << 1 | has_kv)
-               | count x job | [uvarint n | n x (bytes key | bytes value)]
-      job      u8 flags | id | [uvarint priority] | [uvarint max_attempts] | [f64 run_at]
-               | [str dedup_key] | [headers] | bytes payload
-      flags    bits 0-1 id form: 0 the 16-byte value, 1 the previous job's value + 1 (no
-               bytes: a batch's generated ids), 2 text; J_PRIORITY (else DEFAULT_PRIORITY),
-               J_MAX_ATTEMPTS (else DEFAULT_MAX_ATTEMPTS), J_RUN_AT, J_DEDUP, J_HEADERS
-    CLAIM      tag | u8 flags | id | uvarint attempts | f64 claimed_at | dur lease
-    RENEW      tag | u8 flags | id | f64 lease_expires_at
-    ACK        tag | u8 flags | id | [f64 completed_at]    F_KEEP: the record is retained
-    FAIL       tag | u8 flags | id | [f64 at] | [f64 run_at] | [str error]
-               flags bits 1-2: TO_PENDING, TO_SCHEDULED (run_at), TO_DEAD (at, always);
-               F_ERROR: an error text follows; F_AT: ``at`` follows (not dead);
-               bits 4-5: the cause (attempts.CAUSES; 0 in records written before it)
-    CANCEL, REQUEUE_DEAD     tag | u8 flags | id
-    PROMOTE, PURGE, RELEASE  tag | uvarint n | n x id (each with its leading form byte)
-    KV_DELETE  tag | uvarint n | n x bytes key
-    INTAKE     tag | str producer | uvarint seq | f64 at | uvarint n | n x bytes record
-               (ordinary records, applied in order, then the producer's mark is set)
-    INBOX_FORGET  tag | uvarint n | n x str producer
-    EXTENDED   tag | uvarint sub-kind | body: the kinds added once the four tag bits ran
-               out (the X_* sub-kinds below; new kinds go here too)
-      KV_PUT     uvarint n | n x (bytes key | bytes value)
-      SETTLED    bytes settlement | uvarint n | n x bytes effect: the settlement (an ACK or
-                 FAIL record) and then each effect (ENQUEUE, KV_PUT or KV_DELETE records) in
-                 order, in one record so that replay applies all of them or none
-      SCHEDULE_SET, SCHEDULE_REMOVED, SCHEDULE_FIRED   see schedule.py
-
-In the single-job records, flag F_TEXT_ID says the id is stored as text. Unknown flag
-bits are corruption.
+inside. The layout of every record is in RECORDS.md, beside this module.
 
 What is left out, and why replay still rebuilds the same state: a job's sequence number
 (the state numbers enqueued jobs in log order); a claim's expiry (the state computes
@@ -114,14 +81,28 @@ X_KV_PUT = 1
 X_SETTLED = 2
 
 KIND_NAMES = {  # for messages
-    ENQUEUE: "enqueue", CLAIM: "claim", RENEW: "renew", ACK: "ack", FAIL: "fail",
-    CANCEL: "cancel", REQUEUE_DEAD: "requeue_dead", PROMOTE: "promote", PURGE: "purge",
-    KV_DELETE: "kv_delete", RELEASE: "release", INTAKE: "intake",
-    INBOX_FORGET: "inbox_forget", EXTENDED: "extended", SNAPSHOT: "snapshot",
+    ENQUEUE: "enqueue",
+    CLAIM: "claim",
+    RENEW: "renew",
+    ACK: "ack",
+    FAIL: "fail",
+    CANCEL: "cancel",
+    REQUEUE_DEAD: "requeue_dead",
+    PROMOTE: "promote",
+    PURGE: "purge",
+    KV_DELETE: "kv_delete",
+    RELEASE: "release",
+    INTAKE: "intake",
+    INBOX_FORGET: "inbox_forget",
+    EXTENDED: "extended",
+    SNAPSHOT: "snapshot",
 }
 X_NAMES = {  # for messages
-    X_KV_PUT: "kv_put", X_SETTLED: "settled", X_SCHEDULE_SET: "schedule_set",
-    X_SCHEDULE_REMOVED: "schedule_removed", X_SCHEDULE_FIRED: "schedule_fired",
+    X_KV_PUT: "kv_put",
+    X_SETTLED: "settled",
+    X_SCHEDULE_SET: "schedule_set",
+    X_SCHEDULE_REMOVED: "schedule_removed",
+    X_SCHEDULE_FIRED: "schedule_fired",
 }
 
 # Where a failed attempt sends the job (FAIL records).
@@ -164,8 +145,13 @@ class Claimed(NamedTuple):
         if key is None:
             key = id_key(self.job_id)
         at, lease, attempts = self.at, self.lease, self.attempts
-        if key is not None and 0 < attempts < 0x80 and 0 <= lease < 64 and lease.is_integer() \
-                and at - at == 0.0:
+        if (
+            key is not None
+            and 0 < attempts < 0x80
+            and 0 <= lease < 64
+            and lease.is_integer()
+            and at - at == 0.0
+        ):
             # The common case in one pack: canonical id, small attempts, whole-second lease.
             return _CLAIM_SHORT.pack(_T_CLAIM, 0, key, attempts, at, int(lease) << 1)
         buf = single_head(CLAIM, 0, self.job_id, key)
@@ -507,25 +493,62 @@ class InboxForgot(NamedTuple):
 
 
 # Any event: what State.apply takes and decode returns.
-Event = Union[Enqueued, Claimed, Renewed, Acked, Failed, Cancelled, DeadRequeued,  # noqa: UP007
-              Promoted, Purged, KvDeleted, Released, Intake, InboxForgot, KvWritten, Settled,
-              ScheduleSet, ScheduleRemoved, ScheduleFired]
+Event = Union[  # noqa: UP007
+    Enqueued,
+    Claimed,
+    Renewed,
+    Acked,
+    Failed,
+    Cancelled,
+    DeadRequeued,
+    Promoted,
+    Purged,
+    KvDeleted,
+    Released,
+    Intake,
+    InboxForgot,
+    KvWritten,
+    Settled,
+    ScheduleSet,
+    ScheduleRemoved,
+    ScheduleFired,
+]
 # The record kind of each event type.
 KIND_OF: dict[type[Event], int] = {
-    Enqueued: ENQUEUE, Claimed: CLAIM, Renewed: RENEW, Acked: ACK, Failed: FAIL,
-    Cancelled: CANCEL, DeadRequeued: REQUEUE_DEAD, Promoted: PROMOTE, Purged: PURGE,
-    KvDeleted: KV_DELETE, Released: RELEASE, Intake: INTAKE, InboxForgot: INBOX_FORGET,
-    KvWritten: EXTENDED, Settled: EXTENDED, ScheduleSet: EXTENDED, ScheduleRemoved: EXTENDED,
-    ScheduleFired: EXTENDED}
+    Enqueued: ENQUEUE,
+    Claimed: CLAIM,
+    Renewed: RENEW,
+    Acked: ACK,
+    Failed: FAIL,
+    Cancelled: CANCEL,
+    DeadRequeued: REQUEUE_DEAD,
+    Promoted: PROMOTE,
+    Purged: PURGE,
+    KvDeleted: KV_DELETE,
+    Released: RELEASE,
+    Intake: INTAKE,
+    InboxForgot: INBOX_FORGET,
+    KvWritten: EXTENDED,
+    Settled: EXTENDED,
+    ScheduleSet: EXTENDED,
+    ScheduleRemoved: EXTENDED,
+    ScheduleFired: EXTENDED,
+}
 # The sub-kind of each EXTENDED event type.
 SUB_KIND_OF: dict[type[Event], int] = {
-    KvWritten: X_KV_PUT, Settled: X_SETTLED, ScheduleSet: X_SCHEDULE_SET,
-    ScheduleRemoved: X_SCHEDULE_REMOVED, ScheduleFired: X_SCHEDULE_FIRED}
+    KvWritten: X_KV_PUT,
+    Settled: X_SETTLED,
+    ScheduleSet: X_SCHEDULE_SET,
+    ScheduleRemoved: X_SCHEDULE_REMOVED,
+    ScheduleFired: X_SCHEDULE_FIRED,
+}
 EVENT_TYPES: tuple[type[Event], ...] = tuple(KIND_OF)
 _READERS: dict[int, Callable[[Reader], Event]] = {
-    tag(kind): cls.read for cls, kind in KIND_OF.items() if kind != EXTENDED}
+    tag(kind): cls.read for cls, kind in KIND_OF.items() if kind != EXTENDED
+}
 _X_READERS: dict[int, Callable[[Reader], Event]] = {
-    sub: cls.read for cls, sub in SUB_KIND_OF.items()}
+    sub: cls.read for cls, sub in SUB_KIND_OF.items()
+}
 
 
 _CLAIM_SHORT_SIZE = _CLAIM_SHORT.size
@@ -538,8 +561,13 @@ def decode(data: bytes) -> Event:
     # in one pack, an ack that drops the job), read without a Reader: what the general
     # decoder would read from them, checked as strictly.
     size = len(data)
-    if size == _CLAIM_SHORT_SIZE and data[0] == _T_CLAIM and not data[1] \
-            and 0 < data[18] < 0x80 and not data[27] & 0x81:
+    if (
+        size == _CLAIM_SHORT_SIZE
+        and data[0] == _T_CLAIM
+        and not data[1]
+        and 0 < data[18] < 0x80
+        and not data[27] & 0x81
+    ):
         _, _, key, attempts, at, lease = _CLAIM_SHORT.unpack(data)
         if at - at == 0.0:  # finite
             return Claimed(id_text(key), attempts, at, float(lease >> 1))
@@ -553,8 +581,9 @@ def decode(data: bytes) -> Event:
             sub = r.uvarint()
             reader = _X_READERS.get(sub)
             if reader is None:
-                raise CorruptionError(f"unknown extended queue record kind {sub} (written by a "
-                                      "newer build?)")
+                raise CorruptionError(
+                    f"unknown extended queue record kind {sub} (written by a newer build?)"
+                )
             name = X_NAMES[sub]
         else:
             reader = _READERS.get(t)

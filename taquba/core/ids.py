@@ -35,7 +35,8 @@ TAILS = tuple(_PAIRS[low << 2] for low in range(256))
 # Crockford digits -> the digits int(..., 32) reads; every other byte -> "!", which int()
 # rejects (so do signs, spaces and underscores int() would otherwise accept: all map to "!").
 _FROM_CROCKFORD = bytes(
-    ord("0123456789abcdefghijklmnopqrstuv"[ALPHABET.index(chr(c))]) if chr(c) in ALPHABET
+    ord("0123456789abcdefghijklmnopqrstuv"[ALPHABET.index(chr(c))])
+    if chr(c) in ALPHABET
     else ord("!")
     for c in range(256)
 )
@@ -51,11 +52,23 @@ def encode(value: int) -> str:
     a = value >> 88
     b = (value >> 38) & 0x3FFFFFFFFFFFF
     c = (value << 2) & 0xFFFFFFFFFF
-    return "".join((
-        p[a >> 30], p[a >> 20 & 1023], p[a >> 10 & 1023], p[a & 1023],
-        p[b >> 40], p[b >> 30 & 1023], p[b >> 20 & 1023], p[b >> 10 & 1023], p[b & 1023],
-        p[c >> 30], p[c >> 20 & 1023], p[c >> 10 & 1023], p[c & 1023],
-    ))
+    return "".join(
+        (
+            p[a >> 30],
+            p[a >> 20 & 1023],
+            p[a >> 10 & 1023],
+            p[a & 1023],
+            p[b >> 40],
+            p[b >> 30 & 1023],
+            p[b >> 20 & 1023],
+            p[b >> 10 & 1023],
+            p[b & 1023],
+            p[c >> 30],
+            p[c >> 20 & 1023],
+            p[c >> 10 & 1023],
+            p[c & 1023],
+        )
+    )
 
 
 def successor(text: str, value: int) -> str:

@@ -75,8 +75,18 @@ class Lane:
 class QueueIndex:
     """Indexes and counters of one named queue."""
 
-    __slots__ = ("counts", "dead", "dead_heap", "dedup", "done_heap", "done_total", "lanes",
-                 "name", "priorities", "tally")
+    __slots__ = (
+        "counts",
+        "dead",
+        "dead_heap",
+        "dedup",
+        "done_heap",
+        "done_total",
+        "lanes",
+        "name",
+        "priorities",
+        "tally",
+    )
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -25,8 +25,18 @@ _NO_HEADERS: Mapping[str, str] = {}
 class JobDetail:
     """The fields a job has only at times (all unset on a fresh pending job)."""
 
-    __slots__ = ("attempts", "cancel_requested", "claimed_at", "completed_at", "dedup_key",
-                 "failed_at", "headers", "last_error", "lease_expires_at", "run_at")
+    __slots__ = (
+        "attempts",
+        "cancel_requested",
+        "claimed_at",
+        "completed_at",
+        "dedup_key",
+        "failed_at",
+        "headers",
+        "last_error",
+        "lease_expires_at",
+        "run_at",
+    )
 
     def __init__(self) -> None:
         self.attempts = 0
@@ -77,9 +87,17 @@ class Job:
     __slots__ = ("detail", "enqueued_at", "id", "kind", "payload", "seq", "status")
 
     # Positional arguments allowed: replay makes one per enqueued job, and keywords cost.
-    def __init__(self, id: str, kind: JobKind, payload: bytes, seq: int, enqueued_at: float,
-                 status: JobStatus = JobStatus.PENDING, attempts: int = 0,
-                 detail: JobDetail | None = None) -> None:
+    def __init__(
+        self,
+        id: str,
+        kind: JobKind,
+        payload: bytes,
+        seq: int,
+        enqueued_at: float,
+        status: JobStatus = JobStatus.PENDING,
+        attempts: int = 0,
+        detail: JobDetail | None = None,
+    ) -> None:
         self.id = id
         self.kind = kind
         self.payload = payload
@@ -174,18 +192,36 @@ class Job:
         """A frozen copy of this job as the public API shows it."""
         d = self.detail
         if d is None:
-            return JobRecord(id=self.id, queue=self.queue, payload=self.payload, headers={},
-                             status=self.status, attempts=0,
-                             max_attempts=self.max_attempts, priority=self.priority,
-                             enqueued_at=self.enqueued_at)
-        return JobRecord(id=self.id, queue=self.queue, payload=self.payload,
-                         headers=dict(d.headers or {}), status=self.status,
-                         attempts=d.attempts, max_attempts=self.max_attempts,
-                         priority=self.priority, enqueued_at=self.enqueued_at,
-                         run_at=d.run_at, claimed_at=d.claimed_at,
-                         lease_expires_at=d.lease_expires_at, completed_at=d.completed_at,
-                         failed_at=d.failed_at, last_error=d.last_error,
-                         dedup_key=d.dedup_key, cancel_requested=d.cancel_requested)
+            return JobRecord(
+                id=self.id,
+                queue=self.queue,
+                payload=self.payload,
+                headers={},
+                status=self.status,
+                attempts=0,
+                max_attempts=self.max_attempts,
+                priority=self.priority,
+                enqueued_at=self.enqueued_at,
+            )
+        return JobRecord(
+            id=self.id,
+            queue=self.queue,
+            payload=self.payload,
+            headers=dict(d.headers or {}),
+            status=self.status,
+            attempts=d.attempts,
+            max_attempts=self.max_attempts,
+            priority=self.priority,
+            enqueued_at=self.enqueued_at,
+            run_at=d.run_at,
+            claimed_at=d.claimed_at,
+            lease_expires_at=d.lease_expires_at,
+            completed_at=d.completed_at,
+            failed_at=d.failed_at,
+            last_error=d.last_error,
+            dedup_key=d.dedup_key,
+            cancel_requested=d.cancel_requested,
+        )
 
     def __repr__(self) -> str:
         return f"Job({self.id!r}, queue={self.queue!r}, status={self.status.value})"

@@ -76,10 +76,12 @@ class ScheduleSet(NamedTuple):
     headers: Mapping[str, str] | None = None  # None or non-empty
 
     def encode(self) -> bytes:
-        flags = (_S_LAST_RUN if self.last_run_at is not None else 0) \
-            | (_S_PRIORITY if self.priority is not None else 0) \
-            | (_S_MAX_ATTEMPTS if self.max_attempts is not None else 0) \
+        flags = (
+            (_S_LAST_RUN if self.last_run_at is not None else 0)
+            | (_S_PRIORITY if self.priority is not None else 0)
+            | (_S_MAX_ATTEMPTS if self.max_attempts is not None else 0)
             | (_S_HEADERS if self.headers else 0)
+        )
         buf = extended_head(X_SCHEDULE_SET)
         buf.append(flags)
         for text in (self.name, self.cron, self.timezone, self.queue):
@@ -110,13 +112,29 @@ class ScheduleSet(NamedTuple):
         headers = r.headers() if flags & _S_HEADERS else None
         if headers is not None and not headers:
             raise Corrupt("empty headers present")
-        return cls(name, cron, timezone, queue, payload, next_run_at, last_run_at, priority,
-                   max_attempts, headers)
+        return cls(
+            name,
+            cron,
+            timezone,
+            queue,
+            payload,
+            next_run_at,
+            last_run_at,
+            priority,
+            max_attempts,
+            headers,
+        )
 
     def size(self) -> int:
         """This schedule's share of ``State.live_bytes``."""
-        n = SCHEDULE_BYTES + len(self.payload) + len(self.name) + len(self.cron) \
-            + len(self.timezone) + len(self.queue)
+        n = (
+            SCHEDULE_BYTES
+            + len(self.payload)
+            + len(self.name)
+            + len(self.cron)
+            + len(self.timezone)
+            + len(self.queue)
+        )
         if self.headers:
             n += sum(len(k) + len(v) + 2 for k, v in self.headers.items())
         return n

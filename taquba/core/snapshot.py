@@ -57,8 +57,13 @@ from .codec import (
 from .events import SNAPSHOT, ScheduleSet, decode_schedule
 from .jobs import Job, JobDetail, JobKind, JobKinds
 
-STATUS_CODES = (JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.CLAIMED, JobStatus.DONE,
-                JobStatus.DEAD)
+STATUS_CODES = (
+    JobStatus.PENDING,
+    JobStatus.SCHEDULED,
+    JobStatus.CLAIMED,
+    JobStatus.DONE,
+    JobStatus.DEAD,
+)
 _STATUS_CODE = {s: i for i, s in enumerate(STATUS_CODES)}
 # The time a job of each status must have (by index in STATUS_CODES; pending needs none).
 _NEEDED = (None, "run_at", "lease_expires_at", "completed_at", "failed_at")
@@ -92,11 +97,15 @@ _unpack_f64 = F64.unpack_from
 QueueRow = tuple[str, int, dict[str, str]]
 
 
-def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
-           jobs: Collection[Job], kv: Mapping[bytes, bytes],
-           marks: Mapping[str, tuple[int, float]] | None = None,
-           schedules: Sequence[ScheduleSet] = (),
-           history: Mapping[str, list[AttemptEntry]] | None = None) -> bytes:
+def encode(
+    next_seq: int,
+    queues: Sequence[tuple[str, int, Mapping[str, str]]],
+    jobs: Collection[Job],
+    kv: Mapping[bytes, bytes],
+    marks: Mapping[str, tuple[int, float]] | None = None,
+    schedules: Sequence[ScheduleSet] = (),
+    history: Mapping[str, list[AttemptEntry]] | None = None,
+) -> bytes:
     """The whole state. Every job's queue must be among ``queues``; ``history`` holds the
     attempt history of jobs that have had a delivery (those have a ``detail``).
 
@@ -241,9 +250,17 @@ def encode(next_seq: int, queues: Sequence[tuple[str, int, Mapping[str, str]]],
     return bytes(buf)
 
 
-def decode(data: bytes, kinds: JobKinds | None = None) -> tuple[int, list[QueueRow], list[Job], dict[bytes, bytes],
-                                 dict[str, tuple[int, float]], list[ScheduleSet],
-                                 dict[str, list[AttemptEntry]]]:
+def decode(
+    data: bytes, kinds: JobKinds | None = None
+) -> tuple[
+    int,
+    list[QueueRow],
+    list[Job],
+    dict[bytes, bytes],
+    dict[str, tuple[int, float]],
+    list[ScheduleSet],
+    dict[str, list[AttemptEntry]],
+]:
     """``(next_seq, queues, jobs, kv, inbox marks, schedules, attempt history)`` of a
     snapshot made by :func:`encode`; the jobs' kinds come from ``kinds`` (a new table
     without one)."""
@@ -300,8 +317,13 @@ def decode(data: bytes, kinds: JobKinds | None = None) -> tuple[int, list[QueueR
     return next_seq, queues, rows, kv, marks, schedules, history
 
 
-def _decode_jobs(r: Reader, next_seq: int, names: list[str],
-                 history: dict[str, list[AttemptEntry]], kinds: JobKinds) -> list[Job]:
+def _decode_jobs(
+    r: Reader,
+    next_seq: int,
+    names: list[str],
+    history: dict[str, list[AttemptEntry]],
+    kinds: JobKinds,
+) -> list[Job]:
     """The jobs, read with the position in a local and one-byte varints inline (this is
     most of a reopen); anything unusual goes through the Reader's checked methods. The
     attempt histories go to ``history``."""
@@ -337,7 +359,7 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
         else:
             if pos + 16 > end:
                 raise Corrupt(f"truncated job id at byte {pos}")
-            job_id = encode_id(from_bytes(data[pos:pos + 16], "big"))
+            job_id = encode_id(from_bytes(data[pos : pos + 16], "big"))
             pos += 16
         qi = data[pos]
         attempts = data[pos + 1]
@@ -425,14 +447,17 @@ def _decode_jobs(r: Reader, next_seq: int, names: list[str],
         pos = r.pos
         n = data[pos] if pos < end else 0x80
         if n < 0x80 and pos + 1 + n <= end:
-            payload = data[pos + 1:pos + 1 + n]
+            payload = data[pos + 1 : pos + 1 + n]
             r.pos = pos + 1 + n
         else:
             payload = r.blob()
         queue = names[qi]
-        if kind is None or kind.queue is not queue or kind.priority != priority \
-                or kind.max_attempts != max_attempts:
+        if (
+            kind is None
+            or kind.queue is not queue
+            or kind.priority != priority
+            or kind.max_attempts != max_attempts
+        ):
             kind = kinds.get(queue, priority, max_attempts)
-        append(Job(job_id, kind, payload, seq, enqueued_at, STATUS_CODES[code], attempts,
-                   detail))
+        append(Job(job_id, kind, payload, seq, enqueued_at, STATUS_CODES[code], attempts, detail))
     return rows

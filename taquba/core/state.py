@@ -48,6 +48,7 @@ from .index import (
     job_size,
 )
 from .jobs import Job, JobDetail, JobKinds
+from .restore import restore_into, seq_of
 
 
 class State:
@@ -134,28 +135,39 @@ class State:
             job = self.jobs.get(job_id)
             # Two entries can be identical (a renewal to the same expiry, or a claim after
             # requeue_dead_job at the same clock reading): each job is taken once.
-            if job is not None and job.status is CLAIMED and job.attempts == attempts \
-                    and job.lease_expires_at == expires and job_id not in taken:
+            if (
+                job is not None
+                and job.status is CLAIMED
+                and job.attempts == attempts
+                and job.lease_expires_at == expires
+                and job_id not in taken
+            ):
                 taken.add(job_id)
                 out.append(job)
         return out
 
-    def sweepable(self, queue: str, done_before: float | None,
-                  dead_before: float | None) -> list[str]:
+    def sweepable(
+        self, queue: str, done_before: float | None, dead_before: float | None
+    ) -> list[str]:
         """Ids of retained done jobs completed, and dead jobs failed, before the cut-offs."""
         index = self.queues.get(queue)
         if index is None:
             return []
         out = []
-        for heap, cutoff, status in ((index.done_heap, done_before, DONE),
-                                     (index.dead_heap, dead_before, DEAD)):
+        for heap, cutoff, status in (
+            (index.done_heap, done_before, DONE),
+            (index.dead_heap, dead_before, DEAD),
+        ):
             if cutoff is None:
                 continue
             while heap and heap[0][0] <= cutoff:
                 at, job_id = heapq.heappop(heap)
                 job = self.jobs.get(job_id)
-                if job is not None and job.status is status and \
-                        (job.completed_at if status is DONE else job.failed_at) == at:
+                if (
+                    job is not None
+                    and job.status is status
+                    and (job.completed_at if status is DONE else job.failed_at) == at
+                ):
                     out.append(job_id)
         return out
 
@@ -164,8 +176,10 @@ class State:
         index = self.queues.get(queue)
         if index is None:
             return []
-        start = 0 if after_seq is None else bisect.bisect_right(index.dead, (after_seq, "\U0010ffff"))
-        return [self.jobs[job_id] for _, job_id in index.dead[start:start + limit]]
+        start = (
+            0 if after_seq is None else bisect.bisect_right(index.dead, (after_seq, "\U0010ffff"))
+        )
+        return [self.jobs[job_id] for _, job_id in index.dead[start : start + limit]]
 
     def claimed_jobs(self) -> list[Job]:
         """The claimed jobs in enqueue order, found through the lease heap, not by a scan
@@ -177,7 +191,7 @@ class State:
             job = jobs.get(job_id)
             if job is not None and job.status is CLAIMED:
                 found[job_id] = job
-        return sorted(found.values(), key=_seq_of)
+        return sorted(found.values(), key=seq_of)
 
     # -- applying events -------------------------------------------------------------------
 
@@ -217,8 +231,10 @@ class State:
             priority = e.priority
             kind = self.kinds.get(queue, priority, e.max_attempts)
             job_ids = e.ids
-            new = [Job(job_id, kind, payload, s, at)
-                   for job_id, payload, s in zip(job_ids, e.payloads, range(seq, seq + len(job_ids)))]
+            new = [
+                Job(job_id, kind, payload, s, at)
+                for job_id, payload, s in zip(job_ids, e.payloads, range(seq, seq + len(job_ids)))
+            ]
             n = len(new)
             known = len(jobs)
             jobs.update(zip(job_ids, new))
@@ -226,8 +242,9 @@ class State:
                 for job_id, job in zip(job_ids, new):
                     if jobs.get(job_id) is job:
                         del jobs[job_id]
-                raise CorruptionError("enqueue record repeats the id of a known job, or lists "
-                                      "one twice")
+                raise CorruptionError(
+                    "enqueue record repeats the id of a known job, or lists one twice"
+                )
             index.lane(priority).fresh.extend(new)
             seq += n
             index.counts[PENDING] += n
@@ -236,7 +253,9 @@ class State:
         else:
             for job_id, payload, spec in zip(e.ids, e.payloads, specs):
                 if job_id in jobs:
-                    raise CorruptionError(f"enqueue record repeats the id {job_id!r} of a known job")
+                    raise CorruptionError(
+                        f"enqueue record repeats the id {job_id!r} of a known job"
+                    )
                 if spec is None:
                     kind = self.kinds.get(queue, e.priority, e.max_attempts)
                 else:
@@ -299,8 +318,9 @@ class State:
             d.completed_at = e.at
             self._set_status(job, DONE)
             heapq.heappush(index.done_heap, (e.at, job.id))
-            self.live_bytes += attempts.ended(self.history, job.id, job.attempts, d.claimed_at,
-                                              e.at, attempts.ACKED)
+            self.live_bytes += attempts.ended(
+                self.history, job.id, job.attempts, d.claimed_at, e.at, attempts.ACKED
+            )
         else:
             self._forget(job)
 
@@ -319,8 +339,14 @@ class State:
         dead = e.to == ev.TO_DEAD
         if job.status is CLAIMED:
             self.live_bytes += attempts.ended(
-                self.history, job.id, job.attempts, d.claimed_at, e.at,
-                attempts.failure_outcome(e.cause, dead), e.error)
+                self.history,
+                job.id,
+                job.attempts,
+                d.claimed_at,
+                e.at,
+                attempts.failure_outcome(e.cause, dead),
+                e.error,
+            )
         tally = self.queue(job.queue).tally
         if e.cause == attempts.CAUSE_LEASE:
             tally[T_REAPED] += 1
@@ -380,8 +406,9 @@ class State:
             job = self.jobs.get(job_id)
             if job is not None and job.status is CLAIMED:
                 d = job.more()
-                self.live_bytes += attempts.ended(self.history, job_id, job.attempts,
-                                                  d.claimed_at, None, attempts.ABANDONED)
+                self.live_bytes += attempts.ended(
+                    self.history, job_id, job.attempts, d.claimed_at, None, attempts.ABANDONED
+                )
                 d.lease_expires_at = None
                 d.claimed_at = None
                 self._make_pending(job)
@@ -416,8 +443,7 @@ class State:
             self._enqueued(e.job)
         old = self.schedules.get(e.name)
         if old is not None:
-            self._put_schedule(old._replace(last_run_at=e.occurrence,
-                                            next_run_at=e.next_run_at))
+            self._put_schedule(old._replace(last_run_at=e.occurrence, next_run_at=e.next_run_at))
 
     def _put_schedule(self, schedule: ev.ScheduleSet) -> None:
         old = self.schedules.get(schedule.name)
@@ -498,8 +524,15 @@ class State:
     def snapshot(self) -> bytes:
         """The whole state as one blob (see :meth:`State.restore` and snapshot.py)."""
         queues = [(name, q.done_total, q.dedup) for name, q in self.queues.items()]
-        return snap.encode(self.next_seq, queues, self.jobs.values(), self.kv,
-                           self.inbox_marks, list(self.schedules.values()), self.history)
+        return snap.encode(
+            self.next_seq,
+            queues,
+            self.jobs.values(),
+            self.kv,
+            self.inbox_marks,
+            list(self.schedules.values()),
+            self.history,
+        )
 
     @classmethod
     def restore(cls, data: bytes) -> State:
@@ -507,61 +540,7 @@ class State:
 
         Raises ``CorruptionError`` for a malformed snapshot or one that lists a job twice.
         """
-        state = cls()
-        next_seq, queues, decoded, kv, marks, schedules, history = snap.decode(data,
-                                                                           state.kinds)
-        state.inbox_marks = marks
-        state.schedules = {s.name: s for s in schedules}
-        state.next_seq = next_seq
-        for name, done_total, dedup in queues:
-            index = state.queue(name)
-            index.done_total = done_total
-            index.dedup = dedup
-        jobs = state.jobs
-        size = 0
-        pending: list[Job] = []
-        for job in decoded:
-            if job.id in jobs:
-                raise CorruptionError(f"snapshot lists job {job.id!r} twice")
-            jobs[job.id] = job
-            size += job_size(job)
-            index = state.queues[job.queue]
-            status = job.status
-            index.counts[status] += 1
-            if status is PENDING:
-                pending.append(job)
-            elif status is SCHEDULED:
-                state.scheduled.append((job.run_at, job.seq, job.id))  # type: ignore[arg-type]
-            elif status is CLAIMED:
-                state.leases.append((job.lease_expires_at, job.id, job.attempts))  # type: ignore[arg-type]
-            elif status is DONE:
-                index.done_heap.append((job.completed_at, job.id))  # type: ignore[arg-type]
-            else:
-                index.dead.append((job.seq, job.id))
-                index.dead_heap.append((job.failed_at, job.id))  # type: ignore[arg-type]
-        pending.sort(key=_seq_of)
-        for job in pending:
-            state.queues[job.queue].lane(job.priority).fresh.append(job)
-        heapq.heapify(state.scheduled)
-        heapq.heapify(state.leases)
-        for index in state.queues.values():
-            heapq.heapify(index.done_heap)
-            heapq.heapify(index.dead_heap)
-            index.dead.sort()
-        state.kv = kv
-        for key, value in kv.items():
-            size += len(key) + len(value) + KV_ENTRY_BYTES
-        size += sum(MARK_BYTES + len(p) for p in marks)
-        size += sum(s.size() for s in schedules)
-        for entries in history.values():
-            size += sum(e.size() for e in entries)
-        state.history = history
-        state.live_bytes = size
-        return state
-
-
-def _seq_of(job: Job) -> int:
-    return job.seq
+        return restore_into(cls(), data)
 
 
 _APPLY: dict[type[Any], Callable[[State, Any], None]] = {

@@ -55,7 +55,7 @@ _DEAD_PAGE = 50
 _RATE_WINDOW = 60.0  # seconds of done counts the throughput is measured over
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
-                               "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -78,8 +78,17 @@ def is_loopback(host: str) -> bool:
 class Dashboard:
     """The dashboard server of one queue. Make it with :meth:`Dashboard.open`."""
 
-    def __init__(self, reader: QueueReader, producer: Producer, location: str, *,
-                 host: str, port: int, token: str | None, refresh: float) -> None:
+    def __init__(
+        self,
+        reader: QueueReader,
+        producer: Producer,
+        location: str,
+        *,
+        host: str,
+        port: int,
+        token: str | None,
+        refresh: float,
+    ) -> None:
         self.reader = reader
         self.producer = producer
         self.location = location
@@ -93,9 +102,16 @@ class Dashboard:
         self.server.daemon_threads = True
 
     @classmethod
-    def open(cls, location: Any, *, storage_options: Mapping[str, Any] | None = None,
-             host: str = "127.0.0.1", port: int = 8080, token: str | None = None,
-             refresh: float = 5.0) -> Dashboard:
+    def open(
+        cls,
+        location: Any,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: str | None = None,
+        refresh: float = 5.0,
+    ) -> Dashboard:
         """Open a reader and a producer on ``location`` and bind ``host:port`` (0: any
         free port). Serve with :meth:`serve_forever`, :meth:`start` or
         :meth:`serve_until_signalled`.
@@ -110,8 +126,9 @@ class Dashboard:
         reader = QueueReader.open(location, storage_options=storage_options)
         try:
             producer = Producer.open(location, storage_options=storage_options)
-            return cls(reader, producer, str(location), host=host, port=port, token=token,
-                       refresh=refresh)
+            return cls(
+                reader, producer, str(location), host=host, port=port, token=token, refresh=refresh
+            )
         except BaseException:
             reader.close()
             raise
@@ -130,15 +147,18 @@ class Dashboard:
 
     def start(self) -> None:
         """Serve requests on a background thread named ``taquba-dashboard``."""
-        self._thread = threading.Thread(target=self.serve_forever, name="taquba-dashboard",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="taquba-dashboard", daemon=True
+        )
         self._thread.start()
 
     def serve_until_signalled(self) -> None:
         """Serve on a background thread until SIGINT or SIGTERM (main thread only)."""
         stop = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, lambda *_: stop.set())
+            for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             self.start()
             while not stop.wait(0.5):
@@ -167,8 +187,13 @@ class Dashboard:
         for name in reader.list_queues():
             stats = reader.stats(name)
             oldest = reader.oldest_pending_at(name)
-            rows.append((stats, None if oldest is None else now_wall - oldest,
-                         self._rate(name, now, stats.done)))
+            rows.append(
+                (
+                    stats,
+                    None if oldest is None else now_wall - oldest,
+                    self._rate(name, now, stats.done),
+                )
+            )
         return rows
 
     def _rate(self, queue: str, now: float, done: int) -> float | None:
@@ -187,8 +212,10 @@ class Dashboard:
 
 def _handler_class(dashboard: Dashboard) -> type[BaseHTTPRequestHandler]:
     """The request handler class of ``dashboard`` (``http.server`` makes one per request)."""
+
     class Handler(_Handler):
         board = dashboard
+
     return Handler
 
 
@@ -205,8 +232,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- responses -------------------------------------------------------------------------
 
-    def _send(self, status: int, body: str, *, content_type: str = "text/html; charset=utf-8",
-              headers: Mapping[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: str,
+        *,
+        content_type: str = "text/html; charset=utf-8",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         """Send a whole response with the security headers."""
         data = body.encode("utf-8")
         self.send_response(status)
@@ -220,8 +253,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _refuse(self, status: HTTPStatus, reason: str) -> None:
         """Send a plain-text refusal."""
-        self._send(status, f"{status.value} {status.phrase}: {reason}\n",
-                   content_type="text/plain; charset=utf-8")
+        self._send(
+            status,
+            f"{status.value} {status.phrase}: {reason}\n",
+            content_type="text/plain; charset=utf-8",
+        )
 
     def _redirect(self, location: str, headers: Mapping[str, str] | None = None) -> None:
         """Send a 303 to ``location`` (a path on this server)."""
@@ -241,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
         given = None
         auth = self.headers.get("Authorization") or ""
         if auth.startswith("Bearer "):
-            given = auth[len("Bearer "):].strip()
+            given = auth[len("Bearer ") :].strip()
         if given is None:
             cookies = http.cookies.SimpleCookie(self.headers.get("Cookie") or "")
             if _COOKIE in cookies:
@@ -249,8 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
         in_query = query.get("token", [None])[0]
         if in_query is not None and hmac.compare_digest(in_query.encode(), token.encode()):
             path = urllib.parse.urlsplit(self.path).path
-            self._redirect(path, {"Set-Cookie": f"{_COOKIE}={token}; HttpOnly; "
-                                  "SameSite=Strict; Path=/"})
+            self._redirect(
+                path, {"Set-Cookie": f"{_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"}
+            )
             return False
         if given is None or not hmac.compare_digest(given.encode(), token.encode()):
             self._refuse(HTTPStatus.UNAUTHORIZED, "a valid token is required")
@@ -260,8 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _csrf_ok(self, form: dict[str, list[str]]) -> bool:
         """Whether a POST carries this server's CSRF token and, if any, a matching Origin."""
         origin = self.headers.get("Origin")
-        if origin is not None and origin != "null" \
-                and urllib.parse.urlsplit(origin).netloc != self.headers.get("Host"):
+        if (
+            origin is not None
+            and origin != "null"
+            and urllib.parse.urlsplit(origin).netloc != self.headers.get("Host")
+        ):
             return False
         given = form.get("csrf", [""])[0]
         return hmac.compare_digest(given.encode(), self.board.csrf.encode())
@@ -282,9 +322,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not parts:
                 rows = self.board.overview_rows()
-                self._send(HTTPStatus.OK, pages.overview(
-                    self.board.location, rows, self.board.refresh,
-                    self.board.reader.list_schedules()))
+                self._send(
+                    HTTPStatus.OK,
+                    pages.overview(
+                        self.board.location,
+                        rows,
+                        self.board.refresh,
+                        self.board.reader.list_schedules(),
+                    ),
+                )
             elif parts == ["jobs"]:
                 self._redirect(f"/jobs/{pages.quote(query.get('id', [''])[0].strip())}")
             elif len(parts) == 2 and parts[0] == "jobs":
@@ -297,7 +343,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, pages.not_found(str(exc)))
         except TaqubaError as exc:
             logger.exception("dashboard page failed")
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, pages.not_found(f"{type(exc).__name__}: {exc}"))
+            self._send(
+                HTTPStatus.SERVICE_UNAVAILABLE, pages.not_found(f"{type(exc).__name__}: {exc}")
+            )
 
     def _job(self, job_id: str, message: str | None) -> None:
         """The page of one job (404 when it is not kept)."""
@@ -308,10 +356,16 @@ class _Handler(BaseHTTPRequestHandler):
         if record is None:
             self._send(HTTPStatus.NOT_FOUND, pages.not_found(f"No job {job_id} is kept."))
             return
-        notes = {"requeue": "Requeue submitted: the owner applies it shortly.",
-                 "cancel": "Cancel submitted: the owner applies it shortly."}
-        self._send(HTTPStatus.OK, pages.job_page(record, reader.attempt_history(job_id),
-                                                 self.board.csrf, notes.get(message or "")))
+        notes = {
+            "requeue": "Requeue submitted: the owner applies it shortly.",
+            "cancel": "Cancel submitted: the owner applies it shortly.",
+        }
+        self._send(
+            HTTPStatus.OK,
+            pages.job_page(
+                record, reader.attempt_history(job_id), self.board.csrf, notes.get(message or "")
+            ),
+        )
 
     def _dead(self, queue: str, after: str | None) -> None:
         """A page of a queue's dead jobs after the job ``after``."""
@@ -319,8 +373,7 @@ class _Handler(BaseHTTPRequestHandler):
         reader = self.board.reader
         reader.refresh()
         jobs = reader.dead_jobs(queue, after=after, limit=_DEAD_PAGE)
-        self._send(HTTPStatus.OK, pages.dead_page(queue, jobs, after, _DEAD_PAGE,
-                                                  self.board.csrf))
+        self._send(HTTPStatus.OK, pages.dead_page(queue, jobs, after, _DEAD_PAGE, self.board.csrf))
 
     def do_POST(self) -> None:
         """Requeue or cancel a job through the producer, then show the job."""

@@ -71,7 +71,9 @@ import orjson
 
 from ..errors import CorruptionError
 
-OBJECT_FORMAT_VERSION = 1  # the framing of manifests, segments and checkpoints (records inside: core.codec)
+OBJECT_FORMAT_VERSION = (
+    1  # the framing of manifests, segments and checkpoints (records inside: core.codec)
+)
 MAGIC_MANIFEST = b"TQMF"
 MAGIC_SEGMENT = b"TQSG"
 MAGIC_CHECKPOINT = b"TQCP"
@@ -130,7 +132,7 @@ def decode_header(name: str, magic: bytes, data: bytes | memoryview) -> tuple[di
             f"{name}: format version {version} is not supported (this build reads {OBJECT_FORMAT_VERSION})"
         )
     pos = _PREFIX.size
-    body = view[pos:pos + hlen]
+    body = view[pos : pos + hlen]
     if len(body) != hlen or zlib.crc32(body) != hcrc:
         raise CorruptionError(f"{name}: header checksum mismatch")
     try:
@@ -142,8 +144,9 @@ def decode_header(name: str, magic: bytes, data: bytes | memoryview) -> tuple[di
     return fields, pos + hlen
 
 
-def decode_frames(name: str, view: memoryview, pos: int, end: int, base: int = 0, *,
-                  checked: bool = True) -> list[bytes]:
+def decode_frames(
+    name: str, view: memoryview, pos: int, end: int, base: int = 0, *, checked: bool = True
+) -> list[bytes]:
     """The frames in ``view[pos:end]``, which must hold whole frames and nothing else;
     ``base`` is the object offset of ``view[0]`` (for messages). ``checked`` false skips
     each frame's own CRC: for the frames of a block, whose CRC covers them all and has
@@ -162,8 +165,9 @@ def decode_frames(name: str, view: memoryview, pos: int, end: int, base: int = 0
         if stop > end:
             raise CorruptionError(f"{name}: truncated frame at byte {base + pos - size}")
         if checked and crc(view[pos:stop]) != fcrc:
-            raise CorruptionError(f"{name}: checksum mismatch in frame {len(frames)} at byte "
-                                  f"{base + pos - size}")
+            raise CorruptionError(
+                f"{name}: checksum mismatch in frame {len(frames)} at byte {base + pos - size}"
+            )
         append(view[pos:stop].tobytes())
         pos = stop
     return frames
@@ -172,8 +176,9 @@ def decode_frames(name: str, view: memoryview, pos: int, end: int, base: int = 0
 # -- blocks ------------------------------------------------------------------------------------
 
 
-def _valid_block(name: str, view: memoryview, pos: int, base: int
-                 ) -> tuple[list[bytes], int] | None:
+def _valid_block(
+    name: str, view: memoryview, pos: int, base: int
+) -> tuple[list[bytes], int] | None:
     """The records and end of a whole, valid block at ``pos``, or None if there is none."""
     end = len(view)
     if end - pos < _BLOCK.size:
@@ -185,12 +190,15 @@ def _valid_block(name: str, view: memoryview, pos: int, base: int
         return None
     frames = decode_frames(name, view, start, stop, base, checked=False)
     if len(frames) != count:
-        raise CorruptionError(f"{name}: block at byte {base + pos} says {count} records, "
-                              f"holds {len(frames)}")
+        raise CorruptionError(
+            f"{name}: block at byte {base + pos} says {count} records, holds {len(frames)}"
+        )
     return frames, stop
 
 
-def block_at(name: str, view: memoryview, pos: int, base: int = 0) -> tuple[list[bytes], int] | None:
+def block_at(
+    name: str, view: memoryview, pos: int, base: int = 0
+) -> tuple[list[bytes], int] | None:
     """The records and end of the whole, valid block at ``view[pos:]``, or None if there is
     none there (yet); ``base`` is the object offset of ``view[0]`` (for messages)."""
     return _valid_block(name, view, pos, base)
@@ -211,8 +219,9 @@ def _all_zero(view: memoryview, start: int, stop: int) -> bool:
     return not view[start:stop].tobytes().strip(b"\0")
 
 
-def decode_blocks(name: str, data: bytes | memoryview, pos: int, base: int = 0, *,
-                  judge: bool = True) -> tuple[list[bytes], int, bool]:
+def decode_blocks(
+    name: str, data: bytes | memoryview, pos: int, base: int = 0, *, judge: bool = True
+) -> tuple[list[bytes], int, bool]:
     """Records of the blocks from byte ``pos`` on: ``(records, end of the last complete
     block, whether a torn block follows it)``; ``base`` is the object offset of ``data[0]``.
 
@@ -244,15 +253,18 @@ def decode_blocks_exact(name: str, data: bytes | memoryview, pos: int, stop: int
     segment was settled. Damage anywhere before ``stop`` raises :class:`CorruptionError`."""
     view = memoryview(data)
     if len(view) < stop:
-        raise CorruptionError(f"{name}: {len(view)} bytes, but its blocks were recorded to end "
-                              f"at byte {stop}")
+        raise CorruptionError(
+            f"{name}: {len(view)} bytes, but its blocks were recorded to end at byte {stop}"
+        )
     view = view[:stop]
     records: list[bytes] = []
     while pos < stop:
         block = _valid_block(name, view, pos, 0)
         if block is None:
-            raise CorruptionError(f"{name}: damaged block at byte {pos} (its blocks were "
-                                  f"recorded to end at byte {stop})")
+            raise CorruptionError(
+                f"{name}: damaged block at byte {pos} (its blocks were "
+                f"recorded to end at byte {stop})"
+            )
         frames, pos = block
         records += frames
     return records
@@ -278,8 +290,7 @@ def _missing(zero: set[int], start: int, stop: int, base: int) -> bool:
     return any(s in zero for s in range(first, last + 1))
 
 
-def check_interrupted_append(name: str, data: bytes | memoryview, pos: int, base: int = 0
-                             ) -> None:
+def check_interrupted_append(name: str, data: bytes | memoryview, pos: int, base: int = 0) -> None:
     """Raise :class:`CorruptionError` unless ``data[pos:]`` is what an interrupted append of
     one block at ``pos`` can leave (see "The torn-tail rule"); ``base`` is the object offset
     of ``data[0]``."""
@@ -293,17 +304,20 @@ def check_interrupted_append(name: str, data: bytes | memoryview, pos: int, base
     used = pos + len(view[pos:].tobytes().rstrip(b"\0"))  # bytes from ``used`` on are zero
     limit = pos + MAX_APPENDED_BLOCK
     if used > limit:
-        raise damaged(f"non-zero bytes up to byte {base + used - 1}, further than any block "
-                      "written there can reach")
+        raise damaged(
+            f"non-zero bytes up to byte {base + used - 1}, further than any block "
+            "written there can reach"
+        )
     reach = min(end, limit)
     zero = _zero_sectors(view, pos, reach, base)
     header_end = pos + _BLOCK.size
     for i in range(min(len(MAGIC_BLOCK), end - pos)):
         if not _missing(zero, pos + i, pos + i + 1, base) and view[pos + i] != MAGIC_BLOCK[i]:
-            raise damaged(f"bad block magic {bytes(view[pos:pos + 4])!r}")
+            raise damaged(f"bad block magic {bytes(view[pos : pos + 4])!r}")
     if header_end > end and (base + end) % SECTOR:
-        raise damaged(f"the object ends at byte {base + end}, inside its header and not at a "
-                      "sector boundary")
+        raise damaged(
+            f"the object ends at byte {base + end}, inside its header and not at a sector boundary"
+        )
     count: int | None = None
     if header_end <= end and not _missing(zero, pos, header_end, base):
         _, count, length, _ = _BLOCK.unpack_from(view, pos)
@@ -313,8 +327,10 @@ def check_interrupted_append(name: str, data: bytes | memoryview, pos: int, base
         if used > stop:
             raise damaged(f"bytes follow it at byte {base + max(stop, pos)}")
         if stop > end and (base + end) % SECTOR:
-            raise damaged(f"the object ends at byte {base + end}, inside the block and not at "
-                          "a sector boundary")
+            raise damaged(
+                f"the object ends at byte {base + end}, inside the block and not at "
+                "a sector boundary"
+            )
     else:
         stop = reach
         _no_block_follows(view, pos, used, base, damaged)
@@ -330,7 +346,7 @@ def check_interrupted_append(name: str, data: bytes | memoryview, pos: int, base
             raise damaged(f"frame at byte {base + q} runs past the end of its block")
         if hi > end or _missing(zero, q + _FRAME.size, hi, base):
             break
-        if zlib.crc32(view[q + _FRAME.size:hi]) != fcrc:
+        if zlib.crc32(view[q + _FRAME.size : hi]) != fcrc:
             raise damaged(f"checksum mismatch in the frame at byte {base + q}")
         found += 1
         q = hi

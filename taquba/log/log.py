@@ -91,10 +91,16 @@ class Log:
     :meth:`check_fenced` may be called from another thread meanwhile.
     """
 
-    def __init__(self, store: Store, *, checkpoint_min_bytes: int = 512 * 1024,
-                 checkpoint_ratio: float = 1.0, checkpoint_max_segments: int = 256,
-                 background_cleanup: bool = False,
-                 segment_max_bytes: int = 8 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        checkpoint_min_bytes: int = 512 * 1024,
+        checkpoint_ratio: float = 1.0,
+        checkpoint_max_segments: int = 256,
+        background_cleanup: bool = False,
+        segment_max_bytes: int = 8 * 1024 * 1024,
+    ) -> None:
         self.store = store
         self.segment_max_bytes = segment_max_bytes if store.appendable else 0
         self._appender: Appender | None = None
@@ -132,8 +138,14 @@ class Log:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, store: Store, *, on_snapshot: Callable[[bytes], None],
-             on_record: Callable[[bytes], None], **kwargs: Any) -> Log:
+    def open(
+        cls,
+        store: Store,
+        *,
+        on_snapshot: Callable[[bytes], None],
+        on_record: Callable[[bytes], None],
+        **kwargs: Any,
+    ) -> Log:
         """Claim the writer epoch, replay checkpoint and segments, fence the segment space,
         then settle what was replayed and delete what is no longer needed."""
         log = cls(store, **kwargs)
@@ -149,8 +161,9 @@ class Log:
         return log
 
     def _manifest_numbers(self) -> list[int]:
-        return sorted(n for n in (parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR))
-                      if n is not None)
+        return sorted(
+            n for n in (parse_seq(m) for m in self.store.list_dir(MANIFEST_DIR)) if n is not None
+        )
 
     def _claim_epoch(self) -> Manifest:
         for _ in range(_OPEN_ATTEMPTS):
@@ -167,7 +180,8 @@ class Log:
                 raise CorruptionError(
                     f"{self.store.description}/{manifest_key(current)}: a manifest number past "
                     f"{MAX_MANIFEST_NUMBER - 1} cannot be a version this library wrote (a "
-                    "foreign or damaged name under manifest/)")
+                    "foreign or damaged name under manifest/)"
+                )
             data = encode_manifest(n, self.nonce, manifest)
             try:
                 self.store.put_if_absent(manifest_key(n), data)
@@ -183,8 +197,10 @@ class Log:
             # a displaced writer's read-back fails from now on.
             self.store.delete([manifest_key(m) for m in numbers])
             return manifest
-        raise self._fenced(f"could not claim the writer epoch after {_OPEN_ATTEMPTS} attempts; "
-                           "other processes keep opening this root")
+        raise self._fenced(
+            f"could not claim the writer epoch after {_OPEN_ATTEMPTS} attempts; "
+            "other processes keep opening this root"
+        )
 
     def _read_manifest(self, n: int) -> Manifest:
         key = manifest_key(n)
@@ -195,8 +211,9 @@ class Log:
         try:
             data = self.store.get(key)
         except ObjectNotFound:
-            raise CorruptionError(f"{self.store.description}/{key}: checkpoint named by the "
-                                  "manifest is missing") from None
+            raise CorruptionError(
+                f"{self.store.description}/{key}: checkpoint named by the manifest is missing"
+            ) from None
         _, frames = decode(f"{self.store.description}/{key}", MAGIC_CHECKPOINT, data)
         if len(frames) != 1:
             raise CorruptionError(f"{self.store.description}/{key}: expected one snapshot frame")
@@ -236,8 +253,11 @@ class Log:
         garbage += self._publish_manifest(self.checkpoint_name, replay_from, ends, void)
         # Fences read in this replay, now recorded as void or covered (those recorded void
         # before were listed with the garbage already); this handle's own fence stays.
-        garbage += [segment_key(s) for s in sorted(empty - {self._own_fence})
-                    if not replay.manifest.is_void(s)]
+        garbage += [
+            segment_key(s)
+            for s in sorted(empty - {self._own_fence})
+            if not replay.manifest.is_void(s)
+        ]
         if self.store.leaves_temp_files:
             for d in (SEGMENT_DIR, CHECKPOINT_DIR, MANIFEST_DIR):
                 self.store.remove_temp_files(d)
@@ -253,8 +273,11 @@ class Log:
     # -- writing -------------------------------------------------------------------------
 
     def _segment_bytes(self, seq: int, records: Sequence[bytes]) -> bytes:
-        return encode(MAGIC_SEGMENT, {"epoch": self.epoch, "nonce": self.nonce, "seq": seq,
-                                      "count": len(records)}, records)
+        return encode(
+            MAGIC_SEGMENT,
+            {"epoch": self.epoch, "nonce": self.nonce, "seq": seq, "count": len(records)},
+            records,
+        )
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -262,8 +285,9 @@ class Log:
         if self._broken is not None:
             if isinstance(self._broken, QueueBroken):
                 raise self._broken
-            raise QueueBroken(f"{self.store.description}: log is broken: {self._broken}") \
-                from self._broken
+            raise QueueBroken(
+                f"{self.store.description}: log is broken: {self._broken}"
+            ) from self._broken
 
     def _fail(self, exc: BaseException) -> BaseException:
         self._broken = exc
@@ -271,20 +295,27 @@ class Log:
 
     def _fenced(self, detail: str) -> FencedError:
         """Break the log for good as displaced by another writer; the error to raise."""
-        exc = FencedError(f"{self.store.description}: {detail}; this handle has been fenced "
-                          "off (another process has opened this root) and writes nothing more")
+        exc = FencedError(
+            f"{self.store.description}: {detail}; this handle has been fenced "
+            "off (another process has opened this root) and writes nothing more"
+        )
         self._broken = exc
         return exc
 
-    def _publish_manifest(self, checkpoint: str | None, replay_from: int,
-                          ends: dict[int, int],
-                          void: tuple[tuple[int, int], ...] = ()) -> list[str]:
+    def _publish_manifest(
+        self,
+        checkpoint: str | None,
+        replay_from: int,
+        ends: dict[int, int],
+        void: tuple[tuple[int, int], ...] = (),
+    ) -> list[str]:
         through = self.next_seq - 1
         """Write the next manifest version and confirm it is the newest; return the keys of
         the older versions listed (now garbage). Breaks the log on any failure."""
         n = self.manifest_n + 1
-        data = encode_manifest(self.epoch, self.nonce,
-                               Manifest(checkpoint, replay_from, ends, void, through))
+        data = encode_manifest(
+            self.epoch, self.nonce, Manifest(checkpoint, replay_from, ends, void, through)
+        )
         try:
             self.store.put_if_absent(manifest_key(n), data)
         except ObjectExists as exc:
@@ -299,8 +330,9 @@ class Log:
             raise self._fail(exc)  # noqa: B904
         newest = numbers[-1] if numbers else 0
         if newest != n:
-            raise self._fenced(f"manifest {seq_name(newest)} is newer than this handle's "
-                               f"{seq_name(n)}")
+            raise self._fenced(
+                f"manifest {seq_name(newest)} is newer than this handle's {seq_name(n)}"
+            )
         self._own = (n, data)
         self.checkpoint_name, self.replay_from = checkpoint, replay_from
         self._ends = dict(ends)
@@ -327,12 +359,17 @@ class Log:
         try:
             newest = self._newest_manifest()
         except StorageError as exc:
-            raise self._fenced(f"manifest {seq_name(n)} of this handle is gone or replaced, "
-                               f"and the newest could not be read; segment {seq_name(seq)}, "
-                               "written meanwhile, may still be replayed") from exc
+            raise self._fenced(
+                f"manifest {seq_name(n)} of this handle is gone or replaced, "
+                f"and the newest could not be read; segment {seq_name(seq)}, "
+                "written meanwhile, may still be replayed"
+            ) from exc
         recorded = (newest.ends or {}).get(seq)
-        if seq < newest.replay_from or newest.is_void(seq) or (
-                end is not None and recorded is not None and end > recorded):
+        if (
+            seq < newest.replay_from
+            or newest.is_void(seq)
+            or (end is not None and recorded is not None and end > recorded)
+        ):
             raise fenced
         # Written before the new writer's fence: it replays this write (FENCING.md).
 
@@ -382,8 +419,10 @@ class Log:
         if appender is not None:
             if records:
                 block = encode_block(records)
-                if appender.size + len(block) <= self.segment_max_bytes and \
-                        len(block) <= MAX_APPENDED_BLOCK:
+                if (
+                    appender.size + len(block) <= self.segment_max_bytes
+                    and len(block) <= MAX_APPENDED_BLOCK
+                ):
                     seq = self._append_block(appender, block)
                     self._confirm_owner(seq, appender.size)
                     return seq
@@ -392,23 +431,30 @@ class Log:
         key = segment_key(seq)
         try:
             if records and self.segment_max_bytes:
-                data = encode(MAGIC_SEGMENT, {"epoch": self.epoch, "nonce": self.nonce,
-                                              "seq": seq, "count": 0, "blocks": True}
-                              ) + encode_block(records)
-                self._appender = self.store.create_appendable(key, data,
-                                                              self.segment_max_bytes)
+                data = encode(
+                    MAGIC_SEGMENT,
+                    {
+                        "epoch": self.epoch,
+                        "nonce": self.nonce,
+                        "seq": seq,
+                        "count": 0,
+                        "blocks": True,
+                    },
+                ) + encode_block(records)
+                self._appender = self.store.create_appendable(key, data, self.segment_max_bytes)
                 self._appender_seq = seq
             else:
                 data = self._segment_bytes(seq, records)
                 self.store.put_if_absent(key, data)
         except ObjectExists as exc:
-            raise self._fenced(f"segment {seq_name(seq)} was written by another process") \
-                from exc
+            raise self._fenced(f"segment {seq_name(seq)} was written by another process") from exc
         except ObjectNotFound as exc:
             # Created, then gone before it could be opened for appending: only a newer
             # writer deletes segments (it replayed this one, checkpointed and collected it).
-            raise self._fenced(f"segment {seq_name(seq)} was removed by another process "
-                               "right after this handle created it") from exc
+            raise self._fenced(
+                f"segment {seq_name(seq)} was removed by another process "
+                "right after this handle created it"
+            ) from exc
         except StorageError as exc:
             raise self._fail(exc)  # noqa: B904 - keeps the backend cause
         self.next_seq = seq + 1
@@ -424,13 +470,13 @@ class Log:
             appender.append(block, segment_key(seq + 1))
         except ObjectExists as exc:
             self._close_appender()
-            raise self._fenced(f"segment {seq_name(seq + 1)} was created by another "
-                               "process") from exc
+            raise self._fenced(
+                f"segment {seq_name(seq + 1)} was created by another process"
+            ) from exc
         except ObjectNotFound as exc:
             # Only a newer writer deletes a segment (it replayed it, then checkpointed).
             self._close_appender()
-            raise self._fenced(f"segment {seq_name(seq)} was removed by another process"
-                               ) from exc
+            raise self._fenced(f"segment {seq_name(seq)} was removed by another process") from exc
         except StorageError as exc:
             self._close_appender()
             raise self._fail(exc)  # noqa: B904 - keeps the backend cause
@@ -450,8 +496,9 @@ class Log:
 
     def checkpoint_due_at_close(self, live_bytes: int | None = None) -> bool:
         """Whether a clean close should checkpoint (see :func:`checkpoint_due_at_close`)."""
-        return self._broken is None and not self._closed and \
-            checkpoint_due_at_close(self, live_bytes)
+        return (
+            self._broken is None and not self._closed and checkpoint_due_at_close(self, live_bytes)
+        )
 
     def checkpoint(self, snapshot: bytes, seq: int, live_bytes: int = 0) -> None:
         """Record ``snapshot`` as the state after segment ``seq`` and drop what it covers.
@@ -462,12 +509,16 @@ class Log:
         """
         self._check_writable()
         if seq != self.next_seq - 1:
-            raise ValueError(f"checkpoint for segment {seq}, but the last segment is "
-                             f"{self.next_seq - 1}")
+            raise ValueError(
+                f"checkpoint for segment {seq}, but the last segment is {self.next_seq - 1}"
+            )
         self._close_appender()  # the checkpoint covers this segment whole: start a new one
         name = f"{seq_name(seq)}-{self.epoch:010d}"
-        data = encode(MAGIC_CHECKPOINT, {"epoch": self.epoch, "nonce": self.nonce, "seq": seq,
-                                         "count": 1}, [snapshot])
+        data = encode(
+            MAGIC_CHECKPOINT,
+            {"epoch": self.epoch, "nonce": self.nonce, "seq": seq, "count": 1},
+            [snapshot],
+        )
         try:
             self.store.put_if_absent(f"{CHECKPOINT_DIR}/{name}", data)
         except ObjectExists as exc:
@@ -501,14 +552,17 @@ class Log:
         if not self._closed and self._broken is None:
             if self._appender is not None:
                 self._ends[self._appender_seq] = self._appender.size
-            if self._recorded is not None and (self._ends != self._recorded
-                                               or self._through != self.next_seq - 1):
+            if self._recorded is not None and (
+                self._ends != self._recorded or self._through != self.next_seq - 1
+            ):
                 try:
                     self._confirm_owner(self.next_seq - 1)
                     if self._broken is None:  # a displaced handle writes no version
-                        self._collector.submit(self._publish_manifest(
-                            self.checkpoint_name, self.replay_from, dict(self._ends),
-                            self._void))
+                        self._collector.submit(
+                            self._publish_manifest(
+                                self.checkpoint_name, self.replay_from, dict(self._ends), self._void
+                            )
+                        )
                 except (StorageError, QueueBroken):
                     pass  # the next open settles the segment instead
         self._closed = True

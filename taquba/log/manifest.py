@@ -77,8 +77,13 @@ def void_ranges(seqs: set[int]) -> tuple[tuple[int, int], ...]:
 
 
 def encode_manifest(epoch: int, nonce: str, manifest: Manifest) -> bytes:
-    fields: dict[str, Any] = {"epoch": epoch, "nonce": nonce, "checkpoint": manifest.checkpoint,
-                              "replay_from": manifest.replay_from, "created_at": time.time()}
+    fields: dict[str, Any] = {
+        "epoch": epoch,
+        "nonce": nonce,
+        "checkpoint": manifest.checkpoint,
+        "replay_from": manifest.replay_from,
+        "created_at": time.time(),
+    }
     if manifest.ends is not None:
         fields["ends"] = {seq_name(s): e for s, e in sorted(manifest.ends.items())}
     if manifest.void:
@@ -94,8 +99,9 @@ def decode_manifest(name: str, data: bytes) -> Manifest:
     if not isinstance(replay_from, int) or isinstance(replay_from, bool) or replay_from < 1:
         raise CorruptionError(f"{name}: manifest lacks a valid replay_from ({replay_from!r})")
     checkpoint = fields.get("checkpoint")
-    if checkpoint is not None and (not isinstance(checkpoint, str) or "/" in checkpoint
-                                   or not checkpoint):
+    if checkpoint is not None and (
+        not isinstance(checkpoint, str) or "/" in checkpoint or not checkpoint
+    ):
         raise CorruptionError(f"{name}: manifest names an invalid checkpoint {checkpoint!r}")
     raw = fields.get("ends")
     ends: dict[int, int] | None = None
@@ -113,9 +119,13 @@ def decode_manifest(name: str, data: bytes) -> Manifest:
     if not isinstance(raw_void, list):
         raise CorruptionError(f"{name}: manifest void is not a list")
     for r in raw_void:
-        if not (isinstance(r, list) and len(r) == 2 and all(
-                isinstance(x, int) and not isinstance(x, bool) for x in r)
-                and replay_from <= r[0] <= r[1] and (not void or void[-1][1] < r[0] - 1)):
+        if not (
+            isinstance(r, list)
+            and len(r) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in r)
+            and replay_from <= r[0] <= r[1]
+            and (not void or void[-1][1] < r[0] - 1)
+        ):
             raise CorruptionError(f"{name}: manifest has an invalid void range {r!r}")
         void.append((r[0], r[1]))
     through = fields.get("through", 0)

@@ -61,8 +61,10 @@ def checkpoint_due(log: _Counters, live_bytes: int | None = None) -> bool:
     past ``checkpoint_max_segments`` segments only the log outgrowing the last snapshot
     is required, which bounds the objects a reopen reads.
     """
-    if log.segments_since_checkpoint >= log.checkpoint_max_segments and \
-            log.bytes_since_checkpoint > log.last_snapshot_size:
+    if (
+        log.segments_since_checkpoint >= log.checkpoint_max_segments
+        and log.bytes_since_checkpoint > log.last_snapshot_size
+    ):
         return True
     if live_bytes is not None:
         live = _calibrated(log, live_bytes)

@@ -28,13 +28,7 @@ from collections.abc import Callable
 from ..errors import CorruptionError
 from ..storage import ObjectNotFound, Store
 from .format import MAGIC_CHECKPOINT, decode, decode_blocks
-from .manifest import (
-    CHECKPOINT_DIR,
-    MANIFEST_DIR,
-    SEGMENT_DIR,
-    Manifest,
-    decode_manifest,
-)
+from .manifest import CHECKPOINT_DIR, MANIFEST_DIR, SEGMENT_DIR, Manifest, decode_manifest
 from .manifest import parse_seq as _parse_seq
 from .manifest import seq_name as _seq_name
 from .replay import parse_segment
@@ -53,8 +47,13 @@ class RootNotFound(Exception):
 class LogReader:
     """Follows the log at a store without writing. Not thread-safe: callers serialise."""
 
-    def __init__(self, store: Store, *, on_snapshot: Callable[[bytes | None], None],
-                 on_record: Callable[[bytes], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        on_snapshot: Callable[[bytes | None], None],
+        on_record: Callable[[bytes], None],
+    ) -> None:
         self.store = store
         self._on_snapshot = on_snapshot
         self._on_record = on_record
@@ -83,15 +82,20 @@ class LogReader:
                 return self._catch_up()
             except _Restart:
                 self.manifest_n = 0
-        raise CorruptionError(f"{self.store.description}: the log kept changing under the "
-                              f"reader ({_RELOAD_ATTEMPTS} restarts in one refresh)")
+        raise CorruptionError(
+            f"{self.store.description}: the log kept changing under the "
+            f"reader ({_RELOAD_ATTEMPTS} restarts in one refresh)"
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
     def _newest_manifest(self) -> tuple[int, Manifest]:
         for _ in range(_RELOAD_ATTEMPTS):
-            names = [s for s in (_parse_seq(n) for n in self.store.list_dir(MANIFEST_DIR))
-                     if s is not None]
+            names = [
+                s
+                for s in (_parse_seq(n) for n in self.store.list_dir(MANIFEST_DIR))
+                if s is not None
+            ]
             if not names:
                 raise RootNotFound(f"{self.store.description}: no queue here (no manifest)")
             n = max(names)
@@ -115,8 +119,9 @@ class LogReader:
                 raise _Restart from None  # replaced by a newer checkpoint meanwhile
             _, frames = decode(f"{self.store.description}/{key}", MAGIC_CHECKPOINT, data)
             if len(frames) != 1:
-                raise CorruptionError(f"{self.store.description}/{key}: expected one "
-                                      "snapshot frame")
+                raise CorruptionError(
+                    f"{self.store.description}/{key}: expected one snapshot frame"
+                )
             snapshot = frames[0]
         self._on_snapshot(snapshot)
         self.reloads += 1
@@ -132,15 +137,21 @@ class LogReader:
         # Segments first, then manifests: a checkpoint's manifest is durable before the
         # segments it covers are deleted, so if a segment we need was gone from this
         # listing, the manifest listing after it shows the newer version.
-        listed = {s for s in (_parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR))
-                  if s is not None}
-        newest = max((s for s in (_parse_seq(n) for n in self.store.list_dir(MANIFEST_DIR))
-                      if s is not None), default=0)
+        listed = {
+            s for s in (_parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR)) if s is not None
+        }
+        newest = max(
+            (
+                s
+                for s in (_parse_seq(n) for n in self.store.list_dir(MANIFEST_DIR))
+                if s is not None
+            ),
+            default=0,
+        )
         if newest != self.manifest_n:
             key = f"{MANIFEST_DIR}/{_seq_name(newest)}"
             try:
-                manifest = decode_manifest(f"{self.store.description}/{key}",
-                                           self.store.get(key))
+                manifest = decode_manifest(f"{self.store.description}/{key}", self.store.get(key))
             except ObjectNotFound:
                 raise _Restart from None
             needed = self.next_seq - 1 if self._tail_open else self.next_seq
@@ -155,8 +166,7 @@ class LogReader:
             changed |= self._read_tail(self.next_seq - 1, locked=final)
             if final:
                 self._tail_open = False
-        if listed and self.next_seq not in listed and \
-                any(s > self.next_seq for s in listed):
+        if listed and self.next_seq not in listed and any(s > self.next_seq for s in listed):
             raise _Restart  # what we need next was collected: a newer checkpoint exists
         while True:
             seq = self.next_seq
@@ -199,8 +209,9 @@ class LogReader:
             raise _Restart from None
         if not rest:
             return False
-        records, end, _torn = decode_blocks(f"{self.store.description}/{key}", rest, 0,
-                                            base=self._tail_end, judge=False)
+        records, end, _torn = decode_blocks(
+            f"{self.store.description}/{key}", rest, 0, base=self._tail_end, judge=False
+        )
         self._tail_end += end
         for r in records:
             self._on_record(r)

@@ -34,8 +34,9 @@ class Tail:
     settled: bool  # it cannot grow: whole, or its end is recorded in the manifest
 
 
-def parse_segment(name: str, seq: int, data: bytes, recorded: int | None
-                  ) -> tuple[list[bytes], Tail]:
+def parse_segment(
+    name: str, seq: int, data: bytes, recorded: int | None
+) -> tuple[list[bytes], Tail]:
     """The records of segment ``seq`` (object ``name``, its bytes ``data``); ``recorded`` is
     where the manifest says its blocks end, if it does."""
     fields, pos = decode_header(name, MAGIC_SEGMENT, data)
@@ -43,8 +44,9 @@ def parse_segment(name: str, seq: int, data: bytes, recorded: int | None
     if not fields.get("blocks"):
         frames = decode_frames(name, memoryview(data), pos, len(data))
         if fields.get("count") != len(frames):
-            raise CorruptionError(f"{name}: header says {fields.get('count')} frames, "
-                                  f"found {len(frames)}")
+            raise CorruptionError(
+                f"{name}: header says {fields.get('count')} frames, found {len(frames)}"
+            )
         return frames, Tail(seq, len(data), False, False, nonce, True)
     if recorded is not None:
         records = decode_blocks_exact(name, data, pos, recorded)
@@ -65,8 +67,9 @@ class Replay:
     """One opener's pass over the segments its manifest version names, and what it learnt:
     where appended segments end, which segments hold nothing, how much was read."""
 
-    def __init__(self, store: Store, manifest: Manifest,
-                 on_record: Callable[[bytes], None]) -> None:
+    def __init__(
+        self, store: Store, manifest: Manifest, on_record: Callable[[bytes], None]
+    ) -> None:
         self.store = store
         self.manifest = manifest
         self.on_record = on_record
@@ -83,17 +86,20 @@ class Replay:
         """Replay every segment from ``replay_from`` on; return the ones listed that are
         garbage (below it, or void)."""
         first, void = self.manifest.replay_from, self.manifest
-        seqs = sorted(s for s in (parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR))
-                      if s is not None)
+        seqs = sorted(
+            s for s in (parse_seq(n) for n in self.store.list_dir(SEGMENT_DIR)) if s is not None
+        )
         garbage = [s for s in seqs if s < first or void.is_void(s)]
         present = {s for s in seqs if s >= first}
         top = max([first - 1, *present, *(last for _, last in void.void), void.through])
         for s in range(first, top + 1):
             if s not in present and not void.is_void(s):
                 later = min([p for p in present if p > s] or [top])
-                raise CorruptionError(f"{self.store.description}/{SEGMENT_DIR}: segment "
-                                      f"{seq_name(s)} is missing but {seq_name(later)} "
-                                      f"{'exists' if later in present else 'was written'}")
+                raise CorruptionError(
+                    f"{self.store.description}/{SEGMENT_DIR}: segment "
+                    f"{seq_name(s)} is missing but {seq_name(later)} "
+                    f"{'exists' if later in present else 'was written'}"
+                )
         live = [s for s in range(first, top + 1) if not void.is_void(s)]
         pool = None
         fetched: Iterator[bytes] = map(self._get, live)
@@ -127,8 +133,12 @@ class Replay:
         its last append. Otherwise (``recheck``, or ``seq`` is an opener's empty fence) its
         rest is read under the append lock, which the fence makes final.
         """
-        records, tail = parse_segment(f"{self.store.description}/{segment_key(seq)}", seq,
-                                      data, (self.manifest.ends or {}).get(seq))
+        records, tail = parse_segment(
+            f"{self.store.description}/{segment_key(seq)}",
+            seq,
+            data,
+            (self.manifest.ends or {}).get(seq),
+        )
         self._follow(tail, records, recheck=recheck)
 
     def fenced(self, seq: int, size: int) -> None:
@@ -145,10 +155,14 @@ class Replay:
         if prev is None or not prev.blocks or prev.settled:
             return
         key = segment_key(prev.seq)
-        rest = self.store.read_from_locked(key, prev.end) if self.store.appendable \
+        rest = (
+            self.store.read_from_locked(key, prev.end)
+            if self.store.appendable
             else self.store.get_range(key, prev.end, 2**62)
-        records, end, torn = decode_blocks(f"{self.store.description}/{key}", rest, 0,
-                                           base=prev.end)
+        )
+        records, end, torn = decode_blocks(
+            f"{self.store.description}/{key}", rest, 0, base=prev.end
+        )
         self.bytes += end
         prev.end += end
         prev.torn = torn
@@ -170,13 +184,15 @@ class Replay:
             if records or tail.nonce == prev.nonce:
                 raise CorruptionError(
                     f"{name}/{seq_name(prev.seq)}: ends in an incomplete block at byte "
-                    f"{prev.end}, yet segment {seq_name(seq)} follows it")
+                    f"{prev.end}, yet segment {seq_name(seq)} follows it"
+                )
             self.torn = prev
         torn = self.torn
         if records and torn is not None and torn.torn and self.manifest.ends is not None:
             raise CorruptionError(
                 f"{name}/{seq_name(torn.seq)}: ends in an incomplete block at byte "
-                f"{torn.end}, yet segment {seq_name(seq)} holds records written after it")
+                f"{torn.end}, yet segment {seq_name(seq)} holds records written after it"
+            )
         self.bytes += tail.end
         self.segments += 1
         self.records += len(records)

@@ -28,8 +28,16 @@ Location: TypeAlias = "str | os.PathLike[str] | AbstractFileSystem"
 
 _CACHELESS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 # URL scheme -> the taquba extra that installs its library, and that library.
-_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs",
-           "az": "azure", "abfs": "azure", "abfss": "azure", "adl": "azure"}
+_EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "adl": "azure",
+}
 _LIBRARIES = {"s3": "s3fs", "gcs": "gcsfs", "azure": "adlfs"}
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*):")
 
@@ -56,25 +64,30 @@ def _check_location(location: str) -> None:
             name = scheme.group(1)
             raise ConfigError(f"malformed URL {location!r}: write {name}://{_example(name)}")
         first = location.split("/", 1)[0].lower()
-        if location[len(first):].startswith("//") and first in _EXTRAS:
-            raise ConfigError(f"malformed URL {location!r}: a ':' is missing, write "
-                              f"{first}://{_example(first)}")
+        if location[len(first) :].startswith("//") and first in _EXTRAS:
+            raise ConfigError(
+                f"malformed URL {location!r}: a ':' is missing, write {first}://{_example(first)}"
+            )
         return
     protocol, rest = location.split("://", 1)
     if protocol.lower() in _EXTRAS:
         bucket = rest.split("/", 1)[0]
         if bucket in ("", ".", ".."):
             word = _example(protocol).split("/")[0]
-            raise ConfigError(f"malformed URL {location!r}: it names no {word}, write "
-                              f"{protocol}://{_example(protocol)}")
+            raise ConfigError(
+                f"malformed URL {location!r}: it names no {word}, write "
+                f"{protocol}://{_example(protocol)}"
+            )
 
 
 def _missing_extra(location: str, protocol: str, exc: BaseException) -> ConfigError:
     extra = _EXTRAS.get(protocol.lower())
     if extra is None:
         return ConfigError(f"cannot open {location!r}: {exc}")
-    return ConfigError(f"cannot open {location!r}: {_LIBRARIES[extra]} is not installed "
-                       f"({exc}); install it with: pip install \"taquba[{extra}]\"")
+    return ConfigError(
+        f"cannot open {location!r}: {_LIBRARIES[extra]} is not installed "
+        f'({exc}); install it with: pip install "taquba[{extra}]"'
+    )
 
 
 def _store_for(fs: Any, root: str, configured: bool, **kwargs: Any) -> Store:
@@ -83,8 +96,10 @@ def _store_for(fs: Any, root: str, configured: bool, **kwargs: Any) -> Store:
     from .fsspec_store import FsspecStore
 
     known: tuple[tuple[str, str, type[CloudStore]], ...] = (
-        ("s3fs", "S3FileSystem", S3Store), ("gcsfs", "GCSFileSystem", GcsStore),
-        ("adlfs", "AzureBlobFileSystem", AzureStore))
+        ("s3fs", "S3FileSystem", S3Store),
+        ("gcsfs", "GCSFileSystem", GcsStore),
+        ("adlfs", "AzureBlobFileSystem", AzureStore),
+    )
     for module, name, store_class in known:
         cls = getattr(sys.modules.get(module), name, None)
         if cls is not None and isinstance(fs, cls) and not fs.asynchronous:
@@ -95,10 +110,15 @@ def _store_for(fs: Any, root: str, configured: bool, **kwargs: Any) -> Store:
     return FsspecStore(fs, root, **kwargs)
 
 
-def open_store(location: Any, path: str | None = None, *,
-               storage_options: Mapping[str, Any] | None = None,
-               retries: int = 6, retry_delay: float = 0.05,
-               retry_budget: float = DEFAULT_RETRY_BUDGET) -> Store:
+def open_store(
+    location: Any,
+    path: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    retries: int = 6,
+    retry_delay: float = 0.05,
+    retry_budget: float = DEFAULT_RETRY_BUDGET,
+) -> Store:
     """Resolve ``location`` to a :class:`Store` rooted at the queue's directory.
 
     ``retry_budget`` bounds each storage call, retries included (see :class:`Store`). When
@@ -108,11 +128,20 @@ def open_store(location: Any, path: str | None = None, *,
     import fsspec
     from fsspec.implementations.local import LocalFileSystem
 
-    if (not isinstance(retry_budget, (int, float)) or isinstance(retry_budget, bool)
-            or not math.isfinite(retry_budget) or retry_budget <= 0):
-        raise ConfigError(f"retry_budget must be a positive number of seconds, got {retry_budget!r}")
-    kwargs: dict[str, Any] = {"retries": retries, "retry_delay": retry_delay,
-                              "retry_budget": float(retry_budget)}
+    if (
+        not isinstance(retry_budget, (int, float))
+        or isinstance(retry_budget, bool)
+        or not math.isfinite(retry_budget)
+        or retry_budget <= 0
+    ):
+        raise ConfigError(
+            f"retry_budget must be a positive number of seconds, got {retry_budget!r}"
+        )
+    kwargs: dict[str, Any] = {
+        "retries": retries,
+        "retry_delay": retry_delay,
+        "retry_budget": float(retry_budget),
+    }
     if isinstance(location, fsspec.AbstractFileSystem):
         if storage_options:
             raise ConfigError("storage_options cannot be combined with a filesystem instance")
@@ -125,7 +154,9 @@ def open_store(location: Any, path: str | None = None, *,
     if isinstance(location, os.PathLike):
         location = os.fspath(location)
     if not isinstance(location, str) or not location:
-        raise ConfigError(f"location must be a non-empty path, URL or fsspec filesystem, got {location!r}")
+        raise ConfigError(
+            f"location must be a non-empty path, URL or fsspec filesystem, got {location!r}"
+        )
     _check_location(location)
     if path is not None:
         if not isinstance(path, str):
@@ -162,5 +193,13 @@ def open_store(location: Any, path: str | None = None, *,
     return _store_for(fs, root, configured, **kwargs)
 
 
-__all__ = ["Appender", "LocalStore", "Location", "ObjectExists", "ObjectNotFound", "RequestCounts",
-           "Store", "open_store"]
+__all__ = [
+    "Appender",
+    "LocalStore",
+    "Location",
+    "ObjectExists",
+    "ObjectNotFound",
+    "RequestCounts",
+    "Store",
+    "open_store",
+]

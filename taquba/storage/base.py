@@ -60,8 +60,9 @@ class RequestCounts:
         return RequestCounts(**{f.name: getattr(self, f.name) for f in fields(self)})
 
     def __sub__(self, other: RequestCounts) -> RequestCounts:
-        return RequestCounts(**{f.name: getattr(self, f.name) - getattr(other, f.name)
-                                for f in fields(self)})
+        return RequestCounts(
+            **{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(self)}
+        )
 
 
 class Appender(ABC):
@@ -116,8 +117,14 @@ class Store(ABC):
     remote = False
     leaves_temp_files = False
 
-    def __init__(self, description: str, *, retries: int = 6, retry_delay: float = 0.05,
-                 retry_budget: float = DEFAULT_RETRY_BUDGET) -> None:
+    def __init__(
+        self,
+        description: str,
+        *,
+        retries: int = 6,
+        retry_delay: float = 0.05,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
+    ) -> None:
         self.description = description
         self.retries = retries
         self.retry_delay = retry_delay
@@ -157,8 +164,9 @@ class Store(ABC):
     def get_range(self, key: str, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of ``key``, clipped to its length like a slice."""
         if start < 0 or end < 0:
-            raise ValueError(f"get_range {key}: negative offsets are not supported "
-                             f"(start={start}, end={end})")
+            raise ValueError(
+                f"get_range {key}: negative offsets are not supported (start={start}, end={end})"
+            )
         if end <= start:
             # No request: backends disagree on empty ranges (S3 returns the whole object).
             return b""
@@ -174,8 +182,11 @@ class Store(ABC):
         keys = list(keys)
         if not keys:
             return
-        self._retry("delete", keys[0] if len(keys) == 1 else f"{len(keys)} objects",
-                    lambda: self._raw_delete(keys))
+        self._retry(
+            "delete",
+            keys[0] if len(keys) == 1 else f"{len(keys)} objects",
+            lambda: self._raw_delete(keys),
+        )
 
     def create_appendable(self, key: str, data: bytes, reserve: int = 0) -> Appender:
         """Create ``key`` holding ``data`` (as :meth:`put_if_absent`), open for appending;
@@ -253,7 +264,8 @@ class Store(ABC):
             if self.monotonic() + delay >= deadline:
                 spent = TransientStorageError(
                     f"{err} (gave up after {attempt} attempts: the storage retry budget of "
-                    f"{self.retry_budget:g} s is spent)")
+                    f"{self.retry_budget:g} s is spent)"
+                )
                 raise spent from err.__cause__
             self.sleep(delay)
 
@@ -274,4 +286,12 @@ class AttemptBudget:
         return max(self.left(), MIN_ATTEMPT_SECONDS) + transfer_bytes / TRANSFER_FLOOR_BYTES_PER_S
 
 
-__all__ = ["Appender", "AttemptBudget", "ObjectExists", "ObjectNotFound", "RequestCounts", "StorageError", "Store"]
+__all__ = [
+    "Appender",
+    "AttemptBudget",
+    "ObjectExists",
+    "ObjectNotFound",
+    "RequestCounts",
+    "StorageError",
+    "Store",
+]

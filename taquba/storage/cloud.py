@@ -59,8 +59,9 @@ def configure(protocol: str, options: Mapping[str, Any], budget: float) -> dict[
         if "requests_timeout" not in opts:
             import aiohttp
 
-            opts["requests_timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=connect,
-                                                             sock_read=read)
+            opts["requests_timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=read
+            )
     elif protocol in ("az", "abfs", "abfss"):
         opts.setdefault("connection_timeout", connect)
         opts.setdefault("read_timeout", read)
@@ -88,7 +89,8 @@ class CloudStore(FsspecStore):
     def _missing_container(self, exc: BaseException | None = None) -> PermanentStorageError:
         err = PermanentStorageError(
             f"{self.container_word} {self.bucket!r} does not exist ({self.description}); "
-            f"create it first, or check the name in the URL")
+            f"create it first, or check the name in the URL"
+        )
         err.__cause__ = exc
         return err
 
@@ -127,8 +129,11 @@ class CloudStore(FsspecStore):
         return b"".join(parts)
 
     def _get_once(self, key: str, start: int, end: int) -> bytes:
-        return bytes(self._run(self.fs._cat_file, self._path(key), start=start, end=end,
-                               transfer=end - start))
+        return bytes(
+            self._run(
+                self.fs._cat_file, self._path(key), start=start, end=end, transfer=end - start
+            )
+        )
 
 
 class S3Store(CloudStore):
@@ -136,8 +141,14 @@ class S3Store(CloudStore):
         self._count(puts=1, bytes_written=len(data))
         try:
             # One PutObject whatever the size (a single PUT takes up to 5 GiB).
-            self._run(self.fs._pipe_file, self._path(key), data, mode="create",
-                      chunksize=max(len(data) + 1, 5 << 20), transfer=len(data))
+            self._run(
+                self.fs._pipe_file,
+                self._path(key),
+                data,
+                mode="create",
+                chunksize=max(len(data) + 1, 5 << 20),
+                transfer=len(data),
+            )
         except FileNotFoundError as exc:
             raise self._missing_container(exc) from exc
         except Exception as exc:
@@ -152,9 +163,15 @@ class S3Store(CloudStore):
             self._count(lists=1)
             kw: dict[str, Any] = {"ContinuationToken": token} if token else {}
             try:
-                page = self._run(self.fs._call_s3, "list_objects_v2", Bucket=self.bucket,
-                                 Prefix=prefix, Delimiter="/", MaxKeys=self.list_page_size,
-                                 **kw)
+                page = self._run(
+                    self.fs._call_s3,
+                    "list_objects_v2",
+                    Bucket=self.bucket,
+                    Prefix=prefix,
+                    Delimiter="/",
+                    MaxKeys=self.list_page_size,
+                    **kw,
+                )
             except FileNotFoundError as exc:  # a listing finds nothing, it never fails so
                 raise self._missing_container(exc) from exc
             except Exception as exc:
@@ -167,21 +184,27 @@ class S3Store(CloudStore):
 
     def _raw_delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), _S3_DELETE_BATCH):
-            batch = keys[i:i + _S3_DELETE_BATCH]
+            batch = keys[i : i + _S3_DELETE_BATCH]
             self._count(deletes=1)
             objects = [{"Key": self._key(k)} for k in batch]
             try:
-                out = self._run(self.fs._call_s3, "delete_objects", Bucket=self.bucket,
-                                Delete={"Objects": objects, "Quiet": True})
+                out = self._run(
+                    self.fs._call_s3,
+                    "delete_objects",
+                    Bucket=self.bucket,
+                    Delete={"Objects": objects, "Quiet": True},
+                )
             except Exception as exc:
                 self._check_container(exc)
                 raise
             failed = [e for e in out.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
             if failed:
                 text = "; ".join(f"{e.get('Key')}: {e.get('Code')}" for e in failed[:5])
-                kind = (TransientStorageError
-                        if any(is_transient_code(str(e.get("Code"))) for e in failed)
-                        else PermanentStorageError)
+                kind = (
+                    TransientStorageError
+                    if any(is_transient_code(str(e.get("Code"))) for e in failed)
+                    else PermanentStorageError
+                )
                 raise kind(f"delete {self.description}: {len(failed)} objects failed: {text}")
 
 
@@ -190,8 +213,14 @@ class GcsStore(CloudStore):
         self._count(puts=1, bytes_written=len(data))
         try:
             # A chunk size past the data keeps gcsfs on its one-request multipart upload.
-            self._run(self.fs._pipe_file, self._path(key), data, mode="create",
-                      chunksize=len(data) + 1, transfer=len(data))
+            self._run(
+                self.fs._pipe_file,
+                self._path(key),
+                data,
+                mode="create",
+                chunksize=len(data) + 1,
+                transfer=len(data),
+            )
         except FileNotFoundError as exc:  # 404 on an upload: no such bucket
             raise self._missing_container(exc) from exc
 
@@ -202,9 +231,17 @@ class GcsStore(CloudStore):
         while True:
             self._count(lists=1)
             try:
-                page = self._run(self.fs._call, "GET", "b/{}/o", self.bucket, delimiter="/",
-                                 prefix=prefix, maxResults=self.list_page_size, pageToken=token,
-                                 json_out=True)
+                page = self._run(
+                    self.fs._call,
+                    "GET",
+                    "b/{}/o",
+                    self.bucket,
+                    delimiter="/",
+                    prefix=prefix,
+                    maxResults=self.list_page_size,
+                    pageToken=token,
+                    json_out=True,
+                )
             except FileNotFoundError as exc:  # a listing finds nothing, it never 404s
                 raise self._missing_container(exc) from exc
             names.extend(_names(prefix, (o["name"] for o in page.get("items", ()))))
@@ -247,8 +284,14 @@ class AzureStore(CloudStore):
     def _raw_put_if_absent(self, key: str, data: bytes) -> None:
         self._count(puts=self._puts_for(len(data)), bytes_written=len(data))
         try:
-            self._run(self._container().upload_blob, self._key(key), data, overwrite=False,
-                      transfer=len(data), **self._options())
+            self._run(
+                self._container().upload_blob,
+                self._key(key),
+                data,
+                overwrite=False,
+                transfer=len(data),
+                **self._options(),
+            )
         except Exception as exc:
             self._check_container(exc)
             raise
@@ -256,8 +299,7 @@ class AzureStore(CloudStore):
     def _get_once(self, key: str, start: int, end: int) -> bytes:
         async def download() -> bytes:
             blob = self._container().get_blob_client(self._key(key))
-            stream = await blob.download_blob(offset=start, length=end - start,
-                                              **self._options())
+            stream = await blob.download_blob(offset=start, length=end - start, **self._options())
             return bytes(await stream.readall())
 
         try:
@@ -273,9 +315,16 @@ class AzureStore(CloudStore):
         names: list[str] = []
 
         async def walk() -> None:
-            pages = self._container().walk_blobs(name_starts_with=prefix, delimiter="/",
-                                                 results_per_page=self.list_page_size,
-                                                 **self._options()).by_page()
+            pages = (
+                self._container()
+                .walk_blobs(
+                    name_starts_with=prefix,
+                    delimiter="/",
+                    results_per_page=self.list_page_size,
+                    **self._options(),
+                )
+                .by_page()
+            )
             self._count(lists=1)
             async for page in pages:
                 names.extend(_names(prefix, [b.name async for b in page]))
@@ -313,7 +362,7 @@ def _names(prefix: str, keys: Any) -> list[str]:
     (temporary) names."""
     out = []
     for key in keys:
-        name = str(key)[len(prefix):]
+        name = str(key)[len(prefix) :]
         if name and "/" not in name and not name.startswith("."):
             out.append(name)
     return out

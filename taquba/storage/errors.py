@@ -22,28 +22,56 @@ class ObjectNotFound(StorageError):
 
 
 _TRANSIENT_ERRNOS = {
-    errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.EIO, errno.ETIMEDOUT, errno.ECONNRESET,
-    errno.ECONNREFUSED, errno.ECONNABORTED, errno.EPIPE, errno.ENETUNREACH, errno.EHOSTUNREACH,
+    errno.EAGAIN,
+    errno.EBUSY,
+    errno.EINTR,
+    errno.EIO,
+    errno.ETIMEDOUT,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ECONNABORTED,
+    errno.EPIPE,
+    errno.ENETUNREACH,
+    errno.EHOSTUNREACH,
 }
 _TRANSIENT_NAMES = {
     # botocore / aiobotocore
-    "EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
-    "ConnectTimeoutError", "ResponseStreamingError", "IncompleteReadError",
+    "EndpointConnectionError",
+    "ConnectionClosedError",
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "ResponseStreamingError",
+    "IncompleteReadError",
     # aiohttp
-    "ClientConnectionError", "ClientOSError", "ServerDisconnectedError", "ClientPayloadError",
-    "ServerTimeoutError", "ClientConnectorError",
+    "ClientConnectionError",
+    "ClientOSError",
+    "ServerDisconnectedError",
+    "ClientPayloadError",
+    "ServerTimeoutError",
+    "ClientConnectorError",
     # azure-core
-    "ServiceRequestError", "ServiceResponseError", "ServiceRequestTimeoutError",
+    "ServiceRequestError",
+    "ServiceResponseError",
+    "ServiceRequestTimeoutError",
     "ServiceResponseTimeoutError",
     # google / gcsfs
-    "RetryError", "TransportError",
+    "RetryError",
+    "TransportError",
     # fsspec: a call on its event loop ran out of time (asyncio.TimeoutError before 3.11)
     "FSTimeoutError",
 }
 _TRANSIENT_CODES = {
-    "SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-    "InternalError", "ServiceUnavailable", "ConditionalRequestConflict", "OperationAborted",
-    "ServerBusy", "OperationTimedOut",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "InternalError",
+    "ServiceUnavailable",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+    "ServerBusy",
+    "OperationTimedOut",
 }
 _EXISTS_CODES = {"PreconditionFailed", "ConditionNotMet", "BlobAlreadyExists", "412"}
 _RANGE_CODES = {"InvalidRange", "RequestedRangeNotSatisfiable", "416"}

@@ -35,8 +35,10 @@ class FsspecStore(Store):
     def __init__(self, fs: Any, root: str, **kwargs: Any) -> None:
         protocol = _protocol(fs)
         root = root.rstrip("/")
-        super().__init__(f"{protocol}://{root.lstrip('/')}" if protocol != "memory"
-                         else f"memory://{root}", **kwargs)
+        super().__init__(
+            f"{protocol}://{root.lstrip('/')}" if protocol != "memory" else f"memory://{root}",
+            **kwargs,
+        )
         self.fs = fs
         self.root = root
         from fsspec.asyn import AsyncFileSystem
@@ -89,8 +91,9 @@ class FsspecStore(Store):
     def _raw_get_range(self, key: str, start: int, end: int) -> bytes:
         self._count(gets=1)
         try:
-            data = bytes(self._call("cat_file", self._path(key), start=start, end=end,
-                                    transfer=end - start))
+            data = bytes(
+                self._call("cat_file", self._path(key), start=start, end=end, transfer=end - start)
+            )
         except Exception as exc:
             # S3, GCS and Azure answer 416 for a range starting at or past the end.
             if is_range_not_satisfiable(exc):

@@ -89,8 +89,9 @@ class LocalAppender(Appender):
     def append(self, data: bytes, fence_key: str | None = None) -> None:
         fd = self._fd
         if fd is None:
-            raise PermanentStorageError(f"append {self.store.description}/{self.key}: "
-                                        "the file is closed")
+            raise PermanentStorageError(
+                f"append {self.store.description}/{self.key}: the file is closed"
+            )
         fence = None
         if fence_key is not None:
             if self._fence[0] != fence_key:
@@ -101,12 +102,14 @@ class LocalAppender(Appender):
             try:
                 if fence is not None and os.path.lexists(fence):
                     self.store._count(puts=1)  # an attempt, like a conditional PUT that lost
-                    raise ObjectExists(f"append {self.store.description}/{self.key}: "
-                                       f"{fence_key} exists")
+                    raise ObjectExists(
+                        f"append {self.store.description}/{self.key}: {fence_key} exists"
+                    )
                 if os.fstat(fd).st_nlink == 0:
                     self.store._count(puts=1)
-                    raise ObjectNotFound(f"append {self.store.description}/{self.key}: "
-                                         "the object was removed")
+                    raise ObjectNotFound(
+                        f"append {self.store.description}/{self.key}: the object was removed"
+                    )
                 try:
                     self._reserve(fd, self.size + len(data))
                     view = memoryview(data)
@@ -204,8 +207,10 @@ class LocalStore(Store):
                     raise
                 # Our temporary file vanished: only a newer writer opening this root removes
                 # them (remove_temp_files), so this writer has been replaced — a lost put.
-                raise ObjectExists(f"put {self.description}/{key}: another writer opened the "
-                                   "root and removed this writer's temporary file") from None
+                raise ObjectExists(
+                    f"put {self.description}/{key}: another writer opened the "
+                    "root and removed this writer's temporary file"
+                ) from None
         finally:
             try:
                 os.unlink(tmp)
@@ -229,7 +234,8 @@ class LocalStore(Store):
                 if time.monotonic() > deadline:
                     raise PermanentStorageError(
                         f"read {self.description}/{key}: another process has held "
-                        f"its lock for {LOCK_TIMEOUT:.0f} s") from None
+                        f"its lock for {LOCK_TIMEOUT:.0f} s"
+                    ) from None
                 time.sleep(0.001)
 
     def read_from_locked(self, key: str, start: int) -> bytes:
@@ -241,6 +247,7 @@ class LocalStore(Store):
                     return f.read()
                 finally:
                     fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
         data = self._retry("get", key, read)
         self._count(gets=1, bytes_read=len(data))
         return data
@@ -263,6 +270,7 @@ class LocalStore(Store):
             if self.fsync:
                 _fsync_dir(os.path.dirname(path))
             return True
+
         return self._retry("delete", key, remove)
 
     def _raw_get(self, key: str) -> bytes:
@@ -285,8 +293,11 @@ class LocalStore(Store):
         self._count(lists=1)
         try:
             with os.scandir(self._path(directory)) as entries:
-                return [e.name for e in entries
-                        if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)]
+                return [
+                    e.name
+                    for e in entries
+                    if not e.name.startswith(".") and not e.is_dir(follow_symlinks=False)
+                ]
         except (FileNotFoundError, NotADirectoryError):
             return []
 

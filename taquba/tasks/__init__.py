@@ -47,11 +47,9 @@ from typing import Any, ParamSpec, TypeVar, overload
 from ..config import (
     EnqueueOptions,
     OpenOptions,
-    check_job_id,
     check_max_attempts,
     check_priority,
     check_queue_name,
-    to_seconds,
 )
 from ..core.ids import IdGenerator
 from ..cron import CronSpec
@@ -70,12 +68,27 @@ from .codec import (
     encode_result,
     result_key,
 )
-from .results import TaskFailed, TaskResult, _Source
-from .runner import SCHEDULE_PREFIX, PeriodicJob, dispatch_error, keep_schedules, run_queues
-from .task import FollowUp, Periodic, Task, follow_ups
+from .results import TaskFailed, TaskResult, _expire, _retention, _Source
+from .runner import (
+    SCHEDULE_PREFIX,
+    PeriodicJob,
+    _close_quietly,
+    dispatch_error,
+    keep_schedules,
+    run_queues,
+)
+from .task import FollowUp, Periodic, Task, _default_name, _describe, follow_ups
 
-__all__ = ["DEFAULT_QUEUE", "DEFAULT_RESULT_RETENTION", "RESULTS_QUEUE", "SCHEDULE_PREFIX", "Task",
-           "TaskFailed", "TaskResult", "Tasks"]
+__all__ = [
+    "DEFAULT_QUEUE",
+    "DEFAULT_RESULT_RETENTION",
+    "RESULTS_QUEUE",
+    "SCHEDULE_PREFIX",
+    "Task",
+    "TaskFailed",
+    "TaskResult",
+    "Tasks",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -101,11 +114,17 @@ class Tasks:
             duration; None keeps results until deleted). Tasks may override it.
     """
 
-    def __init__(self, location: Any = None, path: str | None = None, *,
-                 storage_options: Mapping[str, Any] | None = None,
-                 options: OpenOptions | None = None, immediate: bool = False,
-                 default_queue: str = DEFAULT_QUEUE,
-                 result_retention: float | Any = DEFAULT_RESULT_RETENTION) -> None:
+    def __init__(
+        self,
+        location: Any = None,
+        path: str | None = None,
+        *,
+        storage_options: Mapping[str, Any] | None = None,
+        options: OpenOptions | None = None,
+        immediate: bool = False,
+        default_queue: str = DEFAULT_QUEUE,
+        result_retention: float | Any = DEFAULT_RESULT_RETENTION,
+    ) -> None:
         if location is None and not immediate:
             raise ConfigError("Tasks needs a location (or immediate=True)")
         if options is not None and not isinstance(options, OpenOptions):
@@ -131,15 +150,31 @@ class Tasks:
     def task(self, func: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(self, func: None = None, /, *, name: str | None = None, queue: str | None = None,
-             max_attempts: int | None = None, priority: int | None = None,
-             store_result: bool = False, result_retention: float | Any = ...,
-             ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(
+        self,
+        func: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        priority: int | None = None,
+        store_result: bool = False,
+        result_retention: float | Any = ...,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, func: Callable[..., Any] | None = None, /, *, name: str | None = None,
-             queue: str | None = None, max_attempts: int | None = None,
-             priority: int | None = None, store_result: bool = False,
-             result_retention: float | Any = ...) -> Any:
+    def task(
+        self,
+        func: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        max_attempts: int | None = None,
+        priority: int | None = None,
+        store_result: bool = False,
+        result_retention: float | Any = ...,
+    ) -> Any:
         """Register a function as a task: ``@tasks.task`` or ``@tasks.task(queue=..., ...)``.
 
         Args:
@@ -160,8 +195,11 @@ class Tasks:
             check_max_attempts(max_attempts, "max_attempts", InvalidArgument)
         if priority is not None:
             check_priority(priority, "priority", InvalidArgument)
-        retention = self.result_retention if result_retention is ... \
+        retention = (
+            self.result_retention
+            if result_retention is ...
             else _retention(result_retention, InvalidArgument)
+        )
 
         def register(f: Callable[P, R]) -> Task[P, R]:
             if not callable(f):
@@ -169,25 +207,40 @@ class Tasks:
             task_name = _default_name(f) if name is None else name
             if not isinstance(task_name, str) or not task_name:
                 raise InvalidArgument(f"a task name must be a non-empty str, got {task_name!r}")
-            made = Task(self, f, name=task_name, queue=queue, max_attempts=max_attempts,
-                        priority=priority, store_result=bool(store_result),
-                        result_retention=retention)
+            made = Task(
+                self,
+                f,
+                name=task_name,
+                queue=queue,
+                max_attempts=max_attempts,
+                priority=priority,
+                store_result=bool(store_result),
+                result_retention=retention,
+            )
             with self._lock:
                 if task_name in self._registry:
                     raise InvalidArgument(
                         f"a task named {task_name!r} is already registered "
                         f"({_describe(self._registry[task_name].func)}); give one of them "
-                        "another name with @tasks.task(name=...)")
+                        "another name with @tasks.task(name=...)"
+                    )
                 self._registry[task_name] = made
             return made
 
         return register if func is None else register(func)
 
-    def periodic(self, cron: str, *, name: str | None = None, queue: str | None = None,
-                 timezone: str = "UTC", max_attempts: int | None = None,
-                 priority: int | None = None, store_result: bool = False,
-                 result_retention: float | Any = ...
-                 ) -> Callable[[Callable[[], R]], Task[[], R]]:
+    def periodic(
+        self,
+        cron: str,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        timezone: str = "UTC",
+        max_attempts: int | None = None,
+        priority: int | None = None,
+        store_result: bool = False,
+        result_retention: float | Any = ...,
+    ) -> Callable[[Callable[[], R]], Task[[], R]]:
         """Register a function of no arguments as a task that runs on a cron schedule.
 
         ``@tasks.periodic("*/5 * * * *")`` registers the task as :meth:`task` does, and
@@ -210,15 +263,22 @@ class Tasks:
         """
         CronSpec(cron, timezone)  # InvalidArgument for a bad expression or time zone
         spec = Periodic(cron, timezone)
-        make = self.task(name=name, queue=queue, max_attempts=max_attempts, priority=priority,
-                         store_result=store_result, result_retention=result_retention)
+        make = self.task(
+            name=name,
+            queue=queue,
+            max_attempts=max_attempts,
+            priority=priority,
+            store_result=store_result,
+            result_retention=result_retention,
+        )
 
         def register(f: Callable[[], R]) -> Task[[], R]:
             try:
                 inspect.signature(f).bind()
             except TypeError:
-                raise InvalidArgument(f"a periodic task is called with no arguments; "
-                                      f"{_describe(f)} needs some") from None
+                raise InvalidArgument(
+                    f"a periodic task is called with no arguments; {_describe(f)} needs some"
+                ) from None
             except ValueError:  # no signature to check (a builtin): let it be
                 pass
             made = make(f)
@@ -252,8 +312,13 @@ class Tasks:
 
     # -- submitting ------------------------------------------------------------------------
 
-    def _submit(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any],
-                options: EnqueueOptions | None) -> TaskResult[Any]:
+    def _submit(
+        self,
+        task: Task[Any, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: EnqueueOptions | None,
+    ) -> TaskResult[Any]:
         payload = encode_call(task.name, args, kwargs)
         if self.immediate:
             return self._run_inline(task, payload, options)
@@ -264,37 +329,48 @@ class Tasks:
             job_id = owner.enqueue_with(task.queue, payload, options)
         else:
             job_id = self._get_producer().enqueue_with(task.queue, payload, options)
-        return TaskResult(job_id, task.name, store_result=task.store_result,
-                          source=self._result_source)
+        return TaskResult(
+            job_id, task.name, store_result=task.store_result, source=self._result_source
+        )
 
-    def _follow_up(self, task: Task[Any, Any], args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> TaskResult[Any]:
+    def _follow_up(
+        self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> TaskResult[Any]:
         pending = follow_ups.get()
         if pending is None:
-            raise InvalidArgument(f"{task.name}.follow_up() is for use inside a running task "
-                                  "(its job is made when that task succeeds); use delay()")
+            raise InvalidArgument(
+                f"{task.name}.follow_up() is for use inside a running task "
+                "(its job is made when that task succeeds); use delay()"
+            )
         payload = encode_call(task.name, args, kwargs)
         job_id = self._new_id()
-        result: TaskResult[Any] = TaskResult(job_id, task.name, store_result=task.store_result,
-                                             source=None if self.immediate
-                                             else self._result_source)
+        result: TaskResult[Any] = TaskResult(
+            job_id,
+            task.name,
+            store_result=task.store_result,
+            source=None if self.immediate else self._result_source,
+        )
         pending.append(FollowUp(task, payload, job_id, result))
         return result
 
-    def _run_inline(self, task: Task[Any, Any], payload: bytes,
-                    options: EnqueueOptions | None, job_id: str | None = None
-                    ) -> TaskResult[Any]:
+    def _run_inline(
+        self,
+        task: Task[Any, Any],
+        payload: bytes,
+        options: EnqueueOptions | None,
+        job_id: str | None = None,
+    ) -> TaskResult[Any]:
         if job_id is None:
-            job_id = options.job_id if options is not None and options.job_id else \
-                self._new_id()
+            job_id = options.job_id if options is not None and options.job_id else self._new_id()
         value, error, follow_ups = self._call_inline(task, payload, job_id)
         for f in follow_ups:  # as a worker would: made only once the task has succeeded
             done = self._run_inline(f.task, f.payload, None, f.job_id)
             f.result._settle(done._value, done._error)
         return TaskResult._inline(job_id, task.name, value, error)
 
-    def _call_inline(self, task: Task[Any, Any], payload: bytes, job_id: str
-                     ) -> tuple[Any, TaskFailed | None, list[FollowUp]]:
+    def _call_inline(
+        self, task: Task[Any, Any], payload: bytes, job_id: str
+    ) -> tuple[Any, TaskFailed | None, list[FollowUp]]:
         call = decode_call(payload)
         pending: list[FollowUp] = []
         token = follow_ups.set(pending)
@@ -321,8 +397,9 @@ class Tasks:
     def _get_producer(self) -> Producer:
         with self._lock:
             if self._producer is None:
-                self._producer = Producer.open(self.location, self.path,
-                                               storage_options=self.storage_options)
+                self._producer = Producer.open(
+                    self.location, self.path, storage_options=self.storage_options
+                )
             return self._producer
 
     def _result_source(self) -> _Source:
@@ -332,8 +409,9 @@ class Tasks:
         with self._lock:
             reader = self._readers.get(os.getpid())
             if reader is None:
-                reader = QueueReader.open(self.location, self.path,
-                                          storage_options=self.storage_options)
+                reader = QueueReader.open(
+                    self.location, self.path, storage_options=self.storage_options
+                )
                 self._readers[os.getpid()] = reader
         return _Source(reader=reader)
 
@@ -369,9 +447,16 @@ class Tasks:
             follow_ups.reset(token)
         if not pending and not task.store_result:  # the common case: a plain ack
             return None
-        enqueue = [EnqueueRequest(f.task.queue, f.payload, EnqueueOptions(
-            job_id=f.job_id, priority=f.task.priority, max_attempts=f.task.max_attempts))
-            for f in pending]
+        enqueue = [
+            EnqueueRequest(
+                f.task.queue,
+                f.payload,
+                EnqueueOptions(
+                    job_id=f.job_id, priority=f.task.priority, max_attempts=f.task.max_attempts
+                ),
+            )
+            for f in pending
+        ]
         kv_writes = None
         if task.store_result:
             try:
@@ -379,12 +464,19 @@ class Tasks:
             except InvalidArgument as exc:
                 raise PermanentFailure(str(exc)) from None
             if task.expiry_options is not None:
-                enqueue.append(EnqueueRequest(RESULTS_QUEUE, claim.id.encode("ascii"),
-                                              task.expiry_options))
+                enqueue.append(
+                    EnqueueRequest(RESULTS_QUEUE, claim.id.encode("ascii"), task.expiry_options)
+                )
         return SettlementEffects(enqueue=tuple(enqueue), kv_writes=kv_writes)
 
-    def run_worker(self, *, shutdown: threading.Event, concurrency: int = 1,
-                   queues: Sequence[str] | None = None, poll_interval: float = 1.0) -> None:
+    def run_worker(
+        self,
+        *,
+        shutdown: threading.Event,
+        concurrency: int = 1,
+        queues: Sequence[str] | None = None,
+        poll_interval: float = 1.0,
+    ) -> None:
         """Own the queue and run task jobs until ``shutdown`` is set.
 
         Owns the queue as :meth:`own` does, runs ``concurrency`` jobs at a time on each of ``queues`` (default:
@@ -404,20 +496,35 @@ class Tasks:
         if not names:
             raise InvalidArgument("no task is registered, so there is no queue to run")
         if RESULTS_QUEUE not in names and any(
-                t.store_result and t.result_retention is not None
-                for t in self.registered.values()):
+            t.store_result and t.result_retention is not None for t in self.registered.values()
+        ):
             names.append(RESULTS_QUEUE)
         with self.own() as q:
             keep_schedules(q, self._periodic_jobs())
-            run_queues(q, names, self.dispatch, shutdown=shutdown, concurrency=concurrency,
-                       poll_interval=poll_interval)
+            run_queues(
+                q,
+                names,
+                self.dispatch,
+                shutdown=shutdown,
+                concurrency=concurrency,
+                poll_interval=poll_interval,
+            )
 
     def _periodic_jobs(self) -> list[PeriodicJob]:
         with self._lock:
             pairs = [(self._registry[n], spec) for n, spec in self._periodic.items()]
-        return [PeriodicJob(SCHEDULE_PREFIX + task.name, spec.cron, spec.timezone, task.queue,
-                            encode_call(task.name, (), {}), task.priority, task.max_attempts)
-                for task, spec in pairs]
+        return [
+            PeriodicJob(
+                SCHEDULE_PREFIX + task.name,
+                spec.cron,
+                spec.timezone,
+                task.queue,
+                encode_call(task.name, (), {}),
+                task.priority,
+                task.max_attempts,
+            )
+            for task, spec in pairs
+        ]
 
     @contextmanager
     def own(self) -> Iterator[Queue]:
@@ -437,8 +544,9 @@ class Tasks:
         with self._lock:
             opened = self._queue is None
             if opened:
-                self._queue = Queue.open(self.location, self.path, self.options,
-                                         storage_options=self.storage_options)
+                self._queue = Queue.open(
+                    self.location, self.path, self.options, storage_options=self.storage_options
+                )
             q = self._queue
         assert q is not None
         try:
@@ -463,39 +571,3 @@ class Tasks:
     def __repr__(self) -> str:
         where = "immediate" if self.immediate else repr(self.location)
         return f"Tasks({where}, {len(self._registry)} tasks)"
-
-
-def _expire(claim: Claim) -> SettlementEffects:
-    """Ack a :data:`RESULTS_QUEUE` job with the deletion of the result it names."""
-    job_id = bytes(claim.payload).decode("ascii", "replace")
-    try:
-        check_job_id(job_id)
-    except InvalidArgument as exc:
-        raise PermanentFailure(f"not a result to expire: {exc}") from None
-    return SettlementEffects(kv_deletes=(result_key(job_id),))
-
-
-def _retention(value: object, error: type[Exception] = ConfigError) -> float | None:
-    if value is None:
-        return None
-    return to_seconds(value, "result_retention", allow_zero=False, error=error)
-
-
-def _default_name(func: Callable[..., Any]) -> str:
-    module = getattr(func, "__module__", None) or "?"
-    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
-
-
-def _describe(func: Callable[..., Any]) -> str:
-    code = getattr(func, "__code__", None)
-    where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
-    return f"{_default_name(func)}{where}"
-
-
-def _close_quietly(q: Queue) -> None:
-    from ..errors import TaqubaError
-
-    try:
-        q.close()
-    except TaqubaError:  # fenced or broken: the worker loop has reported it already
-        pass

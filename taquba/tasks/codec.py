@@ -58,8 +58,9 @@ def _json(value: object, what: str) -> bytes:
     try:
         return orjson.dumps(value, option=_STRICT)
     except (orjson.JSONEncodeError, TypeError) as exc:
-        raise InvalidArgument(f"{what} cannot be carried as JSON "
-                              f"({type(value).__name__}): {exc}") from None
+        raise InvalidArgument(
+            f"{what} cannot be carried as JSON ({type(value).__name__}): {exc}"
+        ) from None
 
 
 def encode_call(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
@@ -69,8 +70,10 @@ def encode_call(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> by
         InvalidArgument: an argument JSON cannot carry; the message names it.
     """
     try:
-        return orjson.dumps({"v": PAYLOAD_VERSION, "task": task, "args": list(args),
-                             "kwargs": dict(kwargs)}, option=_STRICT)
+        return orjson.dumps(
+            {"v": PAYLOAD_VERSION, "task": task, "args": list(args), "kwargs": dict(kwargs)},
+            option=_STRICT,
+        )
     except (orjson.JSONEncodeError, TypeError):
         pass
     # Find the culprit, so the message names it.
@@ -78,8 +81,9 @@ def encode_call(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> by
         _json(value, f"argument {i} of task {task!r}")
     for key, value in kwargs.items():
         if not isinstance(key, str):
-            raise InvalidArgument(f"keyword argument names of task {task!r} must be str, "
-                                  f"got {key!r}")
+            raise InvalidArgument(
+                f"keyword argument names of task {task!r} must be str, got {key!r}"
+            )
         _json(value, f"keyword argument {key!r} of task {task!r}")
     raise InvalidArgument(f"the arguments of task {task!r} cannot be carried as JSON")
 
@@ -95,16 +99,18 @@ def decode_call(payload: bytes) -> TaskCall:
     except orjson.JSONDecodeError as exc:
         raise BadTaskPayload(f"not a task payload (not JSON: {exc})") from None
     if type(data) is not dict:
-        raise BadTaskPayload(f"not a task payload (a JSON {type(data).__name__}, "
-                             "not an object)")
+        raise BadTaskPayload(f"not a task payload (a JSON {type(data).__name__}, not an object)")
     version = data.get("v")
     if version != PAYLOAD_VERSION:
-        raise BadTaskPayload(f"task payload version {version!r} is not supported "
-                             f"(this worker reads version {PAYLOAD_VERSION})")
+        raise BadTaskPayload(
+            f"task payload version {version!r} is not supported "
+            f"(this worker reads version {PAYLOAD_VERSION})"
+        )
     task, args, kwargs = data.get("task"), data.get("args"), data.get("kwargs")
     if not isinstance(task, str) or not isinstance(args, list) or not isinstance(kwargs, dict):
-        raise BadTaskPayload("not a task payload (needs a str 'task', a list 'args' and an "
-                             "object 'kwargs')")
+        raise BadTaskPayload(
+            "not a task payload (needs a str 'task', a list 'args' and an object 'kwargs')"
+        )
     return TaskCall(task, args, kwargs)
 
 
@@ -117,9 +123,11 @@ def encode_result(task: str, value: object) -> bytes:
     """
     data = _json(value, f"the result of task {task!r}")
     if len(data) > MAX_KV_VALUE_SIZE:
-        raise InvalidArgument(f"the result of task {task!r} is {len(data)} bytes as JSON, "
-                              f"more than MAX_KV_VALUE_SIZE ({MAX_KV_VALUE_SIZE}); store "
-                              "large results elsewhere and return a reference")
+        raise InvalidArgument(
+            f"the result of task {task!r} is {len(data)} bytes as JSON, "
+            f"more than MAX_KV_VALUE_SIZE ({MAX_KV_VALUE_SIZE}); store "
+            "large results elsewhere and return a reference"
+        )
     return data
 
 

@@ -19,9 +19,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ..config import to_seconds
-from ..errors import InvalidArgument, TaqubaError
-from ..records import JobStatus, WaitStatus
+from ..config import check_job_id, to_seconds
+from ..effects import SettlementEffects
+from ..errors import ConfigError, InvalidArgument, TaqubaError
+from ..handling import PermanentFailure
+from ..records import Claim, JobStatus, WaitStatus
 from .codec import decode_result, result_key
 
 if TYPE_CHECKING:
@@ -64,8 +66,9 @@ class TaskResult(Generic[R]):
 
     __slots__ = ("_error", "_ready", "_source", "_store_result", "_task", "_value", "id")
 
-    def __init__(self, job_id: str, task: str, *, store_result: bool = True,
-                 source: Any = None) -> None:
+    def __init__(
+        self, job_id: str, task: str, *, store_result: bool = True, source: Any = None
+    ) -> None:
         self.id = job_id
         self._task = task
         self._store_result = store_result
@@ -75,8 +78,9 @@ class TaskResult(Generic[R]):
         self._error: TaskFailed | None = None
 
     @classmethod
-    def _inline(cls, job_id: str, task: str, value: Any, error: TaskFailed | None
-                ) -> TaskResult[Any]:
+    def _inline(
+        cls, job_id: str, task: str, value: Any, error: TaskFailed | None
+    ) -> TaskResult[Any]:
         """A result already known: the task ran inline (``Tasks(immediate=True)``)."""
         result: TaskResult[Any] = cls(job_id, task)
         result._ready = True
@@ -113,8 +117,9 @@ class TaskResult(Generic[R]):
         if self._source is None:  # an inline follow-up of a task that failed: never made
             raise self._timed_out()
         if not self._store_result:
-            raise InvalidArgument(f"task {self._task!r} keeps no result (it was declared "
-                                  "with store_result=False)")
+            raise InvalidArgument(
+                f"task {self._task!r} keeps no result (it was declared with store_result=False)"
+            )
         seconds = math.inf if timeout is None else to_seconds(timeout, "timeout")
         deadline = time.monotonic() + seconds
         source = self._open_source(deadline)
@@ -187,3 +192,19 @@ class TaskResult(Generic[R]):
 
     def __repr__(self) -> str:
         return f"TaskResult(id={self.id!r}, task={self._task!r})"
+
+
+def _expire(claim: Claim) -> SettlementEffects:
+    """Ack a :data:`RESULTS_QUEUE` job with the deletion of the result it names."""
+    job_id = bytes(claim.payload).decode("ascii", "replace")
+    try:
+        check_job_id(job_id)
+    except InvalidArgument as exc:
+        raise PermanentFailure(f"not a result to expire: {exc}") from None
+    return SettlementEffects(kv_deletes=(result_key(job_id),))
+
+
+def _retention(value: object, error: type[Exception] = ConfigError) -> float | None:
+    if value is None:
+        return None
+    return to_seconds(value, "result_retention", allow_zero=False, error=error)

@@ -57,15 +57,23 @@ def keep_schedules(q: Queue, wanted: Sequence[PeriodicJob]) -> None:
     for job in wanted:
         current = existing.pop(job.name, None)
         if current is not None and (
-                current.cron, current.timezone, current.queue, bytes(current.payload),
-                current.priority, current.max_attempts) == (
-                job.cron, job.timezone, job.queue, job.payload, job.priority, job.max_attempts):
+            current.cron,
+            current.timezone,
+            current.queue,
+            bytes(current.payload),
+            current.priority,
+            current.max_attempts,
+        ) == (job.cron, job.timezone, job.queue, job.payload, job.priority, job.max_attempts):
             continue
-        q.add_schedule(job.name, job.cron, job.queue, job.payload, timezone=job.timezone,
-                       options=EnqueueOptions(priority=job.priority,
-                                              max_attempts=job.max_attempts))
-        logger.info("schedule %r: %s (%s) on queue %r", job.name, job.cron, job.timezone,
-                    job.queue)
+        q.add_schedule(
+            job.name,
+            job.cron,
+            job.queue,
+            job.payload,
+            timezone=job.timezone,
+            options=EnqueueOptions(priority=job.priority, max_attempts=job.max_attempts),
+        )
+        logger.info("schedule %r: %s (%s) on queue %r", job.name, job.cron, job.timezone, job.queue)
     for name in existing:
         q.remove_schedule(name)
         logger.info("schedule %r removed: its task is not registered", name)
@@ -74,12 +82,21 @@ def keep_schedules(q: Queue, wanted: Sequence[PeriodicJob]) -> None:
 def dispatch_error(name: str, queue: str, known: Sequence[str]) -> str:
     """The last error of a job naming a task this worker does not know."""
     shown = ", ".join(repr(k) for k in known[:20]) + (", ..." if len(known) > 20 else "")
-    return (f"unknown task {name!r} (queue {queue!r}): no task of that name is registered "
-            f"in this worker; registered: {shown or 'none'}")
+    return (
+        f"unknown task {name!r} (queue {queue!r}): no task of that name is registered "
+        f"in this worker; registered: {shown or 'none'}"
+    )
 
 
-def run_queues(q: Queue, queues: Sequence[str], handler: Callable[[Claim], object], *,
-               shutdown: threading.Event, concurrency: int, poll_interval: float) -> None:
+def run_queues(
+    q: Queue,
+    queues: Sequence[str],
+    handler: Callable[[Claim], object],
+    *,
+    shutdown: threading.Event,
+    concurrency: int,
+    poll_interval: float,
+) -> None:
     """Run ``handler`` on every queue of ``queues`` until ``shutdown`` is set (see module)."""
     if not hasattr(shutdown, "is_set") or not hasattr(shutdown, "wait"):
         raise InvalidArgument(f"shutdown must be a threading.Event, got {shutdown!r}")
@@ -91,19 +108,23 @@ def run_queues(q: Queue, queues: Sequence[str], handler: Callable[[Claim], objec
 
     def loop(queue: str) -> None:
         try:
-            run_worker_concurrent(q, queue, handler, concurrency=concurrency, shutdown=stop,
-                                  poll_interval=poll)
+            run_worker_concurrent(
+                q, queue, handler, concurrency=concurrency, shutdown=stop, poll_interval=poll
+            )
         except BaseException as exc:
             logger.error("task worker on queue %r stopped: %s", queue, exc)
             errors.append(exc)
             stop.set()
 
-    threads = [threading.Thread(target=loop, args=(name,), name=f"taquba-tasks-{name}",
-                                daemon=True) for name in queues]
+    threads = [
+        threading.Thread(target=loop, args=(name,), name=f"taquba-tasks-{name}", daemon=True)
+        for name in queues
+    ]
     for thread in threads:
         thread.start()
-    logger.info("running tasks on %s (concurrency %d each)",
-                ", ".join(repr(n) for n in queues), concurrency)
+    logger.info(
+        "running tasks on %s (concurrency %d each)", ", ".join(repr(n) for n in queues), concurrency
+    )
     try:
         while not stop.is_set():
             if shutdown.wait(poll):
@@ -114,3 +135,12 @@ def run_queues(q: Queue, queues: Sequence[str], handler: Callable[[Claim], objec
             thread.join()
     if errors:
         raise errors[0]
+
+
+def _close_quietly(q: Queue) -> None:
+    from ..errors import TaqubaError
+
+    try:
+        q.close()
+    except TaqubaError:  # fenced or broken: the worker loop has reported it already
+        pass

@@ -49,17 +49,25 @@ class FollowUp:
 
 
 # The follow-ups of the task running in this thread (None: no task is running).
-follow_ups: ContextVar[list[FollowUp] | None] = ContextVar("taquba_tasksfollow_ups",
-                                                            default=None)
+follow_ups: ContextVar[list[FollowUp] | None] = ContextVar("taquba_tasksfollow_ups", default=None)
 
 
 class Task(Generic[P, R]):
     """A registered function. Calling it runs it inline; :meth:`delay` and :meth:`schedule`
     make a job of the call. Made by :meth:`Tasks.task`, never directly."""
 
-    def __init__(self, tasks: Tasks, func: Callable[P, R], *, name: str, queue: str,
-                 max_attempts: int | None, priority: int | None, store_result: bool,
-                 result_retention: float | None) -> None:
+    def __init__(
+        self,
+        tasks: Tasks,
+        func: Callable[P, R],
+        *,
+        name: str,
+        queue: str,
+        max_attempts: int | None,
+        priority: int | None,
+        store_result: bool,
+        result_retention: float | None,
+    ) -> None:
         self.tasks = tasks
         self.func = func
         self.name = name
@@ -69,8 +77,11 @@ class Task(Generic[P, R]):
         self.store_result = store_result
         self.result_retention = result_retention
         # The options of the job that deletes a result of this task (made once: frozen).
-        self.expiry_options = None if result_retention is None or not store_result \
+        self.expiry_options = (
+            None
+            if result_retention is None or not store_result
             else EnqueueOptions(delay=result_retention)
+        )
         functools.update_wrapper(self, func)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -105,11 +116,19 @@ class Task(Generic[P, R]):
         """
         return self.tasks._follow_up(self, args, kwargs)
 
-    def schedule(self, args: Sequence[Any] = (), kwargs: Mapping[str, Any] | None = None, *,
-                 delay: float | Any = None, run_at: PointInTime | None = None,
-                 priority: int | None = None, dedup_key: str | None = None,
-                 job_id: str | None = None, max_attempts: int | None = None,
-                 headers: Mapping[str, str] | None = None) -> TaskResult[R]:
+    def schedule(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        delay: float | Any = None,
+        run_at: PointInTime | None = None,
+        priority: int | None = None,
+        dedup_key: str | None = None,
+        job_id: str | None = None,
+        max_attempts: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> TaskResult[R]:
         """Make a job that calls this task with ``args`` and ``kwargs``, with enqueue options.
 
         ``delay`` (a duration) or ``run_at`` (a point in time) hold the job until then;
@@ -122,17 +141,32 @@ class Task(Generic[P, R]):
                 enqueued).
         """
         if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
-            raise InvalidArgument(f"args must be a sequence of arguments, got "
-                                  f"{type(args).__name__}")
+            raise InvalidArgument(
+                f"args must be a sequence of arguments, got {type(args).__name__}"
+            )
         if kwargs is not None and not isinstance(kwargs, Mapping):
             raise InvalidArgument(f"kwargs must be a mapping, got {type(kwargs).__name__}")
         options = EnqueueOptions(
-            delay=delay, run_at=run_at,
+            delay=delay,
+            run_at=run_at,
             priority=self.priority if priority is None else priority,
-            dedup_key=dedup_key, job_id=job_id,
+            dedup_key=dedup_key,
+            job_id=job_id,
             max_attempts=self.max_attempts if max_attempts is None else max_attempts,
-            headers=headers)
+            headers=headers,
+        )
         return self.tasks._submit(self, tuple(args), dict(kwargs or {}), options)
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, queue={self.queue!r})"
+
+
+def _default_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    code = getattr(func, "__code__", None)
+    where = f" at {code.co_filename}:{code.co_firstlineno}" if code is not None else ""
+    return f"{_default_name(func)}{where}"

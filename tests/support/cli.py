@@ -15,14 +15,24 @@ REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
-def taquba(*args: str, input: bytes | None = None, cwd: Path | None = None,
-           timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def taquba(
+    *args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m taquba ARGS`` to the end; text stdout and stderr."""
-    proc = subprocess.run([sys.executable, "-m", "taquba", *args], input=input,
-                          capture_output=True, env=ENV, cwd=cwd, timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode,
-                                       proc.stdout.decode("utf-8", "replace"),
-                                       proc.stderr.decode("utf-8", "replace"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "taquba", *args],
+        input=input,
+        capture_output=True,
+        env=ENV,
+        cwd=cwd,
+        timeout=timeout,
+    )
+    return subprocess.CompletedProcess(
+        proc.args,
+        proc.returncode,
+        proc.stdout.decode("utf-8", "replace"),
+        proc.stderr.decode("utf-8", "replace"),
+    )
 
 
 def taquba_json(*args: str) -> Any:
@@ -37,9 +47,13 @@ class Owner:
 
     def __init__(self, location: str) -> None:
         child = REPO / "tests" / "support" / "owner_child.py"
-        self.proc = subprocess.Popen([sys.executable, str(child), location],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     env=ENV)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(child), location],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
         assert self._line() == "ready"
 
     def _line(self) -> str:

@@ -39,8 +39,9 @@ CONFIG = QueueConfig(lease=3600.0, keep_done=30 * 24 * 3600.0, max_attempts=1_00
 
 def options() -> OpenOptions:
     """The options of every handle on the root (the parent uses them too)."""
-    return OpenOptions(default_queue_config=CONFIG, checkpoint_min_bytes=4096,
-                       checkpoint_ratio=0.05)
+    return OpenOptions(
+        default_queue_config=CONFIG, checkpoint_min_bytes=4096, checkpoint_ratio=0.05
+    )
 
 
 def source_id(n: int) -> str:
@@ -52,7 +53,8 @@ def effects(job_id: str) -> SettlementEffects:
     return SettlementEffects(
         enqueue=[EnqueueRequest(NEXT, job_id.encode(), EnqueueOptions(job_id=f"f-{job_id}"))],
         kv_writes={f"k:{job_id}".encode(): job_id.encode()},
-        kv_deletes=[f"d:{job_id}".encode()])
+        kv_deletes=[f"d:{job_id}".encode()],
+    )
 
 
 def emit(line: str) -> None:
@@ -83,8 +85,9 @@ def main() -> None:
     if q.kv_get(b"ready") is None:
         for n in range(JOBS):
             job_id = source_id(n)
-            q.enqueue_with_kv(SOURCE, b"x", {f"d:{job_id}".encode(): b"1"},
-                              EnqueueOptions(job_id=job_id))
+            q.enqueue_with_kv(
+                SOURCE, b"x", {f"d:{job_id}".encode(): b"1"}, EnqueueOptions(job_id=job_id)
+            )
         q.kv_put(b"ready", b"1")
     emit("S")
     threads = [threading.Thread(target=work, args=(q,)) for _ in range(WORKERS)]

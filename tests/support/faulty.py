@@ -79,9 +79,16 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
 
     # -- scripting -----------------------------------------------------------------------
 
-    def fail(self, op: str, exc: ExcSpec = ConnectionResetError, *, nth: int | None = None,
-             times: int | None = None, match: Callable[[str], bool] | None = None,
-             after: bool = False) -> Fault:
+    def fail(
+        self,
+        op: str,
+        exc: ExcSpec = ConnectionResetError,
+        *,
+        nth: int | None = None,
+        times: int | None = None,
+        match: Callable[[str], bool] | None = None,
+        after: bool = False,
+    ) -> Fault:
         """Script a fault on ``op`` requests (optionally only those whose path ``match``).
 
         ``nth=k``: fire on the k-th matching request from now (and the ``times - 1`` after it).
@@ -102,8 +109,7 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
     def lose_response(self, op: str = "put", **kw: Any) -> Fault:
         """The next matching request takes effect, then raises ``ConnectionError``."""
         kw.setdefault("times", 1)
-        return self.fail(op, lambda: ConnectionError("injected: response lost"),
-                         after=True, **kw)
+        return self.fail(op, lambda: ConnectionError("injected: response lost"), after=True, **kw)
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -140,25 +146,30 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
     def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
         self._call("put", path, lambda: self.fs.pipe_file(path, value, mode=mode, **kwargs))
 
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None,
-                 **kwargs: Any) -> bytes:
+    def cat_file(
+        self, path: str, start: int | None = None, end: int | None = None, **kwargs: Any
+    ) -> bytes:
         return self._call(  # type: ignore[no-any-return]
-            "get", path, lambda: self.fs.cat_file(path, start=start, end=end, **kwargs))
+            "get", path, lambda: self.fs.cat_file(path, start=start, end=end, **kwargs)
+        )
 
     def ls(self, path: str, detail: bool = True, **kwargs: Any) -> list[Any]:
         return self._call(  # type: ignore[no-any-return]
-            "list", path, lambda: self.fs.ls(path, detail=detail, **kwargs))
+            "list", path, lambda: self.fs.ls(path, detail=detail, **kwargs)
+        )
 
     def rm(self, path: Any, recursive: bool = False, maxdepth: int | None = None) -> None:
-        self._call("delete", path,
-                   lambda: self.fs.rm(path, recursive=recursive, maxdepth=maxdepth))
+        self._call("delete", path, lambda: self.fs.rm(path, recursive=recursive, maxdepth=maxdepth))
 
     def rm_file(self, path: str) -> None:
         self._call("delete", path, lambda: self.fs.rm_file(path))
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        return self._call("info", path,  # type: ignore[no-any-return]
-                          lambda: self.fs.info(path, **kwargs))
+        return self._call(
+            "info",
+            path,  # type: ignore[no-any-return]
+            lambda: self.fs.info(path, **kwargs),
+        )
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         return bool(self._call("info", path, lambda: self.fs.exists(path, **kwargs)))

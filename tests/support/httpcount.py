@@ -20,8 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 HOST = "127.0.0.1"
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
-               "trailer", "upgrade", "expect"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+}
 
 
 @dataclass(frozen=True)
@@ -106,8 +114,9 @@ class CountingProxy:
         self._server = _Server(upstream_port)
         self.port = int(self._server.server_address[1])
         self.url = f"http://{HOST}:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="counting-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="counting-proxy", daemon=True
+        )
 
     def __enter__(self) -> CountingProxy:
         self._thread.start()

@@ -22,14 +22,16 @@ from taquba.worker import run_worker, run_worker_concurrent
 def main() -> int:
     spec = json.loads(sys.argv[1])
     options = OpenOptions(fence_check_interval=spec["fence_check_interval"])
-    q = Queue.open(spec["location"], options=options,
-                   storage_options=spec["storage_options"] or None)
+    q = Queue.open(
+        spec["location"], options=options, storage_options=spec["storage_options"] or None
+    )
     print("ready", flush=True)
     shutdown = threading.Event()
     try:
         if spec["concurrent"]:
-            run_worker_concurrent(q, "jobs", lambda claim: None, concurrency=2,
-                                  shutdown=shutdown, poll_interval=0.5)
+            run_worker_concurrent(
+                q, "jobs", lambda claim: None, concurrency=2, shutdown=shutdown, poll_interval=0.5
+            )
         else:
             run_worker(q, "jobs", lambda claim: None, shutdown=shutdown, poll_interval=0.5)
     except FencedError as exc:

@@ -42,9 +42,13 @@ def say(line: str) -> None:
 
 def owner_options(spec: dict[str, Any]) -> OpenOptions:
     config = QueueConfig(lease=3600.0, max_attempts=1_000_000)
-    return OpenOptions(default_queue_config=config,
-                       checkpoint_min_bytes=spec.get("checkpoint_min_bytes", 4096),
-                       checkpoint_ratio=0.01, inbox_busy_interval=0.05, inbox_interval=0.2)
+    return OpenOptions(
+        default_queue_config=config,
+        checkpoint_min_bytes=spec.get("checkpoint_min_bytes", 4096),
+        checkpoint_ratio=0.01,
+        inbox_busy_interval=0.05,
+        inbox_interval=0.2,
+    )
 
 
 def run_producer(spec: dict[str, Any]) -> None:
@@ -76,8 +80,9 @@ def run_producer(spec: dict[str, Any]) -> None:
 
 
 def run_owner(spec: dict[str, Any]) -> None:
-    q = Queue.open(spec["location"], storage_options=spec["storage_options"],
-                   options=owner_options(spec))
+    q = Queue.open(
+        spec["location"], storage_options=spec["storage_options"], options=owner_options(spec)
+    )
     say("S")
     fenced = threading.Event()
 

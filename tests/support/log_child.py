@@ -85,8 +85,12 @@ def emit(line: str) -> None:
 def _open(root: BackendRoot, snapshots: bool) -> tuple[Any, Chain, Committer]:
     store = root.store()
     chain = Chain()
-    log = Log.open(store, on_snapshot=chain.on_snapshot, on_record=chain.on_record,
-                   checkpoint_min_bytes=CHECKPOINT_MIN_BYTES)
+    log = Log.open(
+        store,
+        on_snapshot=chain.on_snapshot,
+        on_record=chain.on_record,
+        checkpoint_min_bytes=CHECKPOINT_MIN_BYTES,
+    )
 
     def snapshot() -> bytes:
         emit("snapshot")
@@ -175,8 +179,9 @@ def race(root: BackendRoot) -> None:
 def cleanup(root: BackendRoot) -> None:
     store = root.store()
     chain = Chain()
-    log = Log.open(store, on_snapshot=chain.on_snapshot, on_record=chain.on_record,
-                   segment_max_bytes=0)
+    log = Log.open(
+        store, on_snapshot=chain.on_snapshot, on_record=chain.on_record, segment_max_bytes=0
+    )
     seq = 0
     for _ in range(60):
         i = chain.next_id
@@ -185,7 +190,7 @@ def cleanup(root: BackendRoot) -> None:
     real_delete = store._raw_delete
 
     def delete_half_then_hang(keys: list[str]) -> None:
-        real_delete(keys[:len(keys) // 2])
+        real_delete(keys[: len(keys) // 2])
         emit(f"deleting {len(keys) // 2}")
         threading.Event().wait()  # until killed
 
@@ -197,4 +202,5 @@ def cleanup(root: BackendRoot) -> None:
 if __name__ == "__main__":
     mode, root_json = sys.argv[1], sys.argv[2]
     {"crash": crash, "idle": idle, "race": race, "cleanup": cleanup}[mode](
-        BackendRoot.from_json(root_json))
+        BackendRoot.from_json(root_json)
+    )

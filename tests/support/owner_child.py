@@ -22,8 +22,12 @@ from taquba import FencedError, OpenOptions, Queue, QueueConfig
 
 
 def main() -> None:
-    q = Queue.open(sys.argv[1], options=OpenOptions(
-        fence_check_interval=None, default_queue_config=QueueConfig(keep_done=3600.0)))
+    q = Queue.open(
+        sys.argv[1],
+        options=OpenOptions(
+            fence_check_interval=None, default_queue_config=QueueConfig(keep_done=3600.0)
+        ),
+    )
     held = q.claim("held")  # noqa: F841 (kept running until quit)
     print("ready", flush=True)
     for line in sys.stdin:
@@ -37,8 +41,9 @@ def main() -> None:
                 print(f"fenced {exc}".replace("\n", " "), flush=True)
         elif command == "job":
             record = q.get_job(arg)
-            print("none" if record is None else f"{record.status.value} {record.attempts}",
-                  flush=True)
+            print(
+                "none" if record is None else f"{record.status.value} {record.attempts}", flush=True
+            )
         elif command == "intake":
             print(f"taken {q.intake_now()}", flush=True)
         elif command == "quit":

@@ -54,9 +54,12 @@ MAX_RUN_SECONDS = 60.0  # a safety net: the parent always stops the child long b
 def options(checkpoint_min_bytes: int, *, background_threads: bool = True) -> OpenOptions:
     """The options of every handle on a crash/fencing root (the parent uses them too)."""
     config = QueueConfig(lease=LEASE, keep_done=KEEP_DONE, max_attempts=MAX_ATTEMPTS)
-    return OpenOptions(default_queue_config=config,
-                       checkpoint_min_bytes=checkpoint_min_bytes, checkpoint_ratio=0.005,
-                       background_threads=background_threads)
+    return OpenOptions(
+        default_queue_config=config,
+        checkpoint_min_bytes=checkpoint_min_bytes,
+        checkpoint_ratio=0.005,
+        background_threads=background_threads,
+    )
 
 
 def job_id(run: int, producer: int, n: int) -> str:
@@ -79,8 +82,7 @@ def emit(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def produce(q: Queue, run: int, producer: int, stop: threading.Event, fenced_stops: bool
-            ) -> None:
+def produce(q: Queue, run: int, producer: int, stop: threading.Event, fenced_stops: bool) -> None:
     rng = random.Random(run * 1000 + producer)
     n = 0
     while not stop.is_set():
@@ -88,8 +90,9 @@ def produce(q: Queue, run: int, producer: int, stop: threading.Event, fenced_sto
         op = "enqueue_with_kv" if with_kv(n) else "enqueue"
         try:
             if with_kv(n):
-                q.enqueue_with_kv(QUEUE, payload(jid), {kv_key(jid): payload(jid)},
-                                  EnqueueOptions(job_id=jid))
+                q.enqueue_with_kv(
+                    QUEUE, payload(jid), {kv_key(jid): payload(jid)}, EnqueueOptions(job_id=jid)
+                )
             else:
                 q.enqueue(QUEUE, payload(jid), job_id=jid)
         except FencedError:
@@ -114,8 +117,10 @@ def work(q: Queue, stop: threading.Event, fenced_stops: bool) -> None:
             time.sleep(rng.uniform(0, 0.004))  # the "work": claims are often in flight
             q.ack(claim)
         except FencedError:
-            emit(f"F {'ack' if claim is not None else 'claim'} "
-                 f"{claim.id if claim is not None else '-'}")
+            emit(
+                f"F {'ack' if claim is not None else 'claim'} "
+                f"{claim.id if claim is not None else '-'}"
+            )
             if fenced_stops:
                 return
             raise
@@ -134,10 +139,21 @@ def run_threads(q: Queue, run: int, fenced_stops: bool) -> None:
             emit(f"X {fn.__name__} {type(exc).__name__}: {exc}")
             stop.set()
 
-    threads = [threading.Thread(target=guarded, args=(produce, q, run, p, stop, fenced_stops),
-                                name=f"producer-{p}", daemon=True) for p in range(PRODUCERS)]
-    threads += [threading.Thread(target=guarded, args=(work, q, stop, fenced_stops),
-                                 name=f"worker-{w}", daemon=True) for w in range(WORKERS)]
+    threads = [
+        threading.Thread(
+            target=guarded,
+            args=(produce, q, run, p, stop, fenced_stops),
+            name=f"producer-{p}",
+            daemon=True,
+        )
+        for p in range(PRODUCERS)
+    ]
+    threads += [
+        threading.Thread(
+            target=guarded, args=(work, q, stop, fenced_stops), name=f"worker-{w}", daemon=True
+        )
+        for w in range(WORKERS)
+    ]
     emit("S")
     for t in threads:
         t.start()
@@ -150,8 +166,9 @@ def run_threads(q: Queue, run: int, fenced_stops: bool) -> None:
 
 
 def idle(q: Queue, run: int) -> None:
-    ids = [q.enqueue(QUEUE, payload(job_id(run, 0, n)), job_id=job_id(run, 0, n))
-           for n in range(20)]
+    ids = [
+        q.enqueue(QUEUE, payload(job_id(run, 0, n)), job_id=job_id(run, 0, n)) for n in range(20)
+    ]
     for jid in ids:
         emit(f"E {jid}")
     claims: list[Claim] = []
@@ -186,8 +203,11 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     mode = spec["mode"]
     emit("O")
-    q = Queue.open(spec["location"], options=options(spec["checkpoint_min_bytes"]),
-                   storage_options=spec.get("storage_options") or None)
+    q = Queue.open(
+        spec["location"],
+        options=options(spec["checkpoint_min_bytes"]),
+        storage_options=spec.get("storage_options") or None,
+    )
     if mode == "idle":
         idle(q, spec["run"])
     else:

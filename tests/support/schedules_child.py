@@ -34,16 +34,20 @@ def clock(start: float, ref: float) -> Callable[[], float]:
 
 def options(now: Callable[[], float], *, background_threads: bool = True) -> OpenOptions:
     """The options of every handle on the root (the parent uses them too)."""
-    return OpenOptions(clock=now, scheduler_interval=0.005, reaper_interval=3600.0,
-                       checkpoint_min_bytes=2048, checkpoint_ratio=0.5,
-                       background_threads=background_threads)
+    return OpenOptions(
+        clock=now,
+        scheduler_interval=0.005,
+        reaper_interval=3600.0,
+        checkpoint_min_bytes=2048,
+        checkpoint_ratio=0.5,
+        background_threads=background_threads,
+    )
 
 
 def main() -> None:
     start = float(sys.argv[2])
     running: list[Callable[[], float]] = []
-    q = Queue.open(sys.argv[1], options=options(
-        lambda: running[0]() if running else start))
+    q = Queue.open(sys.argv[1], options=options(lambda: running[0]() if running else start))
     if not q.list_schedules():
         q.add_schedule(NAME, CRON, QUEUE, b"tick")
     ref = time.time()

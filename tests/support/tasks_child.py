@@ -14,8 +14,10 @@ from typing import Any
 from taquba import FencedError, OpenOptions, QueueConfig
 from taquba.tasks import Tasks
 
-tasks = Tasks(os.environ.get("TAQUBA_LOCATION", "memory://unused"),
-              options=OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0)))
+tasks = Tasks(
+    os.environ.get("TAQUBA_LOCATION", "memory://unused"),
+    options=OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0)),
+)
 
 
 @tasks.task(name="add", store_result=True)

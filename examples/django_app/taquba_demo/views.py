@@ -39,8 +39,12 @@ def job_status(request: HttpRequest, job_id: str) -> JsonResponse:
     if record is None:
         # Unknown, or submitted and not yet taken in by the taquba_worker process.
         return JsonResponse({"job_id": job_id, "status": "unknown"}, status=404)
-    answer = {"job_id": record.id, "status": record.status.value,
-              "attempts": record.attempts, "last_error": record.last_error}
+    answer = {
+        "job_id": record.id,
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "last_error": record.last_error,
+    }
     if record.status is JobStatus.DONE:
         answer["result"] = project_tasks.result(job_id).get(timeout=1.0)
     return JsonResponse(answer)

@@ -47,8 +47,19 @@ from ...tasks import DEFAULT_QUEUE, DEFAULT_RESULT_RETENTION, Tasks
 
 __all__ = ["TaqubaSettingsError", "WorkerSettings", "get_tasks", "tasks", "worker_settings"]
 
-_KEYS = frozenset({"LOCATION", "STORAGE_OPTIONS", "OPTIONS", "IMMEDIATE", "DEFAULT_QUEUE",
-                   "RESULT_RETENTION", "CONCURRENCY", "QUEUES", "POLL_INTERVAL"})
+_KEYS = frozenset(
+    {
+        "LOCATION",
+        "STORAGE_OPTIONS",
+        "OPTIONS",
+        "IMMEDIATE",
+        "DEFAULT_QUEUE",
+        "RESULT_RETENTION",
+        "CONCURRENCY",
+        "QUEUES",
+        "POLL_INTERVAL",
+    }
+)
 
 _lock = threading.Lock()
 _tasks: Tasks | None = None
@@ -72,14 +83,16 @@ def _settings() -> Mapping[str, Any]:
 
     value = getattr(settings, "TAQUBA", None)
     if value is None:
-        raise TaqubaSettingsError("settings.TAQUBA is not set: add TAQUBA = {'LOCATION': ...} "
-                                  "to the settings")
+        raise TaqubaSettingsError(
+            "settings.TAQUBA is not set: add TAQUBA = {'LOCATION': ...} to the settings"
+        )
     if not isinstance(value, Mapping):
         raise TaqubaSettingsError(f"settings.TAQUBA must be a dict, got {type(value).__name__}")
     unknown = sorted(set(value) - _KEYS)
     if unknown:
-        raise TaqubaSettingsError(f"settings.TAQUBA has unknown key(s) {unknown}; the keys are "
-                                  f"{sorted(_KEYS)}")
+        raise TaqubaSettingsError(
+            f"settings.TAQUBA has unknown key(s) {unknown}; the keys are {sorted(_KEYS)}"
+        )
     return value
 
 
@@ -89,23 +102,31 @@ def _build(conf: Mapping[str, Any]) -> Tasks:
         raise TaqubaSettingsError(f"TAQUBA['IMMEDIATE'] must be a bool, got {immediate!r}")
     location = conf.get("LOCATION")
     if location is None and not immediate:
-        raise TaqubaSettingsError("TAQUBA['LOCATION'] is required: where the queue lives "
-                                  "(a path, or a URL such as s3://bucket/prefix)")
+        raise TaqubaSettingsError(
+            "TAQUBA['LOCATION'] is required: where the queue lives "
+            "(a path, or a URL such as s3://bucket/prefix)"
+        )
     if location is not None and not isinstance(location, str):
         location = str(location)  # a pathlib.Path
     storage_options = conf.get("STORAGE_OPTIONS") or {}
     if not isinstance(storage_options, Mapping):
-        raise TaqubaSettingsError(f"TAQUBA['STORAGE_OPTIONS'] must be a dict, got "
-                                  f"{type(storage_options).__name__}")
+        raise TaqubaSettingsError(
+            f"TAQUBA['STORAGE_OPTIONS'] must be a dict, got {type(storage_options).__name__}"
+        )
     options = conf.get("OPTIONS")
     if options is not None and not isinstance(options, OpenOptions):
-        raise TaqubaSettingsError(f"TAQUBA['OPTIONS'] must be a taquba.OpenOptions, got "
-                                  f"{type(options).__name__}")
+        raise TaqubaSettingsError(
+            f"TAQUBA['OPTIONS'] must be a taquba.OpenOptions, got {type(options).__name__}"
+        )
     try:
-        return Tasks(location, storage_options=storage_options, options=options,
-                     immediate=immediate,
-                     default_queue=conf.get("DEFAULT_QUEUE", DEFAULT_QUEUE),
-                     result_retention=conf.get("RESULT_RETENTION", DEFAULT_RESULT_RETENTION))
+        return Tasks(
+            location,
+            storage_options=storage_options,
+            options=options,
+            immediate=immediate,
+            default_queue=conf.get("DEFAULT_QUEUE", DEFAULT_QUEUE),
+            result_retention=conf.get("RESULT_RETENTION", DEFAULT_RESULT_RETENTION),
+        )
     except TaqubaError as exc:
         raise TaqubaSettingsError(f"settings.TAQUBA: {exc}") from None
 
@@ -128,20 +149,24 @@ def worker_settings() -> WorkerSettings:
     conf = _settings()
     concurrency = conf.get("CONCURRENCY", 4)
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-        raise TaqubaSettingsError(f"TAQUBA['CONCURRENCY'] must be an int >= 1, got "
-                                  f"{concurrency!r}")
+        raise TaqubaSettingsError(f"TAQUBA['CONCURRENCY'] must be an int >= 1, got {concurrency!r}")
     queues = conf.get("QUEUES")
     if queues is not None:
         if isinstance(queues, str) or not all(isinstance(q, str) for q in queues):
-            raise TaqubaSettingsError(f"TAQUBA['QUEUES'] must be a list of queue names, got "
-                                      f"{queues!r}")
+            raise TaqubaSettingsError(
+                f"TAQUBA['QUEUES'] must be a list of queue names, got {queues!r}"
+            )
         try:
             queues = tuple(check_queue_name(q) for q in queues)
         except TaqubaError as exc:
             raise TaqubaSettingsError(f"TAQUBA['QUEUES']: {exc}") from None
     try:
-        poll = to_seconds(conf.get("POLL_INTERVAL", 1.0), "TAQUBA['POLL_INTERVAL']",
-                          allow_zero=False, error=TaqubaSettingsError)
+        poll = to_seconds(
+            conf.get("POLL_INTERVAL", 1.0),
+            "TAQUBA['POLL_INTERVAL']",
+            allow_zero=False,
+            error=TaqubaSettingsError,
+        )
     except TaqubaError as exc:
         raise TaqubaSettingsError(str(exc)) from None
     return WorkerSettings(concurrency, queues, poll)

@@ -21,12 +21,27 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped here
     help = "Own the taquba queue and run its tasks until SIGTERM or SIGINT."
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("-c", "--concurrency", type=int, default=None,
-                            help="jobs in flight per queue (default: TAQUBA['CONCURRENCY'], 4)")
-        parser.add_argument("-q", "--queue", action="append", dest="queues", default=None,
-                            help="a queue to run (repeatable; default: every task's queue)")
-        parser.add_argument("--poll-interval", type=float, default=None,
-                            help="seconds between checks for shutdown (default 1)")
+        parser.add_argument(
+            "-c",
+            "--concurrency",
+            type=int,
+            default=None,
+            help="jobs in flight per queue (default: TAQUBA['CONCURRENCY'], 4)",
+        )
+        parser.add_argument(
+            "-q",
+            "--queue",
+            action="append",
+            dest="queues",
+            default=None,
+            help="a queue to run (repeatable; default: every task's queue)",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=float,
+            default=None,
+            help="seconds between checks for shutdown (default 1)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -40,8 +55,9 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped here
         shutdown = threading.Event()
 
         def stop(signum: int, frame: object) -> None:
-            self.stdout.write(f"taquba_worker: {signal.Signals(signum).name}, finishing the "
-                              "jobs in flight")
+            self.stdout.write(
+                f"taquba_worker: {signal.Signals(signum).name}, finishing the jobs in flight"
+            )
             self.stdout.flush()
             shutdown.set()
 
@@ -49,18 +65,24 @@ class Command(BaseCommand):  # type: ignore[misc]  # django is untyped here
             signal.signal(sig, stop)
         names = list(queues) if queues else tasks.queues
         if not names:
-            raise CommandError("no task is registered: define tasks in an installed app's "
-                               "tasks.py with taquba.contrib.django.tasks")
+            raise CommandError(
+                "no task is registered: define tasks in an installed app's "
+                "tasks.py with taquba.contrib.django.tasks"
+            )
         try:
             with tasks.own() as q:
-                self.stdout.write(f"taquba_worker: owning {q.store.description}; running "
-                                  f"{len(tasks.registered)} task(s) on {', '.join(names)}")
+                self.stdout.write(
+                    f"taquba_worker: owning {q.store.description}; running "
+                    f"{len(tasks.registered)} task(s) on {', '.join(names)}"
+                )
                 self.stdout.flush()
-                tasks.run_worker(shutdown=shutdown, concurrency=concurrency, queues=queues,
-                                 poll_interval=poll)
+                tasks.run_worker(
+                    shutdown=shutdown, concurrency=concurrency, queues=queues, poll_interval=poll
+                )
         except FencedError as exc:
-            raise CommandError(f"another process took the queue over: {exc}",
-                               returncode=1) from None
+            raise CommandError(
+                f"another process took the queue over: {exc}", returncode=1
+            ) from None
         except QueueBroken as exc:
             raise CommandError(f"the queue can no longer be used: {exc}", returncode=1) from None
         except (ConfigError, InvalidArgument) as exc:
