@@ -226,8 +226,14 @@ class _ConcurrentRunner:
         try:
             for n in range(1, self.concurrency + 1):
                 thread = threading.Thread(target=self._work, name=f"taquba-worker-{n}", daemon=True)
-                thread.start()  # RuntimeError when the interpreter is exiting: stop
+                # Listed before it starts: its first job may be under way (and the interpreter
+                # exiting, see _stop_at_exit) before this thread runs again.
                 threads.append(thread)
+                try:
+                    thread.start()  # RuntimeError when the interpreter is exiting: stop
+                except BaseException:
+                    threads.remove(thread)
+                    raise
             self._join(threads)
         except BaseException:  # KeyboardInterrupt in the caller, a thread refused: drain
             self.stopping.set()

@@ -113,9 +113,10 @@ def _populate(location: str, storage_options: dict[str, Any] | None = None) -> d
 
 
 def _check(location: str, ids: dict[str, str], storage_options: dict[str, Any] | None) -> None:
-    with Queue.open(
-        location, options=OpenOptions(background_threads=False), storage_options=storage_options
-    ) as q:
+    # A minute on: the nacked job's retry (1 s of backoff) is due however fast the copy went,
+    # and the job delayed by an hour is still scheduled.
+    options = OpenOptions(background_threads=False, clock=lambda: time.time() + 60.0)
+    with Queue.open(location, options=options, storage_options=storage_options) as q:
         assert q.get_job(ids["pending"]).headers == {"h": "v"}  # type: ignore[union-attr]
         assert [a.outcome for a in q.attempt_history(ids["pending"])] == ["nacked"]
         assert q.get_job(ids["dead"]).last_error == "bad"  # type: ignore[union-attr]
