@@ -115,12 +115,8 @@ def open_queue(fast_backend_root: BackendRoot, clock: ManualClock) -> Iterator[O
     handles: list[Queue] = []
 
     def opener(config: QueueConfig | None = None, **options: Any) -> Queue:
-        opts = OpenOptions(
-            clock=clock,
-            background_threads=False,
-            default_queue_config=config or QueueConfig(),
-            **options,
-        )
+        options.setdefault("background_threads", False)
+        opts = OpenOptions(clock=clock, default_queue_config=config or QueueConfig(), **options)
         q = Queue.open(
             fast_backend_root.location,
             storage_options=fast_backend_root.storage_options,

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,36 +45,9 @@ Opener = Callable[..., Queue]
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def open_queue(fast_backend_root: Any, clock: ManualClock) -> Iterator[Opener]:
-    handles: list[Queue] = []
-
-    def opener(config: QueueConfig | None = None) -> Queue:
-        opts = OpenOptions(
-            clock=clock,
-            background_threads=False,
-            default_queue_config=config or QueueConfig(retry_backoff_base=0),
-        )
-        q = Queue.open(
-            fast_backend_root.location,
-            storage_options=fast_backend_root.storage_options,
-            options=opts,
-        )
-        handles.append(q)
-        return q
-
-    yield opener
-    for q in handles:
-        q.close()
-
-
-@pytest.fixture
-def q(open_queue: Opener) -> Queue:
-    return open_queue()
+def open_queue(open_queue: Opener) -> Opener:
+    """conftest's opener, with retries at once unless a test gives its own config."""
+    return lambda config=None: open_queue(config or QueueConfig(retry_backoff_base=0))
 
 
 def claim_one(q: Queue, queue: str = Q) -> Any:

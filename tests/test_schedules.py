@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,15 +20,7 @@ import pytest
 from support import schedules_child as child
 from support.clock import ManualClock
 
-from taquba import (
-    EnqueueOptions,
-    InvalidArgument,
-    OpenOptions,
-    Queue,
-    QueueReader,
-    Schedule,
-    TaqubaError,
-)
+from taquba import EnqueueOptions, InvalidArgument, Queue, QueueReader, Schedule, TaqubaError
 
 Q = "cron"
 Opener = Callable[..., Queue]
@@ -45,29 +37,9 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def open_queue(fast_backend_root: Any, clock: ManualClock) -> Iterator[Opener]:
-    handles: list[Queue] = []
-
-    def opener(**options: Any) -> Queue:
-        opts = OpenOptions(
-            clock=clock, background_threads=options.pop("background", False), **options
-        )
-        q = Queue.open(
-            fast_backend_root.location,
-            storage_options=fast_backend_root.storage_options,
-            options=opts,
-        )
-        handles.append(q)
-        return q
-
-    yield opener
-    for q in handles:
-        q.close()
-
-
-@pytest.fixture
-def q(open_queue: Opener) -> Queue:
-    return open_queue()
+def open_queue(open_queue: Opener) -> Opener:
+    """conftest's opener; ``background=True`` runs the background threads."""
+    return lambda background=False, **options: open_queue(background_threads=background, **options)
 
 
 def drain(q: Queue, queue: str = Q) -> list[Any]:

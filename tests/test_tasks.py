@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from support.tasks_child import register_common
 
 import taquba
 from taquba import (
@@ -38,31 +39,7 @@ NO_BACKOFF = OpenOptions(default_queue_config=QueueConfig(retry_backoff_base=0))
 
 def make_tasks(location: Any, **kwargs: Any) -> Tasks:
     tasks = Tasks(location, options=NO_BACKOFF, **kwargs)
-
-    @tasks.task(name="add", store_result=True)
-    def add(x: int, y: int) -> int:
-        return x + y
-
-    @tasks.task(name="echo", queue="other", store_result=True)
-    def echo(*args: Any, **kw: Any) -> dict[str, Any]:
-        return {"args": list(args), "kwargs": kw}
-
-    @tasks.task(name="fail", max_attempts=2, store_result=True)
-    def fail(message: str) -> None:
-        raise RuntimeError(message)
-
-    @tasks.task(name="huge", store_result=True)
-    def huge(size: int) -> str:
-        return "x" * size
-
-    @tasks.task(name="opaque", store_result=True)
-    def opaque() -> object:
-        return object()
-
-    @tasks.task(name="quiet")  # by default, no result is kept
-    def quiet() -> int:
-        return 1
-
+    register_common(tasks)
     return tasks
 
 

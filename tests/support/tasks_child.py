@@ -20,34 +20,35 @@ tasks = Tasks(
 )
 
 
-@tasks.task(name="add", store_result=True)
-def add(x: int, y: int) -> int:
-    return x + y
+def register_common(tasks: Tasks) -> None:
+    """The plain tasks that both the tests' in-process ``Tasks`` and this worker run."""
+
+    @tasks.task(name="add", store_result=True)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @tasks.task(name="echo", queue="other", store_result=True)
+    def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {"args": list(args), "kwargs": kwargs}
+
+    @tasks.task(name="fail", max_attempts=2, store_result=True)
+    def fail(message: str) -> None:
+        raise RuntimeError(message)
+
+    @tasks.task(name="huge", store_result=True)
+    def huge(size: int) -> str:
+        return "x" * size
+
+    @tasks.task(name="opaque", store_result=True)
+    def opaque() -> object:
+        return object()
+
+    @tasks.task(name="quiet")  # by default, no result is kept
+    def quiet() -> int:
+        return 1
 
 
-@tasks.task(name="echo", queue="other", store_result=True)
-def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    return {"args": list(args), "kwargs": kwargs}
-
-
-@tasks.task(name="fail", max_attempts=2, store_result=True)
-def fail(message: str) -> None:
-    raise RuntimeError(message)
-
-
-@tasks.task(name="huge", store_result=True)
-def huge(size: int) -> str:
-    return "x" * size
-
-
-@tasks.task(name="opaque", store_result=True)
-def opaque() -> object:
-    return object()
-
-
-@tasks.task(name="quiet", store_result=False)
-def quiet() -> int:
-    return 1
+register_common(tasks)
 
 
 @tasks.task(name="chain.parent", queue="chain", store_result=True)
