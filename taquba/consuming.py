@@ -145,8 +145,13 @@ def current_job_locked(q: Queue, claim: object, action: str) -> Job:
     return job
 
 
-def ack(q: Queue, claim: Claim, effects: SettlementEffects | None = None) -> None:
-    """Settle ``claim`` as done, with ``effects`` in the same record; wait until durable."""
+def ack(
+    q: Queue, claim: Claim, effects: SettlementEffects | None = None, *, wait: bool = True
+) -> Batch | None:
+    """Settle ``claim`` as done, with ``effects`` in the same record; wait until durable.
+
+    With ``wait=False`` return the batch holding the ack instead of waiting for it (the
+    worker loops wait for it later, see ``taquba.handling.Settling``)."""
     lock = q._lock
     lock.acquire()
     try:
@@ -172,7 +177,11 @@ def ack(q: Queue, claim: Claim, effects: SettlementEffects | None = None) -> Non
     except BaseException:
         lock.release()
         raise
+    if not wait:
+        lock.release()
+        return batch
     q._wait(batch)
+    return None
 
 
 def nack(q: Queue, claim: Claim, text: str, effects: SettlementEffects | None = None) -> None:

@@ -32,6 +32,7 @@ from .errors import ClaimLost, InvalidArgument, QueueBroken, QueueClosed, except
 from .records import Claim
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .queue import Queue
 
 logger = logging.getLogger("taquba.worker")
@@ -47,6 +48,7 @@ __all__ = [
     "PermanentFailure",
     "Worker",
     "call_handler",
+    "confirm",
     "log_outcome",
     "release",
     "resolve",
@@ -195,12 +197,24 @@ def release(q: Queue, claim: Claim, exc: BaseException) -> None:
 _VERBS = {"ack": "ack", "dead": "dead-letter", "nack": "nack"}
 
 
-def settle(q: Queue, claim: Claim, outcome: Outcome) -> None:
-    """Settle ``claim`` as ``outcome`` says; log (never raise) when the settlement fails."""
+def settle(q: Queue, claim: Claim, outcome: Outcome, *, later: bool = False) -> Batch | None:
+    """Settle ``claim`` as ``outcome`` says; log (never raise) when the settlement fails.
+
+    With ``later``, an ack is not waited for: the batch holding it is returned, for
+    :func:`confirm` (None when nothing is left to wait for).
+    """
     kind = outcome.kind
     try:
         if kind == "ack":
-            if outcome.effects is None:
+            if later:
+                try:
+                    return q._ack_later(claim, outcome.effects)
+                except InvalidArgument as exc:
+                    logger.warning(
+                        "job %s: the effects its handler returned were rejected: %s", claim.id, exc
+                    )
+                    q.nack(claim, f"invalid settlement effects: {exc}")
+            elif outcome.effects is None:
                 q.ack(claim)
             else:
                 try:
@@ -228,6 +242,18 @@ def settle(q: Queue, claim: Claim, outcome: Outcome) -> None:
             )
     except Exception:
         logger.exception("could not %s job %s", _VERBS[kind], claim.id)
+    return None
+
+
+def confirm(q: Queue, claim: Claim, batch: Batch) -> None:
+    """Wait until the ack of ``claim`` that :func:`settle` left in ``batch`` is durable;
+    log (never raise) when it was lost."""
+    if batch.done() and batch.error() is None:
+        return
+    try:
+        q._await(batch)
+    except Exception:
+        logger.exception("could not ack job %s", claim.id)
 
 
 def log_outcome(claim: Claim, outcome: Outcome) -> None:

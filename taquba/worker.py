@@ -15,6 +15,14 @@ Rules this module keeps:
 - Once ``shutdown`` is set no new job is claimed; every job already claimed runs to the end
   and is settled before the loop returns. The same happens to ``run_worker_concurrent``
   loops still running when the interpreter exits (run from a daemon thread).
+- A worker thread does not stop for its ack's write: it settles a job's ack, claims and
+  runs its next job, settles that, and only then waits until the earlier ack is durable
+  (normally it already is: the write went on meanwhile). So one ack per thread is in
+  flight at most, and every ack is durable before the loop returns. A crash can lose only
+  acks not yet durable, whose jobs are delivered again (as a job in flight is). A lost ack
+  is logged ("could not ack job ...") and the next claim stops the loop with the error.
+  Nacks and dead-letters are waited for at once. (Tasks results ride on the ack: a
+  ``TaskResult.get`` returns only once the ack is durable.)
 - A failing settlement (``ClaimLost`` because the job was cancelled or reaped, a storage
   error, ...) is logged and the loop goes on.
 - A handler that raises a ``BaseException`` that is not an ``Exception``
@@ -49,7 +57,7 @@ import traceback
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .config import Duration, check_queue_name, to_seconds
 from .errors import InvalidArgument, QueueBroken, QueueClosed, exception_text
@@ -63,6 +71,7 @@ from .handling import (
     PermanentFailure,
     Worker,
     call_handler,
+    confirm,
     log_outcome,
     release,
     resolve,
@@ -72,6 +81,7 @@ from .handling import (
 from .records import Claim
 
 if TYPE_CHECKING:
+    from .batch import Batch
     from .queue import Queue
 
 logger = logging.getLogger("taquba.worker")
@@ -134,20 +144,25 @@ def run_worker(
         BaseException: a handler's ``KeyboardInterrupt``, ``SystemExit`` or other
             non-``Exception``, re-raised after its job is released (:meth:`Queue.release`).
 
-    Durability: every settlement returns once it is durable, as :meth:`Queue.ack` and the
-    others do; a job whose settlement was lost (a crash) is delivered again.
+    Durability: a nack or dead-letter is durable before the loop goes on; an ack is
+    confirmed durable after the next job's settlement (the write goes on while that job
+    runs), and every ack before the loop returns. A job whose settlement was lost (a
+    crash) is delivered again.
     """
     poll = _check_common(queue, handler, poll_interval)
     process = resolve(handler)
     renewer = LeaseRenewer(q)
     renewer.start()
     logger.info("worker started on queue %r", queue)
+    acked: _Acked | None = None
     try:
         while not shutdown.is_set():
             claim = _claim(q, queue, 1, poll, shutdown)
             if claim:
-                _process_local(q, process, claim[0], renewer)
+                acked = _process_local(q, process, claim[0], renewer, acked)
     finally:
+        if acked is not None:
+            confirm(q, *acked)
         renewer.stop()
         logger.info("worker on queue %r stopped", queue)
 
@@ -168,10 +183,22 @@ def _claim(q: Queue, queue: str, slots: int, poll: float, shutdown: threading.Ev
         return []
 
 
+_Acked: TypeAlias = "tuple[Claim, Batch]"  # an ack not yet confirmed durable, and its batch
+
+
 def _process_local(
-    q: Queue, process: Callable[[Any], object], claim: Claim, renewer: LeaseRenewer
-) -> None:
-    """Run ``process`` (the resolved handler) on ``claim`` in this thread and settle it."""
+    q: Queue,
+    process: Callable[[Any], object],
+    claim: Claim,
+    renewer: LeaseRenewer,
+    previous: _Acked | None,
+) -> _Acked | None:
+    """Run ``process`` (the resolved handler) on ``claim`` in this thread and settle it.
+
+    An ack is not waited for here: this returns it, and the thread's next settlement
+    confirms it (``previous``) once its own record is in, so a flow of jobs keeps one ack
+    per thread in flight instead of stopping for every write.
+    """
     renewer.add(claim)
     try:
         outcome = call_handler(process, claim)
@@ -182,7 +209,10 @@ def _process_local(
     renewer.remove(claim)
     if outcome.kind != "ack":
         log_outcome(claim, outcome)
-    settle(q, claim, outcome)
+    batch = settle(q, claim, outcome, later=True)
+    if previous is not None:
+        confirm(q, *previous)
+    return None if batch is None else (claim, batch)
 
 
 class _ConcurrentRunner:
@@ -271,29 +301,34 @@ class _ConcurrentRunner:
             self.stopping,
         )
         process, renewer, executor = self.process, self.renewer, self.executor
-        while not (shutdown.is_set() or stopping.is_set()):
-            try:
-                claims = _claim(q, queue, 1, poll, shutdown)
-            except BaseException as exc:  # closed, broken or fenced: stop, re-raise in run
-                self._stop_with(exc)
-                return
-            if not claims:
-                continue
-            claim = claims[0]
-            try:
-                if executor is None:
-                    _process_local(q, process, claim, renewer)
-                else:
-                    self._process_on_executor(claim, executor)
-            except BaseException as exc:  # the handler's KeyboardInterrupt, SystemExit, ...
-                logger.warning(
-                    "worker on queue %r stops: job %s raised %s",
-                    queue,
-                    claim.id,
-                    type(exc).__name__,
-                )
-                self._stop_with(exc)
-                return
+        acked: _Acked | None = None  # this thread's last ack, until confirmed durable
+        try:
+            while not (shutdown.is_set() or stopping.is_set()):
+                try:
+                    claims = _claim(q, queue, 1, poll, shutdown)
+                except BaseException as exc:  # closed, broken or fenced: stop, re-raise in run
+                    self._stop_with(exc)
+                    return
+                if not claims:
+                    continue
+                claim = claims[0]
+                try:
+                    if executor is None:
+                        acked = _process_local(q, process, claim, renewer, acked)
+                    else:
+                        self._process_on_executor(claim, executor)
+                except BaseException as exc:  # the handler's KeyboardInterrupt, SystemExit
+                    logger.warning(
+                        "worker on queue %r stops: job %s raised %s",
+                        queue,
+                        claim.id,
+                        type(exc).__name__,
+                    )
+                    self._stop_with(exc)
+                    return
+        finally:
+            if acked is not None:
+                confirm(q, *acked)
 
     def _process_on_executor(self, claim: Claim, executor: Executor) -> None:
         logger.debug(

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import fsspec
 import pytest
 from support.backends import BackendRoot
-from support.faulty import FaultyFileSystem
+from support.faulty import Stall, StallingFileSystem
 
 from taquba import (
     CancelOutcome,
@@ -35,33 +33,6 @@ from taquba import (
 Q = "jobs"
 WAIT = 30.0  # upper bound for something that must happen; never a speed assertion
 BLOCKED = 0.2  # how long a blocked read is given to (wrongly) return before the write ends
-
-
-@dataclass
-class Stall:
-    """One segment write that waits for ``go``, then raises ``error`` or goes through."""
-
-    started: threading.Event = field(default_factory=threading.Event)
-    go: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
-
-
-class StallingFileSystem(FaultyFileSystem):
-    """Holds the next segment write (a ``put`` under ``segments/``) once ``stall`` is set."""
-
-    def __init__(self, fs: Any) -> None:
-        super().__init__(fs)
-        self.stall: Stall | None = None
-
-    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
-        stall = self.stall
-        if stall is not None and "segments/" in str(path):
-            self.stall = None
-            stall.started.set()
-            assert stall.go.wait(WAIT), "the test never let the write go"
-            if stall.error is not None:
-                raise stall.error
-        super().pipe_file(path, value, mode=mode, **kwargs)
 
 
 OPTIONS = OpenOptions(

@@ -473,16 +473,16 @@ def test_failing_settlement_is_logged_and_the_loop_goes_on(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="taquba.worker")
     with open_queue(tmp_path / "q", lease=0.5) as q:
-        real_ack = q.ack
+        real_ack = q._ack_later  # the worker loops' ack (confirmed after the next job)
         failures = iter([StorageError("injected ack failure")])
 
-        def ack(claim: Claim) -> None:
+        def ack(claim: Claim, effects: object = None) -> object:
             exc = next(failures, None)
             if exc is not None:
                 raise exc
-            real_ack(claim)
+            return real_ack(claim)
 
-        monkeypatch.setattr(q, "ack", ack)
+        monkeypatch.setattr(q, "_ack_later", ack)
         attempts: dict[str, int] = {}
 
         def handler(claim: Claim) -> None:
@@ -502,15 +502,15 @@ def test_claim_lost_on_settlement_is_logged_and_the_loop_goes_on(
     q: Queue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="taquba.worker")
-    real_ack = q.ack
+    real_ack = q._ack_later  # the worker loops' ack
     lost = iter([True])
 
-    def ack(claim: Claim) -> None:
+    def ack(claim: Claim, effects: object = None) -> object:
         if next(lost, False):
             raise ClaimLost(f"claim of {claim.id} is not current")
-        real_ack(claim)
+        return real_ack(claim)
 
-    monkeypatch.setattr(q, "ack", ack)
+    monkeypatch.setattr(q, "_ack_later", ack)
     jobs = [q.enqueue(QUEUE, b"%d" % i) for i in range(3)]
     with running(run_worker, q, QUEUE, by_payload):
         for job in jobs[1:]:

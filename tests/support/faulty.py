@@ -173,3 +173,33 @@ class FaultyFileSystem(fsspec.AbstractFileSystem):  # type: ignore[misc]
 
     def exists(self, path: str, **kwargs: Any) -> bool:
         return bool(self._call("info", path, lambda: self.fs.exists(path, **kwargs)))
+
+
+STALL_LIMIT = 30.0  # longest a stalled write waits for the test
+
+
+@dataclasses.dataclass
+class Stall:
+    """One segment write that waits for ``go``, then raises ``error`` or goes through."""
+
+    started: threading.Event = dataclasses.field(default_factory=threading.Event)
+    go: threading.Event = dataclasses.field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class StallingFileSystem(FaultyFileSystem):
+    """Holds the next segment write (a ``put`` under ``segments/``) once ``stall`` is set."""
+
+    def __init__(self, fs: Any) -> None:
+        super().__init__(fs)
+        self.stall: Stall | None = None
+
+    def pipe_file(self, path: str, value: bytes, mode: str = "overwrite", **kwargs: Any) -> None:
+        stall = self.stall
+        if stall is not None and "segments/" in str(path):
+            self.stall = None
+            stall.started.set()
+            assert stall.go.wait(STALL_LIMIT), "the test never let the write go"
+            if stall.error is not None:
+                raise stall.error
+        super().pipe_file(path, value, mode=mode, **kwargs)
