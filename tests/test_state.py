@@ -47,7 +47,7 @@ def test_enqueued_jobs_are_pending_in_order_and_counted() -> None:
     enqueue(s, "q", A, B)
     assert [status(s, i) for i in (A, B)] == [JobStatus.PENDING] * 2
     assert s.queues["q"].counts[JobStatus.PENDING] == 2
-    assert [s.jobs[i].seq for i in (A, B)] == [1, 2] and s.next_seq == 3
+    assert [s.seq_of(s.jobs[i]) for i in (A, B)] == [1, 2] and s.next_seq == 3
     assert s.peek_pending("q") is s.jobs[A]
     assert s.live_bytes == 2 * JOB_BYTES + len(b"p-" + A.encode()) * 2
 
