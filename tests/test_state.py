@@ -347,6 +347,28 @@ def test_a_lane_lets_go_of_the_jobs_it_has_handed_out(interleaved: bool) -> None
     assert drain(s, "q") == job_ids[3000:] == drain(restored, "q")
 
 
+def test_a_replayed_claim_takes_its_entry_past_stale_ones() -> None:
+    """A replay makes no ``peek_pending``, so stale entries (a cancelled job, a job with
+    headers claimed) stand before the next claimed job: the claim drops them and takes
+    its own entry, and the lane does not keep the entries of claimed jobs."""
+    job_ids = [f"j{i}" for i in range(1000)]
+    events: list[ev.Event] = [
+        ev.Enqueued("q", T0, ["c"], [b"x"], 1000, 3),
+        ev.Enqueued("q", T0, ["h"], [b"x"], specs=[ev.JobSpec(1000, 3, headers={"k": "v"})]),
+        ev.Enqueued("q", T0, job_ids, [b"x"] * 1000, 1000, 3),
+        ev.Cancelled("c"),
+        ev.Claimed("h", 1, T0, 30.0),
+        *(ev.Claimed(job_id, 1, T0, 30.0) for job_id in job_ids[:900]),
+    ]
+    s = State()
+    for e in events:
+        s.apply(e)
+    lane = s.queues["q"].lanes[1000]
+    assert sum(job is not None for run in lane.runs for job in run.jobs) == 100
+    assert [s.seq_of(s.jobs[i]) for i in ("h", job_ids[0], job_ids[899])] == [2, 3, 902]
+    assert drain(s, "q") == job_ids[900:]
+
+
 def test_dead_jobs_page_after_any_job_also_a_fresh_pending_one() -> None:
     s = State()
     enqueue(s, "q", A, B, C, D)

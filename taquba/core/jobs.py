@@ -1,13 +1,14 @@
 """One job's in-memory state, laid out for a large backlog.
 
 A pending job is most of what a queue holds, so :class:`Job` keeps only what every job has
-(id, kind, payload, enqueue time) in slots of its own. Its queue,
-priority and attempt limit are a :class:`JobKind`, one object shared by every job with the
-same three (a queue holds a handful of them). What only some jobs have — attempts made, a schedule, a lease, a completion or
-failure time, an error, a dedup key, headers, a cancel request — lives in a
-:class:`JobDetail` that is made when a job first needs one (a job that has been delivered
-has one anyway, for its claim time). A freshly enqueued job without options has none: no
-dict for absent headers, no slots for times it does not have.
+(id, kind, payload, enqueue time) in slots of its own. Its queue, priority and attempt
+limit are a :class:`JobKind`, one object shared by every job with the same three (a queue
+holds a handful of them). Its status, its sequence number and what only some jobs have —
+attempts made, a schedule, a lease, a completion or failure time, an error, a dedup key,
+headers, a cancel request — live in a :class:`JobDetail` that is made when a job first
+needs one (a job that has been delivered has one anyway, for its claim time). A freshly
+enqueued job without options has none: no dict for absent headers, no slots for times it
+does not have, no int for its seq.
 
 What holds:
 

@@ -170,32 +170,27 @@ class Lane:
         assert other.detail is not None  # a returned job has one
         return other if other.detail.seq < self.runs[0].seq(self.head) else fresh
 
-    def take(self, job: Job) -> int | None:
-        """Take ``job``'s fresh entry, returning its seq (None if it has none).
-
-        O(1) when it is the head (a claim takes the head); otherwise the runs are
-        searched and the entry is left in place (it turns stale once the job has a
-        ``JobDetail`` that is not pending, or is gone).
-        """
-        runs = self.runs
-        if not runs:
+    def take(self, job: Job, jobs: dict[str, Job]) -> int | None:
+        """Take ``job``'s fresh entry if it is the oldest valid one (what a claim takes),
+        dropping stale entries before it, and return its seq; None, taking nothing, when
+        another entry is older. O(1) but for the stale entries dropped, also in a replay,
+        which makes no :meth:`peek`."""
+        if self.fresh_head(jobs) is not job:
             return None
-        run = runs[0]
-        i = self.head
+        run = self.runs[0]
         entries = run.jobs
-        if i < len(entries) and entries[i] is job:
-            entries[i] = None
-            seq = run.seq(i)
-            i += 1
-            n = len(entries)
-            if i == n:
-                runs.popleft()
-                i = 0
-            elif i >= CUT_AT and 2 * i > n:
-                i = _cut(run, i)
-            self.head = i
-            return seq
-        return self.seq_of(job)
+        i = self.head
+        entries[i] = None
+        seq = run.seq(i)
+        i += 1
+        n = len(entries)
+        if i == n:
+            self.runs.popleft()
+            i = 0
+        elif i >= CUT_AT and 2 * i > n:
+            i = _cut(run, i)
+        self.head = i
+        return seq
 
     def seq_of(self, job: Job) -> int | None:
         """The seq of ``job``'s fresh entry, searched for (None if it has none)."""

@@ -289,12 +289,12 @@ class State:
         job = self.jobs.get(e.job_id)
         if job is None:
             return
+        # A claim takes the job's fresh entry when it is the head of its lane (always so for
+        # a job without a detail); the seq goes into the detail.
+        seq = self.queues[job.queue].lanes[job.priority].take(job, self.jobs)
         d = job.detail
-        if d is None:  # a fresh job, the head of its lane: its entry is taken now
-            seq = self.queues[job.queue].lanes[job.priority].take(job)
-            if seq is None:
-                raise AssertionError(f"pending job {job.id!r} has no detail and no lane entry")
-            d = job.detail = JobDetail(seq)
+        if d is None:
+            d = job.detail = JobDetail(self.seq_of(job) if seq is None else seq)
         self._release_dedup(job)
         self._set_status(job, CLAIMED)
         d.attempts = e.attempts
