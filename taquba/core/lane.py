@@ -161,6 +161,14 @@ class Lane:
 
     def peek(self, jobs: dict[str, Job]) -> Job | None:
         """The job a claim on this lane would take: the older of the two heads."""
+        runs = self.runs
+        if runs and not self.returned:  # the common case, on a short path
+            entries = runs[0].jobs
+            i = self.head
+            if i < len(entries):
+                job = entries[i]
+                if job is not None and job.detail is None and jobs.get(job.id) is job:
+                    return job
         fresh = self.fresh_head(jobs)
         other = self.returned_head(jobs)
         if other is None:
@@ -175,9 +183,12 @@ class Lane:
         dropping stale entries before it, and return its seq; None, taking nothing, when
         another entry is older. O(1) but for the stale entries dropped, also in a replay,
         which makes no :meth:`peek`."""
-        if self.fresh_head(jobs) is not job:
+        runs = self.runs
+        at_head = runs and self.head < len(runs[0].jobs) and runs[0].jobs[self.head] is job
+        # Not at the head as it stands (a replay makes no peek): drop stale entries.
+        if not at_head and self.fresh_head(jobs) is not job:
             return None
-        run = self.runs[0]
+        run = runs[0]
         entries = run.jobs
         i = self.head
         entries[i] = None
@@ -185,7 +196,7 @@ class Lane:
         i += 1
         n = len(entries)
         if i == n:
-            self.runs.popleft()
+            runs.popleft()
             i = 0
         elif i >= CUT_AT and 2 * i > n:
             i = _cut(run, i)

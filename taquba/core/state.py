@@ -291,7 +291,8 @@ class State:
             return
         # A claim takes the job's fresh entry when it is the head of its lane (always so for
         # a job without a detail); the seq goes into the detail.
-        seq = self.queues[job.queue].lanes[job.priority].take(job, self.jobs)
+        kind = job.kind
+        seq = self.queues[kind.queue].lanes[kind.priority].take(job, self.jobs)
         d = job.detail
         if d is None:
             d = job.detail = JobDetail(self.seq_of(job) if seq is None else seq)
