@@ -387,7 +387,8 @@ def test_dead_jobs_page_after_any_job_also_a_fresh_pending_one() -> None:
 
 def test_seqs_survive_a_snapshot_for_fresh_and_detailed_jobs() -> None:
     """Fresh jobs of two queues enqueued in turn (gaps in each queue's seqs), a job with
-    headers, a scheduled, a claimed, a dead and a returned job: each keeps its seq through
+    headers, a scheduled, a claimed, a dead, a returned and a cancelled job: each kept
+    keeps its seq through
     snapshot -> restore, fresh ones without a detail, and the restored state's snapshot is
     the same bytes."""
     s = State()
@@ -401,7 +402,9 @@ def test_seqs_survive_a_snapshot_for_fresh_and_detailed_jobs() -> None:
     s.apply(ev.Failed("f2", ev.TO_DEAD, T0 + 1, None, "boom"))
     s.apply(ev.Claimed("f4", 1, T0, 30.0))
     s.apply(ev.Released(["f4"]))
+    s.apply(ev.Cancelled("f5"))  # a fresh job dropped: its lane entry stands, stale
     seqs = {i: s.seq_of(j) for i, j in s.jobs.items()}
+    assert "f5" not in seqs
     assert seqs["f0"] == 1 and seqs[A] == 41 and seqs[D] == 44
     data = s.snapshot()
     r = State.restore(data)

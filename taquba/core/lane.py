@@ -75,11 +75,14 @@ def _live(job: Job, jobs: dict[str, Job]) -> bool:
 class Lane:
     """The pending jobs of one queue and one priority (see the module docstring)."""
 
-    __slots__ = ("head", "returned", "runs")
+    __slots__ = ("gone", "head", "returned", "runs")
 
     def __init__(self) -> None:
         self.runs: deque[Run] = deque()
         self.head = 0  # index of the first entry not taken in ``runs[0]``
+        # Jobs without a detail dropped from the state (cancelled while pending) since the
+        # runs were last empty: their entries may still stand.
+        self.gone = 0
         self.returned: list[tuple[int, str]] = []  # heap of (seq, id): pending again
 
     # -- adding --------------------------------------------------------------------------
@@ -121,6 +124,24 @@ class Lane:
                 return
         runs.append(Run(first, list(new)))
 
+    def fill(self, items: list[tuple[int, Job]]) -> None:
+        """Add fresh jobs given as ``(seq, job)`` in seq order (a restore): each stretch of
+        consecutive seqs of at least ``GAPPED_BELOW`` jobs in bulk, shorter ones by
+        :meth:`append`."""
+        n = len(items)
+        i = 0
+        while i < n:
+            first = items[i][0]
+            j = i + 1
+            while j < n and items[j][0] == first + j - i:
+                j += 1
+            if j - i >= GAPPED_BELOW:
+                self.extend([job for _, job in items[i:j]], first)
+            else:
+                for seq, job in items[i:j]:
+                    self.append(job, seq)
+            i = j
+
     def push_returned(self, job_id: str, seq: int) -> None:
         """Add a job made pending again (it has a ``JobDetail`` holding ``seq``)."""
         heapq.heappush(self.returned, (seq, job_id))
@@ -144,6 +165,7 @@ class Lane:
                 i += 1
             runs.popleft()
             self.head = 0
+        self.gone = 0
         return None
 
     def returned_head(self, jobs: dict[str, Job]) -> Job | None:
@@ -212,6 +234,28 @@ class Lane:
                 continue
             return run.seq(i)
         return None
+
+    def bare_items(self, jobs: dict[str, Job]) -> Iterator[tuple[int, Job]]:
+        """``(seq, job)`` of every valid fresh job without a detail (whose seq only the
+        lane keeps), oldest first. While no such job has been dropped (``gone``), each one
+        in the runs is valid, and none is looked up in ``jobs`` (a look-up per job is most of
+        the time a snapshot takes here)."""
+        head = self.head
+        get = jobs.get
+        trusted = not self.gone
+        for run in self.runs:
+            entries = run.jobs
+            seqs = run.seqs
+            if seqs is None:
+                items: Iterable[tuple[int, Job | None]] = zip(
+                    range(run.first + head, run.first + len(entries)), entries[head:]
+                )
+            else:
+                items = zip(seqs[head:], entries[head:])
+            for seq, job in items:
+                if job is not None and job.detail is None and (trusted or get(job.id) is job):
+                    yield seq, job
+            head = 0
 
     def fresh_items(self) -> Iterator[tuple[int, Job]]:
         """``(seq, job)`` of every fresh entry not yet taken, oldest first (stale ones

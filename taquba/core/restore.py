@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 from ..errors import CorruptionError
 from . import snapshot as snap
 from .index import CLAIMED, DONE, KV_ENTRY_BYTES, MARK_BYTES, PENDING, SCHEDULED, job_size
-from .jobs import Job
+from .jobs import Job, JobKind
+from .lane import Lane
 
 if TYPE_CHECKING:
     from .state import State
@@ -61,8 +62,17 @@ def restore_into(state: State, data: bytes) -> State:
     # Every pending job goes back as a fresh entry at its seq (a returned one has it in its
     # detail too).
     pending.sort(key=itemgetter(0))
-    for seq, job in pending:
-        state.queues[job.queue].lane(job.priority).append(job, seq)
+    lanes: dict[JobKind, Lane] = {}
+    groups: dict[Lane, list[tuple[int, Job]]] = {}
+    for item in pending:
+        kind = item[1].kind
+        lane = lanes.get(kind)
+        if lane is None:
+            lane = lanes[kind] = state.queues[kind.queue].lane(kind.priority)
+            groups.setdefault(lane, [])
+        groups[lane].append(item)
+    for lane, items in groups.items():
+        lane.fill(items)
     heapq.heapify(state.scheduled)
     heapq.heapify(state.leases)
     for index in state.queues.values():

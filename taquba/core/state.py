@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import heapq
 from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 from ..errors import CorruptionError
@@ -506,6 +507,8 @@ class State:
         if job.status is DEAD:
             self._unindex_dead(index, job)
         self._release_dedup(job)
+        if job.detail is None:  # a fresh pending job: its lane entry turns stale
+            index.lanes[job.priority].gone += 1
         self.live_bytes -= job_size(job)
         del self.jobs[job.id]
         if self.history:
@@ -547,15 +550,14 @@ class State:
         """``(seq, job)`` of every job: those with a detail in ``jobs`` order, then the
         others (pending, their seq kept by the lanes only) lane by lane, in enqueue order."""
         jobs = self.jobs
-        for job in jobs.values():
-            d = job.detail
-            if d is not None:
-                yield d.seq, job
-        for index in self.queues.values():
-            for priority in index.priorities:
-                for seq, job in index.lanes[priority].fresh_items():
-                    if job.detail is None and jobs.get(job.id) is job:
-                        yield seq, job
+        return chain(
+            ((d.seq, job) for job in jobs.values() if (d := job.detail) is not None),
+            *(
+                index.lanes[priority].bare_items(jobs)
+                for index in self.queues.values()
+                for priority in index.priorities
+            ),
+        )
 
     @classmethod
     def restore(cls, data: bytes) -> State:
