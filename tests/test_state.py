@@ -369,6 +369,17 @@ def test_a_replayed_claim_takes_its_entry_past_stale_ones() -> None:
     assert drain(s, "q") == job_ids[900:]
 
 
+def test_a_claim_of_a_job_that_never_was_in_a_lane_keeps_its_seq() -> None:
+    """The queue claims only pending jobs, but applying a valid event never fails: a
+    scheduled job of a priority that has no lane yet can be claimed too."""
+    s = State()
+    enqueue(s, "q", A)
+    enqueue(s, "q", B, priority=7, run_at=T0 + 60)
+    s.apply(ev.Claimed(B, 1, T0, 30.0))
+    assert (status(s, B), s.seq_of(s.jobs[B])) == (JobStatus.CLAIMED, 2)
+    assert s.queues["q"].counts[JobStatus.SCHEDULED] == 0
+
+
 def test_dead_jobs_page_after_any_job_also_a_fresh_pending_one() -> None:
     s = State()
     enqueue(s, "q", A, B, C, D)

@@ -173,7 +173,8 @@ class State:
         d = job.detail
         if d is not None:
             return d.seq
-        seq = self.queues[job.queue].lanes[job.priority].seq_of(job)
+        lane = self.queues[job.queue].lanes.get(job.priority)
+        seq = None if lane is None else lane.seq_of(job)
         if seq is None:
             raise AssertionError(f"pending job {job.id!r} has no detail and no lane entry")
         return seq
@@ -293,7 +294,8 @@ class State:
         # A claim takes the job's fresh entry when it is the head of its lane (always so for
         # a job without a detail); the seq goes into the detail.
         kind = job.kind
-        seq = self.queues[kind.queue].lanes[kind.priority].take(job, self.jobs)
+        lane = self.queues[kind.queue].lanes.get(kind.priority)
+        seq = None if lane is None else lane.take(job, self.jobs)
         d = job.detail
         if d is None:
             d = job.detail = JobDetail(self.seq_of(job) if seq is None else seq)
