@@ -76,13 +76,24 @@ def child_rss_reopen(args: dict[str, Any]) -> dict[str, Any]:
 def child_index_bytes(args: dict[str, Any]) -> dict[str, Any]:
     """taquba's in-memory index per pending job, by tracemalloc (not RSS: no allocator noise).
 
-    Enqueues ``n`` jobs of 64 B through ``enqueue_batch`` (1,000 a call, one shared payload
-    object, as the RSS scenario does), and measures the memory the queue holds afterwards
-    beyond what it held before; then reopens the store in the same process and measures the
-    memory of the replayed state, minus the 64 B of each payload (which replay reads into
-    an object of its own).
+    Three ways, each the memory the queue holds afterwards beyond what it held before,
+    divided by ``n``:
+
+    - ``enqueued_bytes_per_job``: ``n`` jobs of 64 B enqueued through ``enqueue_batch``
+      (1,000 a call) with one shared payload object, as the RSS scenario does; nothing is
+      subtracted (the payload is one object for all);
+    - ``reopened_bytes_per_job``: that store reopened in the same process (replay reads
+      each payload into a bytes object of its own), minus each payload's whole object
+      (``sys.getsizeof``: 97 B for 64 B). ``reopened_bytes_per_job_beyond_payload`` is the
+      same run minus the 64 B of content only (the figure before 2026-12-03);
+    - ``enqueued_distinct_bytes_per_job``: ``n`` jobs enqueued the same way into a second
+      store (``dir`` + ``-distinct``, removed after), each with a payload object of its
+      own made just before its batch (as an app that builds one bytes object per job
+      holds), minus each payload object's ``sys.getsizeof``.
     """
     import gc
+    import shutil
+    import sys
     import tracemalloc
 
     from .systems import queue_class
@@ -105,13 +116,54 @@ def child_index_bytes(args: dict[str, Any]) -> dict[str, Any]:
     q = queue.open(args["dir"])
     gc.collect()
     reopened = tracemalloc.get_traced_memory()[0] - base
+    payload_objects = sum(map(sys.getsizeof, _payloads(q, n)))
     q.close()
+    del q
+    gc.collect()
+    distinct_dir = args["dir"].rstrip("/") + "-distinct"
+    try:
+        q = queue.open(distinct_dir)
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        head = payload[:-1]
+        made = 0
+        for left in range(n, 0, -1000):
+            k = min(1000, left)
+            batch = [head + bytes((i & 0xFF,)) for i in range(made, made + k)]
+            made += k
+            q.enqueue_batch("bench", batch)
+            del batch
+        gc.collect()
+        distinct = tracemalloc.get_traced_memory()[0] - base
+        distinct_objects = sum(map(sys.getsizeof, _payloads(q, n)))
+        q.close()
+    finally:
+        shutil.rmtree(distinct_dir, ignore_errors=True)
     tracemalloc.stop()
     return {
         "n": n,
         "enqueued_bytes_per_job": enqueued / n,
+        "reopened_bytes_per_job": (reopened - payload_objects) / n,
         "reopened_bytes_per_job_beyond_payload": reopened / n - 64,
+        "enqueued_distinct_bytes_per_job": (distinct - distinct_objects) / n,
+        "payload_object_bytes": payload_objects / n,
     }
+
+
+def _payloads(q: Any, n: int) -> list[bytes]:
+    """The distinct payload objects held by the ``n`` pending jobs of ``q``, read from its
+    state (a claim would change the state, and a record copies nothing but is not the
+    queue's own reference)."""
+    out: list[bytes] = []
+    seen: set[int] = set()
+    with q._lock:
+        for job in q._state.jobs.values():
+            if id(job.payload) not in seen:
+                seen.add(id(job.payload))
+                out.append(job.payload)
+    if len(out) != n:
+        raise BenchError(f"expected {n} payload objects, found {len(out)}")
+    return out
 
 
 def run(cfg: Any, systems: list[str], log: Any) -> dict[str, Any]:

@@ -3,8 +3,6 @@ owner's ``Queue`` and for ``QueueReader``. Callers hold their own lock around th
 
 from __future__ import annotations
 
-import heapq
-
 from .arguments import kv_key as kv_key  # the check the owner applies too
 from .config import check_job_id, check_queue_name
 from .core.schedule import ScheduleSet
@@ -32,19 +30,9 @@ def oldest_pending_at(state: State, queue: str) -> float | None:
     if index is None or not index.counts[JobStatus.PENDING]:
         return None
     jobs = state.jobs
-    pending = JobStatus.PENDING
     oldest: float | None = None
     for lane in index.lanes.values():
-        fresh = lane.fresh
-        while fresh and not (fresh[0].status is pending and jobs.get(fresh[0].id) is fresh[0]):
-            fresh.popleft()
-        returned = lane.returned
-        while returned:
-            other = jobs.get(returned[0][1])
-            if other is not None and other.status is pending and other.seq == returned[0][0]:
-                break
-            heapq.heappop(returned)
-        for job in (fresh[0] if fresh else None, jobs[returned[0][1]] if returned else None):
+        for job in (lane.fresh_head(jobs), lane.returned_head(jobs)):
             if job is not None and (oldest is None or job.enqueued_at < oldest):
                 oldest = job.enqueued_at
     return oldest
@@ -97,7 +85,7 @@ def dead_page(state: State, queue: str, after: str | None, limit: int) -> list[J
         ref = state.jobs.get(after)
         if ref is None:
             raise JobNotFound(f"dead_jobs: after={after!r} is not a known job")
-        after_seq = ref.seq
+        after_seq = state.seq_of(ref)
     return [j.record() for j in state.dead_page(queue, after_seq, limit)]
 
 

@@ -578,9 +578,12 @@ def index_view(s: State) -> Any:
         queues[name] = (
             sorted(
                 {
-                    (p, j.seq, j.id)
+                    (p, s.seq_of(j), j.id)
                     for p, lane in q.lanes.items()
-                    for j in [*lane.fresh, *(jobs.get(i) for _, i in lane.returned)]
+                    for j in [
+                        *(job for _, job in lane.fresh_items()),
+                        *(jobs.get(i) for _, i in lane.returned),
+                    ]
                     if j is not None and jobs.get(j.id) is j and j.status is JobStatus.PENDING
                 }
             ),
@@ -631,7 +634,7 @@ def index_view(s: State) -> Any:
 
 
 def job_view(s: State) -> dict[str, Any]:
-    return {i: (j.record(), j.seq) for i, j in s.jobs.items()}
+    return {i: (j.record(), s.seq_of(j)) for i, j in s.jobs.items()}
 
 
 def test_snapshot_restores_the_same_state_and_indexes() -> None:
@@ -677,8 +680,9 @@ def test_snapshot_listing_a_job_twice_is_corruption() -> None:
     s = State()
     s.apply(enqueued("jobs", T0, [job(A)]))
     data = s.snapshot()
-    _, queues, _, kv, _, _, _ = snap.decode(data)
-    twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues], [s.jobs[A], s.jobs[A]], kv)
+    _, queues, _, _, kv, _, _, _ = snap.decode(data)
+    pair = (1, s.jobs[A])
+    twice = snap.encode(3, [(n, d, dd) for n, d, dd in queues], 2, [pair, pair], kv)
     with pytest.raises(CorruptionError, match="twice"):
         State.restore(twice)
 

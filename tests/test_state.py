@@ -6,6 +6,7 @@ No storage and no threads: events are made by hand, applied, encoded and decoded
 from __future__ import annotations
 
 import math
+import random
 import struct
 
 import pytest
@@ -13,12 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support.clock import T0
 
+from taquba import views
 from taquba.core import events as ev
 from taquba.core import ids
 from taquba.core.state import JOB_BYTES, State
 from taquba.errors import CorruptionError
 from taquba.records import JobStatus
 
+PENDING = JobStatus.PENDING
 G = ids.IdGenerator()
 A, B, C, D = G.new_many(T0, 4)
 
@@ -47,7 +50,7 @@ def test_enqueued_jobs_are_pending_in_order_and_counted() -> None:
     enqueue(s, "q", A, B)
     assert [status(s, i) for i in (A, B)] == [JobStatus.PENDING] * 2
     assert s.queues["q"].counts[JobStatus.PENDING] == 2
-    assert [s.jobs[i].seq for i in (A, B)] == [1, 2] and s.next_seq == 3
+    assert [s.seq_of(s.jobs[i]) for i in (A, B)] == [1, 2] and s.next_seq == 3
     assert s.peek_pending("q") is s.jobs[A]
     assert s.live_bytes == 2 * JOB_BYTES + len(b"p-" + A.encode()) * 2
 
@@ -237,6 +240,190 @@ def test_jobs_alike_share_their_kind_and_restored_jobs_of_one_enqueue_share_thei
     assert (rd.priority, ra.attempts, ra.detail) == (5, 0, None)
     enqueue(r, "q", "late")
     assert r.jobs["late"].kind is ra.kind
+
+
+# -- sequence numbers: kept by the lanes for fresh jobs, by the detail for the others -------
+
+
+def drain(s: State, queue: str) -> list[str]:
+    """Claim every pending job of ``queue`` through ``peek_pending``, in claim order."""
+    out = []
+    while (job := s.peek_pending(queue)) is not None:
+        out.append(job.id)
+        s.apply(ev.Claimed(job.id, job.attempts + 1, T0, 30.0))
+    return out
+
+
+def test_claims_follow_enqueue_order_across_fresh_and_returned_jobs_restores_and_replay() -> None:
+    """Single enqueues into two queues in turn (the seqs of one queue have gaps), batches
+    (consecutive seqs), claims far into a batch, and jobs made pending again: every job
+    keeps its seq, and a claim takes the pending job of lowest seq, in the state itself,
+    in a state restored from its snapshot and in one rebuilt by replaying its events."""
+    rng = random.Random(15)
+    s = State()
+    events: list[ev.Event] = []
+    model: dict[str, int] = {}  # job id -> its seq: its place among all enqueued jobs
+    claimed: list[str] = []
+    names = ("q", "r")
+    checked_returned = 0
+
+    def apply(e: ev.Event) -> None:
+        s.apply(e)
+        events.append(e)
+
+    def expected(queue: str) -> list[str]:
+        pending = [j for j in s.jobs.values() if j.queue == queue and j.status is PENDING]
+        return [j.id for j in sorted(pending, key=lambda j: model[j.id])]
+
+    for step in range(1, 1201):
+        roll = rng.random()
+        queue = rng.choice(names)
+        if roll < 0.45 or step < 50:
+            k = 1 if roll < 0.4 else rng.randrange(30, 150)
+            new = [f"j{len(model) + i}" for i in range(k)]
+            for i, job_id in enumerate(new):
+                model[job_id] = s.next_seq + i
+            apply(ev.Enqueued(queue, T0, new, [b"x"] * k, 1000, 3))
+        elif roll < 0.8:
+            order = expected(queue)
+            for want in order[: rng.randrange(1, 60)]:
+                job = s.peek_pending(queue)
+                assert job is not None and job.id == want
+                apply(ev.Claimed(job.id, job.attempts + 1, T0, 30.0))
+                claimed.append(job.id)
+        elif claimed:
+            job_id = claimed.pop(rng.randrange(len(claimed)))
+            if roll < 0.88:
+                apply(ev.Released([job_id]))
+            elif roll < 0.94:
+                apply(ev.Failed(job_id, ev.TO_PENDING, error="again"))
+            else:
+                apply(ev.Acked(job_id, False))
+        if step % 400 == 0:
+            assert {i: s.seq_of(j) for i, j in s.jobs.items()} == {i: model[i] for i in s.jobs}
+            replayed = State()
+            for e in events:
+                replayed.apply(e)
+            restored = State.restore(s.snapshot())
+            assert {i: restored.seq_of(j) for i, j in restored.jobs.items()} == {
+                i: model[i] for i in s.jobs
+            }
+            checked_returned += any(
+                j.detail is not None and j.status is PENDING for j in s.jobs.values()
+            )
+            for name in names:
+                order = expected(name)
+                assert order, "the walk should leave jobs pending"
+                assert drain(restored, name) == order
+                assert drain(replayed, name) == order
+    assert checked_returned, "no check saw a job made pending again"
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_lane_lets_go_of_the_jobs_it_has_handed_out(interleaved: bool) -> None:
+    """Claiming through a long run cuts the taken entries off it: the lane holds about as
+    many references as it has pending jobs, not one per job ever enqueued. One batch makes
+    one run of consecutive seqs; single enqueues into two queues in turn make runs with an
+    array of seqs (every other seq)."""
+    s = State()
+    job_ids = [f"j{i}" for i in range(4000)]
+    if interleaved:
+        for job_id in job_ids:
+            enqueue(s, "q", job_id)
+            enqueue(s, "other", "o" + job_id)
+        seqs = list(range(1, 8000, 2))
+    else:
+        s.apply(ev.Enqueued("q", T0, job_ids, [b"x"] * 4000, 1000, 3))
+        seqs = list(range(1, 4001))
+    for job_id in job_ids[:3000]:
+        assert s.peek_pending("q") is s.jobs[job_id]
+        s.apply(ev.Claimed(job_id, 1, T0, 30.0))
+        s.apply(ev.Acked(job_id, False))
+    lane = s.queues["q"].lanes[1000]
+    held = sum(len(run.jobs) for run in lane.runs)
+    assert 1000 <= held <= 2000
+    assert [s.seq_of(s.jobs[i]) for i in job_ids[3000:]] == seqs[3000:]
+    restored = State.restore(s.snapshot())
+    assert drain(s, "q") == job_ids[3000:] == drain(restored, "q")
+
+
+def test_a_replayed_claim_takes_its_entry_past_stale_ones() -> None:
+    """A replay makes no ``peek_pending``, so stale entries (a cancelled job, a job with
+    headers claimed) stand before the next claimed job: the claim drops them and takes
+    its own entry, and the lane does not keep the entries of claimed jobs."""
+    job_ids = [f"j{i}" for i in range(1000)]
+    events: list[ev.Event] = [
+        ev.Enqueued("q", T0, ["c"], [b"x"], 1000, 3),
+        ev.Enqueued("q", T0, ["h"], [b"x"], specs=[ev.JobSpec(1000, 3, headers={"k": "v"})]),
+        ev.Enqueued("q", T0, job_ids, [b"x"] * 1000, 1000, 3),
+        ev.Cancelled("c"),
+        ev.Claimed("h", 1, T0, 30.0),
+        *(ev.Claimed(job_id, 1, T0, 30.0) for job_id in job_ids[:900]),
+    ]
+    s = State()
+    for e in events:
+        s.apply(e)
+    lane = s.queues["q"].lanes[1000]
+    assert sum(job is not None for run in lane.runs for job in run.jobs) == 100
+    assert [s.seq_of(s.jobs[i]) for i in ("h", job_ids[0], job_ids[899])] == [2, 3, 902]
+    assert drain(s, "q") == job_ids[900:]
+
+
+def test_a_claim_of_a_job_that_never_was_in_a_lane_keeps_its_seq() -> None:
+    """The queue claims only pending jobs, but applying a valid event never fails: a
+    scheduled job of a priority that has no lane yet can be claimed too."""
+    s = State()
+    enqueue(s, "q", A)
+    enqueue(s, "q", B, priority=7, run_at=T0 + 60)
+    s.apply(ev.Claimed(B, 1, T0, 30.0))
+    assert (status(s, B), s.seq_of(s.jobs[B])) == (JobStatus.CLAIMED, 2)
+    assert s.queues["q"].counts[JobStatus.SCHEDULED] == 0
+
+
+def test_dead_jobs_page_after_any_job_also_a_fresh_pending_one() -> None:
+    s = State()
+    enqueue(s, "q", A, B, C, D)
+    for job_id in (B, D):
+        s.apply(ev.Claimed(job_id, 1, T0, 30.0))
+        s.apply(ev.Failed(job_id, ev.TO_DEAD, T0 + 1, None, "boom"))
+    assert s.jobs[A].detail is None and s.jobs[C].detail is None  # fresh, no seq of their own
+    page = views.dead_page
+    assert [r.id for r in page(s, "q", None, 10)] == [B, D]
+    assert [r.id for r in page(s, "q", A, 10)] == [B, D]
+    assert [r.id for r in page(s, "q", C, 10)] == [D]  # C is not the head of its lane
+    assert [r.id for r in page(s, "q", D, 10)] == []
+    r = State.restore(s.snapshot())
+    assert [x.id for x in page(r, "q", C, 10)] == [D]
+
+
+def test_seqs_survive_a_snapshot_for_fresh_and_detailed_jobs() -> None:
+    """Fresh jobs of two queues enqueued in turn (gaps in each queue's seqs), a job with
+    headers, a scheduled, a claimed, a dead, a returned and a cancelled job: each kept
+    keeps its seq through
+    snapshot -> restore, fresh ones without a detail, and the restored state's snapshot is
+    the same bytes."""
+    s = State()
+    for i in range(40):
+        enqueue(s, "q" if i % 3 else "r", f"f{i}")
+    enqueue(s, "q", A, headers={"h": "v"})
+    enqueue(s, "q", B, run_at=T0 + 60)
+    enqueue(s, "q", C, D)
+    s.apply(ev.Claimed("f1", 1, T0, 30.0))
+    s.apply(ev.Claimed("f2", 1, T0, 30.0))
+    s.apply(ev.Failed("f2", ev.TO_DEAD, T0 + 1, None, "boom"))
+    s.apply(ev.Claimed("f4", 1, T0, 30.0))
+    s.apply(ev.Released(["f4"]))
+    s.apply(ev.Cancelled("f5"))  # a fresh job dropped: its lane entry stands, stale
+    seqs = {i: s.seq_of(j) for i, j in s.jobs.items()}
+    assert "f5" not in seqs
+    assert seqs["f0"] == 1 and seqs[A] == 41 and seqs[D] == 44
+    data = s.snapshot()
+    r = State.restore(data)
+    assert {i: r.seq_of(j) for i, j in r.jobs.items()} == seqs
+    assert {i: j.status for i, j in r.jobs.items()} == {i: j.status for i, j in s.jobs.items()}
+    assert r.jobs["f0"].detail is None and r.jobs[C].detail is None
+    assert r.snapshot() == data
+    assert drain(r, "q") == drain(s, "q")
 
 
 # -- encode / decode round trips -------------------------------------------------------------

@@ -90,7 +90,15 @@ def test_taquba_scenarios_quick(tmp_path):
 
     mem = res["memory"]["taquba"]
     assert mem["peak_rss"] >= mem["base_rss"] > 0
-    assert res["memory"]["index_bytes"]["enqueued_bytes_per_job"] > 0
+    ib = res["memory"]["index_bytes"]
+    assert ib["enqueued_bytes_per_job"] > 0 and ib["enqueued_distinct_bytes_per_job"] > 0
+    # The reopened store holds one 64 B payload object per job: the old way subtracts 64 B
+    # of it, the new one its whole object.
+    assert ib["payload_object_bytes"] > 64
+    assert ib["reopened_bytes_per_job"] > 0
+    assert ib["reopened_bytes_per_job_beyond_payload"] == pytest.approx(
+        ib["reopened_bytes_per_job"] + ib["payload_object_bytes"] - 64
+    )
 
     obj = res["objectstore"]
     assert [r["concurrency"] for r in obj["latency"] if r["payload"] == cfg["payloads"][0]] == list(

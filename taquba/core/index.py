@@ -3,11 +3,12 @@ queue, what one job adds to ``State.live_bytes``, and the tallies the metrics re
 
 Indexes, all independent of history:
 
-- per queue and priority, a :class:`Lane` of pending jobs in enqueue order: a deque of the
-  jobs as they were enqueued (sequence numbers only grow, so appending keeps it ordered)
-  and a small heap of jobs made pending again (retried, released, promoted, requeued).
-  Claim looks at the heads of the lanes in priority order: O(priorities + log n), FIFO
-  within a priority, and one reference per pending job;
+- per queue and priority, a :class:`~taquba.core.lane.Lane` of pending jobs in enqueue
+  order: runs of the jobs as they were enqueued, with their sequence numbers (which only
+  grow, so appending keeps them ordered), and a small heap of jobs made pending again
+  (retried, released, promoted, requeued). Claim looks at the heads of the lanes in
+  priority order: O(priorities + log n), FIFO within a priority, and about one reference
+  per pending job;
 - one heap of scheduled jobs by ``run_at`` and one of leases by expiry;
 - per queue, heaps of retained done and dead jobs by completion / failure time (for the
   retention sweeps) and an ordered index of dead jobs for paging;
@@ -17,19 +18,17 @@ Indexes, all independent of history:
   queue resets them after replay, so they count what this process saw.
 
 Indexes are lazy: an entry is valid only while the job still matches it, and stale entries
-are dropped when they surface. A job may have two entries in its lane (say, claimed and
-retried before its first entry surfaced); both sit at its place in enqueue order and either
-takes it, so that is harmless.
+are dropped when they surface (lane.py says how for the lanes).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections import deque
 
 from ..records import JobStatus
 from . import snapshot as snap
 from .jobs import Job
+from .lane import Lane
 
 PENDING = JobStatus.PENDING
 SCHEDULED = JobStatus.SCHEDULED
@@ -60,16 +59,6 @@ def job_size(job: Job) -> int:
         if d.last_error is not None:
             n += len(d.last_error) + 2
     return n
-
-
-class Lane:
-    """The pending jobs of one queue and one priority, in enqueue order."""
-
-    __slots__ = ("fresh", "returned")
-
-    def __init__(self) -> None:
-        self.fresh: deque[Job] = deque()  # appended in sequence order
-        self.returned: list[tuple[int, str]] = []  # heap of (seq, id): pending again
 
 
 class QueueIndex:

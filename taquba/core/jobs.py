@@ -1,13 +1,21 @@
 """One job's in-memory state, laid out for a large backlog.
 
 A pending job is most of what a queue holds, so :class:`Job` keeps only what every job has
-(id, kind, payload, sequence, enqueue time, status) in slots of its own. Its queue,
-priority and attempt limit are a :class:`JobKind`, one object shared by every job with the
-same three (a queue holds a handful of them). What only some jobs have — attempts made, a schedule, a lease, a completion or
-failure time, an error, a dedup key, headers, a cancel request — lives in a
-:class:`JobDetail` that is made when a job first needs one (a job that has been delivered
-has one anyway, for its claim time). A freshly enqueued job without options has none: no
-dict for absent headers, no slots for times it does not have.
+(id, kind, payload, enqueue time) in slots of its own. Its queue, priority and attempt
+limit are a :class:`JobKind`, one object shared by every job with the same three (a queue
+holds a handful of them). Its status, its sequence number and what only some jobs have —
+attempts made, a schedule, a lease, a completion or failure time, an error, a dedup key,
+headers, a cancel request — live in a :class:`JobDetail` that is made when a job first
+needs one (a job that has been delivered has one anyway, for its claim time). A freshly
+enqueued job without options has none: no dict for absent headers, no slots for times it
+does not have, no int for its seq.
+
+What holds:
+
+- a job without a detail is pending, and its sequence number (its place in enqueue
+  order) is kept by its lane only (lane.py), with no int object of its own;
+- a job with a detail has its status and its sequence number there; the state
+  (state.py) makes the detail, taking the seq from the lane, and never drops it.
 
 Values shared by many jobs are shared objects, not copies: the kind, the enqueue time of a
 batch, and the status are the same object for every job that holds them.
@@ -20,10 +28,11 @@ from collections.abc import Mapping
 from ..records import JobRecord, JobStatus
 
 _NO_HEADERS: Mapping[str, str] = {}
+PENDING = JobStatus.PENDING
 
 
 class JobDetail:
-    """The fields a job has only at times (all unset on a fresh pending job)."""
+    """The fields a job has only at times, with its status and sequence number."""
 
     __slots__ = (
         "attempts",
@@ -36,9 +45,13 @@ class JobDetail:
         "last_error",
         "lease_expires_at",
         "run_at",
+        "seq",
+        "status",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, seq: int, status: JobStatus = PENDING) -> None:
+        self.seq = seq
+        self.status = status
         self.attempts = 0
         self.run_at: float | None = None
         self.claimed_at: float | None = None
@@ -84,7 +97,7 @@ class Job:
     Only the state machine (state.py) and snapshot decoding change a job.
     """
 
-    __slots__ = ("detail", "enqueued_at", "id", "kind", "payload", "seq", "status")
+    __slots__ = ("detail", "enqueued_at", "id", "kind", "payload")
 
     # Positional arguments allowed: replay makes one per enqueued job, and keywords cost.
     def __init__(
@@ -92,28 +105,20 @@ class Job:
         id: str,
         kind: JobKind,
         payload: bytes,
-        seq: int,
         enqueued_at: float,
-        status: JobStatus = JobStatus.PENDING,
-        attempts: int = 0,
         detail: JobDetail | None = None,
     ) -> None:
         self.id = id
         self.kind = kind
         self.payload = payload
-        self.seq = seq
         self.enqueued_at = enqueued_at
-        self.status = status
         self.detail = detail
-        if attempts:
-            self.more().attempts = attempts
 
-    def more(self) -> JobDetail:
-        """This job's :class:`JobDetail`, made on first use."""
-        detail = self.detail
-        if detail is None:
-            detail = self.detail = JobDetail()
-        return detail
+    @property
+    def status(self) -> JobStatus:
+        """PENDING without a detail, else the detail's."""
+        d = self.detail
+        return PENDING if d is None else d.status
 
     # The kind's fields.
 
@@ -135,11 +140,6 @@ class Job:
     def attempts(self) -> int:
         d = self.detail
         return 0 if d is None else d.attempts
-
-    @attempts.setter
-    def attempts(self, value: int) -> None:
-        if value or self.detail is not None:
-            self.more().attempts = value
 
     @property
     def run_at(self) -> float | None:
@@ -197,7 +197,7 @@ class Job:
                 queue=self.queue,
                 payload=self.payload,
                 headers={},
-                status=self.status,
+                status=PENDING,
                 attempts=0,
                 max_attempts=self.max_attempts,
                 priority=self.priority,
@@ -208,7 +208,7 @@ class Job:
             queue=self.queue,
             payload=self.payload,
             headers=dict(d.headers or {}),
-            status=self.status,
+            status=d.status,
             attempts=d.attempts,
             max_attempts=self.max_attempts,
             priority=self.priority,

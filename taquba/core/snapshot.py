@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Collection, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Mapping, Sequence
 
 from ..errors import CorruptionError
 from ..records import JobStatus
@@ -100,14 +101,17 @@ QueueRow = tuple[str, int, dict[str, str]]
 def encode(
     next_seq: int,
     queues: Sequence[tuple[str, int, Mapping[str, str]]],
-    jobs: Collection[Job],
+    n_jobs: int,
+    jobs: Iterable[tuple[int, Job]],
     kv: Mapping[bytes, bytes],
     marks: Mapping[str, tuple[int, float]] | None = None,
     schedules: Sequence[ScheduleSet] = (),
     history: Mapping[str, list[AttemptEntry]] | None = None,
 ) -> bytes:
-    """The whole state. Every job's queue must be among ``queues``; ``history`` holds the
-    attempt history of jobs that have had a delivery (those have a ``detail``).
+    """The whole state. ``jobs`` yields ``n_jobs`` pairs of a job's seq and the job (a
+    fresh pending job keeps its seq in its lane, not in the job); every job's queue must be
+    among ``queues``; ``history`` holds the attempt history of jobs that have had a
+    delivery (those have a ``detail``).
 
     Everything is written into one buffer, so the peak memory is about twice the snapshot.
     """
@@ -123,18 +127,20 @@ def encode(
         for key, job_id in dedup.items():
             put_str(buf, key)
             put_listed_id(buf, job_id)
-    put_uvarint(buf, len(jobs))
+    put_uvarint(buf, n_jobs)
+    written = 0
     decode_id = ids.decode
     codes = _STATUS_CODE
     pack = pack_f64
     append = buf.append
     histories = history or {}
-    for job in jobs:
+    for seq, job in jobs:
+        written += 1
         value = decode_id(job.id)
-        flags = codes[job.status]
+        d = job.detail
+        flags = 0 if d is None else codes[d.status]
         if value is None:
             flags |= S_TEXT_ID
-        d = job.detail
         if d is None:
             run_at = claimed_at = lease = completed_at = failed_at = None
             last_error = dedup_key = None
@@ -192,7 +198,7 @@ def encode(
             put_uvarint(buf, qi)
             put_uvarint(buf, attempts)
             put_uvarint(buf, max_attempts)
-        for v in (job.priority, job.seq):
+        for v in (job.priority, seq):
             if v < 0x80:
                 append(v)
             elif v < 0x4000:
@@ -232,6 +238,8 @@ def encode(
         else:
             put_uvarint(buf, n)
         buf += payload
+    if written != n_jobs:
+        raise AssertionError(f"snapshot: {written} jobs written, {n_jobs} announced")
     put_uvarint(buf, len(kv))
     for kv_key, kv_value in kv.items():
         put_blob(buf, kv_key)
@@ -256,14 +264,16 @@ def decode(
     int,
     list[QueueRow],
     list[Job],
+    array[int],
     dict[bytes, bytes],
     dict[str, tuple[int, float]],
     list[ScheduleSet],
     dict[str, list[AttemptEntry]],
 ]:
-    """``(next_seq, queues, jobs, kv, inbox marks, schedules, attempt history)`` of a
-    snapshot made by :func:`encode`; the jobs' kinds come from ``kinds`` (a new table
-    without one)."""
+    """``(next_seq, queues, jobs, seqs, kv, inbox marks, schedules, attempt history)`` of
+    a snapshot made by :func:`encode`, ``seqs[i]`` being the seq of ``jobs[i]`` (a pending
+    job without a detail keeps it nowhere else); the jobs' kinds come from ``kinds`` (a new
+    table without one)."""
     t = check_tag(data)
     if t != _T_SNAPSHOT:
         raise CorruptionError(f"expected a snapshot, found a record of kind {t & 0x0F}")
@@ -286,7 +296,8 @@ def decode(
         if len(set(names)) != len(names):
             raise Corrupt("a queue is listed twice")
         history: dict[str, list[AttemptEntry]] = {}
-        rows = _decode_jobs(r, next_seq, names, history, kinds or JobKinds())
+        seqs: array[int] = array("q")
+        rows = _decode_jobs(r, next_seq, names, history, kinds or JobKinds(), seqs)
         kv: dict[bytes, bytes] = {}
         for _ in range(r.count(2)):
             key = r.blob()
@@ -314,7 +325,7 @@ def decode(
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): {exc}") from None
     except (IndexError, struct.error):  # a read past the end in _decode_jobs' fast paths
         raise CorruptionError(f"malformed snapshot ({len(data)} bytes): truncated") from None
-    return next_seq, queues, rows, kv, marks, schedules, history
+    return next_seq, queues, rows, seqs, kv, marks, schedules, history
 
 
 def _decode_jobs(
@@ -323,12 +334,14 @@ def _decode_jobs(
     names: list[str],
     history: dict[str, list[AttemptEntry]],
     kinds: JobKinds,
+    seqs: array[int],
 ) -> list[Job]:
     """The jobs, read with the position in a local and one-byte varints inline (this is
     most of a reopen); anything unusual goes through the Reader's checked methods. The
-    attempt histories go to ``history``."""
+    attempt histories go to ``history``, each job's seq to ``seqs``."""
     rows: list[Job] = []
     append = rows.append
+    append_seq = seqs.append
     n_queues = len(names)
     n_codes = len(STATUS_CODES)
     data = r.data
@@ -433,8 +446,9 @@ def _decode_jobs(
         if code and (None, run_at, lease, completed_at, failed_at)[code] is None:
             raise Corrupt(f"{STATUS_CODES[code].value} job {job_id} has no {_NEEDED[code]}")
         detail = None
-        if flags & (_S_TIMES | _S_STRINGS | S_CANCEL):
-            detail = JobDetail()
+        if code or attempts or flags & (_S_TIMES | _S_STRINGS | S_CANCEL):
+            detail = JobDetail(seq, STATUS_CODES[code])
+            detail.attempts = attempts
             detail.run_at = run_at
             detail.claimed_at = claimed_at
             detail.lease_expires_at = lease
@@ -459,5 +473,6 @@ def _decode_jobs(
             or kind.max_attempts != max_attempts
         ):
             kind = kinds.get(queue, priority, max_attempts)
-        append(Job(job_id, kind, payload, seq, enqueued_at, STATUS_CODES[code], attempts, detail))
+        append(Job(job_id, kind, payload, enqueued_at, detail))
+        append_seq(seq)
     return rows

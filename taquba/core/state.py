@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain
 from typing import Any
 
 from ..errors import CorruptionError
@@ -48,7 +49,7 @@ from .index import (
     job_size,
 )
 from .jobs import Job, JobDetail, JobKinds
-from .restore import restore_into, seq_of
+from .restore import detail_seq, restore_into
 
 
 class State:
@@ -84,25 +85,11 @@ class State:
         if index is None:
             return None
         jobs = self.jobs
+        lanes = index.lanes
         for priority in index.priorities:
-            lane = index.lanes[priority]
-            fresh = lane.fresh
-            while fresh:
-                job = fresh[0]
-                if job.status is PENDING and jobs.get(job.id) is job:
-                    break
-                fresh.popleft()
-            returned = lane.returned
-            while returned:
-                seq, job_id = returned[0]
-                other = jobs.get(job_id)
-                if other is not None and other.status is PENDING and other.seq == seq:
-                    if not fresh or seq < fresh[0].seq:
-                        return other
-                    break
-                heapq.heappop(returned)
-            if fresh:
-                return fresh[0]
+            job = lanes[priority].peek(jobs)
+            if job is not None:
+                return job
         return None
 
     def reset_tallies(self) -> None:
@@ -181,6 +168,24 @@ class State:
         )
         return [self.jobs[job_id] for _, job_id in index.dead[start : start + limit]]
 
+    def seq_of(self, job: Job) -> int:
+        """``job``'s sequence number: its place in enqueue order (see jobs.py)."""
+        d = job.detail
+        if d is not None:
+            return d.seq
+        lane = self.queues[job.queue].lanes.get(job.priority)
+        seq = None if lane is None else lane.seq_of(job)
+        if seq is None:
+            raise AssertionError(f"pending job {job.id!r} has no detail and no lane entry")
+        return seq
+
+    def _detail(self, job: Job) -> JobDetail:
+        """``job``'s detail, made on first use (with the seq its lane kept)."""
+        d = job.detail
+        if d is None:
+            d = job.detail = JobDetail(self.seq_of(job))
+        return d
+
     def claimed_jobs(self) -> list[Job]:
         """The claimed jobs in enqueue order, found through the lease heap, not by a scan
         over every job: every claimed job has an entry there until :meth:`expired_leases`
@@ -191,7 +196,7 @@ class State:
             job = jobs.get(job_id)
             if job is not None and job.status is CLAIMED:
                 found[job_id] = job
-        return sorted(found.values(), key=seq_of)
+        return sorted(found.values(), key=detail_seq)
 
     # -- applying events -------------------------------------------------------------------
 
@@ -231,10 +236,7 @@ class State:
             priority = e.priority
             kind = self.kinds.get(queue, priority, e.max_attempts)
             job_ids = e.ids
-            new = [
-                Job(job_id, kind, payload, s, at)
-                for job_id, payload, s in zip(job_ids, e.payloads, range(seq, seq + len(job_ids)))
-            ]
+            new = [Job(job_id, kind, payload, at) for job_id, payload in zip(job_ids, e.payloads)]
             n = len(new)
             known = len(jobs)
             jobs.update(zip(job_ids, new))
@@ -245,7 +247,7 @@ class State:
                 raise CorruptionError(
                     "enqueue record repeats the id of a known job, or lists one twice"
                 )
-            index.lane(priority).fresh.extend(new)
+            index.lane(priority).extend(new, seq)
             seq += n
             index.counts[PENDING] += n
             index.tally[T_ENQUEUED] += n
@@ -260,9 +262,9 @@ class State:
                     kind = self.kinds.get(queue, e.priority, e.max_attempts)
                 else:
                     kind = self.kinds.get(queue, spec.priority, spec.max_attempts)
-                job = Job(job_id, kind, payload, seq=seq, enqueued_at=at)
+                job = Job(job_id, kind, payload, at)
                 if spec is not None and (spec.headers or spec.dedup_key is not None):
-                    d = job.detail = JobDetail()
+                    d = job.detail = JobDetail(seq)
                     d.headers = dict(spec.headers) if spec.headers else None
                     d.dedup_key = spec.dedup_key
                     if spec.dedup_key is not None:
@@ -270,12 +272,14 @@ class State:
                 jobs[job_id] = job
                 self.live_bytes += job_size(job)
                 if spec is not None and spec.run_at is not None:
-                    job.status = SCHEDULED
-                    job.more().run_at = spec.run_at
+                    d = job.detail or JobDetail(seq)
+                    job.detail = d
+                    d.status = SCHEDULED
+                    d.run_at = spec.run_at
                     heapq.heappush(self.scheduled, (spec.run_at, seq, job_id))
                     index.counts[SCHEDULED] += 1
                 else:
-                    index.lane(job.priority).fresh.append(job)
+                    index.lane(job.priority).append(job, seq)
                     index.counts[PENDING] += 1
                 seq += 1
             index.tally[T_ENQUEUED] += len(e.ids)
@@ -287,9 +291,16 @@ class State:
         job = self.jobs.get(e.job_id)
         if job is None:
             return
+        # A claim takes the job's fresh entry when it is the head of its lane (always so for
+        # a job without a detail); the seq goes into the detail.
+        kind = job.kind
+        lane = self.queues[kind.queue].lanes.get(kind.priority)
+        seq = None if lane is None else lane.take(job, self.jobs)
+        d = job.detail
+        if d is None:
+            d = job.detail = JobDetail(self.seq_of(job) if seq is None else seq)
         self._release_dedup(job)
         self._set_status(job, CLAIMED)
-        d = job.more()
         d.attempts = e.attempts
         d.claimed_at = e.at
         d.lease_expires_at = expires = e.at + e.lease
@@ -302,7 +313,7 @@ class State:
         job = self.jobs.get(e.job_id)
         if job is None or job.status is not CLAIMED:
             return
-        job.more().lease_expires_at = e.expires
+        self._detail(job).lease_expires_at = e.expires
         heapq.heappush(self.leases, (e.expires, job.id, job.attempts))
 
     def _acked(self, e: ev.Acked) -> None:
@@ -313,7 +324,7 @@ class State:
         index.done_total += 1
         index.tally[T_COMPLETED] += 1
         if e.at is not None:
-            d = job.more()
+            d = self._detail(job)
             d.lease_expires_at = None
             d.completed_at = e.at
             self._set_status(job, DONE)
@@ -328,7 +339,7 @@ class State:
         job = self.jobs.get(e.job_id)
         if job is None:
             return
-        d = job.more()
+        d = self._detail(job)
         old = d.last_error
         if old is not None:
             self.live_bytes -= len(old) + 2
@@ -358,14 +369,14 @@ class State:
             d.failed_at = e.at
             self._set_status(job, DEAD)
             index = self.queue(job.queue)
-            bisect.insort(index.dead, (job.seq, job.id))
+            bisect.insort(index.dead, (d.seq, job.id))
             assert e.at is not None
             heapq.heappush(index.dead_heap, (e.at, job.id))
         elif e.to == ev.TO_SCHEDULED:
             assert e.run_at is not None
             self._set_status(job, SCHEDULED)
             d.run_at = e.run_at
-            heapq.heappush(self.scheduled, (e.run_at, job.seq, job.id))
+            heapq.heappush(self.scheduled, (e.run_at, d.seq, job.id))
         else:
             self._make_pending(job)
 
@@ -376,14 +387,14 @@ class State:
         if job.status is PENDING or job.status is SCHEDULED:
             self._forget(job)
         elif job.status is CLAIMED:
-            job.more().cancel_requested = True
+            self._detail(job).cancel_requested = True
 
     def _dead_requeued(self, e: ev.DeadRequeued) -> None:
         job = self.jobs.get(e.job_id)
         if job is None or job.status is not DEAD:
             return
-        job.attempts = 0
-        d = job.more()
+        d = self._detail(job)
+        d.attempts = 0
         d.failed_at = None
         d.claimed_at = None
         d.cancel_requested = False
@@ -405,7 +416,7 @@ class State:
         for job_id in e.job_ids:
             job = self.jobs.get(job_id)
             if job is not None and job.status is CLAIMED:
-                d = job.more()
+                d = self._detail(job)
                 self.live_bytes += attempts.ended(
                     self.history, job_id, job.attempts, d.claimed_at, None, attempts.ABANDONED
                 )
@@ -468,21 +479,21 @@ class State:
     # -- helpers of the transitions --------------------------------------------------------
 
     def _set_status(self, job: Job, status: JobStatus) -> None:
+        d = self._detail(job)
         index = self.queue(job.queue)
         counts = index.counts
-        old = job.status
+        old = d.status
         counts[old] -= 1
         counts[status] += 1
-        job.status = status
+        d.status = status
         if old is DEAD and status is not DEAD:
             self._unindex_dead(index, job)
 
     def _make_pending(self, job: Job) -> None:
         self._set_status(job, PENDING)
-        if job.detail is not None:
-            job.detail.run_at = None
-        lane = self.queue(job.queue).lane(job.priority)
-        heapq.heappush(lane.returned, (job.seq, job.id))
+        d = self._detail(job)
+        d.run_at = None
+        self.queue(job.queue).lane(job.priority).push_returned(job.id, d.seq)
 
     def _release_dedup(self, job: Job) -> None:
         key = job.dedup_key
@@ -498,16 +509,18 @@ class State:
         if job.status is DEAD:
             self._unindex_dead(index, job)
         self._release_dedup(job)
+        if job.detail is None:  # a fresh pending job: its lane entry turns stale
+            index.lanes[job.priority].gone += 1
         self.live_bytes -= job_size(job)
         del self.jobs[job.id]
         if self.history:
             self.live_bytes += attempts.dropped(self.history, job.id)
 
-    @staticmethod
-    def _unindex_dead(index: QueueIndex, job: Job) -> None:
+    def _unindex_dead(self, index: QueueIndex, job: Job) -> None:
+        entry = (self.seq_of(job), job.id)
         dead = index.dead
-        i = bisect.bisect_left(dead, (job.seq, job.id))
-        if i < len(dead) and dead[i] == (job.seq, job.id):
+        i = bisect.bisect_left(dead, entry)
+        if i < len(dead) and dead[i] == entry:
             del dead[i]
 
     def _kv_put(self, key: bytes, value: bytes) -> None:
@@ -527,11 +540,25 @@ class State:
         return snap.encode(
             self.next_seq,
             queues,
-            self.jobs.values(),
+            len(self.jobs),
+            self._numbered_jobs(),
             self.kv,
             self.inbox_marks,
             list(self.schedules.values()),
             self.history,
+        )
+
+    def _numbered_jobs(self) -> Iterator[tuple[int, Job]]:
+        """``(seq, job)`` of every job: those with a detail in ``jobs`` order, then the
+        others (pending, their seq kept by the lanes only) lane by lane, in enqueue order."""
+        jobs = self.jobs
+        return chain(
+            ((d.seq, job) for job in jobs.values() if (d := job.detail) is not None),
+            *(
+                index.lanes[priority].bare_items(jobs)
+                for index in self.queues.values()
+                for priority in index.priorities
+            ),
         )
 
     @classmethod
