@@ -168,6 +168,7 @@ class LocalStore(Store):
         self._made: set[str] = set()
         self._tmp_prefix = f"{TMP_PREFIX}{os.urandom(8).hex()}-"
         self._tmp_counter = itertools.count()
+        self._get_memo = ("", "")  # (key, path) of the last get
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -297,8 +298,14 @@ class LocalStore(Store):
             raise err from exc
 
     def _raw_get(self, key: str) -> bytes:
-        self._count(gets=1)
-        fd = os.open(self._path(key), _READ_FLAGS)  # not open(): a third of its cost
+        memo = self._get_memo  # the log reads one key after every commit
+        if memo[0] != key:
+            memo = self._get_memo = (key, self._path(key))
+        try:
+            fd = os.open(memo[1], _READ_FLAGS)  # not open(): a third of its cost
+        except OSError:
+            self._count(gets=1)
+            raise
         try:
             data = os.read(fd, _SMALL_READ)
             if len(data) == _SMALL_READ:  # larger than one read: the rest too
@@ -306,9 +313,12 @@ class LocalStore(Store):
                 while chunk := os.read(fd, _SMALL_READ):
                     chunks.append(chunk)
                 data = b"".join(chunks)
+        except OSError:
+            self._count(gets=1)
+            raise
         finally:
             os.close(fd)
-        self._count(bytes_read=len(data))
+        self._count(gets=1, bytes_read=len(data))
         return data
 
     def _raw_get_range(self, key: str, start: int, end: int) -> bytes:
