@@ -8,11 +8,14 @@ and hands the work to ``inspecting.py``. The rules of ``queue.py``'s docstring h
 
 from __future__ import annotations
 
-from . import inspecting, scheduling, views
+from . import consuming, inspecting, scheduling, views
+from .batch import Batch
 from .config import Buffer, Duration, EnqueueOptions
+from .effects import SettlementEffects
+from .effects import check as effects_check
 from .handle import Handle
 from .intake import OwnerIntake
-from .records import Attempt, CancelOutcome, JobRecord, QueueStats, Schedule, WaitOutcome
+from .records import Attempt, CancelOutcome, Claim, JobRecord, QueueStats, Schedule, WaitOutcome
 
 
 class Operations(Handle):
@@ -20,6 +23,19 @@ class Operations(Handle):
     :class:`~taquba.Queue`'s public API (see there for the errors every method raises)."""
 
     _intake: OwnerIntake  # set by Queue.__init__
+
+    # -- the worker loops' acks ---------------------------------------------------------------
+
+    def _ack_later(self, claim: Claim, effects: SettlementEffects | None = None) -> Batch | None:
+        """``Queue.ack`` that returns the batch holding the ack instead of waiting for it
+        to be durable (for the worker loops; wait with :meth:`_await`)."""
+        self._ensure_open()
+        return consuming.ack(self, claim, effects_check(effects), wait=False)  # type: ignore[arg-type]
+
+    def _await(self, batch: Batch) -> None:
+        """Wait until ``batch`` (from :meth:`_ack_later`) is durable; raise what lost it."""
+        self._lock.acquire()
+        self._wait(batch)
 
     # -- inspecting and operating -----------------------------------------------------------
 

@@ -68,8 +68,6 @@ from .storage import Location, Store, open_store
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from .batch import Batch
-
 logger = logging.getLogger("taquba.queue")
 
 MAX_CLAIM_BATCH = consuming.MAX_CLAIM_BATCH
@@ -520,17 +518,6 @@ class Queue(Operations):
         """
         self._ensure_open()
         consuming.ack(self, claim, effects_check(effects))
-
-    def _ack_later(self, claim: Claim, effects: SettlementEffects | None = None) -> Batch | None:
-        """:meth:`ack` that returns the batch holding the ack instead of waiting for it to
-        be durable (for the worker loops; wait with :meth:`_await`)."""
-        self._ensure_open()
-        return consuming.ack(self, claim, effects_check(effects), wait=False)
-
-    def _await(self, batch: Batch) -> None:
-        """Wait until ``batch`` (from :meth:`_ack_later`) is durable; raise what lost it."""
-        self._lock.acquire()
-        self._wait(batch)
 
     def nack(self, claim: Claim, error: object, effects: SettlementEffects | None = None) -> None:
         """Report a failed attempt: retried after the queue's backoff, or dead once the
