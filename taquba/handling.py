@@ -206,24 +206,17 @@ def settle(q: Queue, claim: Claim, outcome: Outcome, *, later: bool = False) -> 
     kind = outcome.kind
     try:
         if kind == "ack":
-            if later:
-                try:
+            try:
+                if later:
                     return q._ack_later(claim, outcome.effects)
-                except InvalidArgument as exc:
-                    logger.warning(
-                        "job %s: the effects its handler returned were rejected: %s", claim.id, exc
-                    )
-                    q.nack(claim, f"invalid settlement effects: {exc}")
-            elif outcome.effects is None:
-                q.ack(claim)
-            else:
-                try:
-                    q.ack(claim, outcome.effects)
-                except InvalidArgument as exc:
-                    logger.warning(
-                        "job %s: the effects its handler returned were rejected: %s", claim.id, exc
-                    )
-                    q.nack(claim, f"invalid settlement effects: {exc}")
+                q.ack(claim, outcome.effects)
+            except InvalidArgument as exc:
+                if outcome.effects is None:
+                    raise
+                logger.warning(
+                    "job %s: the effects its handler returned were rejected: %s", claim.id, exc
+                )
+                q.nack(claim, f"invalid settlement effects: {exc}")
         elif kind == "dead":
             q.dead_letter(claim, outcome.text)
         else:

@@ -240,22 +240,11 @@ class Lane:
         lane keeps), oldest first. While no such job has been dropped (``gone``), each one
         in the runs is valid, and none is looked up in ``jobs`` (a look-up per job is most of
         the time a snapshot takes here)."""
-        head = self.head
         get = jobs.get
         trusted = not self.gone
-        for run in self.runs:
-            entries = run.jobs
-            seqs = run.seqs
-            if seqs is None:
-                items: Iterable[tuple[int, Job | None]] = zip(
-                    range(run.first + head, run.first + len(entries)), entries[head:]
-                )
-            else:
-                items = zip(seqs[head:], entries[head:])
-            for seq, job in items:
-                if job is not None and job.detail is None and (trusted or get(job.id) is job):
-                    yield seq, job
-            head = 0
+        for seq, job in self.fresh_items():
+            if job.detail is None and (trusted or get(job.id) is job):
+                yield seq, job
 
     def fresh_items(self) -> Iterator[tuple[int, Job]]:
         """``(seq, job)`` of every fresh entry not yet taken, oldest first (stale ones

@@ -114,8 +114,6 @@ class Log:
         self.nonce = os.urandom(12).hex()
         self.epoch = 0
         self._own: tuple[int, bytes] = (0, b"")  # this handle's manifest version and bytes
-        self._own_key = (-1, "")  # a manifest version's number and key, read back per commit
-        self._fence_key = (-1, "")  # the next segment's number and key, checked per append
         self.checkpoint_name: str | None = None
         self.replay_from = 1
         self.next_seq = 1
@@ -349,11 +347,8 @@ class Log:
         taken over: the log is fenced, and the write stands only if it lies where every
         open replays, according to the newest version."""
         n, expected = self._own
-        memo = self._own_key
-        if memo[0] != n:
-            memo = self._own_key = (n, manifest_key(n))
         try:
-            data: bytes | None = self.store.get(memo[1])
+            data: bytes | None = self.store.get(manifest_key(n))
         except ObjectNotFound:
             data = None
         except StorageError as exc:
@@ -471,11 +466,8 @@ class Log:
 
     def _append_block(self, appender: Appender, block: bytes) -> int:
         seq = self.next_seq - 1
-        memo = self._fence_key
-        if memo[0] != seq + 1:
-            memo = self._fence_key = (seq + 1, segment_key(seq + 1))
         try:
-            appender.append(block, memo[1])
+            appender.append(block, segment_key(seq + 1))
         except ObjectExists as exc:
             self._close_appender()
             raise self._fenced(

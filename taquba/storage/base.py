@@ -30,7 +30,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from ..errors import StorageError, TransientStorageError
 from .errors import ObjectExists, ObjectNotFound, translate
@@ -270,9 +270,9 @@ class Store(ABC):
             self.sleep(delay)
 
 
-@dataclass(frozen=True)
-class AttemptBudget:
-    """What is left of a call's retry budget, handed to each attempt."""
+class AttemptBudget(NamedTuple):
+    """What is left of a call's retry budget, handed to each attempt (a named tuple: one
+    is made per attempt, on every request's path)."""
 
     deadline: float
     monotonic: Callable[[], float]

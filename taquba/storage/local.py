@@ -31,7 +31,7 @@ try:
 except ImportError:  # Windows: no flock, so every commit is a file of its own
     fcntl = None  # type: ignore[assignment]
 
-from ..errors import PermanentStorageError, TransientStorageError
+from ..errors import PermanentStorageError
 from .base import Appender, Store
 from .errors import ObjectExists, ObjectNotFound, translate
 
@@ -168,7 +168,6 @@ class LocalStore(Store):
         self._made: set[str] = set()
         self._tmp_prefix = f"{TMP_PREFIX}{os.urandom(8).hex()}-"
         self._tmp_counter = itertools.count()
-        self._get_memo = ("", "")  # (key, path) of the last get
 
     def _path(self, key: str) -> str:
         return os.path.join(self.root, *key.split("/"))
@@ -285,24 +284,10 @@ class LocalStore(Store):
 
         return self._retry("delete", key, remove)
 
-    def get(self, key: str) -> bytes:
-        # The log reads its manifest version back after every commit (FENCING.md): one
-        # attempt without the retry loop's set-up first, as the loop's own first attempt
-        # would go; only a transient failure goes on to the loop.
-        try:
-            return self._raw_get(key)
-        except OSError as exc:
-            err = translate(exc, "get", f"{self.description}/{key}")
-            if isinstance(err, TransientStorageError):
-                return super().get(key)
-            raise err from exc
-
     def _raw_get(self, key: str) -> bytes:
-        memo = self._get_memo  # the log reads one key after every commit
-        if memo[0] != key:
-            memo = self._get_memo = (key, self._path(key))
+        # The log reads its manifest version back after every commit (FENCING.md).
         try:
-            fd = os.open(memo[1], _READ_FLAGS)  # not open(): a third of its cost
+            fd = os.open(self._path(key), _READ_FLAGS)  # not open(): a third of its cost
         except OSError:
             self._count(gets=1)
             raise
